@@ -1,0 +1,39 @@
+"""Why a datagram or packet was dropped, and how many times.
+
+Drops are counted, never logged one by one: their rate is the attacker's to
+choose. The status output and the README list every reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+# Datagrams from the network, rejected before any cipher work.
+BAD_LENGTH = "bad_length"
+UNKNOWN_KIND = "unknown_kind"
+UNKNOWN_CLIENT = "unknown_client"
+OUTSIDE_TIME_WINDOW = "outside_time_window"
+REPLAYED = "replayed"
+COUNTER_TOO_OLD = "counter_too_old"
+SUPERSEDED = "superseded"
+# Datagrams that failed authentication: forged, corrupted, wrong key, wrong
+# server ID or direction.
+AUTH_FAILED = "auth_failed"
+# Decrypted inner packets.
+INNER_MALFORMED = "inner_malformed"
+INNER_SOURCE_NOT_ALLOWED = "inner_source_not_allowed"
+CLIENT_TO_CLIENT_DENIED = "client_to_client_denied"
+# Packets read from the TUN device.
+NO_ROUTE = "no_route"
+NO_ENDPOINT = "no_endpoint"
+
+ALL = (
+    BAD_LENGTH, UNKNOWN_KIND, UNKNOWN_CLIENT, OUTSIDE_TIME_WINDOW, REPLAYED,
+    COUNTER_TOO_OLD, SUPERSEDED, AUTH_FAILED, INNER_MALFORMED,
+    INNER_SOURCE_NOT_ALLOWED, CLIENT_TO_CLIENT_DENIED, NO_ROUTE, NO_ENDPOINT,
+)
+
+
+def new_counters() -> Counter:
+    """A counter with every reason present, so status output lists zeros too."""
+    return Counter({reason: 0 for reason in ALL})

@@ -1,0 +1,95 @@
+"""One end's view of the other: key, replay window, endpoint, send counter, statistics.
+
+The server keeps one Peer per client; a client keeps one Peer for its server.
+Sealing lives here because the send counter and timestamp are per peer and
+direction.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+
+from .replay import ReplayWindow
+from .wire import AD_SUFFIX, COUNTER_MASK, HEADER, KEY_LEN, TIMESTAMP_BITS, TIMESTAMP_MASK
+
+
+class Peer:
+    """Key and state for one (client ID, server ID) pair, seen from one end."""
+
+    __slots__ = (
+        "client_id", "name", "server_id", "send_direction",
+        "aead", "window", "endpoint", "counter", "last_ts",
+        "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "roams",
+    )
+
+    def __init__(
+        self,
+        client_id: int,
+        key: bytes,
+        *,
+        server_id: int,
+        send_direction: int,
+        now: float,
+        name: str = "",
+        endpoint: Any = None,
+        initial_counter: int | None = None,
+    ) -> None:
+        if len(key) != KEY_LEN:
+            raise ValueError(f"a key is {KEY_LEN} bytes, not {len(key)}")
+        start = int(now) + 1
+        self.client_id = client_id
+        self.name = name
+        self.server_id = server_id
+        self.send_direction = send_direction
+        self.aead = AESSIV(key)
+        # Nothing sent before this end started can be accepted by it ...
+        self.window = ReplayWindow(floor=start)
+        self.endpoint = endpoint
+        self.counter = secrets.randbits(32) if initial_counter is None else initial_counter & COUNTER_MASK
+        # ... and what it sends starts after any second a predecessor used.
+        self.last_ts = start
+        self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = self.roams = 0
+
+    def seal(self, kind: int, payloads: list[bytes], now: float) -> list[bytes]:
+        """Seal a batch of payloads into datagrams, consuming one counter each."""
+        ts = int(now)
+        if ts < self.last_ts:
+            ts = self.last_ts  # never send an older timestamp than before
+        else:
+            self.last_ts = ts
+        suffix = AD_SUFFIX.pack(self.send_direction, self.server_id, ts)
+        word0 = (kind << TIMESTAMP_BITS) | (ts & TIMESTAMP_MASK)
+        client_id = self.client_id
+        counter = self.counter
+        pack = HEADER.pack
+        encrypt = self.aead.encrypt
+        datagrams = []
+        append = datagrams.append
+        size = 0
+        for payload in payloads:
+            counter = (counter + 1) & COUNTER_MASK
+            header = pack(word0, client_id, counter)
+            append(header + encrypt(payload, [header + suffix]))
+            size += len(payload)
+        self.counter = counter
+        self.tx_packets += len(datagrams)
+        self.tx_bytes += size
+        return datagrams
+
+    def status(self) -> dict[str, Any]:
+        """What an operator may see: no key material."""
+        return {
+            "client_id": self.client_id,
+            "name": self.name,
+            "endpoint": self.endpoint,
+            # The newest accepted datagram's timestamp, in the sender's clock.
+            "last_seen": self.window.newest_ts if self.window.newest_counter >= 0 else None,
+            "rx_packets": self.rx_packets,
+            "rx_bytes": self.rx_bytes,
+            "tx_packets": self.tx_packets,
+            "tx_bytes": self.tx_bytes,
+            "roams": self.roams,
+        }

@@ -1,0 +1,130 @@
+"""Opening a batch of datagrams: the checks every datagram passes, in cost order.
+
+Everything that can be decided from the cleartext header (length, kind, client
+ID, timestamp, replay window) is decided before the cipher runs, so garbage
+costs a small fraction of a real decryption. State (replay window, endpoint,
+statistics) changes only after authentication.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Callable, Iterable
+
+from cryptography.exceptions import InvalidTag
+
+from . import drops as reasons
+from .inner import PrefixTable
+from .peer import Peer
+from .replay import NEWEST, REORDERED, REPLAYED, RING_INDEX_MASK, SUPERSEDED, TOO_OLD, WINDOW
+from .wire import (
+    AD_SUFFIX, COUNTER_MASK, HEADER, HEADER_LEN, KIND_DATA, KIND_KEEPALIVE, MAX_DATAGRAM, OVERHEAD,
+    TIMESTAMP_BITS, TIMESTAMP_MASK, TIMESTAMP_MOD,
+)
+
+_WINDOW_DROPS = {REPLAYED: reasons.REPLAYED, TOO_OLD: reasons.COUNTER_TOO_OLD, SUPERSEDED: reasons.SUPERSEDED}
+
+
+def open_datagrams(
+    datagrams: Iterable[tuple[bytes, Any]],
+    now: float,
+    *,
+    direction: int,
+    server_id: int,
+    find_peer: Callable[[int], Peer | None],
+    sources: PrefixTable[Peer],
+    time_window: int,
+    drops: Counter,
+) -> list[tuple[Peer, bytes]]:
+    """Authenticate, decrypt and filter; return (peer, inner packet) for each data packet.
+
+    A datagram that authenticates, is fresh and is the newest from its peer
+    moves that peer's endpoint to the address it came from.
+    """
+    now_s = int(now)
+    ts_base = now_s - TIMESTAMP_MOD // 2
+    ts_min = now_s - time_window
+    ts_max = now_s + time_window
+    unpack = HEADER.unpack_from
+    owner_of = sources.lookup
+    hosts_get = sources.hosts.get
+    suffixes: dict[int, bytes] = {}
+    opened: list[tuple[Peer, bytes]] = []
+    for datagram, address in datagrams:
+        size = len(datagram)
+        if size < OVERHEAD or size > MAX_DATAGRAM:
+            drops[reasons.BAD_LENGTH] += 1
+            continue
+        word0, client_id, counter = unpack(datagram)
+        kind = word0 >> TIMESTAMP_BITS
+        if kind != KIND_DATA:
+            if kind != KIND_KEEPALIVE:
+                drops[reasons.UNKNOWN_KIND] += 1
+                continue
+            if size != OVERHEAD:
+                drops[reasons.BAD_LENGTH] += 1
+                continue
+        peer = find_peer(client_id)
+        if peer is None:
+            drops[reasons.UNKNOWN_CLIENT] += 1
+            continue
+        ts = ts_base + ((word0 - ts_base) & TIMESTAMP_MASK)
+        if ts < ts_min or ts > ts_max:
+            drops[reasons.OUTSIDE_TIME_WINDOW] += 1
+            continue
+        window = peer.window
+        # Fast path of window.check for the common case, the next counters in
+        # order: ahead by less than WINDOW and not older in time (which also
+        # puts ts at or above the floor, and is never true of an empty window).
+        ahead = (counter - window.newest_counter) & COUNTER_MASK
+        if 0 < ahead < WINDOW and ts >= window.newest_ts:
+            verdict = NEWEST
+        else:
+            verdict = window.check(ts, counter)
+            if verdict < 0:
+                drops[_WINDOW_DROPS[verdict]] += 1
+                continue
+        suffix = suffixes.get(ts)
+        if suffix is None:
+            suffix = suffixes[ts] = AD_SUFFIX.pack(direction, server_id, ts)
+        try:
+            packet = peer.aead.decrypt(datagram[HEADER_LEN:], [datagram[:HEADER_LEN] + suffix])
+        except InvalidTag:
+            drops[reasons.AUTH_FAILED] += 1
+            continue
+        if verdict == NEWEST:
+            # Fast path of window.commit(ts, counter, NEWEST).
+            if counter & 7 < ahead:  # counter entered a new ring byte
+                window.slide(counter)
+            window.newest_counter = counter
+            window.newest_ts = ts
+            window.ring[(counter >> 3) & RING_INDEX_MASK] |= 1 << (counter & 7)
+        else:
+            window.commit(ts, counter, verdict)
+        if verdict != REORDERED and address != peer.endpoint:
+            # The freshest proof of where the peer is now.
+            if peer.endpoint is not None:
+                peer.roams += 1
+            peer.endpoint = address
+        if kind == KIND_KEEPALIVE:
+            continue
+        # The inner source must be an address this peer owns (cryptokey routing).
+        size = len(packet)
+        version = packet[0] >> 4 if size else 0
+        if version == 4 and size >= 20:
+            source = packet[12:16]
+        elif version == 6 and size >= 40:
+            source = packet[8:24]
+        else:
+            drops[reasons.INNER_MALFORMED] += 1
+            continue
+        owner = hosts_get(source)
+        if owner is None:
+            owner = owner_of(source)  # prefix routes: the longest match
+        if owner is not peer:
+            drops[reasons.INNER_SOURCE_NOT_ALLOWED] += 1
+            continue
+        peer.rx_packets += 1
+        peer.rx_bytes += size
+        opened.append((peer, packet))
+    return opened

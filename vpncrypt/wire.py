@@ -1,0 +1,140 @@
+"""The vpncrypt wire format: an 8-byte cleartext header, the 16-byte SIV, the ciphertext.
+
+Sans-I/O: everything here is a pure function of its arguments; time comes in as
+``now`` (seconds since the Unix epoch, float). ``docs/PROTOCOL.md`` is the
+normative description; this module is the reference implementation of it.
+
+Header (big-endian)::
+
+    0                   1                   2                   3
+    0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+   +-----------+-------------------+-------------------------------+
+   |   kind    |  timestamp mod 1024 |          client ID          |
+   +-----------+-------------------+-------------------------------+
+   |                            counter                            |
+   +---------------------------------------------------------------+
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+from cryptography.exceptions import InvalidTag
+
+HEADER_LEN = 8
+TAG_LEN = 16
+OVERHEAD = HEADER_LEN + TAG_LEN
+MAX_PAYLOAD = 65535
+MAX_DATAGRAM = OVERHEAD + MAX_PAYLOAD
+KEY_LEN = 64  # AES-256-SIV: two 256-bit halves (MAC key, CTR key)
+
+# Kind: 2 bits of version, 4 bits of type. Version 1 defines two types.
+VERSION = 1
+TYPE_DATA = 1
+TYPE_KEEPALIVE = 2
+KIND_DATA = (VERSION << 4) | TYPE_DATA  # 0x11
+KIND_KEEPALIVE = (VERSION << 4) | TYPE_KEEPALIVE  # 0x12
+KINDS = frozenset({KIND_DATA, KIND_KEEPALIVE})
+
+TIMESTAMP_BITS = 10
+TIMESTAMP_MOD = 1 << TIMESTAMP_BITS
+TIMESTAMP_MASK = TIMESTAMP_MOD - 1
+# The receiver rebuilds the full timestamp within [now - 512, now + 511], so a
+# window wider than 511 s could not tell two candidate timestamps apart.
+MAX_TIME_WINDOW = TIMESTAMP_MOD // 2 - 1
+DEFAULT_TIME_WINDOW = 128
+
+COUNTER_MOD = 1 << 32
+COUNTER_MASK = COUNTER_MOD - 1
+MAX_CLIENT_ID = 0xFFFF
+
+# Direction byte of the associated data: a datagram sealed for one direction
+# never authenticates in the other, so a reflected datagram is rejected.
+TO_SERVER = 0x01
+TO_CLIENT = 0x02
+
+HEADER = struct.Struct("!HHI")
+AD_SUFFIX = struct.Struct("!BIQ")  # direction, server ID, full timestamp
+
+
+class Header(NamedTuple):
+    kind: int
+    timestamp_low: int
+    client_id: int
+    counter: int
+
+
+def encode_header(kind: int, timestamp: int, client_id: int, counter: int) -> bytes:
+    """The 8 cleartext bytes; ``timestamp`` is truncated to its low 10 bits."""
+    return HEADER.pack((kind << TIMESTAMP_BITS) | (timestamp & TIMESTAMP_MASK), client_id, counter)
+
+
+def decode_header(datagram: bytes) -> Header:
+    """Split the cleartext header; raises ValueError if the datagram is too short."""
+    if len(datagram) < HEADER_LEN:
+        raise ValueError("datagram shorter than the 8-byte header")
+    word0, client_id, counter = HEADER.unpack_from(datagram)
+    return Header(word0 >> TIMESTAMP_BITS, word0 & TIMESTAMP_MASK, client_id, counter)
+
+
+def ad_suffix(direction: int, server_id: int, timestamp: int) -> bytes:
+    """The part of the associated data that does not travel in the header."""
+    return AD_SUFFIX.pack(direction, server_id, timestamp)
+
+
+def associated_data(header: bytes, direction: int, server_id: int, timestamp: int) -> bytes:
+    """The one AD string: header || direction || server ID || full timestamp (21 bytes)."""
+    return header + AD_SUFFIX.pack(direction, server_id, timestamp)
+
+
+def rebuild_timestamp(timestamp_low: int, now_seconds: int) -> int:
+    """The full timestamp congruent to ``timestamp_low`` nearest to ``now_seconds``.
+
+    The result lies in ``[now_seconds - 512, now_seconds + 511]``.
+    """
+    low = now_seconds - TIMESTAMP_MOD // 2
+    return low + ((timestamp_low - low) & TIMESTAMP_MASK)
+
+
+class Rejected(Exception):
+    """A datagram that ``open_datagram`` refuses; ``reason`` is a drops.* name."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def seal_datagram(
+    aead, kind: int, client_id: int, counter: int, timestamp: int, direction: int, server_id: int, payload: bytes
+) -> bytes:
+    """Reference sealing of one datagram (``aead`` is an AES-SIV object with encrypt/decrypt)."""
+    header = encode_header(kind, timestamp, client_id, counter)
+    return header + aead.encrypt(payload, [associated_data(header, direction, server_id, timestamp)])
+
+
+def open_datagram(
+    aead, datagram: bytes, *, direction: int, server_id: int, now: float, time_window: int = DEFAULT_TIME_WINDOW
+) -> tuple[Header, int, bytes]:
+    """Reference opening of one datagram, without replay state: (header, full timestamp, payload).
+
+    The batch path in ``receive.py`` makes the same decisions, faster; the
+    tests hold the two to each other. Raises Rejected.
+    """
+    if not OVERHEAD <= len(datagram) <= MAX_DATAGRAM:
+        raise Rejected("bad_length")
+    header = decode_header(datagram)
+    if header.kind not in KINDS:
+        raise Rejected("unknown_kind")
+    if header.kind == KIND_KEEPALIVE and len(datagram) != OVERHEAD:
+        raise Rejected("bad_length")
+    now_seconds = int(now)
+    timestamp = rebuild_timestamp(header.timestamp_low, now_seconds)
+    if abs(timestamp - now_seconds) > time_window:
+        raise Rejected("outside_time_window")
+    ad = associated_data(datagram[:HEADER_LEN], direction, server_id, timestamp)
+    try:
+        payload = aead.decrypt(datagram[HEADER_LEN:], [ad])
+    except (InvalidTag, ValueError) as error:  # cryptography's, pycryptodome's
+        raise Rejected("auth_failed") from error
+    return header, timestamp, payload
