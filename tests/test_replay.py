@@ -130,3 +130,27 @@ def test_check_changes_nothing():
     for counter in (9, 11, 10, 10 + 3 * WINDOW, 2**31 + 10):
         window.check(2, counter)
     assert (window.floor, window.newest_ts, window.newest_counter, bytes(window.ring)) == before
+
+
+LATE_ARRIVALS = len(range(0, 9000, 97))  # held back and delivered before the run ends
+
+
+def long_run_with_late_arrivals(offer_fn, start):
+    """10,000 counters in order with every 97th held back and delivered 1,000 later:
+    the ring wraps more than twice, so bits it failed to clear would show as replays."""
+    held = []
+    accepted_late = 0
+    for index in range(10_000):
+        if index % 97 == 0:
+            held.append(index)
+        else:
+            assert offer_fn((start + index) & MASK, index) > 0
+        while held and index - held[0] >= 1000:
+            late = held.pop(0)
+            accepted_late += offer_fn((start + late) & MASK, late) > 0
+    return accepted_late
+
+
+def test_ring_is_cleared_as_it_slides():
+    window = ReplayWindow(floor=0)
+    assert long_run_with_late_arrivals(lambda counter, index: offer(window, 7, counter), MASK - 5000) == LATE_ARRIVALS
