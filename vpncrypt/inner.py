@@ -1,4 +1,4 @@
-"""Inner IP packets: where they come from and go to, and which peer owns an address.
+"""Inner IP packets: where they go to, and which peer owns an address.
 
 Addresses are compared as the raw 4 or 16 bytes of the packet, so the common
 case (host routes) is one slice and one dict lookup.
@@ -11,18 +11,6 @@ from typing import Generic, Iterable, TypeVar
 
 Owner = TypeVar("Owner")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def source_address(packet: bytes) -> bytes | None:
-    """The raw source address of an IPv4 or IPv6 packet, or None if malformed."""
-    if not packet:
-        return None
-    version = packet[0] >> 4
-    if version == 4 and len(packet) >= 20:
-        return packet[12:16]
-    if version == 6 and len(packet) >= 40:
-        return packet[8:24]
-    return None
 
 
 def destination_address(packet: bytes) -> bytes | None:

@@ -85,7 +85,7 @@ def ad_suffix(direction: int, server_id: int, timestamp: int) -> bytes:
 
 def associated_data(header: bytes, direction: int, server_id: int, timestamp: int) -> bytes:
     """The one AD string: header || direction || server ID || full timestamp (21 bytes)."""
-    return header + AD_SUFFIX.pack(direction, server_id, timestamp)
+    return header + ad_suffix(direction, server_id, timestamp)
 
 
 def rebuild_timestamp(timestamp_low: int, now_seconds: int) -> int:

@@ -1,0 +1,48 @@
+"""vpncrypt-server and vpncrypt-client: run in the foreground, log to stderr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..client import ResolveError, network_plan as client_plan, run_client
+from ..config import ConfigError, load_client_config, load_server_config
+from ..netconfig import NetconfigError
+from ..server import network_plan as server_plan, run_server
+from ..tun import TunError
+from .common import USAGE_ERROR, setup_logging
+
+RUNTIME_ERROR = 1
+
+
+def _main(program: str, argv, load, plan, run) -> int:
+    parser = argparse.ArgumentParser(prog=program, description=f"Run the vpncrypt {program.split('-')[1]}"
+                                     " in the foreground until SIGINT or SIGTERM.")
+    parser.add_argument("--config", required=True, metavar="FILE")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the config and print the network commands it would run, then exit")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        config = load(args.config)
+        if args.dry_run:
+            from ..netconfig import backend
+
+            print(backend().describe(plan(config)))
+            return 0
+        return run(config)
+    except ConfigError as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    except (TunError, NetconfigError, ResolveError, OSError) as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        return RUNTIME_ERROR
+
+
+def server_main(argv: list[str] | None = None) -> int:
+    return _main("vpncrypt-server", argv, load_server_config, server_plan, run_server)
+
+
+def client_main(argv: list[str] | None = None) -> int:
+    return _main("vpncrypt-client", argv, load_client_config, client_plan, run_client)

@@ -1,0 +1,285 @@
+"""Server and client configuration: TOML files, checked strictly, with one-line errors.
+
+Every mistake an operator can make in a file (unknown key, wrong type, bad
+address, duplicate ID or address, wrong key length, loose permissions) raises
+ConfigError with a message naming the file and the field, never the key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .inner import Network
+from .keys import decode_key
+from .wire import DEFAULT_TIME_WINDOW, MAX_CLIENT_ID, MAX_TIME_WINDOW
+
+DEFAULT_PORT = 51820
+DEFAULT_MTU = 1420  # 1500 - 40 (IPv6) - 8 (UDP) - 24 (vpncrypt) - 8 spare
+DEFAULT_INTERFACE = "vpncrypt0"
+DEFAULT_KEEPALIVE = 25
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the operator."""
+
+
+@dataclass(frozen=True)
+class ClientSection:
+    name: str
+    client_id: int
+    key: bytes = field(repr=False)
+    addresses: tuple[Network, ...]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    path: Path
+    server_id: int
+    port: int
+    listen_address: str
+    endpoint: str
+    tunnel: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]
+    interface: str
+    mtu: int
+    time_window: int
+    client_to_client: bool
+    clients: tuple[ClientSection, ...]
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    path: Path
+    name: str
+    client_id: int
+    key: bytes = field(repr=False)
+    server: str
+    server_id: int
+    addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]
+    routes: tuple[Network, ...]
+    interface: str
+    mtu: int
+    keepalive: float
+    time_window: int
+
+    @property
+    def allowed_sources(self) -> tuple[Network, ...]:
+        """What the server may send from: the tunnel networks and the routes."""
+        return tuple(a.network for a in self.addresses) + self.routes
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a config file after checking that only its owner can read it."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: {error.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{path}: not a regular file")
+    if mode & 0o077:
+        raise ConfigError(
+            f"{path}: holds secret keys but is readable by group or others "
+            f"(mode {stat.S_IMODE(mode):04o}); fix it with: chmod 600 {path}"
+        )
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: {error.strerror}") from None
+
+
+class _Section:
+    """Typed access to one TOML table that reports the file and table in errors."""
+
+    def __init__(self, path: Path, where: str, table: Any, allowed: set[str]) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {where} must be a table")
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            raise ConfigError(f"{path}: unknown key {unknown[0]!r} in {where}")
+        self.path, self.where, self.table = path, where, table
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {self.where} {key}: {problem}")
+
+    def get(self, key: str, kind: type, default: Any = ...) -> Any:
+        if key not in self.table:
+            if default is ...:
+                raise self.fail(key, "missing")
+            return default
+        value = self.table[key]
+        # bool is an int in Python, but not in a config file.
+        if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                return float(value)
+            raise self.fail(key, f"must be {_TYPE_NAMES[kind]}, not {type(value).__name__}")
+        return value
+
+    def integer(self, key: str, low: int, high: int, default: Any = ...) -> int:
+        value = self.get(key, int, default)
+        if not low <= value <= high:
+            raise self.fail(key, f"must be from {low} to {high}, not {value}")
+        return value
+
+    def string_list(self, key: str, default: Any = ...) -> list[str]:
+        values = self.get(key, list, default)
+        if not all(isinstance(v, str) for v in values):
+            raise self.fail(key, "must be a list of strings")
+        return values
+
+    def key(self) -> bytes:
+        try:
+            return decode_key(self.get("key", str))
+        except ValueError as error:
+            raise self.fail("key", str(error)) from None
+
+    def interfaces(self, key: str) -> tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]:
+        result = []
+        for text in self.string_list(key):
+            try:
+                result.append(ipaddress.ip_interface(text))
+            except ValueError:
+                raise self.fail(key, f"{text!r} is not an address with a prefix (like 203.0.113.1/24)") from None
+        if not result:
+            raise self.fail(key, "needs at least one address")
+        return tuple(result)
+
+    def networks(self, key: str, default: Any = ...) -> tuple[Network, ...]:
+        result = []
+        for text in self.string_list(key, default):
+            try:
+                network = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise self.fail(key, f"{text!r} is not an address or network") from None
+            if network.prefixlen == 0:
+                raise self.fail(key, f"{text!r}: a default route through the tunnel is not supported yet")
+            result.append(network)
+        return tuple(result)
+
+    def interface_name(self) -> str:
+        name = self.get("interface", str, DEFAULT_INTERFACE)
+        if not 0 < len(name) < 16 or "/" in name or any(c.isspace() for c in name):
+            raise self.fail("interface", f"{name!r} is not a valid interface name (1-15 characters)")
+        return name
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' into (host, port); ValueError if malformed."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address as [ADDRESS]:PORT")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"{text!r}: port must be from 1 to 65535")
+    return host, port
+
+
+def _check_overlaps(path: Path, owners: list[tuple[Network, str]]) -> None:
+    for i, (network, owner) in enumerate(owners):
+        for other, other_owner in owners[:i]:
+            if network.version == other.version and network.overlaps(other):
+                raise ConfigError(f"{path}: address {network} of {owner} overlaps {other} of {other_owner}")
+
+
+def load_server_config(path: str | os.PathLike) -> ServerConfig:
+    path = Path(path)
+    data = read_toml(path)
+    top = _Section(path, "file", data, {"server", "client"})
+    server = _Section(path, "[server]", top.get("server", dict), {
+        "server_id", "port", "listen_address", "endpoint", "tunnel", "interface", "mtu",
+        "time_window", "client_to_client",
+    })
+    endpoint = server.get("endpoint", str, "")
+    if endpoint:
+        try:
+            parse_endpoint(endpoint)
+        except ValueError as error:
+            raise server.fail("endpoint", str(error)) from None
+    listen_address = server.get("listen_address", str, "::")
+    try:
+        ipaddress.ip_address(listen_address)
+    except ValueError:
+        raise server.fail("listen_address", f"{listen_address!r} is not an IP address") from None
+    tunnel = server.interfaces("tunnel")
+    clients: list[ClientSection] = []
+    seen_ids: dict[int, str] = {}
+    seen_names: set[str] = set()
+    owners: list[tuple[Network, str]] = [(ipaddress.ip_network(i.ip), "the server") for i in tunnel]
+    for index, table in enumerate(top.get("client", list, [])):
+        section = _Section(path, f"[[client]] #{index + 1}", table, {"name", "client_id", "key", "addresses"})
+        name = section.get("name", str)
+        section.where = f"[[client]] {name!r}"
+        client_id = section.integer("client_id", 0, MAX_CLIENT_ID)
+        if client_id in seen_ids:
+            raise section.fail("client_id", f"{client_id} is already used by client {seen_ids[client_id]!r}")
+        if name in seen_names:
+            raise section.fail("name", "is used by another client too")
+        seen_ids[client_id] = name
+        seen_names.add(name)
+        addresses = section.networks("addresses")
+        if not addresses:
+            raise section.fail("addresses", "needs at least one address")
+        owners.extend((network, f"client {name!r}") for network in addresses)
+        clients.append(ClientSection(name, client_id, section.key(), addresses))
+    _check_overlaps(path, owners)
+    return ServerConfig(
+        path=path,
+        server_id=server.integer("server_id", 0, 2**32 - 1),
+        port=server.integer("port", 1, 65535, DEFAULT_PORT),
+        listen_address=listen_address,
+        endpoint=endpoint,
+        tunnel=tunnel,
+        interface=server.interface_name(),
+        mtu=server.integer("mtu", 1280, 65535 - 24, DEFAULT_MTU),
+        time_window=server.integer("time_window", 1, MAX_TIME_WINDOW, DEFAULT_TIME_WINDOW),
+        client_to_client=server.get("client_to_client", bool, False),
+        clients=tuple(clients),
+    )
+
+
+def load_client_config(path: str | os.PathLike) -> ClientConfig:
+    path = Path(path)
+    data = read_toml(path)
+    top = _Section(path, "file", data, {"client"})
+    client = _Section(path, "[client]", top.get("client", dict), {
+        "name", "client_id", "key", "server", "server_id", "addresses", "routes", "interface",
+        "mtu", "keepalive", "time_window",
+    })
+    server = client.get("server", str)
+    try:
+        parse_endpoint(server)
+    except ValueError as error:
+        raise client.fail("server", str(error)) from None
+    keepalive = client.get("keepalive", float, float(DEFAULT_KEEPALIVE))
+    if not 0 <= keepalive <= 3600:
+        raise client.fail("keepalive", f"must be from 0 (off) to 3600 seconds, not {keepalive:g}")
+    return ClientConfig(
+        path=path,
+        name=client.get("name", str, path.stem),
+        client_id=client.integer("client_id", 0, MAX_CLIENT_ID),
+        key=client.key(),
+        server=server,
+        server_id=client.integer("server_id", 0, 2**32 - 1),
+        addresses=client.interfaces("addresses"),
+        routes=client.networks("routes", []),
+        interface=client.interface_name(),
+        mtu=client.integer("mtu", 1280, 65535 - 24, DEFAULT_MTU),
+        keepalive=keepalive,
+        time_window=client.integer("time_window", 1, MAX_TIME_WINDOW, DEFAULT_TIME_WINDOW),
+    )

@@ -1,0 +1,64 @@
+"""vpncrypt server: one UDP socket, one TUN device, any number of clients."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from . import netconfig
+from .config import ServerConfig
+from .daemon import Daemon, new_event_loop
+from .server_core import ClientEntry, ServerCore
+from .tun import open_tun
+from .udp import UdpBatcher, format_endpoint, open_listening_socket
+
+log = logging.getLogger("vpncrypt.server")
+
+
+def build_core(config: ServerConfig, now: float) -> ServerCore:
+    clients = [ClientEntry(c.client_id, c.key, c.addresses, c.name) for c in config.clients]
+    return ServerCore(
+        config.server_id, clients, now, time_window=config.time_window, client_to_client=config.client_to_client,
+    )
+
+
+def server_status(core: ServerCore) -> dict[str, Any]:
+    status = core.status()
+    for client in status["clients"]:
+        client["endpoint"] = format_endpoint(client["endpoint"])
+    return status
+
+
+def network_plan(config: ServerConfig) -> list[list[str]]:
+    return netconfig.backend().plan(config.interface, config.tunnel, config.mtu)
+
+
+def run_server(config: ServerConfig) -> int:
+    """Serve until SIGINT or SIGTERM; the TUN device goes away with the process's hold on it."""
+    core = build_core(config, time.time())
+    tun = open_tun(config.interface)
+    try:
+        netconfig.backend().apply(network_plan(config))
+        sock = open_listening_socket(config.listen_address, config.port)
+        try:
+            daemon = Daemon(
+                tun, UdpBatcher(sock), from_network=core.datagrams_received,
+                from_tun=core.tun_packets_received, status=lambda: server_status(core),
+            )
+            log.info(
+                "server %d listening on UDP port %d, interface %s, %d clients",
+                config.server_id, config.port, tun.name, len(config.clients),
+            )
+            loop = new_event_loop()
+            try:
+                loop.run_until_complete(daemon.run())
+            finally:
+                loop.close()
+            daemon.log_status()
+        finally:
+            sock.close()
+    finally:
+        tun.close()
+    log.info("stopped; %s removed", config.interface)
+    return 0

@@ -1,0 +1,85 @@
+"""Linux TUN: /dev/net/tun with IFF_TUN | IFF_NO_PI, non-blocking, one packet per read/write."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import struct
+
+from . import TunError
+
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+SIOCGIFMTU = 0x8921
+_IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, then flags in the union
+_READ_SIZE = 65536  # the largest IP packet; MTU changes at run time cannot truncate
+
+
+class LinuxTun:
+    """A TUN device owned by this process: it disappears when closed."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        self._fd = fd
+        self.name = name
+        self._buffer = bytearray(_READ_SIZE)
+        self._view = memoryview(self._buffer)
+
+    @classmethod
+    def open(cls, name: str) -> "LinuxTun":
+        try:
+            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise TunError("/dev/net/tun does not exist: load the tun module (modprobe tun)") from None
+        except PermissionError:
+            raise TunError("cannot open /dev/net/tun: run as root (or with CAP_NET_ADMIN)") from None
+        try:
+            reply = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(name.encode(), IFF_TUN | IFF_NO_PI))
+        except OSError as error:
+            os.close(fd)
+            if error.errno == errno.EPERM:
+                raise TunError(f"cannot create {name}: run as root (or with CAP_NET_ADMIN)") from None
+            if error.errno == errno.EBUSY:
+                raise TunError(f"{name} is in use by another process") from None
+            raise TunError(f"cannot create {name}: {error.strerror}") from None
+        actual = _IFREQ.unpack(reply)[0].rstrip(b"\0").decode()
+        return cls(fd, actual)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    @property
+    def mtu(self) -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            reply = fcntl.ioctl(probe, SIOCGIFMTU, struct.pack("16si12x", self.name.encode(), 0))
+        return struct.unpack("16si12x", reply)[1]
+
+    def read_batch(self, limit: int) -> list[bytes]:
+        packets = []
+        readv, fd, buffers, view = os.readv, self._fd, [self._buffer], self._view
+        while len(packets) < limit:
+            try:
+                size = readv(fd, buffers)
+            except BlockingIOError:
+                break
+            packets.append(bytes(view[:size]))
+        return packets
+
+    def write_batch(self, packets: list[bytes]) -> int:
+        refused = 0
+        write, fd = os.write, self._fd
+        for packet in packets:
+            try:
+                write(fd, packet)
+            except (BlockingIOError, OSError):
+                # Full queue or a packet the kernel will not take (EINVAL):
+                # lost like on any network; the counter shows it.
+                refused += 1
+        return refused
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
