@@ -410,3 +410,14 @@ def test_server_fast_path_clears_the_ring_as_it_slides():
         return len(server.datagrams_received([(datagram, A_EP)], NOW + 5).to_tun)
 
     assert long_run_with_late_arrivals(offer, 2**32 - 5000) == LATE_ARRIVALS
+
+
+def test_a_client_that_just_started_hears_the_server_at_once():
+    """The server stamps its replies no older than the newest it heard from the client,
+    which is at or above the client's replay floor: no second of silence after a start."""
+    server = make_server(now=NOW)
+    client = make_client(now=NOW + 100.2)
+    server.datagrams_received([(d, A_EP) for d, _ in client.start(NOW + 100.3)], NOW + 100.3)
+    out = server.tun_packets_received([ipv4_packet(SERVER_ADDR, A_ADDR)], NOW + 100.4)
+    assert len(client.datagrams_received([(d, SERVER_EP) for d, _ in out], NOW + 100.4)) == 1
+    assert client.drops["superseded"] == 0

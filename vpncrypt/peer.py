@@ -12,7 +12,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
-from .replay import ReplayWindow
+from .replay import NO_TIMESTAMP, ReplayWindow
 from .wire import AD_SUFFIX, COUNTER_MASK, HEADER, KEY_LEN, TIMESTAMP_BITS, TIMESTAMP_MASK
 
 
@@ -55,11 +55,17 @@ class Peer:
 
     def seal(self, kind: int, payloads: list[bytes], now: float) -> list[bytes]:
         """Seal a batch of payloads into datagrams, consuming one counter each."""
+        # Never older than what was sent before, nor than the newest timestamp
+        # accepted from the peer: that one is at or above the peer's replay
+        # floor, so a peer that has just started hears us at once.
         ts = int(now)
-        if ts < self.last_ts:
-            ts = self.last_ts  # never send an older timestamp than before
-        else:
-            self.last_ts = ts
+        floor = self.last_ts
+        heard = self.window.newest_ts
+        if heard != NO_TIMESTAMP and heard > floor:
+            floor = heard
+        if ts < floor:
+            ts = floor
+        self.last_ts = ts
         suffix = AD_SUFFIX.pack(self.send_direction, self.server_id, ts)
         word0 = (kind << TIMESTAMP_BITS) | (ts & TIMESTAMP_MASK)
         client_id = self.client_id

@@ -5,18 +5,22 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import sys
 from typing import Any
 
 _BUFFER_BYTES = 4 << 20
+# Linux's SO_RCVBUFFORCE and SO_SNDBUFFORCE, which Python does not name: as
+# root they pass net.core.[rw]mem_max.
+_FORCE = {socket.SO_RCVBUF: 33, socket.SO_SNDBUF: 32} if sys.platform.startswith("linux") else {}
 
 
 def _grow_buffers(sock: socket.socket) -> None:
-    """Room for bursts; as root the FORCE variants pass net.core.[rw]mem_max."""
-    for force, plain in ((socket.SO_RCVBUFFORCE, socket.SO_RCVBUF), (socket.SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+    """Room for bursts of datagrams."""
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
         try:
-            sock.setsockopt(socket.SOL_SOCKET, force, _BUFFER_BYTES)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, plain, _BUFFER_BYTES)
+            sock.setsockopt(socket.SOL_SOCKET, _FORCE[option], _BUFFER_BYTES)
+        except (KeyError, OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, _BUFFER_BYTES)
 
 
 def open_listening_socket(address: str, port: int) -> socket.socket:

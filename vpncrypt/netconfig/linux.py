@@ -17,7 +17,9 @@ from . import NetconfigError
 
 def plan(interface: str, addresses: Iterable, mtu: int, routes: Iterable = ()) -> list[list[str]]:
     """The ``ip`` commands that give ``interface`` its MTU, addresses and routes, and bring it up."""
-    commands = [["ip", "link", "set", "dev", interface, "mtu", str(mtu)]]
+    # No IPv6 link-local address: a tunnel has no neighbours, and router
+    # solicitations from one would only be dropped on the other side.
+    commands = [["ip", "link", "set", "dev", interface, "mtu", str(mtu), "addrgenmode", "none"]]
     for address in addresses:
         command = ["ip", "address", "add", str(address), "dev", interface]
         if address.version == 6:

@@ -1,0 +1,225 @@
+"""Throw-away networks of namespaces for the demo, the end-to-end tests and benchmarks.
+
+A Lab owns everything it makes: namespaces (under a prefix unique to the run),
+the veth pairs between them, and the processes it starts (each in its own
+session, ended by PID). ``close()`` removes all of it, and runs however the
+work ended. Addresses are documentation ranges only.
+
+The standard topology (``build_vpn_lab``)::
+
+    client a 198.51.100.10 --+                       +-- 192.0.2.1 server
+                             router (SNAT to 192.0.2.254)
+    client b 198.51.100.130 -+
+
+Tunnel 203.0.113.0/24 and 2001:db8:7::/64; server .1, clients from .2.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class LabError(Exception):
+    pass
+
+
+def run(command: list[str], *, check: bool = True, timeout: float = 30, input: str | None = None
+        ) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, input=input)
+    if check and result.returncode != 0:
+        raise LabError(f"{' '.join(command)}: {result.stderr.strip() or result.stdout.strip()}")
+    return result
+
+
+class Lab:
+    def __init__(self, workdir: Path, prefix: str | None = None) -> None:
+        self.prefix = prefix or f"vc{secrets.token_hex(3)}"
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.namespaces: list[str] = []
+        self.processes: list[subprocess.Popen] = []
+        self._links = 0
+
+    # --- building ---------------------------------------------------------------------
+
+    def namespace(self, role: str) -> str:
+        name = f"{self.prefix}-{role}"
+        run(["ip", "netns", "add", name])
+        self.namespaces.append(name)
+        self.run(name, ["ip", "link", "set", "lo", "up"])
+        return name
+
+    def link(self, ns_a: str, ns_b: str) -> tuple[str, str]:
+        """A veth pair between two namespaces; returns the two interface names."""
+        self._links += 1
+        a, b = f"{self.prefix}a{self._links}", f"{self.prefix}b{self._links}"
+        run(["ip", "link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b])
+        self.run(ns_a, ["ip", "link", "set", a, "up"])
+        self.run(ns_b, ["ip", "link", "set", b, "up"])
+        return a, b
+
+    def address(self, ns: str, interface: str, cidr: str) -> None:
+        self.run(ns, ["ip", "address", "add", cidr, "dev", interface])
+
+    def run(self, ns: str, command: list[str], **options) -> subprocess.CompletedProcess:
+        return run(["ip", "netns", "exec", ns, *command], **options)
+
+    def spawn(self, ns: str, command: list[str], log_name: str, env: dict | None = None) -> subprocess.Popen:
+        """Start a long-running process in ``ns``, its output in workdir/log_name."""
+        log = open(self.workdir / log_name, "ab")
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *command], stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+        )
+        log.close()
+        self.processes.append(process)
+        return process
+
+    # --- ending -----------------------------------------------------------------------
+
+    def stop(self, process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        """Signal one process we started (its whole group) and wait for it."""
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(5)
+        return process.returncode
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            try:
+                self.stop(process, timeout=5)
+            except (OSError, subprocess.SubprocessError):
+                pass
+        self.processes.clear()
+        for ns in reversed(self.namespaces):
+            run(["ip", "netns", "delete", ns], check=False)
+        self.namespaces.clear()
+
+    def __enter__(self) -> "Lab":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+
+def lab_namespaces(prefix: str) -> list[str]:
+    listing = run(["ip", "netns", "list"], check=False).stdout.split("\n")
+    return [line.split()[0] for line in listing if line.startswith(prefix + "-")]
+
+
+# --- the standard VPN topology ---------------------------------------------------------
+
+SERVER_UNDERLAY = "192.0.2.1"
+ROUTER_UNDERLAY = "192.0.2.254"
+ROUTER_SECOND_ADDRESS = "192.0.2.253"  # what client a's traffic moves to when it "changes address"
+CLIENT_UNDERLAY = {"a": "198.51.100.10", "b": "198.51.100.130"}
+ROUTER_CLIENT_SIDE = {"a": "198.51.100.1", "b": "198.51.100.129"}
+PORT = 51820
+TUNNEL = ["203.0.113.1/24", "2001:db8:7::1/64"]
+
+
+@dataclass
+class VpnLab:
+    lab: Lab
+    server_ns: str
+    router_ns: str
+    client_ns: dict[str, str]
+    configs: Path
+    venv_bin: Path
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def keygen(self, *args: str) -> None:
+        run([str(self.venv_bin / "vpncrypt-keygen"), *args])
+
+    def start_server(self) -> subprocess.Popen:
+        command = [str(self.venv_bin / "vpncrypt-server"), "--config", str(self.configs / "server.toml")]
+        self.processes["server"] = self.lab.spawn(self.server_ns, command, "server.log")
+        wait_for_interface(self.lab, self.server_ns, "vpncrypt0", self.processes["server"], self.lab.workdir / "server.log")
+        return self.processes["server"]
+
+    def start_client(self, name: str) -> subprocess.Popen:
+        command = [str(self.venv_bin / "vpncrypt-client"), "--config", str(self.configs / f"{name}.toml")]
+        process = self.lab.spawn(self.client_ns[name], command, f"client-{name}.log")
+        self.processes[f"client-{name}"] = process
+        wait_for_interface(self.lab, self.client_ns[name], "vpncrypt0", process, self.lab.workdir / f"client-{name}.log")
+        return process
+
+    def snat(self, address: str, port: int) -> None:
+        """Client a's UDP traffic leaves the router from address:port; replaces the rule atomically
+        and forgets the old conntrack mapping, as a home router does when its mapping expires."""
+        rules = (
+            "table ip vcnat {\n"
+            "  chain post { type nat hook postrouting priority 100; }\n"
+            "}\n"
+            "flush chain ip vcnat post\n"
+            f"add rule ip vcnat post ip saddr {CLIENT_UNDERLAY['a']} udp dport {PORT} snat to {address}:{port}\n"
+            f"add rule ip vcnat post ip saddr {CLIENT_UNDERLAY['b']} masquerade\n"
+        )
+        self.lab.run(self.router_ns, ["nft", "-f", "-"], input=rules)
+        self.lab.run(self.router_ns, ["conntrack", "-D", "-p", "udp", "--orig-src", CLIENT_UNDERLAY["a"]], check=False)
+
+
+def wait_for_interface(lab: Lab, ns: str, interface: str, process: subprocess.Popen, log: Path,
+                       timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LabError(f"process exited with {process.returncode}: {log.read_text()[-2000:]}")
+        shown = lab.run(ns, ["ip", "-o", "link", "show", interface], check=False)
+        if shown.returncode == 0 and ",UP" in shown.stdout:
+            return
+        time.sleep(0.05)
+    raise LabError(f"{interface} did not come up in {ns}: {log.read_text()[-2000:]}")
+
+
+def build_vpn_lab(lab: Lab, venv_bin: Path | None = None, clients=("a", "b"), client_to_client: bool = True
+                  ) -> VpnLab:
+    """Namespaces, links, routing and NAT of the standard topology, and fresh configs."""
+    venv_bin = venv_bin or Path(sys.executable).parent
+    server = lab.namespace("server")
+    router = lab.namespace("router")
+    client_ns = {name: lab.namespace(f"client-{name}") for name in clients}
+    s_if, r_if = lab.link(server, router)
+    lab.address(server, s_if, f"{SERVER_UNDERLAY}/24")
+    lab.address(router, r_if, f"{ROUTER_UNDERLAY}/24")
+    lab.address(router, r_if, f"{ROUTER_SECOND_ADDRESS}/24")
+    lab.run(server, ["ip", "route", "add", "198.51.100.0/24", "via", ROUTER_UNDERLAY])
+    for name, ns in client_ns.items():
+        c_if, rc_if = lab.link(ns, router)
+        lab.address(ns, c_if, f"{CLIENT_UNDERLAY[name]}/25")
+        lab.address(router, rc_if, f"{ROUTER_CLIENT_SIDE[name]}/25")
+        lab.run(ns, ["ip", "route", "add", "default", "via", ROUTER_CLIENT_SIDE[name]])
+    lab.run(router, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    configs = lab.workdir / "configs"
+    configs.mkdir(exist_ok=True)
+    vpn = VpnLab(lab, server, router, client_ns, configs, venv_bin)
+    vpn.snat(ROUTER_UNDERLAY, 40000)
+    server_toml = configs / "server.toml"
+    args = ["server", "--endpoint", f"{SERVER_UNDERLAY}:{PORT}", "--out", str(server_toml), "--server-id", "7"]
+    for cidr in TUNNEL:
+        args += ["--tunnel", cidr]
+    vpn.keygen(*args)
+    if client_to_client:
+        server_toml.write_text(server_toml.read_text().replace("client_to_client = false", "client_to_client = true"))
+    for name in clients:
+        vpn.keygen("client", "--server-config", str(server_toml), "--name", name, "--out", str(configs / f"{name}.toml"))
+    return vpn
+
+
+# Tunnel addresses keygen hands out, in order.
+TUNNEL_ADDRESS = {"server": "203.0.113.1", "a": "203.0.113.2", "b": "203.0.113.3"}
+TUNNEL_ADDRESS6 = {"server": "2001:db8:7::1", "a": "2001:db8:7::2", "b": "2001:db8:7::3"}
