@@ -8,14 +8,15 @@ work ended. Addresses are documentation ranges only.
 The standard topology (``build_vpn_lab``)::
 
     client a 198.51.100.10 --+                       +-- 192.0.2.1 server
-                             router (SNAT to 192.0.2.254)
-    client b 198.51.100.130 -+
+    client b 198.51.100.130 -- router (SNAT to 192.0.2.254)
+    outsider 198.51.100.200 -+   (not NATed: a third party on the path)
 
 Tunnel 203.0.113.0/24 and 2001:db8:7::/64; server .1, clients from .2.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -126,8 +127,9 @@ def lab_namespaces(prefix: str) -> list[str]:
 SERVER_UNDERLAY = "192.0.2.1"
 ROUTER_UNDERLAY = "192.0.2.254"
 ROUTER_SECOND_ADDRESS = "192.0.2.253"  # what client a's traffic moves to when it "changes address"
-CLIENT_UNDERLAY = {"a": "198.51.100.10", "b": "198.51.100.130"}
-ROUTER_CLIENT_SIDE = {"a": "198.51.100.1", "b": "198.51.100.129"}
+CLIENT_UNDERLAY = {"a": "198.51.100.10", "b": "198.51.100.130", "outsider": "198.51.100.200"}
+ROUTER_CLIENT_SIDE = {"a": "198.51.100.1", "b": "198.51.100.129", "outsider": "198.51.100.193"}
+CLIENT_PREFIX = {"a": 25, "b": 26, "outsider": 26}
 PORT = 51820
 TUNNEL = ["203.0.113.1/24", "2001:db8:7::1/64"]
 
@@ -138,6 +140,8 @@ class VpnLab:
     server_ns: str
     router_ns: str
     client_ns: dict[str, str]
+    outsider_ns: str
+    server_underlay_interface: str
     configs: Path
     venv_bin: Path
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -157,6 +161,19 @@ class VpnLab:
         self.processes[f"client-{name}"] = process
         wait_for_interface(self.lab, self.client_ns[name], "vpncrypt0", process, self.lab.workdir / f"client-{name}.log")
         return process
+
+    def server_status(self, timeout: float = 5) -> dict:
+        """Ask the running server for its status (SIGUSR1) and read it from its log."""
+        log = self.lab.workdir / "server.log"
+        seen = log.read_text().count(" status {")
+        os.kill(self.processes["server"].pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = [line for line in log.read_text().splitlines() if " status {" in line]
+            if len(lines) > seen:
+                return json.loads(lines[-1].split(" status ", 1)[1])
+            time.sleep(0.05)
+        raise LabError("the server did not report its status")
 
     def snat(self, address: str, port: int) -> None:
         """Client a's UDP traffic leaves the router from address:port; replaces the rule atomically
@@ -198,15 +215,16 @@ def build_vpn_lab(lab: Lab, venv_bin: Path | None = None, clients=("a", "b"), cl
     lab.address(router, r_if, f"{ROUTER_UNDERLAY}/24")
     lab.address(router, r_if, f"{ROUTER_SECOND_ADDRESS}/24")
     lab.run(server, ["ip", "route", "add", "198.51.100.0/24", "via", ROUTER_UNDERLAY])
-    for name, ns in client_ns.items():
+    outsider = lab.namespace("outsider")
+    for name, ns in [*client_ns.items(), ("outsider", outsider)]:
         c_if, rc_if = lab.link(ns, router)
-        lab.address(ns, c_if, f"{CLIENT_UNDERLAY[name]}/25")
-        lab.address(router, rc_if, f"{ROUTER_CLIENT_SIDE[name]}/25")
+        lab.address(ns, c_if, f"{CLIENT_UNDERLAY[name]}/{CLIENT_PREFIX[name]}")
+        lab.address(router, rc_if, f"{ROUTER_CLIENT_SIDE[name]}/{CLIENT_PREFIX[name]}")
         lab.run(ns, ["ip", "route", "add", "default", "via", ROUTER_CLIENT_SIDE[name]])
     lab.run(router, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
     configs = lab.workdir / "configs"
     configs.mkdir(exist_ok=True)
-    vpn = VpnLab(lab, server, router, client_ns, configs, venv_bin)
+    vpn = VpnLab(lab, server, router, client_ns, outsider, s_if, configs, venv_bin)
     vpn.snat(ROUTER_UNDERLAY, 40000)
     server_toml = configs / "server.toml"
     args = ["server", "--endpoint", f"{SERVER_UNDERLAY}:{PORT}", "--out", str(server_toml), "--server-id", "7"]

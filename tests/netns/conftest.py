@@ -1,0 +1,86 @@
+"""End-to-end fixtures: real namespaces, real TUN devices, the installed commands.
+
+They need root. Where the suite runs without it, every test here is skipped
+with a loud reason; CI runs as root, so there they always run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from vpncrypt.netlab import Lab, VpnLab, build_vpn_lab, lab_namespaces
+
+TRAFFIC = Path(__file__).with_name("traffic.py")
+VENV_BIN = Path(sys.executable).parent
+NOT_ROOT = "END-TO-END TESTS SKIPPED: they need root (namespaces, TUN). Run the suite as root."
+
+
+def pytest_collection_modifyitems(items):
+    if os.geteuid() == 0:
+        return
+    warnings.warn(NOT_ROOT)
+    for item in items:
+        if "netns" in str(item.fspath):
+            item.add_marker(pytest.mark.skip(reason=NOT_ROOT))
+
+
+class Job:
+    """A traffic.py run in a namespace; ``result()`` is its last JSON line."""
+
+    def __init__(self, lab: Lab, ns: str, *args: str) -> None:
+        self.name = f"traffic-{len(lab.processes)}-{args[0]}.log"
+        self.lab = lab
+        self.process = lab.spawn(ns, [sys.executable, str(TRAFFIC), *args], self.name)
+
+    def wait_until_ready(self, timeout: float = 10) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if '"listening"' in self.log() or '"capturing"' in self.log():
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"{self.name} did not get ready: {self.log()}")
+
+    def log(self) -> str:
+        return (self.lab.workdir / self.name).read_text()
+
+    def result(self, timeout: float = 90) -> dict:
+        self.process.wait(timeout)
+        lines = [line for line in self.log().splitlines() if line.startswith("{")]
+        assert lines, f"{self.name} printed no result: {self.log()}"
+        return json.loads(lines[-1])
+
+
+@pytest.fixture
+def vpn(tmp_path) -> VpnLab:
+    lab = Lab(tmp_path / "lab")
+    try:
+        vpn = build_vpn_lab(lab, VENV_BIN)
+        vpn.start_server()
+        vpn.start_client("a")
+        vpn.start_client("b")
+        yield vpn
+    finally:
+        logs = {p.name: p.read_text()[-3000:] for p in lab.workdir.glob("*.log")}
+        prefix = lab.prefix
+        lab.close()
+        assert lab_namespaces(prefix) == [], "namespaces left behind"
+        (tmp_path / "logs.json").write_text(json.dumps(logs))
+
+
+def job(vpn: VpnLab, ns: str, *args: str) -> Job:
+    return Job(vpn.lab, ns, *args)
+
+
+def ping(vpn: VpnLab, ns: str, address: str, count: int = 3, *extra: str) -> subprocess.CompletedProcess:
+    return vpn.lab.run(ns, ["ping", *extra, "-c", str(count), "-i", "0.2", "-W", "2", address], check=False)

@@ -1,0 +1,166 @@
+"""The VPN end to end: real namespaces, real TUN devices, real traffic (needs root)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+from vpncrypt.netlab import (
+    PORT, ROUTER_SECOND_ADDRESS, ROUTER_UNDERLAY, SERVER_UNDERLAY, TUNNEL_ADDRESS, TUNNEL_ADDRESS6,
+)
+from vpncrypt.peer import Peer
+from vpncrypt.wire import KIND_DATA, TO_SERVER
+
+from .conftest import job, ping
+
+MIB = 1 << 20
+SERVER, A, B = TUNNEL_ADDRESS["server"], TUNNEL_ADDRESS["a"], TUNNEL_ADDRESS["b"]
+
+
+def client_status(vpn, name):
+    return next(c for c in vpn.server_status()["clients"] if c["name"] == name)
+
+
+def wait_for(condition, timeout=5.0, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    return condition()
+
+
+def assert_intact(sent, received, size):
+    assert sent["bytes"] == received["bytes"] == size, (sent, received)
+    assert sent["sha256"] == received["sha256"]
+
+
+def test_traffic_through_the_tunnel(vpn):
+    a, b = vpn.client_ns["a"], vpn.client_ns["b"]
+    # ICMP echo, IPv4 and IPv6, and client to client through the server.
+    assert ping(vpn, a, SERVER).returncode == 0
+    assert ping(vpn, b, SERVER).returncode == 0
+    assert ping(vpn, a, TUNNEL_ADDRESS6["server"]).returncode == 0
+    assert ping(vpn, a, B).returncode == 0
+    assert ping(vpn, b, TUNNEL_ADDRESS6["a"]).returncode == 0
+    # UDP.
+    echo = job(vpn, vpn.server_ns, "udp-echo", SERVER, "7000", "50")
+    echo.wait_until_ready()
+    assert job(vpn, a, "udp-ping", SERVER, "7000", "50").result()["answered"] == 50
+    # 16 MiB each way at once, with client b pulling over IPv6 meanwhile.
+    up_sink = job(vpn, vpn.server_ns, "sink", SERVER, "5001")
+    down_source = job(vpn, vpn.server_ns, "serve-source", SERVER, "5002", str(16 * MIB), "0")
+    six_source = job(vpn, vpn.server_ns, "serve-source", TUNNEL_ADDRESS6["server"], "5003", str(4 * MIB), "0")
+    for listener in (up_sink, down_source, six_source):
+        listener.wait_until_ready()
+    up = job(vpn, a, "source", SERVER, "5001", str(16 * MIB), "0")
+    down = job(vpn, a, "fetch", SERVER, "5002")
+    six = job(vpn, b, "fetch", TUNNEL_ADDRESS6["server"], "5003")
+    assert_intact(up.result(), up_sink.result(), 16 * MIB)
+    assert_intact(down_source.result(), down.result(), 16 * MIB)
+    assert_intact(six_source.result(), six.result(), 4 * MIB)
+    # TCP client to client (a -> b through the server).
+    sink_b = job(vpn, b, "sink", B, "5004")
+    sink_b.wait_until_ready()
+    assert_intact(job(vpn, a, "source", B, "5004", str(2 * MIB), "0").result(), sink_b.result(), 2 * MIB)
+    status = vpn.server_status()
+    assert status["drops"]["auth_failed"] == 0 and status["drops"]["replayed"] == 0
+
+
+def test_roaming_across_source_ports_and_addresses(vpn):
+    a = vpn.client_ns["a"]
+    assert ping(vpn, a, SERVER, 1).returncode == 0
+    assert client_status(vpn, "a")["endpoint"] == f"{ROUTER_UNDERLAY}:40000"
+    sink = job(vpn, vpn.server_ns, "sink", SERVER, "5001")
+    sink.wait_until_ready()
+    size = 12 * MIB
+    upload = job(vpn, a, "source", SERVER, "5001", str(size), str(4 * MIB))  # about 3 s
+    time.sleep(0.8)
+    vpn.snat(ROUTER_UNDERLAY, 40001)  # NAT rebinding: new source port
+    assert wait_for(lambda: client_status(vpn, "a")["endpoint"] == f"{ROUTER_UNDERLAY}:40001", 2)
+    time.sleep(0.5)
+    vpn.snat(ROUTER_SECOND_ADDRESS, 40002)  # new source address
+    assert wait_for(lambda: client_status(vpn, "a")["endpoint"] == f"{ROUTER_SECOND_ADDRESS}:40002", 2)
+    assert_intact(upload.result(), sink.result(), size)
+    assert client_status(vpn, "a")["roams"] == 2
+
+
+def test_server_restart_mid_transfer(vpn):
+    a = vpn.client_ns["a"]
+    clients_before = {name: p.pid for name, p in vpn.processes.items() if name.startswith("client")}
+    sink = job(vpn, vpn.server_ns, "sink", SERVER, "5001")
+    sink.wait_until_ready()
+    size = 12 * MIB
+    upload = job(vpn, a, "source", SERVER, "5001", str(size), str(3 * MIB))  # about 4 s
+    time.sleep(0.8)
+    assert vpn.lab.stop(vpn.processes["server"], signal.SIGTERM) == 0  # clean stop: exit 0
+    vpn.start_server()
+    time.sleep(0.8)
+    server = vpn.processes["server"]
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait(5)
+    vpn.start_server()
+    assert_intact(upload.result(), sink.result(), size)
+    for name, pid in clients_before.items():
+        assert vpn.processes[name].pid == pid and vpn.processes[name].poll() is None
+
+
+def hostile_datagrams(captured: list[bytes]) -> list[bytes]:
+    rng = random.Random(4242)
+    out = [rng.randbytes(rng.randrange(0, 1500)) for _ in range(300)]
+    for datagram in captured:
+        out.append(datagram[: rng.randrange(0, len(datagram))])  # truncated
+        flipped = bytearray(datagram)
+        bit = rng.randrange(len(flipped) * 8)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        out.append(bytes(flipped))  # one bit flipped
+        out.extend([datagram] * 3)  # exact replays
+    forger = Peer(1, os.urandom(64), server_id=7, send_direction=TO_SERVER, now=time.time())
+    inner = bytes.fromhex("45000054000040004001" "0000") + bytes([203, 0, 113, 2, 203, 0, 113, 1]) + bytes(64)
+    out += forger.seal(KIND_DATA, [inner] * 300, time.time())  # valid client ID, wrong key
+    for client_id in (0, 3, 999, 65535):
+        out.append(bytes([0x44, 0, client_id >> 8, client_id & 255]) + os.urandom(60))
+    rng.shuffle(out)
+    return out
+
+
+def test_hostile_datagrams_change_nothing(vpn, tmp_path):
+    a = vpn.client_ns["a"]
+    capture = job(vpn, vpn.server_ns, "capture", vpn.server_underlay_interface, str(PORT), "40")
+    capture.wait_until_ready()
+    assert ping(vpn, a, SERVER, 40, "-s", "200").returncode == 0
+    captured = [bytes.fromhex(h) for h in capture.result()["datagrams"]]
+    assert len(captured) == 40
+    endpoint_before = client_status(vpn, "a")["endpoint"]
+    drops_before = vpn.server_status()["drops"]
+    hostile_file = tmp_path / "hostile.hex"
+    hostile_file.write_text("\n".join(d.hex() for d in hostile_datagrams(captured)))
+
+    sink = job(vpn, vpn.server_ns, "sink", SERVER, "5001")
+    sink.wait_until_ready()
+    upload = job(vpn, a, "source", SERVER, "5001", str(8 * MIB), str(4 * MIB))
+    attack = job(vpn, vpn.outsider_ns, "hostile", SERVER_UNDERLAY, str(PORT), str(hostile_file)).result()
+    assert_intact(upload.result(), sink.result(), 8 * MIB)
+
+    assert attack["sent"] > 600 and attack["replies"] == 0
+    assert vpn.processes["server"].poll() is None
+    status = vpn.server_status()
+    assert client_status(vpn, "a")["endpoint"] == endpoint_before
+    drops = status["drops"]
+    for reason in ("auth_failed", "bad_length", "unknown_client"):
+        assert drops[reason] > drops_before[reason], reason
+    replay_drops = ("replayed", "counter_too_old", "superseded")
+    assert sum(drops[r] for r in replay_drops) >= sum(drops_before[r] for r in replay_drops) + 3 * 40
+    assert "Traceback" not in (vpn.lab.workdir / "server.log").read_text()
+
+
+def test_inner_source_spoofing_is_dropped(vpn):
+    a = vpn.client_ns["a"]
+    before = vpn.server_status()["drops"]["inner_source_not_allowed"]
+    vpn.lab.run(a, ["ip", "address", "add", f"{B}/32", "dev", "vpncrypt0"])
+    assert ping(vpn, a, SERVER, 3, "-I", B).returncode != 0
+    assert vpn.server_status()["drops"]["inner_source_not_allowed"] >= before + 3
+    assert ping(vpn, a, SERVER, 1).returncode == 0  # a itself still works

@@ -1,0 +1,191 @@
+"""Traffic for the end-to-end tests, run inside a namespace: ``python traffic.py MODE ...``.
+
+Every mode is bounded in bytes, datagrams and time, and prints one JSON line.
+  sink ADDR PORT              accept one TCP connection, read to EOF: bytes and SHA-256
+  source ADDR PORT BYTES RATE connect, send BYTES of seeded data (RATE bytes/s, 0 = flat out)
+  serve-source ADDR PORT BYTES RATE   accept one connection and send to it (the other direction)
+  fetch ADDR PORT             connect and read to EOF
+  udp-echo ADDR PORT COUNT    echo COUNT datagrams back
+  udp-ping ADDR PORT COUNT    send COUNT datagrams to an echo, count the answers
+  capture IFACE PORT COUNT    capture COUNT UDP payloads to PORT on IFACE (hex)
+  hostile ADDR PORT FILE      send the hostile datagrams listed in FILE (hex), report any reply
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import socket
+import struct
+import sys
+import time
+
+DEADLINE = 60.0  # no mode runs longer than this
+CHUNK = 65536
+
+
+def seeded_data(size: int):
+    rng = random.Random(size)
+    sent = 0
+    while sent < size:
+        block = rng.randbytes(min(CHUNK, size - sent))
+        sent += len(block)
+        yield block
+
+
+def family(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def accept_one(address: str, port: int) -> socket.socket:
+    listener = socket.socket(family(address), socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((address, port))
+    listener.listen(1)
+    listener.settimeout(DEADLINE)
+    print(json.dumps({"listening": port}), flush=True)
+    connection, _ = listener.accept()
+    listener.close()
+    connection.settimeout(DEADLINE)
+    return connection
+
+
+def connect(address: str, port: int) -> socket.socket:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return socket.create_connection((address, port), timeout=DEADLINE)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def receive_all(connection: socket.socket) -> dict:
+    digest, total, start = hashlib.sha256(), 0, time.monotonic()
+    while time.monotonic() - start < DEADLINE:
+        data = connection.recv(CHUNK)
+        if not data:
+            break
+        digest.update(data)
+        total += len(data)
+    return {"bytes": total, "sha256": digest.hexdigest(), "seconds": time.monotonic() - start}
+
+
+def send_all(connection: socket.socket, size: int, rate: float) -> dict:
+    digest, sent, start = hashlib.sha256(), 0, time.monotonic()
+    for block in seeded_data(size):
+        connection.sendall(block)
+        digest.update(block)
+        sent += len(block)
+        if rate:
+            ahead = sent / rate - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+        if time.monotonic() - start > DEADLINE:
+            break
+    connection.shutdown(socket.SHUT_WR)
+    connection.recv(1)  # wait for the peer to close: everything arrived
+    return {"bytes": sent, "sha256": digest.hexdigest(), "seconds": time.monotonic() - start}
+
+
+def udp_echo(address: str, port: int, count: int) -> dict:
+    sock = socket.socket(family(address), socket.SOCK_DGRAM)
+    sock.bind((address, port))
+    sock.settimeout(10)
+    print(json.dumps({"listening": port}), flush=True)
+    echoed = 0
+    try:
+        while echoed < count:
+            data, peer = sock.recvfrom(65536)
+            sock.sendto(data, peer)
+            echoed += 1
+    except socket.timeout:
+        pass
+    return {"echoed": echoed}
+
+
+def udp_ping(address: str, port: int, count: int) -> dict:
+    sock = socket.socket(family(address), socket.SOCK_DGRAM)
+    sock.settimeout(2)
+    answered = 0
+    for i in range(count):
+        payload = struct.pack("!I", i) * 100
+        sock.sendto(payload, (address, port))
+        try:
+            if sock.recv(65536) == payload:
+                answered += 1
+        except socket.timeout:
+            pass
+    return {"sent": count, "answered": answered}
+
+
+def capture(interface: str, port: int, count: int) -> dict:
+    """UDP payloads to ``port`` seen on ``interface`` (IPv4), via a raw packet socket."""
+    raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+    raw.bind((interface, 0))
+    raw.settimeout(DEADLINE)
+    print(json.dumps({"capturing": interface}), flush=True)
+    found, start = [], time.monotonic()
+    while len(found) < count and time.monotonic() - start < DEADLINE:
+        frame = raw.recv(65600)
+        ip = frame[14:]
+        if ip[9] != 17:
+            continue
+        header = (ip[0] & 0x0F) * 4
+        if struct.unpack_from("!H", ip, header + 2)[0] != port:
+            continue
+        found.append(ip[header + 8:].hex())
+    return {"datagrams": found}
+
+
+def hostile(address: str, port: int, path: str) -> dict:
+    sock = socket.socket(family(address), socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sent = 0
+    with open(path) as file:
+        datagrams = [bytes.fromhex(line.strip()) for line in file if line.strip()]
+    for datagram in datagrams[:20000]:
+        sock.sendto(datagram, (address, port))
+        sent += 1
+        if sent % 200 == 0:
+            time.sleep(0.01)  # paced: a flood is not what this test is about
+    time.sleep(1.0)
+    replies = 0
+    while True:
+        try:
+            sock.recv(65536)
+            replies += 1
+        except BlockingIOError:
+            break
+    return {"sent": sent, "replies": replies}
+
+
+def main(argv: list[str]) -> None:
+    mode, args = argv[0], argv[1:]
+    if mode == "sink":
+        result = receive_all(accept_one(args[0], int(args[1])))
+    elif mode == "source":
+        result = send_all(connect(args[0], int(args[1])), int(args[2]), float(args[3]))
+    elif mode == "serve-source":
+        result = send_all(accept_one(args[0], int(args[1])), int(args[2]), float(args[3]))
+    elif mode == "fetch":
+        connection = connect(args[0], int(args[1]))
+        result = receive_all(connection)
+        connection.close()
+    elif mode == "udp-echo":
+        result = udp_echo(args[0], int(args[1]), int(args[2]))
+    elif mode == "udp-ping":
+        result = udp_ping(args[0], int(args[1]), int(args[2]))
+    elif mode == "capture":
+        result = capture(args[0], int(args[1]), int(args[2]))
+    elif mode == "hostile":
+        result = hostile(args[0], int(args[1]), args[2])
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
