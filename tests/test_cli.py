@@ -1,0 +1,166 @@
+"""The commands as an operator meets them: keygen output, and one clear line with exit 2
+for every configuration mistake (no root needed: configs are checked before any device)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vpncrypt.config import load_client_config, load_server_config
+from vpncrypt.keys import encode_key
+
+BIN = Path(sys.executable).parent
+
+
+def run(command: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / command), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+@pytest.fixture
+def configs(tmp_path) -> Path:
+    assert run("vpncrypt-keygen", "server", "--endpoint", "192.0.2.1:51820", "--tunnel", "203.0.113.1/24",
+               "--tunnel", "2001:db8::1/64", "--out", "server.toml", "--server-id", "9", cwd=tmp_path).returncode == 0
+    for name in ("alice", "bob"):
+        done = run("vpncrypt-keygen", "client", "--server-config", "server.toml", "--name", name,
+                   "--out", f"{name}.toml", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    return tmp_path
+
+
+def test_keygen_writes_private_configs_that_load(configs):
+    for name in ("server.toml", "alice.toml", "bob.toml"):
+        assert stat.S_IMODE((configs / name).stat().st_mode) == 0o600
+    server = load_server_config(configs / "server.toml")
+    alice = load_client_config(configs / "alice.toml")
+    bob = load_client_config(configs / "bob.toml")
+    assert server.server_id == alice.server_id == 9 and server.port == 51820
+    assert [c.name for c in server.clients] == ["alice", "bob"]
+    assert (alice.client_id, bob.client_id) == (1, 2)
+    assert [str(a) for a in alice.addresses] == ["203.0.113.2/24", "2001:db8::2/64"]
+    assert [str(a) for a in bob.addresses] == ["203.0.113.3/24", "2001:db8::3/64"]
+    assert server.clients[0].key == alice.key and alice.key != bob.key
+    assert alice.server == "192.0.2.1:51820"
+
+
+def test_keygen_keeps_the_server_file_mode_and_takes_a_given_address(configs):
+    os.chmod(configs / "server.toml", 0o400)
+    done = run("vpncrypt-keygen", "client", "--server-config", "server.toml", "--name", "carol",
+               "--out", "carol.toml", "--address", "203.0.113.77", cwd=configs)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE((configs / "server.toml").stat().st_mode) == 0o400
+    assert str(load_client_config(configs / "carol.toml").addresses[0]) == "203.0.113.77/24"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--address", "203.0.113.2"], "already used"),
+    (["--address", "198.51.100.1"], "not inside the tunnel network"),
+    (["--address", "nonsense"], "not an IP address"),
+])
+def test_keygen_refuses_bad_addresses_and_leaves_the_server_file_alone(configs, args, message):
+    before = (configs / "server.toml").read_text()
+    done = run("vpncrypt-keygen", "client", "--server-config", "server.toml", "--name", "carol",
+               "--out", "carol.toml", *args, cwd=configs)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert (configs / "server.toml").read_text() == before
+    assert not (configs / "carol.toml").exists()
+
+
+def test_dry_run_prints_the_network_commands(configs):
+    done = run("vpncrypt-client", "--config", "alice.toml", "--dry-run", cwd=configs)
+    assert done.returncode == 0
+    assert "ip address add 203.0.113.2/24 dev vpncrypt0" in done.stdout
+    assert "ip link set dev vpncrypt0 up" in done.stdout
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+BROKEN_SERVER = [
+    ("time_window = 128", "time_window = 128\nbogus = 1", "unknown key 'bogus'"),
+    ('tunnel = ["203.0.113.1/24", "2001:db8::1/64"]', 'tunnel = ["203.0.113.999/24"]', "not an address with a prefix"),
+    ("client_id = 2", "client_id = 1", "already used by client 'alice'"),
+    ('addresses = ["203.0.113.3/32"', 'addresses = ["203.0.113.2/32"', "overlaps"),
+    ("server_id = 9", 'server_id = "nine"', "must be an integer"),
+    ("server_id = 9", "server_id = 99999999999", "must be from 0 to 4294967295"),
+    ("[server]", "[server", "not valid TOML"),
+    ("time_window = 128", "time_window = 600", "must be from 1 to 511"),
+]
+
+
+@pytest.mark.parametrize("old, new, message", BROKEN_SERVER)
+def test_broken_server_config(configs, old, new, message):
+    edit(configs / "server.toml", old, new)
+    done = run("vpncrypt-server", "--config", "server.toml", cwd=configs)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
+
+
+def test_wrong_key_length_does_not_show_the_key(configs):
+    short = encode_key(b"k" * 32)
+    text = (configs / "alice.toml").read_text()
+    key_line = next(line for line in text.splitlines() if line.startswith("key = "))
+    (configs / "alice.toml").write_text(text.replace(key_line, f'key = "{short}"'))
+    done = run("vpncrypt-client", "--config", "alice.toml", cwd=configs)
+    assert done.returncode == 2 and "key must be 64 bytes" in done.stderr
+    assert short not in done.stderr
+    (configs / "alice.toml").write_text(text.replace(key_line, 'key = "not base64!"'))
+    done = run("vpncrypt-client", "--config", "alice.toml", cwd=configs)
+    assert done.returncode == 2 and "not valid base64" in done.stderr
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ('server = "192.0.2.1:51820"', 'server = "192.0.2.1"', "is not HOST:PORT"),
+    ("keepalive = 25", "keepalive = -1", "from 0 (off)"),
+    ('routes = []', 'routes = ["0.0.0.0/0"]', "default route"),
+    ('interface = "vpncrypt0"', 'interface = "much-too-long-name0"', "not a valid interface name"),
+])
+def test_broken_client_config(configs, old, new, message):
+    edit(configs / "alice.toml", old, new)
+    done = run("vpncrypt-client", "--config", "alice.toml", cwd=configs)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
+def test_config_readable_by_others_is_refused(configs, mode):
+    os.chmod(configs / "server.toml", mode)
+    done = run("vpncrypt-server", "--config", "server.toml", cwd=configs)
+    assert done.returncode == 2
+    assert "chmod 600 server.toml" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_missing_config(tmp_path):
+    done = run("vpncrypt-server", "--config", "nowhere.toml", cwd=tmp_path)
+    assert done.returncode == 2 and "nowhere.toml: no such file" in done.stderr
+
+
+def test_missing_privileges_are_explained(configs):
+    """Without root (or CAP_NET_ADMIN) the TUN device cannot be made: one clear line, exit 1."""
+    if os.geteuid() != 0:
+        done = run("vpncrypt-server", "--config", "server.toml", cwd=configs)
+    else:
+        # As root: run as nobody, with a config nobody owns (and so may read).
+        home = Path(tempfile.mkdtemp())
+        try:
+            shutil.copy(configs / "server.toml", home / "server.toml")
+            for path in (home, home / "server.toml"):
+                os.chown(path, 65534, 65534)
+            done = subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                 str(BIN / "vpncrypt-server"), "--config", "server.toml"],
+                capture_output=True, text=True, cwd=home, timeout=60,
+            )
+        finally:
+            shutil.rmtree(home)
+    assert done.returncode == 1, done.stderr
+    assert "run as root" in done.stderr and "Traceback" not in done.stderr
