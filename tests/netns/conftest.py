@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from vpncrypt.netlab import Lab, VpnLab, build_vpn_lab, lab_namespaces
+from vpncrypt.netlab import Job, Lab, VpnLab, build_vpn_lab, lab_namespaces
 
-TRAFFIC = Path(__file__).with_name("traffic.py")
 VENV_BIN = Path(sys.executable).parent
 NOT_ROOT = "END-TO-END TESTS SKIPPED: they need root (namespaces, TUN). Run the suite as root."
 
@@ -29,36 +28,6 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "netns" in str(item.fspath):
             item.add_marker(pytest.mark.skip(reason=NOT_ROOT))
-
-
-class Job:
-    """A traffic.py run in a namespace; ``result()`` is its last JSON line."""
-
-    def __init__(self, lab: Lab, ns: str, *args: str) -> None:
-        self.name = f"traffic-{len(lab.processes)}-{args[0]}.log"
-        self.lab = lab
-        self.process = lab.spawn(ns, [sys.executable, str(TRAFFIC), *args], self.name)
-
-    def wait_until_ready(self, timeout: float = 10) -> None:
-        import time
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if '"listening"' in self.log() or '"capturing"' in self.log():
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"{self.name} did not get ready: {self.log()}")
-
-    def log(self) -> str:
-        return (self.lab.workdir / self.name).read_text()
-
-    def result(self, timeout: float = 90) -> dict:
-        self.process.wait(timeout)
-        lines = [line for line in self.log().splitlines() if line.startswith("{")]
-        assert lines, f"{self.name} printed no result: {self.log()}"
-        return json.loads(lines[-1])
 
 
 @pytest.fixture

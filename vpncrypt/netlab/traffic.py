@@ -1,4 +1,5 @@
-"""Traffic for the end-to-end tests, run inside a namespace: ``python traffic.py MODE ...``.
+"""Traffic for the demo, end-to-end tests and benchmarks, run inside a namespace:
+``python -m vpncrypt.netlab.traffic MODE ...``.
 
 Every mode is bounded in bytes, datagrams and time, and prints one JSON line.
   sink ADDR PORT              accept one TCP connection, read to EOF: bytes and SHA-256

@@ -117,6 +117,35 @@ class Lab:
         self.close()
 
 
+class Job:
+    """A traffic.py run in a namespace; ``result()`` is its last JSON line."""
+
+    def __init__(self, lab: Lab, ns: str, *args: str) -> None:
+        self.name = f"traffic-{len(lab.processes)}-{args[0]}.log"
+        self.lab = lab
+        self.process = lab.spawn(ns, [sys.executable, "-m", "vpncrypt.netlab.traffic", *args], self.name)
+
+    def wait_until_ready(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if '"listening"' in self.log() or '"capturing"' in self.log():
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise LabError(f"{self.name} did not get ready: {self.log()}")
+
+    def log(self) -> str:
+        return (self.lab.workdir / self.name).read_text()
+
+    def result(self, timeout: float = 90) -> dict:
+        self.process.wait(timeout)
+        lines = [line for line in self.log().splitlines() if line.startswith("{")]
+        if not lines:
+            raise LabError(f"{self.name} printed no result: {self.log()}")
+        return json.loads(lines[-1])
+
+
 def lab_namespaces(prefix: str) -> list[str]:
     listing = run(["ip", "netns", "list"], check=False).stdout.split("\n")
     return [line.split()[0] for line in listing if line.startswith(prefix + "-")]
