@@ -1,0 +1,76 @@
+"""The I/O shell without root: a server and a client Daemon over loopback UDP, TUN devices faked."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import socket
+import time
+
+from vpncrypt.client_core import ClientCore
+from vpncrypt.daemon import Daemon
+from vpncrypt.server_core import ClientEntry, ServerCore
+from vpncrypt.tun.memory import MemoryTun
+from vpncrypt.udp import UdpBatcher, format_endpoint, open_client_socket, open_listening_socket
+
+from .conftest import ipv4_packet
+
+KEY = os.urandom(64)
+
+
+async def exchange(count: int) -> tuple[list[bytes], list[bytes], dict, dict]:
+    now = time.time()
+    server_core = ServerCore(3, [ClientEntry(1, KEY, (ipaddress.ip_network("203.0.113.2/32"),), "a")], now)
+    server_sock = open_listening_socket("127.0.0.1", 0)
+    port = server_sock.getsockname()[1]
+    client_core = ClientCore(1, KEY, server_id=3, server_endpoint=("127.0.0.1", port),
+                             routes=[ipaddress.ip_network("203.0.113.0/24")], now=now)
+    server_tun, client_tun = MemoryTun("s"), MemoryTun("c")
+    server = Daemon(server_tun, UdpBatcher(server_sock), from_network=server_core.datagrams_received,
+                    from_tun=server_core.tun_packets_received, status=server_core.status)
+    client_udp = UdpBatcher(open_client_socket(socket.AF_INET))
+    client = Daemon(client_tun, client_udp, from_network=lambda d, t: (client_core.datagrams_received(d, t), []),
+                    from_tun=client_core.tun_packets_received, status=client_core.status)
+    tasks = [asyncio.create_task(server.run()),
+             asyncio.create_task(client.run(on_start=lambda: client_udp.send(client_core.start(time.time()))))]
+    try:
+        up = [ipv4_packet("203.0.113.2", "203.0.113.1", i.to_bytes(4, "big") * 50) for i in range(count)]
+        down = [ipv4_packet("203.0.113.1", "203.0.113.2", i.to_bytes(4, "big") * 50) for i in range(count)]
+        received_up, received_down = [], []
+        deadline = time.monotonic() + 10
+        while server_core.peers[1].endpoint is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for packet in up:
+            client_tun.peer.send(packet)
+        for packet in down:
+            server_tun.peer.send(packet)
+        while len(received_up) + len(received_down) < 2 * count and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            for tun, into in ((server_tun, received_up), (client_tun, received_down)):
+                while True:
+                    try:
+                        into.append(tun.peer.recv(65536))
+                    except BlockingIOError:
+                        break
+        return received_up, received_down, server.status(), client.status()
+    finally:
+        server.stop()
+        client.stop()
+        await asyncio.gather(*tasks)
+        for closable in (server_sock, client_udp.sock, server_tun, client_tun):
+            closable.close()
+
+
+def test_packets_cross_both_daemons_in_order_batches():
+    up, down, server_status, client_status = asyncio.run(exchange(300))
+    assert len(up) == 300 and len(down) == 300
+    assert up[7][20:24] == (7).to_bytes(4, "big") and down[299][20:24] == (299).to_bytes(4, "big")
+    assert server_status["clients"][0]["rx_packets"] == 300
+    assert server_status["tun_write_refused"] == 0 and client_status["udp_send_errors"] == 0
+
+
+def test_format_endpoint():
+    assert format_endpoint(("::ffff:198.51.100.7", 4000, 0, 0)) == "198.51.100.7:4000"
+    assert format_endpoint(("2001:db8::7", 4000, 0, 0)) == "[2001:db8::7]:4000"
+    assert format_endpoint(("192.0.2.1", 1)) == "192.0.2.1:1" and format_endpoint(None) is None
