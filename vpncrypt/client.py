@@ -11,7 +11,7 @@ from typing import Any
 from . import netconfig
 from .client_core import ClientCore
 from .config import ClientConfig, parse_endpoint
-from .daemon import Daemon, new_event_loop
+from .daemon import Daemon, run_until_signalled
 from .tun import open_tun
 from .udp import UdpBatcher, format_endpoint, open_client_socket
 
@@ -78,12 +78,7 @@ def run_client(config: ClientConfig) -> int:
             )
             log.info("client %r (ID %d) to server %s, interface %s",
                      config.name, config.client_id, format_endpoint(endpoint), tun.name)
-            loop = new_event_loop()
-            try:
-                loop.run_until_complete(daemon.run(on_start=lambda: schedule_keepalives(core, udp, daemon.clock)))
-            finally:
-                loop.close()
-            daemon.log_status()
+            run_until_signalled(daemon, on_start=lambda: schedule_keepalives(core, udp, daemon.clock))
         finally:
             sock.close()
     finally:

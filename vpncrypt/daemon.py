@@ -25,6 +25,16 @@ MAX_BATCHES_PER_WAKEUP = 16
 DROP_SUMMARY_INTERVAL = 60.0
 
 
+def run_until_signalled(daemon: "Daemon", on_start: Callable[[], None] | None = None) -> None:
+    """Serve on a fresh event loop until SIGINT or SIGTERM, then log the final status."""
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(daemon.run(on_start))
+    finally:
+        loop.close()
+    daemon.log_status()
+
+
 def new_event_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop

@@ -8,7 +8,7 @@ from typing import Any
 
 from . import netconfig
 from .config import ServerConfig
-from .daemon import Daemon, new_event_loop
+from .daemon import Daemon, run_until_signalled
 from .server_core import ClientEntry, ServerCore
 from .tun import open_tun
 from .udp import UdpBatcher, format_endpoint, open_listening_socket
@@ -50,12 +50,7 @@ def run_server(config: ServerConfig) -> int:
                 "server %d listening on UDP port %d, interface %s, %d clients",
                 config.server_id, config.port, tun.name, len(config.clients),
             )
-            loop = new_event_loop()
-            try:
-                loop.run_until_complete(daemon.run())
-            finally:
-                loop.close()
-            daemon.log_status()
+            run_until_signalled(daemon)
         finally:
             sock.close()
     finally:

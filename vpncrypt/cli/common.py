@@ -1,17 +1,18 @@
-"""What the three commands share: one-line errors with exit status 2, logging setup."""
+"""What the three commands share: one-line errors with an exit status, logging to stderr."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Callable, NoReturn
 
-USAGE_ERROR = 2
+USAGE_ERROR = 2  # a mistake in a config file or on the command line
+RUNTIME_ERROR = 1  # the system would not do what was asked (no root, port in use ...)
 
 
-def fail(program: str, message: str) -> NoReturn:
-    print(f"{program}: error: {message}", file=sys.stderr)
-    raise SystemExit(USAGE_ERROR)
+def error_exit(program: str, error: object, status: int = USAGE_ERROR) -> int:
+    """Print one line for the operator; return the exit status to use."""
+    print(f"{program}: error: {error}", file=sys.stderr)
+    return status
 
 
 def setup_logging(verbose: bool) -> None:
@@ -20,11 +21,3 @@ def setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-
-
-def run_guarded(program: str, body: Callable[[], int], expected: tuple[type[BaseException], ...]) -> int:
-    """Run ``body``; an expected error becomes one line on stderr and exit status 2."""
-    try:
-        return body()
-    except expected as error:
-        fail(program, str(error))

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..client import ResolveError, network_plan as client_plan, run_client
 from ..config import ConfigError, load_client_config, load_server_config
 from ..netconfig import NetconfigError
 from ..server import network_plan as server_plan, run_server
 from ..tun import TunError
-from .common import USAGE_ERROR, setup_logging
-
-RUNTIME_ERROR = 1
+from .common import RUNTIME_ERROR, error_exit, setup_logging
 
 
 def _main(program: str, argv, load, plan, run) -> int:
@@ -33,11 +30,9 @@ def _main(program: str, argv, load, plan, run) -> int:
             return 0
         return run(config)
     except ConfigError as error:
-        print(f"{program}: error: {error}", file=sys.stderr)
-        return USAGE_ERROR
+        return error_exit(program, error)
     except (TunError, NetconfigError, ResolveError, OSError) as error:
-        print(f"{program}: error: {error}", file=sys.stderr)
-        return RUNTIME_ERROR
+        return error_exit(program, error, RUNTIME_ERROR)
 
 
 def server_main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from ..config import (
 )
 from ..keys import encode_key, new_key
 from ..wire import MAX_CLIENT_ID
-from .common import run_guarded
+from .common import error_exit
 
 PROGRAM = "vpncrypt-keygen"
 
@@ -172,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="tunnel address to give the client (default: the next free one)")
     args = parser.parse_args(argv)
     action = make_server if args.command == "server" else make_client
-    return run_guarded(PROGRAM, lambda: action(args), (ConfigError,))
+    try:
+        return action(args)
+    except ConfigError as error:
+        return error_exit(PROGRAM, error)
 
 
 if __name__ == "__main__":
