@@ -65,12 +65,13 @@ def demo(lab: Lab) -> None:
     vpn.start_client("a")
     vpn.start_client("b")
     a, b = vpn.client_ns["a"], vpn.client_ns["b"]
-    print("\nThrough the tunnel:")
+    print("\nThrough the tunnel (client a reaches the server over IPv4 through NAT, client b over IPv6):")
     say("ping a -> server", ping_summary(vpn, a, SERVER))
     say("ping a -> server over IPv6", ping_summary(vpn, a, "2001:db8:7::1"))
     say("TCP a -> server, 32 MiB", verdict(*transfer(vpn, a, vpn.server_ns, SERVER, 5001, 32 * MIB)))
     say("client to client: ping a -> b", ping_summary(vpn, a, B))
     say("client to client: TCP a -> b, 8 MiB", verdict(*transfer(vpn, a, b, B, 5002, 8 * MIB)))
+    say("server sees client b at", endpoint_of(vpn, "b"))
 
     print("\nRoaming (client a's NAT mapping changes under a running transfer):")
     say("server sees client a at", endpoint_of(vpn, "a"))

@@ -8,7 +8,7 @@ import signal
 import time
 
 from vpncrypt.netlab import (
-    PORT, ROUTER_SECOND_ADDRESS, ROUTER_UNDERLAY, SERVER_UNDERLAY, TUNNEL_ADDRESS, TUNNEL_ADDRESS6,
+    CLIENT_B_UNDERLAY6, PORT, ROUTER_SECOND_ADDRESS, ROUTER_UNDERLAY, SERVER_UNDERLAY, TUNNEL_ADDRESS, TUNNEL_ADDRESS6,
 )
 from vpncrypt.peer import Peer
 from vpncrypt.wire import KIND_DATA, TO_SERVER
@@ -68,6 +68,9 @@ def test_traffic_through_the_tunnel(vpn):
     assert_intact(job(vpn, a, "source", B, "5004", str(2 * MIB), "0").result(), sink_b.result(), 2 * MIB)
     status = vpn.server_status()
     assert status["drops"]["auth_failed"] == 0 and status["drops"]["replayed"] == 0
+    # One server socket serves both underlays: a through IPv4 NAT, b over IPv6.
+    assert client_status(vpn, "a")["endpoint"].startswith(f"{ROUTER_UNDERLAY}:")
+    assert client_status(vpn, "b")["endpoint"].startswith(f"[{CLIENT_B_UNDERLAY6}]:")
 
 
 def test_roaming_across_source_ports_and_addresses(vpn):

@@ -8,8 +8,11 @@ work ended. Addresses are documentation ranges only.
 The standard topology (``build_vpn_lab``)::
 
     client a 198.51.100.10 --+                       +-- 192.0.2.1 server
-    client b 198.51.100.130 -- router (SNAT to 192.0.2.254)
+    client b 198.51.100.130 -- router (SNAT to 192.0.2.254)   2001:db8:1::1
+             2001:db8:2::b   |
     outsider 198.51.100.200 -+   (not NATed: a third party on the path)
+
+Client a reaches the server over IPv4 through NAT, client b over IPv6.
 
 Tunnel 203.0.113.0/24 and 2001:db8:7::/64; server .1, clients from .2.
 """
@@ -159,6 +162,10 @@ ROUTER_SECOND_ADDRESS = "192.0.2.253"  # what client a's traffic moves to when i
 CLIENT_UNDERLAY = {"a": "198.51.100.10", "b": "198.51.100.130", "outsider": "198.51.100.200"}
 ROUTER_CLIENT_SIDE = {"a": "198.51.100.1", "b": "198.51.100.129", "outsider": "198.51.100.193"}
 CLIENT_PREFIX = {"a": 25, "b": 26, "outsider": 26}
+SERVER_UNDERLAY6 = "2001:db8:1::1"
+ROUTER_UNDERLAY6 = "2001:db8:1::fe"
+CLIENT_B_UNDERLAY6 = "2001:db8:2::b"
+ROUTER_CLIENT_B_SIDE6 = "2001:db8:2::1"
 PORT = 51820
 TUNNEL = ["203.0.113.1/24", "2001:db8:7::1/64"]
 
@@ -244,13 +251,20 @@ def build_vpn_lab(lab: Lab, venv_bin: Path | None = None, clients=("a", "b"), cl
     lab.address(router, r_if, f"{ROUTER_UNDERLAY}/24")
     lab.address(router, r_if, f"{ROUTER_SECOND_ADDRESS}/24")
     lab.run(server, ["ip", "route", "add", "198.51.100.0/24", "via", ROUTER_UNDERLAY])
+    lab.run(server, ["ip", "address", "add", f"{SERVER_UNDERLAY6}/64", "dev", s_if, "nodad"])
+    lab.run(router, ["ip", "address", "add", f"{ROUTER_UNDERLAY6}/64", "dev", r_if, "nodad"])
+    lab.run(server, ["ip", "-6", "route", "add", "2001:db8:2::/64", "via", ROUTER_UNDERLAY6])
     outsider = lab.namespace("outsider")
     for name, ns in [*client_ns.items(), ("outsider", outsider)]:
         c_if, rc_if = lab.link(ns, router)
         lab.address(ns, c_if, f"{CLIENT_UNDERLAY[name]}/{CLIENT_PREFIX[name]}")
         lab.address(router, rc_if, f"{ROUTER_CLIENT_SIDE[name]}/{CLIENT_PREFIX[name]}")
         lab.run(ns, ["ip", "route", "add", "default", "via", ROUTER_CLIENT_SIDE[name]])
-    lab.run(router, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        if name == "b":
+            lab.run(ns, ["ip", "address", "add", f"{CLIENT_B_UNDERLAY6}/64", "dev", c_if, "nodad"])
+            lab.run(router, ["ip", "address", "add", f"{ROUTER_CLIENT_B_SIDE6}/64", "dev", rc_if, "nodad"])
+            lab.run(ns, ["ip", "-6", "route", "add", "default", "via", ROUTER_CLIENT_B_SIDE6])
+    lab.run(router, ["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])
     configs = lab.workdir / "configs"
     configs.mkdir(exist_ok=True)
     vpn = VpnLab(lab, server, router, client_ns, outsider, s_if, configs, venv_bin)
@@ -264,6 +278,10 @@ def build_vpn_lab(lab: Lab, venv_bin: Path | None = None, clients=("a", "b"), cl
         server_toml.write_text(server_toml.read_text().replace("client_to_client = false", "client_to_client = true"))
     for name in clients:
         vpn.keygen("client", "--server-config", str(server_toml), "--name", name, "--out", str(configs / f"{name}.toml"))
+    if "b" in clients:
+        b_toml = configs / "b.toml"
+        b_toml.write_text(b_toml.read_text().replace(
+            f'server = "{SERVER_UNDERLAY}:{PORT}"', f'server = "[{SERVER_UNDERLAY6}]:{PORT}"'))
     return vpn
 
 
