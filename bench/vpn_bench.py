@@ -1,0 +1,244 @@
+"""vpncrypt against other VPNs, side by side in one run, on this machine (needs root).
+
+Run: tools/bench-vpn [--runs 3] [--seconds 5] [--peers vpncrypt,wireguard-go]
+
+Two namespaces joined by a veth (underlay 192.0.2.1 and 192.0.2.2); each VPN
+in turn connects them (tunnel 203.0.113.1 and .2, inner MTU 1420 for all) and
+is measured the same way, one timed run at a time:
+- TCP single stream each way (iperf3, median of --runs runs);
+- Mbit per CPU-second of the VPN processes (both ends) during those runs;
+- added round-trip time: ping through the tunnel minus ping on the underlay;
+- wire overhead: underlay bytes per tunnelled packet minus inner bytes, from
+  interface counters during a ping run.
+Writes a Markdown table to stdout and, with --json, the raw figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vpncrypt.netlab import Lab, run  # noqa: E402
+
+LEFT_UNDERLAY, RIGHT_UNDERLAY = "192.0.2.1", "192.0.2.2"
+LEFT_TUNNEL, RIGHT_TUNNEL = "203.0.113.1", "203.0.113.2"
+MTU = 1420
+PORT = 51820
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Pair:
+    """Two namespaces and the VPN processes that join them."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.left = lab.namespace("left")
+        self.right = lab.namespace("right")
+        self.left_if, self.right_if = lab.link(self.left, self.right)
+        lab.address(self.left, self.left_if, f"{LEFT_UNDERLAY}/24")
+        lab.address(self.right, self.right_if, f"{RIGHT_UNDERLAY}/24")
+        self.processes: list[subprocess.Popen] = []
+        # Permanent neighbour entries: no ARP frame lands in the interface
+        # counters that the overhead is measured with.
+        for ns, interface, peer_ns, peer_if, peer_address in (
+            (self.left, self.left_if, self.right, self.right_if, RIGHT_UNDERLAY),
+            (self.right, self.right_if, self.left, self.left_if, LEFT_UNDERLAY),
+        ):
+            mac = lab.run(peer_ns, ["cat", f"/sys/class/net/{peer_if}/address"]).stdout.strip()
+            lab.run(ns, ["ip", "neigh", "replace", peer_address, "lladdr", mac, "dev", interface, "nud", "permanent"])
+
+    def spawn(self, side: str, command: list[str], name: str) -> subprocess.Popen:
+        process = self.lab.spawn(getattr(self, side), command, name)
+        self.processes.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            self.lab.stop(process)
+        self.processes.clear()
+
+    def cpu_seconds(self) -> float:
+        """User plus system time of every VPN process (and its children) so far."""
+        total = 0
+        for process in self.processes:
+            try:
+                fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            total += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+        return total / TICKS
+
+
+def wait_for_ping(pair: Pair, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pair.lab.run(pair.left, ["ping", "-c", "1", "-W", "1", RIGHT_TUNNEL], check=False).returncode == 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError("the tunnel did not come up")
+
+
+# --- the VPNs ------------------------------------------------------------------------------
+
+def start_vpncrypt(pair: Pair, workdir: Path) -> None:
+    venv = Path(sys.executable).parent
+    server = workdir / "server.toml"
+    run([str(venv / "vpncrypt-keygen"), "server", "--endpoint", f"{LEFT_UNDERLAY}:{PORT}",
+         "--tunnel", f"{LEFT_TUNNEL}/24", "--out", str(server), "--server-id", "1"])
+    client = workdir / "client.toml"
+    run([str(venv / "vpncrypt-keygen"), "client", "--server-config", str(server), "--name", "right",
+         "--out", str(client), "--address", RIGHT_TUNNEL])
+    pair.spawn("left", [str(venv / "vpncrypt-server"), "--config", str(server)], "vpncrypt-server.log")
+    time.sleep(0.5)
+    pair.spawn("right", [str(venv / "vpncrypt-client"), "--config", str(client)], "vpncrypt-client.log")
+
+
+def start_wireguard_go(pair: Pair, workdir: Path) -> None:
+    keys = {}
+    for side in ("left", "right"):
+        private = run(["wg", "genkey"]).stdout.strip()
+        public = run(["wg", "pubkey"], input=private).stdout.strip()
+        (workdir / f"{side}.key").write_text(private)
+        os.chmod(workdir / f"{side}.key", 0o600)
+        keys[side] = public
+    # Names differ per side: wireguard-go's control sockets live in
+    # /var/run/wireguard, which the namespaces share.
+    for side, other, address, endpoint in (
+        ("left", "right", LEFT_TUNNEL, RIGHT_UNDERLAY), ("right", "left", RIGHT_TUNNEL, LEFT_UNDERLAY),
+    ):
+        ns, device = getattr(pair, side), f"wg{side}"
+        env = dict(os.environ, WG_PROCESS_FOREGROUND="1")
+        pair.processes.append(pair.lab.spawn(ns, ["wireguard-go", "-f", device], f"wireguard-go-{side}.log", env=env))
+        deadline = time.monotonic() + 10
+        while pair.lab.run(ns, ["ip", "link", "show", device], check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"wireguard-go did not create {device}")
+            time.sleep(0.05)
+        pair.lab.run(ns, ["wg", "set", device, "private-key", str(workdir / f"{side}.key"), "listen-port", str(PORT),
+                          "peer", keys[other], "allowed-ips", "203.0.113.0/24", "endpoint", f"{endpoint}:{PORT}"])
+        pair.lab.run(ns, ["ip", "address", "add", f"{address}/24", "dev", device])
+        pair.lab.run(ns, ["ip", "link", "set", device, "mtu", str(MTU), "up"])
+
+
+VPNS = {
+    "vpncrypt": start_vpncrypt,
+    "wireguard-go": start_wireguard_go,
+}
+
+
+def versions(peers: list[str]) -> dict[str, str]:
+    def package(name: str) -> str:
+        return run(["dpkg-query", "-W", "-f", "${Version}", name], check=False).stdout.strip() or "?"
+
+    found = {name: package(name) for name in peers if name != "vpncrypt"}
+    found["vpncrypt"] = importlib.metadata.version("vpncrypt")
+    found.update(iperf3=package("iperf3"), kernel=os.uname().release, python=sys.version.split()[0])
+    return found
+
+
+# --- measurements ----------------------------------------------------------------------------
+
+def iperf(pair: Pair, seconds: int, reverse: bool) -> float:
+    """Mbit/s received, one TCP stream, left sends (or right, with reverse)."""
+    command = ["iperf3", "-c", RIGHT_TUNNEL, "-t", str(seconds), "-J", "-O", "1"]
+    if reverse:
+        command.append("-R")
+    done = pair.lab.run(pair.left, command, timeout=seconds + 30)
+    result = json.loads(done.stdout)
+    return result["end"]["sum_received"]["bits_per_second"] / 1e6
+
+
+def ping_rtt(pair: Pair, address: str, count: int = 20) -> float:
+    done = pair.lab.run(pair.left, ["ping", "-c", str(count), "-i", "0.05", "-q", address], check=False)
+    match = re.search(r"= [\d.]+/([\d.]+)/", done.stdout)
+    return float(match.group(1)) if match else float("nan")
+
+
+def counters(pair: Pair) -> tuple[int, int]:
+    stats = Path(f"/sys/class/net/{pair.left_if}/statistics")
+    text = pair.lab.run(pair.left, ["cat", str(stats / "tx_bytes"), str(stats / "tx_packets")]).stdout.split()
+    return int(text[0]), int(text[1])
+
+
+def wire_overhead(pair: Pair, count: int = 50, size: int = 1000) -> float:
+    """Extra underlay bytes per tunnelled packet, control traffic (handshakes,
+    keepalives) included: from the left's transmit counters while it sends
+    ``count`` pings of a known size (no ARP: the neighbours are permanent)."""
+    before = counters(pair)
+    pair.lab.run(pair.left, ["ping", "-c", str(count), "-i", "0.02", "-q", "-s", str(size), RIGHT_TUNNEL], check=False)
+    after = counters(pair)
+    inner = size + 8 + 20  # ICMP payload + ICMP header + IPv4 header
+    framing = 14 + 20 + 8  # Ethernet, IPv4 and UDP around each tunnelled packet
+    return (after[0] - before[0] - count * (inner + framing)) / count
+
+
+def measure(name: str, workdir: Path, runs: int, seconds: int) -> dict:
+    with Lab(workdir / name) as lab:
+        pair = Pair(lab)
+        pair.lab.run(pair.right, ["iperf3", "-s", "-D", "--pidfile", str(workdir / name / "iperf3.pid")])
+        underlay_rtt = ping_rtt(pair, RIGHT_UNDERLAY)
+        VPNS[name](pair, workdir / name)
+        wait_for_ping(pair)
+        figures: dict = {"underlay_rtt_ms": underlay_rtt}
+        figures["tunnel_rtt_ms"] = ping_rtt(pair, RIGHT_TUNNEL)
+        figures["added_rtt_ms"] = figures["tunnel_rtt_ms"] - underlay_rtt
+        figures["overhead_bytes"] = wire_overhead(pair)
+        for direction, reverse in (("forward", False), ("reverse", True)):
+            rates, efficiencies = [], []
+            for _ in range(runs):
+                cpu = pair.cpu_seconds()
+                rate = iperf(pair, seconds, reverse)
+                spent = pair.cpu_seconds() - cpu
+                rates.append(rate)
+                efficiencies.append(rate * (seconds + 1) / spent if spent else float("nan"))
+            figures[f"tcp_{direction}_mbit"] = statistics.median(rates)
+            figures[f"tcp_{direction}_runs"] = rates
+            figures[f"mbit_per_cpu_s_{direction}"] = statistics.median(efficiencies)
+        pid_file = workdir / name / "iperf3.pid"
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text().strip()), 15)
+        pair.stop_all()
+        return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--peers", default=",".join(VPNS))
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="vpncrypt-bench-"))
+    results = {}
+    peers = args.peers.split(",")
+    for name in peers:
+        results[name] = measure(name, workdir, args.runs, args.seconds)
+        print(f"{name}: {json.dumps({k: v for k, v in results[name].items() if not k.endswith('_runs')})}",
+              file=sys.stderr, flush=True)
+    print(f"date {time.strftime('%Y-%m-%d')}; versions {json.dumps(versions(peers))}")
+    print(f"command: {' '.join(sys.argv)}\n")
+    print("| VPN | TCP -> Mbit/s | TCP <- Mbit/s | Mbit per CPU-s -> | Mbit per CPU-s <- |"
+          " added RTT ms | overhead bytes/packet |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, f in results.items():
+        print(f"| {name} | {f['tcp_forward_mbit']:.0f} | {f['tcp_reverse_mbit']:.0f} |"
+              f" {f['mbit_per_cpu_s_forward']:.0f} | {f['mbit_per_cpu_s_reverse']:.0f} |"
+              f" {f['added_rtt_ms']:.3f} | {f['overhead_bytes']:.1f} |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
