@@ -131,9 +131,40 @@ def start_wireguard_go(pair: Pair, workdir: Path) -> None:
         pair.lab.run(ns, ["ip", "link", "set", device, "mtu", str(MTU), "up"])
 
 
+def start_quicktun(pair: Pair, workdir: Path) -> None:
+    """quicktun with the nacltai protocol. Debian's build reads IF_QT_* variables
+    and falls back to the unencrypted raw protocol when PROTOCOL is missing, so
+    the log is checked for that warning before anything is measured."""
+    keys = {}
+    for side in ("left", "right"):
+        lines = dict(line.split(": ", 1) for line in run(["/usr/sbin/keypair"]).stdout.splitlines() if ": " in line)
+        keys[side] = (lines["SECRET"].strip(), lines["PUBLIC"].strip())
+    for side, other, address, peer_address, local, remote in (
+        ("left", "right", LEFT_TUNNEL, RIGHT_TUNNEL, LEFT_UNDERLAY, RIGHT_UNDERLAY),
+        ("right", "left", RIGHT_TUNNEL, LEFT_TUNNEL, RIGHT_UNDERLAY, LEFT_UNDERLAY),
+    ):
+        device = f"qt{side}"
+        env = dict(os.environ, IFACE=device, IF_QT_PROTOCOL="nacltai", IF_QT_TUN_MODE="1", IF_QT_TIME_WINDOW="5",
+                   IF_QT_LOCAL_ADDRESS=local, IF_QT_LOCAL_PORT=str(PORT), IF_QT_REMOTE_ADDRESS=remote,
+                   IF_QT_REMOTE_PORT=str(PORT), IF_QT_PRIVATE_KEY=keys[side][0], IF_QT_PUBLIC_KEY=keys[other][1])
+        ns = getattr(pair, side)
+        pair.processes.append(pair.lab.spawn(ns, ["quicktun"], f"quicktun-{side}.log", env=env))
+        deadline = time.monotonic() + 10
+        while pair.lab.run(ns, ["ip", "link", "show", device], check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"quicktun did not create {device}")
+            time.sleep(0.05)
+        log = (pair.lab.workdir / f"quicktun-{side}.log").read_text()
+        if "insecure" in log or "not specified" in log:
+            raise RuntimeError(f"quicktun is not using nacltai: {log}")
+        pair.lab.run(ns, ["ip", "address", "add", address, "peer", peer_address, "dev", device])
+        pair.lab.run(ns, ["ip", "link", "set", device, "mtu", str(MTU), "up"])
+
+
 VPNS = {
     "vpncrypt": start_vpncrypt,
     "wireguard-go": start_wireguard_go,
+    "quicktun": start_quicktun,
 }
 
 
