@@ -161,10 +161,43 @@ def start_quicktun(pair: Pair, workdir: Path) -> None:
         pair.lab.run(ns, ["ip", "link", "set", device, "mtu", str(MTU), "up"])
 
 
+def start_fastd(pair: Pair, workdir: Path) -> None:
+    """fastd in TUN mode with its recommended salsa2012+umac method."""
+    keys = {}
+    for side in ("left", "right"):
+        out = run(["fastd", "--generate-key", "--machine-readable"]).stdout.split()
+        secret = out[0]
+        public = run(["fastd", "--show-key", "--machine-readable", "--config", "-"],
+                     input=f'secret "{secret}";\n').stdout.strip()
+        keys[side] = (secret, public)
+    for side, other, address, peer_address, local, remote in (
+        ("left", "right", LEFT_TUNNEL, RIGHT_TUNNEL, LEFT_UNDERLAY, RIGHT_UNDERLAY),
+        ("right", "left", RIGHT_TUNNEL, LEFT_TUNNEL, RIGHT_UNDERLAY, LEFT_UNDERLAY),
+    ):
+        device = f"fd{side}"
+        config = workdir / f"fastd-{side}.conf"
+        config.write_text(
+            f'log level warn;\nmode tun;\ninterface "{device}";\nmethod "salsa2012+umac";\n'
+            f'bind {local}:{PORT};\nsecret "{keys[side][0]}";\nmtu {MTU};\n'
+            f'peer "{other}" {{\n  key "{keys[other][1]}";\n  remote {remote}:{PORT};\n}}\n'
+        )
+        os.chmod(config, 0o600)
+        ns = getattr(pair, side)
+        pair.processes.append(pair.lab.spawn(ns, ["fastd", "--config", str(config)], f"fastd-{side}.log"))
+        deadline = time.monotonic() + 10
+        while pair.lab.run(ns, ["ip", "link", "show", device], check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"fastd did not create {device}")
+            time.sleep(0.05)
+        pair.lab.run(ns, ["ip", "address", "add", address, "peer", peer_address, "dev", device])
+        pair.lab.run(ns, ["ip", "link", "set", device, "up"])
+
+
 VPNS = {
     "vpncrypt": start_vpncrypt,
     "wireguard-go": start_wireguard_go,
     "quicktun": start_quicktun,
+    "fastd": start_fastd,
 }
 
 
