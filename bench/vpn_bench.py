@@ -1,11 +1,12 @@
 """vpncrypt against other VPNs, side by side in one run, on this machine (needs root).
 
-Run: tools/bench-vpn [--runs 3] [--seconds 5] [--peers vpncrypt,wireguard-go]
+Run: tools/bench-vpn [--runs 3] [--seconds 5] [--peers vpncrypt,wireguard-go,quicktun,fastd,openvpn]
 
 Two namespaces joined by a veth (underlay 192.0.2.1 and 192.0.2.2); each VPN
 in turn connects them (tunnel 203.0.113.1 and .2, inner MTU 1420 for all) and
 is measured the same way, one timed run at a time:
 - TCP single stream each way (iperf3, median of --runs runs);
+- 64-byte UDP datagrams received per second, sent flat out (median);
 - Mbit per CPU-second of the VPN processes (both ends) during those runs;
 - added round-trip time: ping through the tunnel minus ping on the underlay;
 - wire overhead: underlay bytes per tunnelled packet minus inner bytes, from
@@ -193,11 +194,48 @@ def start_fastd(pair: Pair, workdir: Path) -> None:
         pair.lab.run(ns, ["ip", "link", "set", device, "up"])
 
 
+def make_certificates(workdir: Path) -> None:
+    """A throw-away CA and a server and a client certificate (P-256), valid for a day."""
+    def openssl(*args: str) -> None:
+        run(["openssl", *args], timeout=60)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", str(workdir / "ca.key"), "-out", str(workdir / "ca.crt"),
+            "-subj", "/CN=vpncrypt-bench-ca", "-days", "1")
+    for name, usage in (("server", "serverAuth"), ("client", "clientAuth")):
+        extensions = workdir / f"{name}.ext"
+        extensions.write_text(f"extendedKeyUsage={usage}\nkeyUsage=digitalSignature,keyAgreement\n")
+        openssl("req", *ec, "-keyout", str(workdir / f"{name}.key"), "-out", str(workdir / f"{name}.csr"),
+                "-subj", f"/CN={name}")
+        openssl("x509", "-req", "-in", str(workdir / f"{name}.csr"), "-CA", str(workdir / "ca.crt"),
+                "-CAkey", str(workdir / "ca.key"), "-CAcreateserial", "-out", str(workdir / f"{name}.crt"),
+                "-days", "1", "-extfile", str(extensions))
+
+
+def start_openvpn(pair: Pair, workdir: Path) -> None:
+    """OpenVPN 2.6 point to point over UDP, TLS with certificates, AES-256-GCM."""
+    make_certificates(workdir)
+    for side, role, cert, address, peer_address, remote, verify in (
+        ("left", "--tls-server", "server", LEFT_TUNNEL, RIGHT_TUNNEL, RIGHT_UNDERLAY, "client"),
+        ("right", "--tls-client", "client", RIGHT_TUNNEL, LEFT_TUNNEL, LEFT_UNDERLAY, "server"),
+    ):
+        device = f"ov{side}"
+        command = [
+            "openvpn", "--dev", device, "--dev-type", "tun", "--proto", "udp", "--lport", str(PORT),
+            "--remote", remote, str(PORT), role, "--dh", "none", "--ca", str(workdir / "ca.crt"),
+            "--cert", str(workdir / f"{cert}.crt"), "--key", str(workdir / f"{cert}.key"),
+            "--remote-cert-tls", verify, "--data-ciphers", "AES-256-GCM", "--cipher", "AES-256-GCM",
+            "--ifconfig", address, peer_address, "--tun-mtu", str(MTU), "--verb", "1",
+        ]
+        pair.processes.append(pair.lab.spawn(getattr(pair, side), command, f"openvpn-{side}.log"))
+
+
 VPNS = {
     "vpncrypt": start_vpncrypt,
     "wireguard-go": start_wireguard_go,
     "quicktun": start_quicktun,
     "fastd": start_fastd,
+    "openvpn": start_openvpn,
 }
 
 
@@ -221,6 +259,14 @@ def iperf(pair: Pair, seconds: int, reverse: bool) -> float:
     done = pair.lab.run(pair.left, command, timeout=seconds + 30)
     result = json.loads(done.stdout)
     return result["end"]["sum_received"]["bits_per_second"] / 1e6
+
+
+def udp_packet_rate(pair: Pair, seconds: int) -> float:
+    """64-byte UDP datagrams per second that arrive, left to right, sent flat out."""
+    command = ["iperf3", "-c", RIGHT_TUNNEL, "-u", "-l", "64", "-b", "0", "-t", str(seconds), "-J"]
+    result = json.loads(pair.lab.run(pair.left, command, timeout=seconds + 30).stdout)
+    summary = result["end"]["sum"]
+    return (summary["packets"] - summary["lost_packets"]) / summary["seconds"]
 
 
 def ping_rtt(pair: Pair, address: str, count: int = 20) -> float:
@@ -269,6 +315,7 @@ def measure(name: str, workdir: Path, runs: int, seconds: int) -> dict:
             figures[f"tcp_{direction}_mbit"] = statistics.median(rates)
             figures[f"tcp_{direction}_runs"] = rates
             figures[f"mbit_per_cpu_s_{direction}"] = statistics.median(efficiencies)
+        figures["udp64_pps"] = statistics.median(udp_packet_rate(pair, seconds) for _ in range(runs))
         pid_file = workdir / name / "iperf3.pid"
         if pid_file.exists():
             os.kill(int(pid_file.read_text().strip()), 15)
@@ -293,12 +340,12 @@ def main() -> int:
     print(f"date {time.strftime('%Y-%m-%d')}; versions {json.dumps(versions(peers))}")
     print(f"command: {' '.join(sys.argv)}\n")
     print("| VPN | TCP -> Mbit/s | TCP <- Mbit/s | Mbit per CPU-s -> | Mbit per CPU-s <- |"
-          " added RTT ms | overhead bytes/packet |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          " UDP 64 B packets/s | added RTT ms | overhead bytes/packet |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, f in results.items():
         print(f"| {name} | {f['tcp_forward_mbit']:.0f} | {f['tcp_reverse_mbit']:.0f} |"
               f" {f['mbit_per_cpu_s_forward']:.0f} | {f['mbit_per_cpu_s_reverse']:.0f} |"
-              f" {f['added_rtt_ms']:.3f} | {f['overhead_bytes']:.1f} |")
+              f" {f['udp64_pps']:.0f} | {f['added_rtt_ms']:.3f} | {f['overhead_bytes']:.1f} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
