@@ -90,6 +90,14 @@ def wait_for_ping(pair: Pair, timeout: float = 20) -> None:
     raise RuntimeError("the tunnel did not come up")
 
 
+def wait_for_device(pair: Pair, ns: str, device: str, program: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while pair.lab.run(ns, ["ip", "link", "show", device], check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{program} did not create {device}")
+        time.sleep(0.05)
+
+
 # --- the VPNs ------------------------------------------------------------------------------
 
 def start_vpncrypt(pair: Pair, workdir: Path) -> None:
@@ -121,11 +129,7 @@ def start_wireguard_go(pair: Pair, workdir: Path) -> None:
         ns, device = getattr(pair, side), f"wg{side}"
         env = dict(os.environ, WG_PROCESS_FOREGROUND="1")
         pair.processes.append(pair.lab.spawn(ns, ["wireguard-go", "-f", device], f"wireguard-go-{side}.log", env=env))
-        deadline = time.monotonic() + 10
-        while pair.lab.run(ns, ["ip", "link", "show", device], check=False).returncode != 0:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"wireguard-go did not create {device}")
-            time.sleep(0.05)
+        wait_for_device(pair, ns, device, "wireguard-go")
         pair.lab.run(ns, ["wg", "set", device, "private-key", str(workdir / f"{side}.key"), "listen-port", str(PORT),
                           "peer", keys[other], "allowed-ips", "203.0.113.0/24", "endpoint", f"{endpoint}:{PORT}"])
         pair.lab.run(ns, ["ip", "address", "add", f"{address}/24", "dev", device])
@@ -150,11 +154,7 @@ def start_quicktun(pair: Pair, workdir: Path) -> None:
                    IF_QT_REMOTE_PORT=str(PORT), IF_QT_PRIVATE_KEY=keys[side][0], IF_QT_PUBLIC_KEY=keys[other][1])
         ns = getattr(pair, side)
         pair.processes.append(pair.lab.spawn(ns, ["quicktun"], f"quicktun-{side}.log", env=env))
-        deadline = time.monotonic() + 10
-        while pair.lab.run(ns, ["ip", "link", "show", device], check=False).returncode != 0:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"quicktun did not create {device}")
-            time.sleep(0.05)
+        wait_for_device(pair, ns, device, "quicktun")
         log = (pair.lab.workdir / f"quicktun-{side}.log").read_text()
         if "insecure" in log or "not specified" in log:
             raise RuntimeError(f"quicktun is not using nacltai: {log}")
@@ -185,11 +185,7 @@ def start_fastd(pair: Pair, workdir: Path) -> None:
         os.chmod(config, 0o600)
         ns = getattr(pair, side)
         pair.processes.append(pair.lab.spawn(ns, ["fastd", "--config", str(config)], f"fastd-{side}.log"))
-        deadline = time.monotonic() + 10
-        while pair.lab.run(ns, ["ip", "link", "show", device], check=False).returncode != 0:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"fastd did not create {device}")
-            time.sleep(0.05)
+        wait_for_device(pair, ns, device, "fastd")
         pair.lab.run(ns, ["ip", "address", "add", address, "peer", peer_address, "dev", device])
         pair.lab.run(ns, ["ip", "link", "set", device, "up"])
 
