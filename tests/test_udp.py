@@ -1,0 +1,100 @@
+"""UDP batching with and without GSO/GRO, on loopback: what is sent is what arrives, in order."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+
+import pytest
+
+from vpncrypt.udp import UdpBatcher, open_listening_socket
+
+
+def collect(receiver: UdpBatcher, count: int, timeout: float = 5) -> list:
+    got: list = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        got.extend(receiver.receive(64))
+        time.sleep(0.001)
+    return got
+
+
+def traffic() -> list[bytes]:
+    """Runs of equal sizes with a short one closing some, then odd sizes."""
+    datagrams = [bytes([i % 251]) * 1444 for i in range(100)]
+    datagrams.append(b"short" * 20)
+    datagrams += [bytes([i]) * (60 + i) for i in range(10)]
+    datagrams += [b"x" * 1444] * 3
+    return datagrams
+
+
+@pytest.mark.parametrize("send_offload, receive_offload", [(True, True), (True, False), (False, True), (False, False)])
+def test_everything_arrives_in_order(send_offload, receive_offload):
+    server = open_listening_socket("127.0.0.1", 0)
+    receiver = UdpBatcher(server, offload=receive_offload)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = UdpBatcher(client, offload=send_offload)
+    endpoint = server.getsockname()
+    try:
+        sent = traffic()
+        sender.send([(d, endpoint) for d in sent])
+        got = collect(receiver, len(sent))
+        assert [d for d, _ in got] == sent
+        assert {a[1] for _, a in got} == {client.getsockname()[1]}
+        assert sender.send_errors == 0
+        assert receiver.gro == receive_offload and sender.gso == send_offload
+    finally:
+        server.close()
+        client.close()
+
+
+def test_runs_split_by_endpoint():
+    servers = [open_listening_socket("127.0.0.1", 0) for _ in range(2)]
+    receivers = [UdpBatcher(s) for s in servers]
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = UdpBatcher(client)
+    try:
+        plan = [(bytes([i]) * 1000, servers[i % 3 == 0].getsockname()) for i in range(90)]
+        sender.send(plan)
+        for index, receiver in enumerate(receivers):
+            expected = [d for d, e in plan if e == servers[index].getsockname()]
+            assert [d for d, _ in collect(receiver, len(expected))] == expected
+    finally:
+        for s in (*servers, client):
+            s.close()
+
+
+class RefusingSocket:
+    """A socket whose kernel will not segment: sendmsg fails as GSO-less routes do."""
+
+    def __init__(self, real: socket.socket) -> None:
+        self.real = real
+        self.sendmsg_calls = 0
+
+    def setsockopt(self, *args):
+        return self.real.setsockopt(*args)
+
+    def sendmsg(self, *args):
+        self.sendmsg_calls += 1
+        raise OSError(errno.EIO, "no segmentation here")
+
+    def sendto(self, data, endpoint):
+        return self.real.sendto(data, endpoint)
+
+
+def test_falls_back_when_the_kernel_refuses_segmentation():
+    server = open_listening_socket("127.0.0.1", 0)
+    receiver = UdpBatcher(server)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    refusing = RefusingSocket(client)
+    sender = UdpBatcher(refusing)  # type: ignore[arg-type]
+    try:
+        sent = traffic()
+        sender.send([(d, server.getsockname()) for d in sent])
+        sender.send([(d, server.getsockname()) for d in sent])
+        assert [d for d, _ in collect(receiver, 2 * len(sent))] == sent + sent
+        assert sender.gso is False and refusing.sendmsg_calls == 1 and sender.send_errors == 0
+    finally:
+        server.close()
+        client.close()
