@@ -66,7 +66,7 @@ def run_client(config: ClientConfig) -> int:
         routes=config.allowed_sources, now=time.time(), time_window=config.time_window,
         keepalive_interval=config.keepalive,
     )
-    tun = open_tun(config.interface)
+    tun = open_tun(config.interface, offload=config.offload)
     try:
         netconfig.backend().apply(network_plan(config))
         sock = open_client_socket(family)

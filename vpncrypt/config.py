@@ -49,6 +49,7 @@ class ServerConfig:
     mtu: int
     time_window: int
     client_to_client: bool
+    offload: bool
     clients: tuple[ClientSection, ...]
 
 
@@ -66,6 +67,7 @@ class ClientConfig:
     mtu: int
     keepalive: float
     time_window: int
+    offload: bool
 
     @property
     def allowed_sources(self) -> tuple[Network, ...]:
@@ -203,7 +205,7 @@ def load_server_config(path: str | os.PathLike) -> ServerConfig:
     top = _Section(path, "file", data, {"server", "client"})
     server = _Section(path, "[server]", top.get("server", dict), {
         "server_id", "port", "listen_address", "endpoint", "tunnel", "interface", "mtu",
-        "time_window", "client_to_client",
+        "time_window", "client_to_client", "offload",
     })
     endpoint = server.get("endpoint", str, "")
     if endpoint:
@@ -249,6 +251,7 @@ def load_server_config(path: str | os.PathLike) -> ServerConfig:
         mtu=server.integer("mtu", 1280, 65535 - 24, DEFAULT_MTU),
         time_window=server.integer("time_window", 1, MAX_TIME_WINDOW, DEFAULT_TIME_WINDOW),
         client_to_client=server.get("client_to_client", bool, False),
+        offload=server.get("offload", bool, True),
         clients=tuple(clients),
     )
 
@@ -259,7 +262,7 @@ def load_client_config(path: str | os.PathLike) -> ClientConfig:
     top = _Section(path, "file", data, {"client"})
     client = _Section(path, "[client]", top.get("client", dict), {
         "name", "client_id", "key", "server", "server_id", "addresses", "routes", "interface",
-        "mtu", "keepalive", "time_window",
+        "mtu", "keepalive", "time_window", "offload",
     })
     server = client.get("server", str)
     try:
@@ -282,4 +285,5 @@ def load_client_config(path: str | os.PathLike) -> ClientConfig:
         mtu=client.integer("mtu", 1280, 65535 - 24, DEFAULT_MTU),
         keepalive=keepalive,
         time_window=client.integer("time_window", 1, MAX_TIME_WINDOW, DEFAULT_TIME_WINDOW),
+        offload=client.get("offload", bool, True),
     )

@@ -37,7 +37,7 @@ def network_plan(config: ServerConfig) -> list[list[str]]:
 def run_server(config: ServerConfig) -> int:
     """Serve until SIGINT or SIGTERM; the TUN device goes away with the process's hold on it."""
     core = build_core(config, time.time())
-    tun = open_tun(config.interface)
+    tun = open_tun(config.interface, offload=config.offload)
     try:
         netconfig.backend().apply(network_plan(config))
         sock = open_listening_socket(config.listen_address, config.port)

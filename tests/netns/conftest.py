@@ -30,11 +30,12 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.skip(reason=NOT_ROOT))
 
 
-@pytest.fixture
-def vpn(tmp_path) -> VpnLab:
+@pytest.fixture(params=[True, False], ids=["offload", "no-offload"])
+def vpn(tmp_path, request) -> VpnLab:
+    """The standard lab, once with TUN offloads on and once with them off."""
     lab = Lab(tmp_path / "lab")
     try:
-        vpn = build_vpn_lab(lab, VENV_BIN)
+        vpn = build_vpn_lab(lab, VENV_BIN, offload=request.param)
         vpn.start_server()
         vpn.start_client("a")
         vpn.start_client("b")

@@ -239,8 +239,8 @@ def wait_for_interface(lab: Lab, ns: str, interface: str, process: subprocess.Po
     raise LabError(f"{interface} did not come up in {ns}: {log.read_text()[-2000:]}")
 
 
-def build_vpn_lab(lab: Lab, venv_bin: Path | None = None, clients=("a", "b"), client_to_client: bool = True
-                  ) -> VpnLab:
+def build_vpn_lab(lab: Lab, venv_bin: Path | None = None, clients=("a", "b"), client_to_client: bool = True,
+                  offload: bool = True) -> VpnLab:
     """Namespaces, links, routing and NAT of the standard topology, and fresh configs."""
     venv_bin = venv_bin or Path(sys.executable).parent
     server = lab.namespace("server")
@@ -278,6 +278,9 @@ def build_vpn_lab(lab: Lab, venv_bin: Path | None = None, clients=("a", "b"), cl
         server_toml.write_text(server_toml.read_text().replace("client_to_client = false", "client_to_client = true"))
     for name in clients:
         vpn.keygen("client", "--server-config", str(server_toml), "--name", name, "--out", str(configs / f"{name}.toml"))
+    if not offload:
+        for path, table in [(server_toml, "[server]\n"), *((configs / f"{n}.toml", "[client]\n") for n in clients)]:
+            path.write_text(path.read_text().replace(table, table + "offload = false\n", 1))
     if "b" in clients:
         b_toml = configs / "b.toml"
         b_toml.write_text(b_toml.read_text().replace(

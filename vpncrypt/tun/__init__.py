@@ -33,10 +33,14 @@ class TunDevice(Protocol):
     def close(self) -> None: ...
 
 
-def open_tun(name: str) -> TunDevice:
-    """Open (creating it if need be) the TUN device ``name`` for this platform."""
+def open_tun(name: str, offload: bool = True) -> TunDevice:
+    """Open (creating it if need be) the TUN device ``name`` for this platform.
+
+    ``offload`` lets the backend use what the OS offers to move many packets
+    per system call; the packets the caller sees and gives are the same.
+    """
     if sys.platform.startswith("linux"):
         from .linux import LinuxTun
 
-        return LinuxTun.open(name)
+        return LinuxTun.open(name, offload)
     raise TunError(f"no TUN backend for {sys.platform} yet (Linux is supported)")

@@ -1,0 +1,198 @@
+"""Merging TCP segments for TUN writes: what merges, what must not, and that the kernel's
+checksum completion (NEEDS_CSUM) gives the right TCP checksum."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vpncrypt.tun.offload import (
+    F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, PLAIN, VNET_HEADER, coalesce, ipv4_header_checksum,
+)
+
+A4, B4 = "203.0.113.2", "203.0.113.1"
+A6, B6 = "2001:db8:7::2", "2001:db8:7::1"
+ACK, PSH, FIN, SYN = 0x10, 0x08, 0x01, 0x02
+MSS = 1368
+
+
+def fold(total: int) -> int:
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def ones_sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    return fold(sum(struct.unpack(f"!{len(data) // 2}H", data)))
+
+
+def tcp_checksum(packet: bytes) -> int:
+    """The TCP checksum from scratch (checksum field taken as zero)."""
+    v4 = packet[0] >> 4 == 4
+    ip_len = 20 if v4 else 40
+    segment = bytearray(packet[ip_len:])
+    segment[16:18] = b"\0\0"
+    addresses = packet[12:20] if v4 else packet[8:40]
+    pseudo = addresses + struct.pack("!HH", 6, len(segment)) if v4 else addresses + struct.pack("!IxxxB", len(segment), 6)
+    return ~fold(ones_sum(pseudo) + ones_sum(bytes(segment))) & 0xFFFF
+
+
+def tcp_packet(seq: int, payload: bytes, flags: int = ACK, v6: bool = False, ip_id: int = 1,
+               options: bytes = b"", src_port: int = 5001) -> bytes:
+    tcp = struct.pack("!HHIIBBHHH", src_port, 40000, seq, 777, (5 + len(options) // 4) << 4, flags, 500, 0, 0)
+    tcp += options
+    if v6:
+        ip = struct.pack("!IHBB16s16s", 6 << 28, len(tcp) + len(payload), 6, 64,
+                         ipaddress.IPv6Address(A6).packed, ipaddress.IPv6Address(B6).packed)
+    else:
+        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(payload), ip_id, 0x4000, 64, 6, 0,
+                                   ipaddress.IPv4Address(A4).packed, ipaddress.IPv4Address(B4).packed))
+        ip[10:12] = ipv4_header_checksum(ip).to_bytes(2, "big")
+        ip = bytes(ip)
+    packet = bytearray(ip + tcp + payload)
+    offset = len(ip) + 16
+    packet[offset:offset + 2] = tcp_checksum(bytes(packet)).to_bytes(2, "big")
+    return bytes(packet)
+
+
+def flow(count: int, start: int = 1000, size: int = MSS, last: int | None = None, **options) -> list[bytes]:
+    sizes = [size] * count + ([last] if last is not None else [])
+    packets, seq = [], start
+    for index, length in enumerate(sizes):
+        packets.append(tcp_packet(seq & 0xFFFFFFFF, bytes([index % 256]) * length, ip_id=index + 1, **options))
+        seq += length
+    return packets
+
+
+def kernel_view(plan: list) -> tuple[tuple, bytes]:
+    """The virtio header and the packet the kernel gets, with its checksum finished as
+    the kernel does for NEEDS_CSUM: sum from csum_start, fold, complement."""
+    header = VNET_HEADER.unpack(bytes(plan[0]))
+    packet = bytearray(b"".join(bytes(part) for part in plan[1:]))
+    flags, _, _, _, start, offset = header
+    if flags & F_NEEDS_CSUM:
+        packet[start + offset:start + offset + 2] = (~ones_sum(bytes(packet[start:])) & 0xFFFF).to_bytes(2, "big")
+    return header, bytes(packet)
+
+
+def assert_valid(packet: bytes) -> None:
+    v4 = packet[0] >> 4 == 4
+    ip_len = 20 if v4 else 40
+    assert int.from_bytes(packet[ip_len + 16:ip_len + 18], "big") == tcp_checksum(packet)
+    if v4:
+        assert ones_sum(packet[:20]) == 0xFFFF  # IPv4 header checksum
+        assert int.from_bytes(packet[2:4], "big") == len(packet)
+    else:
+        assert int.from_bytes(packet[4:6], "big") + 40 == len(packet)
+
+
+def test_a_run_with_a_short_last_segment_becomes_one_gso_packet():
+    packets = flow(5, last=100)
+    packets[-1] = tcp_packet(1000 + 5 * MSS, bytes([5]) * 100, flags=ACK | PSH, ip_id=6)
+    [plan] = coalesce(packets)
+    (flags, gso_type, hdr_len, gso_size, start, offset), merged = kernel_view(plan)
+    assert (flags, gso_type, hdr_len, gso_size, start, offset) == (F_NEEDS_CSUM, GSO_TCPV4, 40, MSS, 20, 16)
+    assert_valid(merged)
+    assert merged[40:] == b"".join(p[40:] for p in packets)
+    assert int.from_bytes(merged[24:28], "big") == 1000  # the first sequence number
+    assert merged[33] == ACK | PSH  # PSH carried from the last segment
+
+
+def test_ipv6_run():
+    packets = flow(4, v6=True)
+    [plan] = coalesce(packets)
+    (_, gso_type, hdr_len, gso_size, start, _), merged = kernel_view(plan)
+    assert (gso_type, hdr_len, gso_size, start) == (GSO_TCPV6, 60, MSS, 40)
+    assert_valid(merged)
+    assert merged[60:] == b"".join(p[60:] for p in packets)
+
+
+def test_options_stay_and_must_match():
+    stamps = [b"\x01\x01\x08\x0a" + struct.pack("!II", 5, 9)] * 3 + [b"\x01\x01\x08\x0a" + struct.pack("!II", 6, 9)]
+    packets = []
+    seq = 10
+    for index, option in enumerate(stamps):
+        packets.append(tcp_packet(seq, b"p" * MSS, options=option, ip_id=index))
+        seq += MSS
+    plans = coalesce(packets)
+    assert len(plans) == 2 and len(plans[0]) == 2 + 3  # three merged, the fourth (new timestamp) alone
+    header, merged = kernel_view(plans[0])
+    assert header[2] == 20 + 32 and merged[40:52] == stamps[0]
+    assert_valid(merged)
+
+
+def test_sequence_wraps():
+    packets = flow(3, start=2**32 - MSS)
+    [plan] = coalesce(packets)
+    assert_valid(kernel_view(plan)[1])
+
+
+def test_what_must_not_merge_is_written_as_it_is():
+    base = flow(2)
+    gap = flow(1, start=1000 + 3 * MSS)  # a lost segment in between
+    other_flow = flow(1, start=1000 + 2 * MSS, src_port=6000)
+    fin = [tcp_packet(1000 + 2 * MSS, b"f" * MSS, flags=ACK | FIN)]
+    syn = [tcp_packet(5, b"", flags=SYN)]
+    pure_ack = [tcp_packet(1000 + 2 * MSS, b"")]
+    udp = [bytes.fromhex("4500001c00000000401100000a0000010a000002") + bytes(8)]
+    cases = {
+        "gap": base + gap, "other flow": base + other_flow, "fin": base + fin,
+        "pure ack": base + pure_ack, "syn": syn + base, "udp": udp + base,
+        "reordered": list(reversed(base)),
+        "bigger after smaller": flow(1, size=100) + flow(1, start=1100),
+    }
+    for name, packets in cases.items():
+        plans = coalesce(packets)
+        written = [b"".join(bytes(p) for p in plan[1:]) for plan in plans]
+        if name in ("gap", "other flow", "fin", "pure ack"):
+            # the first two still merge; what follows stands alone, unchanged
+            assert len(plans) == 2 and plans[1] == [PLAIN, packets[2]], name
+        elif name in ("syn", "udp"):
+            # what comes first stands alone; the two segments after it merge
+            assert len(plans) == 2 and plans[0] == [PLAIN, packets[0]] and len(plans[1]) == 2 + 2, name
+        else:
+            assert all(plan[0] == PLAIN for plan in plans) and written == packets, name
+
+
+def test_psh_closes_a_run():
+    packets = flow(3)
+    packets[1] = tcp_packet(1000 + MSS, bytes([1]) * MSS, flags=ACK | PSH, ip_id=2)
+    plans = coalesce(packets)
+    assert len(plans) == 2 and len(plans[0]) == 2 + 2 and plans[1] == [PLAIN, packets[2]]
+
+
+def test_merged_packets_stay_under_64_kib():
+    packets = flow(60)
+    plans = coalesce(packets)
+    assert len(plans) == 2
+    for plan in plans:
+        assert len(kernel_view(plan)[1]) <= 65535
+    assert b"".join(kernel_view(p)[1][40:] for p in plans) == b"".join(p[40:] for p in packets)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 5)), max_size=40), st.booleans())
+def test_any_batch_writes_every_byte_once_in_order(steps, v6):
+    """Interleaved flows, sizes and holes: the payload of each flow comes out whole, in order,
+    and every packet the kernel gets has valid checksums."""
+    seqs = {port: 1000 for port in range(4)}
+    packets = []
+    for port, kind in steps:
+        size = (MSS, MSS, MSS, 200, 0, MSS)[kind]
+        if kind == 5:
+            seqs[port] += MSS  # a hole: a segment lost
+        packets.append(tcp_packet(seqs[port], bytes([port]) * size, src_port=5000 + port, v6=v6))
+        seqs[port] += size
+    written = [kernel_view(plan)[1] for plan in coalesce(packets)]
+    ip_len = 40 if v6 else 20
+    for packet in written:
+        assert_valid(packet)
+    def payloads(stream):
+        return {port: b"".join(p[ip_len + 20:] for p in stream if int.from_bytes(p[ip_len:ip_len + 2], "big") == 5000 + port)
+                for port in range(4)}
+    assert payloads(written) == payloads(packets)
