@@ -178,7 +178,7 @@ def test_keepalive_with_a_body_is_bad_length_and_unknown_kinds_are_refused():
     server = make_server()
     peer = sender()
     [keepalive] = peer.seal(KIND_KEEPALIVE, [b"x"], NOW + 5)
-    [other_kind] = peer.seal(0x13, [ipv4_packet(A_ADDR, SERVER_ADDR)], NOW + 5)
+    [other_kind] = peer.seal(0x14, [ipv4_packet(A_ADDR, SERVER_ADDR)], NOW + 5)
     server.datagrams_received([(keepalive, A_EP), (other_kind, A_EP)], NOW + 5)
     assert server.drops["bad_length"] == 1 and server.drops["unknown_kind"] == 1
     assert server.peers[1].endpoint is None
@@ -421,3 +421,27 @@ def test_a_client_that_just_started_hears_the_server_at_once():
     out = server.tun_packets_received([ipv4_packet(SERVER_ADDR, A_ADDR)], NOW + 100.4)
     assert len(client.datagrams_received([(d, SERVER_EP) for d, _ in out], NOW + 100.4)) == 1
     assert client.drops["superseded"] == 0
+
+
+def test_partial_checksum_packets_keep_their_mark_across_the_tunnel():
+    from vpncrypt.inner import PartialChecksumPacket
+    from vpncrypt.wire import KIND_DATA_PARTIAL, decode_header
+
+    server = make_server()
+    tcp = ipv4_packet(A_ADDR, SERVER_ADDR, bytes(20) + b"data", proto=6)
+    partial = PartialChecksumPacket(tcp)
+    [plain_datagram, partial_datagram] = seal_from_a([tcp, partial])
+    assert decode_header(partial_datagram).kind == KIND_DATA_PARTIAL
+    assert decode_header(plain_datagram).kind == KIND_DATA
+    out = server.datagrams_received([(plain_datagram, A_EP), (partial_datagram, A_EP)], NOW + 5).to_tun
+    assert [type(p) for p in out] == [bytes, PartialChecksumPacket] and out == [tcp, tcp]
+
+
+def test_a_partial_mark_on_a_packet_with_no_checksum_to_finish_is_malformed():
+    from vpncrypt.inner import PartialChecksumPacket
+
+    server = make_server()
+    icmp = ipv4_packet(A_ADDR, SERVER_ADDR, b"ping", proto=1)
+    [datagram] = seal_from_a([PartialChecksumPacket(icmp)])
+    assert server.datagrams_received([(datagram, A_EP)], NOW + 5).to_tun == []
+    assert server.drops["inner_malformed"] == 1

@@ -26,8 +26,8 @@ def test_overhead_is_at_most_24_bytes():
 
 
 def test_kinds_carry_version_one():
-    assert KIND_DATA == 0x11 and KIND_KEEPALIVE == 0x12
-    assert wire.KINDS == {KIND_DATA, KIND_KEEPALIVE}
+    assert KIND_DATA == 0x11 and KIND_KEEPALIVE == 0x12 and wire.KIND_DATA_PARTIAL == 0x13
+    assert wire.KINDS == {KIND_DATA, KIND_KEEPALIVE, wire.KIND_DATA_PARTIAL}
 
 
 @given(
@@ -103,7 +103,7 @@ def test_time_window_uses_whole_seconds_of_now():
     "datagram_change, reason",
     [
         (lambda d: d[:23], "bad_length"),
-        (lambda d: bytes([0x13 << 2]) + d[1:], "unknown_kind"),
+        (lambda d: bytes([0x14 << 2]) + d[1:], "unknown_kind"),
         (lambda d: bytes([0]) + d[1:], "unknown_kind"),
     ],
 )

@@ -1,4 +1,4 @@
-"""Inner IP packets: where they go to, and which peer owns an address.
+"""Inner IP packets: where they go to, which peer owns an address, and checksums left partial.
 
 Addresses are compared as the raw 4 or 16 bytes of the packet, so the common
 case (host routes) is one slice and one dict lookup.
@@ -23,6 +23,54 @@ def destination_address(packet: bytes) -> bytes | None:
     if version == 6 and len(packet) >= 40:
         return packet[24:40]
     return None
+
+
+class PartialChecksumPacket(bytes):
+    """An IP packet whose TCP or UDP checksum field holds only the folded pseudo-header sum.
+
+    A kernel with checksum offload hands such packets over and takes them back
+    (NEEDS_CSUM); they travel as KIND_DATA_PARTIAL so that a receiver without
+    offload knows to finish the checksum (``complete_checksum``).
+    """
+
+    __slots__ = ()
+
+
+def checksum_location(packet: bytes) -> tuple[int, int] | None:
+    """(start of the TCP/UDP header, offset of its checksum field), or None for anything else."""
+    size = len(packet)
+    if not size:
+        return None
+    version = packet[0] >> 4
+    if version == 4 and size >= 20:
+        start, protocol = (packet[0] & 0x0F) * 4, packet[9]
+    elif version == 6 and size >= 40:
+        start, protocol = 40, packet[6]
+    else:
+        return None
+    offset = 16 if protocol == 6 else 6 if protocol == 17 else None
+    if offset is None or start + offset + 2 > size:
+        return None
+    return start, offset
+
+
+def complete_checksum(packet: bytes) -> bytes:
+    """Finish a partial TCP/UDP checksum in software, as a NIC would.
+
+    The field already holds the pseudo-header sum, so summing the whole
+    segment with it and complementing gives the checksum. The one's complement
+    sum is the segment as one big integer modulo 0xFFFF, which CPython does in C.
+    """
+    location = checksum_location(packet)
+    if location is None:
+        return bytes(packet)
+    start, offset = location
+    segment = packet[start:]
+    if len(segment) % 2:
+        segment += b"\0"
+    checksum = ~(int.from_bytes(segment, "big") % 0xFFFF) & 0xFFFF or 0xFFFF
+    field = start + offset
+    return packet[:field] + checksum.to_bytes(2, "big") + packet[field + 2:]
 
 
 class PrefixTable(Generic[Owner]):

@@ -12,8 +12,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
+from .inner import PartialChecksumPacket
 from .replay import NO_TIMESTAMP, ReplayWindow
-from .wire import AD_SUFFIX, COUNTER_MASK, HEADER, KEY_LEN, TIMESTAMP_BITS, TIMESTAMP_MASK
+from .wire import (
+    AD_SUFFIX, COUNTER_MASK, HEADER, KEY_LEN, KIND_DATA, KIND_DATA_PARTIAL, TIMESTAMP_BITS, TIMESTAMP_MASK,
+)
 
 
 class Peer:
@@ -68,6 +71,8 @@ class Peer:
         self.last_ts = ts
         suffix = AD_SUFFIX.pack(self.send_direction, self.server_id, ts)
         word0 = (kind << TIMESTAMP_BITS) | (ts & TIMESTAMP_MASK)
+        # Data whose checksum the kernel left partial travels as its own kind.
+        partial_word0 = (KIND_DATA_PARTIAL << TIMESTAMP_BITS) | (ts & TIMESTAMP_MASK) if kind == KIND_DATA else word0
         client_id = self.client_id
         counter = self.counter
         pack = HEADER.pack
@@ -77,7 +82,7 @@ class Peer:
         size = 0
         for payload in payloads:
             counter = (counter + 1) & COUNTER_MASK
-            header = pack(word0, client_id, counter)
+            header = pack(partial_word0 if type(payload) is PartialChecksumPacket else word0, client_id, counter)
             append(header + encrypt(payload, [header + suffix]))
             size += len(payload)
         self.counter = counter

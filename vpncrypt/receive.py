@@ -14,11 +14,11 @@ from typing import Any, Callable, Iterable
 from cryptography.exceptions import InvalidTag
 
 from . import drops as reasons
-from .inner import PrefixTable
+from .inner import PartialChecksumPacket, PrefixTable, checksum_location
 from .peer import Peer
 from .replay import NEWEST, REORDERED, REPLAYED, RING_INDEX_MASK, SUPERSEDED, TOO_OLD, WINDOW
 from .wire import (
-    AD_SUFFIX, COUNTER_MASK, HEADER, HEADER_LEN, KIND_DATA, KIND_KEEPALIVE, MAX_DATAGRAM, OVERHEAD,
+    AD_SUFFIX, COUNTER_MASK, HEADER, HEADER_LEN, KIND_DATA, KIND_DATA_PARTIAL, KIND_KEEPALIVE, MAX_DATAGRAM, OVERHEAD,
     TIMESTAMP_BITS, TIMESTAMP_MASK, TIMESTAMP_MOD,
 )
 
@@ -58,11 +58,12 @@ def open_datagrams(
         word0, client_id, counter = unpack(datagram)
         kind = word0 >> TIMESTAMP_BITS
         if kind != KIND_DATA:
-            if kind != KIND_KEEPALIVE:
+            if kind == KIND_KEEPALIVE:
+                if size != OVERHEAD:
+                    drops[reasons.BAD_LENGTH] += 1
+                    continue
+            elif kind != KIND_DATA_PARTIAL:
                 drops[reasons.UNKNOWN_KIND] += 1
-                continue
-            if size != OVERHEAD:
-                drops[reasons.BAD_LENGTH] += 1
                 continue
         peer = find_peer(client_id)
         if peer is None:
@@ -124,6 +125,11 @@ def open_datagrams(
         if owner is not peer:
             drops[reasons.INNER_SOURCE_NOT_ALLOWED] += 1
             continue
+        if kind == KIND_DATA_PARTIAL:
+            if checksum_location(packet) is None:
+                drops[reasons.INNER_MALFORMED] += 1
+                continue
+            packet = PartialChecksumPacket(packet)
         peer.rx_packets += 1
         peer.rx_bytes += size
         opened.append((peer, packet))

@@ -13,6 +13,7 @@ import os
 import socket
 import struct
 
+from ..inner import PartialChecksumPacket, complete_checksum
 from . import TunError
 from .offload import VNET_HEADER_LEN, coalesce
 
@@ -85,6 +86,8 @@ class LinuxTun:
         refused = 0
         write, fd = os.write, self._fd
         for packet in packets:
+            if type(packet) is PartialChecksumPacket:
+                packet = complete_checksum(packet)  # no offload: nobody else will
             try:
                 write(fd, packet)
             except (BlockingIOError, OSError):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import socket
 
+from ..inner import PartialChecksumPacket, complete_checksum
+
 
 class MemoryTun:
     def __init__(self, name: str = "memtun0", mtu: int = 1420) -> None:
@@ -38,6 +40,8 @@ class MemoryTun:
     def write_batch(self, packets: list[bytes]) -> int:
         refused = 0
         for packet in packets:
+            if type(packet) is PartialChecksumPacket:
+                packet = complete_checksum(packet)  # as a TUN device without offload must
             try:
                 self._own.send(packet)
             except OSError:

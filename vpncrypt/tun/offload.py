@@ -7,13 +7,16 @@ kernel takes as it would from a NIC with receive offload: the receiving TCP
 stack sees one large segment and sends one ACK for it instead of one for every
 second segment. Checksums are left to the kernel (NEEDS_CSUM): the TCP field
 gets only the pseudo-header sum, and computing more in Python would cost as
-much as the cipher. The merged packets stay within one write; the wire format
-is untouched.
+much as the cipher. A packet that arrived with a partial checksum
+(PartialChecksumPacket) is handed over the same way. The wire format is
+untouched.
 """
 
 from __future__ import annotations
 
 import struct
+
+from ..inner import PartialChecksumPacket, checksum_location
 
 VNET_HEADER = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 VNET_HEADER_LEN = VNET_HEADER.size
@@ -88,14 +91,14 @@ def ipv4_header_checksum(header: bytes | bytearray) -> int:
     return ~_fold(sum(words) - words[5]) & 0xFFFF  # words[5] is the checksum field itself
 
 
-def pseudo_header_sum(header: bytes | bytearray, version: int, tcp_length: int) -> int:
+def pseudo_header_sum(header: bytes | bytearray, version: int, length: int, protocol: int = 6) -> int:
     """The folded, uncomplemented pseudo-header sum the kernel expects with NEEDS_CSUM."""
     if version == 4:
         addresses = header[12:20]
     else:
         addresses = header[8:40]
     words = struct.unpack(f"!{len(addresses) // 2}H", addresses)
-    return _fold(sum(words) + 6 + tcp_length)
+    return _fold(sum(words) + protocol + length)
 
 
 def merged_plan(run: list[Segment]) -> list:
@@ -119,6 +122,14 @@ def merged_plan(run: list[Segment]) -> list:
     return [vnet, header, *(memoryview(s.packet)[s.header_len:] for s in run)]
 
 
+def single_plan(packet: bytes) -> list:
+    """One packet as it is; a partial checksum is left for the kernel to finish."""
+    if type(packet) is PartialChecksumPacket:
+        start, offset = checksum_location(packet)  # type: ignore[misc]  # checked when it was opened
+        return [VNET_HEADER.pack(F_NEEDS_CSUM, 0, 0, 0, start, offset), packet]
+    return [PLAIN, packet]
+
+
 def coalesce(packets: list[bytes]) -> list[list]:
     """Write plans for ``packets`` in their order; each is [virtio header, buffer, ...]."""
     plans: list[list] = []
@@ -127,7 +138,7 @@ def coalesce(packets: list[bytes]) -> list[list]:
 
     def flush() -> None:
         if len(run) == 1:
-            plans.append([PLAIN, run[0].packet])
+            plans.append(single_plan(run[0].packet))
         elif run:
             plans.append(merged_plan(run))
         run.clear()
@@ -136,7 +147,7 @@ def coalesce(packets: list[bytes]) -> list[list]:
         segment = parse_segment(packet)
         if segment is None or not segment.payload_len:
             flush()
-            plans.append([PLAIN, packet])
+            plans.append(single_plan(packet))
             continue
         if run:
             last = run[-1]
