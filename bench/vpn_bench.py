@@ -50,8 +50,11 @@ class Pair:
         lab.address(self.left, self.left_if, f"{LEFT_UNDERLAY}/24")
         lab.address(self.right, self.right_if, f"{RIGHT_UNDERLAY}/24")
         self.processes: list[subprocess.Popen] = []
-        # Permanent neighbour entries: no ARP frame lands in the interface
-        # counters that the overhead is measured with.
+        # Nothing but tunnelled packets may land in the interface counters the
+        # overhead is measured with: no ARP (permanent neighbours), no IPv6
+        # router solicitations or MLD reports (no IPv6 on the underlay).
+        for ns, interface in ((self.left, self.left_if), (self.right, self.right_if)):
+            lab.run(ns, ["sysctl", "-qw", f"net.ipv6.conf.{interface}.disable_ipv6=1"])
         for ns, interface, peer_ns, peer_if, peer_address in (
             (self.left, self.left_if, self.right, self.right_if, RIGHT_UNDERLAY),
             (self.right, self.right_if, self.left, self.left_if, LEFT_UNDERLAY),

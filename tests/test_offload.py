@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from vpncrypt.inner import PartialChecksumPacket, complete_checksum
 from vpncrypt.tun.offload import (
     F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, PLAIN, VNET_HEADER, coalesce, ipv4_header_checksum, pseudo_header_sum,
+    split,
 )
 
 A4, B4 = "203.0.113.2", "203.0.113.1"
@@ -240,3 +241,45 @@ def test_partial_segments_merge_like_full_ones():
     packets = flow(4)
     [plan] = coalesce([make_partial(p) for p in packets])
     assert_valid(kernel_view(plan)[1])
+
+
+def super_packet(packets: list[bytes]) -> tuple[bytes, int, int]:
+    """What the kernel hands over with TSO: the merged packet, its GSO type and MSS."""
+    [plan] = coalesce(packets)
+    header = VNET_HEADER.unpack(bytes(plan[0]))
+    return b"".join(bytes(part) for part in plan[1:]), header[1], header[3]
+
+
+def test_split_undoes_coalesce_v4_and_v6():
+    for v6 in (False, True):
+        packets = flow(7, last=500, v6=v6)
+        merged, gso_type, mss = super_packet(packets)
+        segments = split(merged, gso_type, mss)
+        assert all(type(s) is PartialChecksumPacket for s in segments)
+        assert [complete_checksum(s) for s in segments] == packets
+
+
+def test_split_flags_and_ecn():
+    packets = flow(3)
+    merged, gso_type, mss = super_packet(packets)
+    merged = bytearray(merged)
+    merged[33] = ACK | PSH | FIN | 0x80  # CWR
+    segments = split(bytes(merged), gso_type | 0x80, mss)
+    assert [s[33] for s in segments] == [ACK | 0x80, ACK, ACK | PSH | FIN]
+    for segment in segments:
+        assert_valid(complete_checksum(segment))
+
+
+def test_split_refuses_what_is_not_tcp():
+    udp = bytes.fromhex("4500001c00000000401100000a0000010a000002") + bytes(8)
+    assert split(udp, 1, 1000) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(1, MSS), st.integers(0, 2**32 - 1), st.booleans())
+def test_split_any_super_packet(count, last, start, v6):
+    packets = flow(count, start=start, last=last, v6=v6)
+    if len(packets) == 1:
+        return
+    merged, gso_type, mss = super_packet(packets)
+    assert [complete_checksum(s) for s in split(merged, gso_type, mss)] == packets

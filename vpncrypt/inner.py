@@ -54,14 +54,15 @@ def checksum_location(packet: bytes) -> tuple[int, int] | None:
     return start, offset
 
 
-def complete_checksum(packet: bytes) -> bytes:
-    """Finish a partial TCP/UDP checksum in software, as a NIC would.
+def complete_checksum(packet: bytes, location: tuple[int, int] | None = None) -> bytes:
+    """Finish a partial TCP/UDP checksum in software, as a NIC would; ``location``
+    (start of the summed part, offset of the field) if not the usual one.
 
     The field already holds the pseudo-header sum, so summing the whole
     segment with it and complementing gives the checksum. The one's complement
     sum is the segment as one big integer modulo 0xFFFF, which CPython does in C.
     """
-    location = checksum_location(packet)
+    location = location or checksum_location(packet)
     if location is None:
         return bytes(packet)
     start, offset = location

@@ -1,8 +1,11 @@
 """Linux TUN: /dev/net/tun with IFF_TUN | IFF_NO_PI, non-blocking.
 
-With ``offload`` the device also has IFF_VNET_HDR: every read and write
-carries a 10-byte virtio_net_hdr, which lets a write hand the kernel one
-merged TCP super-packet (see offload.py) instead of its segments one by one.
+With ``offload`` the device also has IFF_VNET_HDR and, where the kernel
+agrees, TUNSETOFFLOAD with checksum and TCP segmentation offload: every read
+and write carries a 10-byte virtio_net_hdr. A read may then return a TCP
+super-packet of up to 64 KiB (cut into segments here, see offload.py) and a
+write may hand the kernel one merged TCP super-packet instead of its segments
+one by one; checksums are left to the kernel both ways.
 """
 
 from __future__ import annotations
@@ -13,11 +16,15 @@ import os
 import socket
 import struct
 
-from ..inner import PartialChecksumPacket, complete_checksum
+from ..inner import PartialChecksumPacket, checksum_location, complete_checksum
 from . import TunError
-from .offload import VNET_HEADER_LEN, coalesce
+from .offload import F_NEEDS_CSUM, VNET_HEADER, VNET_HEADER_LEN, coalesce, split
 
 TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
@@ -33,7 +40,6 @@ class LinuxTun:
         self._fd = fd
         self.name = name
         self.offload = offload
-        self._skip = VNET_HEADER_LEN if offload else 0
         self._buffer = bytearray(_READ_SIZE + VNET_HEADER_LEN)
         self._view = memoryview(self._buffer)
 
@@ -56,6 +62,11 @@ class LinuxTun:
                 raise TunError(f"{name} is in use by another process") from None
             raise TunError(f"cannot create {name}: {error.strerror}") from None
         actual = _IFREQ.unpack(reply)[0].rstrip(b"\0").decode()
+        if offload:
+            try:
+                fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+            except OSError:
+                pass  # the kernel hands over plain packets; merged writes still work
         return cls(fd, actual, offload)
 
     def fileno(self) -> int:
@@ -69,15 +80,32 @@ class LinuxTun:
 
     def read_batch(self, limit: int) -> list[bytes]:
         packets = []
-        readv, fd, buffers, view, skip = os.readv, self._fd, [self._buffer], self._view, self._skip
+        readv, fd, buffers, view = os.readv, self._fd, [self._buffer], self._view
+        if not self.offload:
+            while len(packets) < limit:
+                try:
+                    size = readv(fd, buffers)
+                except BlockingIOError:
+                    break
+                packets.append(bytes(view[:size]))
+            return packets
+        unpack = VNET_HEADER.unpack_from
         while len(packets) < limit:
             try:
                 size = readv(fd, buffers)
             except BlockingIOError:
                 break
-            # No TUNSETOFFLOAD: the kernel sends whole packets with full
-            # checksums, so the virtio header (if any) is all zeros.
-            packets.append(bytes(view[skip:size]))
+            flags, gso_type, _, gso_size, start, offset = unpack(self._buffer)
+            if gso_type:
+                packets.extend(split(view[VNET_HEADER_LEN:size], gso_type, gso_size))
+            elif flags & F_NEEDS_CSUM:
+                packet = view[VNET_HEADER_LEN:size]
+                if checksum_location(packet) == (start, offset):
+                    packets.append(PartialChecksumPacket(packet))
+                else:
+                    packets.append(complete_checksum(bytes(packet), (start, offset)))
+            else:
+                packets.append(bytes(view[VNET_HEADER_LEN:size]))
         return packets
 
     def write_batch(self, packets: list[bytes]) -> int:

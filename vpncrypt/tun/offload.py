@@ -1,6 +1,8 @@
-"""Merging TCP segments into one super-packet for a TUN device with virtio headers.
+"""TCP segmentation offload for a TUN device with virtio headers, both ways.
 
-Pure functions, no I/O: ``coalesce(packets)`` turns a batch of IP packets into
+Pure functions, no I/O. ``split(...)`` cuts a TCP super-packet the kernel
+handed over (TSO) into MSS-sized segments, as a NIC would, leaving their TCP
+checksums partial. ``coalesce(packets)`` turns a batch of IP packets into
 write plans (a 10-byte virtio_net_hdr and the buffers to follow it). Runs of
 consecutive segments of one TCP flow become one packet marked GSO, which the
 kernel takes as it would from a NIC with receive offload: the receiving TCP
@@ -25,8 +27,11 @@ F_NEEDS_CSUM = 1
 GSO_TCPV4 = 1
 GSO_TCPV6 = 4
 TCP_CHECKSUM_OFFSET = 16
+TCP_FLAG_FIN = 0x01
 TCP_FLAG_PSH = 0x08
 TCP_FLAG_ACK = 0x10
+TCP_FLAG_CWR = 0x80
+GSO_ECN = 0x80
 _MERGEABLE_FLAGS = TCP_FLAG_ACK | TCP_FLAG_PSH  # no SYN, FIN, RST, URG, ECE, CWR
 MAX_MERGED = 65535  # the IPv4 total length / IPv6 payload length field
 
@@ -99,6 +104,66 @@ def pseudo_header_sum(header: bytes | bytearray, version: int, length: int, prot
         addresses = header[8:40]
     words = struct.unpack(f"!{len(addresses) // 2}H", addresses)
     return _fold(sum(words) + protocol + length)
+
+
+def split(packet: bytes | memoryview, gso_type: int, gso_size: int) -> list[PartialChecksumPacket]:
+    """MSS-sized segments of a TCP super-packet (GSO_TCPV4 or GSO_TCPV6), each a
+    complete IP packet whose TCP checksum holds the pseudo-header sum only.
+
+    Per segment: IP total length (IPv6 payload length), IPv4 ID + i with its
+    header checksum, sequence number + i * MSS, FIN and PSH on the last
+    segment only, CWR on the first only. Returns [] for what is not plain TCP
+    over IPv4 or IPv6 (no IPv6 extension headers), which the kernel does not
+    hand over with the offloads asked for.
+    """
+    version = 4 if gso_type & ~GSO_ECN == GSO_TCPV4 else 6
+    if version == 4:
+        ip_len = (packet[0] & 0x0F) * 4
+        if packet[9] != 6:
+            return []
+    else:
+        ip_len = 40
+        if packet[6] != 6:
+            return []
+    header_len = ip_len + (packet[ip_len + 12] >> 4) * 4
+    template = bytearray(packet[:header_len])
+    payload = memoryview(packet)[header_len:]
+    total_payload = len(payload)
+    if gso_size <= 0 or total_payload <= 0:
+        return []
+    seq0 = int.from_bytes(template[ip_len + 4:ip_len + 8], "big")
+    flags0 = template[ip_len + 13]
+    pseudo0 = pseudo_header_sum(template, version, 0)  # the segment length is added per segment
+    if version == 4:
+        ip_id0 = int.from_bytes(template[4:6], "big")
+        template[2:6] = b"\0\0\0\0"
+        template[10:12] = b"\0\0"
+        ip_sum0 = sum(struct.unpack(f"!{ip_len // 2}H", template[:ip_len]))  # without length, ID, checksum
+    segments = []
+    last = (total_payload - 1) // gso_size
+    for index, start in enumerate(range(0, total_payload, gso_size)):
+        chunk = payload[start:start + gso_size]
+        header = bytearray(template)
+        tcp_length = header_len - ip_len + len(chunk)
+        if version == 4:
+            total = header_len + len(chunk)
+            ip_id = (ip_id0 + index) & 0xFFFF
+            header[2:4] = total.to_bytes(2, "big")
+            header[4:6] = ip_id.to_bytes(2, "big")
+            header[10:12] = (~_fold(ip_sum0 + total + ip_id) & 0xFFFF).to_bytes(2, "big")
+        else:
+            header[4:6] = tcp_length.to_bytes(2, "big")
+        header[ip_len + 4:ip_len + 8] = ((seq0 + start) & 0xFFFFFFFF).to_bytes(4, "big")
+        flags = flags0
+        if index != last:
+            flags &= ~(TCP_FLAG_FIN | TCP_FLAG_PSH)
+        if index:
+            flags &= ~TCP_FLAG_CWR
+        header[ip_len + 13] = flags
+        header[ip_len + 16:ip_len + 18] = _fold(pseudo0 + tcp_length).to_bytes(2, "big")
+        header += chunk
+        segments.append(PartialChecksumPacket(header))
+    return segments
 
 
 def merged_plan(run: list[Segment]) -> list:
