@@ -445,3 +445,23 @@ def test_a_partial_mark_on_a_packet_with_no_checksum_to_finish_is_malformed():
     [datagram] = seal_from_a([PartialChecksumPacket(icmp)])
     assert server.datagrams_received([(datagram, A_EP)], NOW + 5).to_tun == []
     assert server.drops["inner_malformed"] == 1
+
+
+def test_cipher_contexts_stay_within_their_budget_and_come_back_when_needed():
+    from vpncrypt.peer import CipherBudget
+
+    keys = {i: os.urandom(64) for i in range(10)}
+    entries = [ClientEntry(i, keys[i], (net(f"2001:db8:5::{i + 2}/128"),)) for i in range(10)]
+    server = ServerCore(SERVER_ID, entries, NOW, cipher_budget=CipherBudget(limit=4))
+    senders = {i: sender(i, keys[i]) for i in range(10)}
+    for rounds in range(3):
+        for i in range(10):
+            packet = ipv6_packet(f"2001:db8:5::{i + 2}", "2001:db8:5::1", bytes([i]))
+            [datagram] = senders[i].seal(KIND_DATA, [packet], NOW + 5 + rounds)
+            assert server.datagrams_received([(datagram, A_EP)], NOW + 5 + rounds).to_tun == [packet]
+            live = [p for p in server.peers.values() if p.aead is not None]
+            assert len(live) <= 4 and server.peers[i].aead is not None
+    # Sealing for a client whose context was given up makes it again.
+    [(datagram, _)] = server.tun_packets_received([ipv6_packet("2001:db8:5::1", "2001:db8:5::2")], NOW + 9)
+    assert open_datagram(AESSIV(keys[0]), datagram, direction=TO_CLIENT, server_id=SERVER_ID, now=NOW + 9)
+    assert sum(p.aead is not None for p in server.peers.values()) <= 4

@@ -88,8 +88,11 @@ def open_datagrams(
         suffix = suffixes.get(ts)
         if suffix is None:
             suffix = suffixes[ts] = AD_SUFFIX.pack(direction, server_id, ts)
+        aead = peer.aead
+        if aead is None:
+            aead = peer.activate()
         try:
-            packet = peer.aead.decrypt(datagram[HEADER_LEN:], [datagram[:HEADER_LEN] + suffix])
+            packet = aead.decrypt(datagram[HEADER_LEN:], [datagram[:HEADER_LEN] + suffix])
         except InvalidTag:
             drops[reasons.AUTH_FAILED] += 1
             continue

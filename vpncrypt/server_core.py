@@ -13,7 +13,7 @@ from typing import Any, Iterable, NamedTuple
 
 from . import drops as reasons
 from .inner import Network, PrefixTable, destination_address
-from .peer import Peer
+from .peer import CipherBudget, Peer
 from .receive import open_datagrams
 from .wire import DEFAULT_TIME_WINDOW, KIND_DATA, TO_CLIENT, TO_SERVER
 
@@ -44,6 +44,7 @@ class ServerCore:
         *,
         time_window: int = DEFAULT_TIME_WINDOW,
         client_to_client: bool = False,
+        cipher_budget: CipherBudget | None = None,
     ) -> None:
         self.server_id = server_id
         self.time_window = time_window
@@ -51,12 +52,13 @@ class ServerCore:
         self.drops = reasons.new_counters()
         self.peers: dict[int, Peer] = {}
         self.routes: PrefixTable[Peer] = PrefixTable()
+        self.cipher_budget = cipher_budget or CipherBudget()
         for entry in clients:
             if entry.client_id in self.peers:
                 raise ValueError(f"client ID {entry.client_id} is configured twice")
             peer = Peer(
                 entry.client_id, entry.key, server_id=server_id, send_direction=TO_CLIENT,
-                now=now, name=entry.name,
+                now=now, name=entry.name, budget=self.cipher_budget,
             )
             self.peers[entry.client_id] = peer
             self.routes.add_all(entry.addresses, peer)
