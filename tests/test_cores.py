@@ -371,13 +371,6 @@ def test_client_keepalive_off():
     assert client.next_timer() is None and client.handle_timer(NOW + 1000) == []
 
 
-def test_client_follows_a_new_server_endpoint():
-    client = make_client()
-    client.set_server_endpoint(("198.51.100.1", 51820))
-    [(_, endpoint)] = client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR)], NOW + 1)
-    assert endpoint == ("198.51.100.1", 51820)
-
-
 def test_status_has_no_secrets():
     server = make_server()
     text = repr(server.status()) + repr(make_client().status()) + repr(server.peers[1].status())

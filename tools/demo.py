@@ -18,7 +18,7 @@ from vpncrypt.netlab import (
 )
 
 MIB = 1 << 20
-SERVER, A, B = TUNNEL_ADDRESS["server"], TUNNEL_ADDRESS["a"], TUNNEL_ADDRESS["b"]
+SERVER, B = TUNNEL_ADDRESS["server"], TUNNEL_ADDRESS["b"]
 
 
 def say(step: str, outcome: str) -> None:

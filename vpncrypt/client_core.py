@@ -46,10 +46,6 @@ class ClientCore:
         """The first keepalive: tells the server where this client is."""
         return self._send(KIND_KEEPALIVE, [b""], now)
 
-    def set_server_endpoint(self, endpoint: Any) -> None:
-        """Use a newly resolved server address (the server's replies may move it again)."""
-        self.server.endpoint = endpoint
-
     def datagrams_received(self, datagrams: Iterable[tuple[bytes, Any]], now: float) -> list[bytes]:
         """Inner packets for the TUN device."""
         server = self.server
