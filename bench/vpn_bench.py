@@ -5,7 +5,9 @@ Run: tools/bench-vpn [--runs 3] [--seconds 5] [--peers vpncrypt,wireguard-go,qui
 Two namespaces joined by a veth (underlay 192.0.2.1 and 192.0.2.2); each VPN
 in turn connects them (tunnel 203.0.113.1 and .2, inner MTU 1420 for all) and
 is measured the same way, one timed run at a time:
-- TCP single stream each way (iperf3, median of --runs runs);
+- TCP single stream each way (iperf3, median of --runs runs), over IPv4 and
+  over IPv6 inside the tunnel;
+- full-sized (1392-byte) UDP datagrams sent flat out: Mbit/s that arrive;
 - 64-byte UDP datagrams received per second, sent flat out (median);
 - Mbit per CPU-second of the VPN processes (both ends) during those runs;
 - added round-trip time: ping through the tunnel minus ping on the underlay;
@@ -34,6 +36,8 @@ from vpncrypt.netlab import Lab, run  # noqa: E402
 
 LEFT_UNDERLAY, RIGHT_UNDERLAY = "192.0.2.1", "192.0.2.2"
 LEFT_TUNNEL, RIGHT_TUNNEL = "203.0.113.1", "203.0.113.2"
+LEFT_TUNNEL6, RIGHT_TUNNEL6 = "2001:db8:7::1", "2001:db8:7::2"
+TUNNEL = {"left": (LEFT_TUNNEL, LEFT_TUNNEL6), "right": (RIGHT_TUNNEL, RIGHT_TUNNEL6)}
 MTU = 1420
 PORT = 51820
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -86,11 +90,11 @@ class Pair:
 
 def wait_for_ping(pair: Pair, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pair.lab.run(pair.left, ["ping", "-c", "1", "-W", "1", RIGHT_TUNNEL], check=False).returncode == 0:
-            return
-        time.sleep(0.2)
-    raise RuntimeError("the tunnel did not come up")
+    for address in (RIGHT_TUNNEL, RIGHT_TUNNEL6):
+        while pair.lab.run(pair.left, ["ping", "-c", "1", "-W", "1", address], check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the tunnel did not come up: no answer from {address}")
+            time.sleep(0.2)
 
 
 def wait_for_device(pair: Pair, ns: str, device: str, program: str, timeout: float = 10) -> None:
@@ -101,16 +105,23 @@ def wait_for_device(pair: Pair, ns: str, device: str, program: str, timeout: flo
         time.sleep(0.05)
 
 
+def address_point_to_point(pair: Pair, ns: str, device: str, side: str) -> None:
+    """Both tunnel addresses of ``side`` on ``device``, for VPNs that leave that to the caller."""
+    (address, address6), (peer, _) = TUNNEL[side], TUNNEL["right" if side == "left" else "left"]
+    pair.lab.run(ns, ["ip", "address", "add", address, "peer", peer, "dev", device])
+    pair.lab.run(ns, ["ip", "address", "add", f"{address6}/64", "dev", device, "nodad"])
+
+
 # --- the VPNs ------------------------------------------------------------------------------
 
 def start_vpncrypt(pair: Pair, workdir: Path) -> None:
     venv = Path(sys.executable).parent
     server = workdir / "server.toml"
     run([str(venv / "vpncrypt-keygen"), "server", "--endpoint", f"{LEFT_UNDERLAY}:{PORT}",
-         "--tunnel", f"{LEFT_TUNNEL}/24", "--out", str(server), "--server-id", "1"])
+         "--tunnel", f"{LEFT_TUNNEL}/24", "--tunnel", f"{LEFT_TUNNEL6}/64", "--out", str(server), "--server-id", "1"])
     client = workdir / "client.toml"
     run([str(venv / "vpncrypt-keygen"), "client", "--server-config", str(server), "--name", "right",
-         "--out", str(client), "--address", RIGHT_TUNNEL])
+         "--out", str(client), "--address", RIGHT_TUNNEL, "--address", RIGHT_TUNNEL6])
     pair.spawn("left", [str(venv / "vpncrypt-server"), "--config", str(server)], "vpncrypt-server.log")
     time.sleep(0.5)
     pair.spawn("right", [str(venv / "vpncrypt-client"), "--config", str(client)], "vpncrypt-client.log")
@@ -126,16 +137,17 @@ def start_wireguard_go(pair: Pair, workdir: Path) -> None:
         keys[side] = public
     # Names differ per side: wireguard-go's control sockets live in
     # /var/run/wireguard, which the namespaces share.
-    for side, other, address, endpoint in (
-        ("left", "right", LEFT_TUNNEL, RIGHT_UNDERLAY), ("right", "left", RIGHT_TUNNEL, LEFT_UNDERLAY),
-    ):
+    for side, other, endpoint in (("left", "right", RIGHT_UNDERLAY), ("right", "left", LEFT_UNDERLAY)):
         ns, device = getattr(pair, side), f"wg{side}"
+        address, address6 = TUNNEL[side]
         env = dict(os.environ, WG_PROCESS_FOREGROUND="1")
         pair.processes.append(pair.lab.spawn(ns, ["wireguard-go", "-f", device], f"wireguard-go-{side}.log", env=env))
         wait_for_device(pair, ns, device, "wireguard-go")
         pair.lab.run(ns, ["wg", "set", device, "private-key", str(workdir / f"{side}.key"), "listen-port", str(PORT),
-                          "peer", keys[other], "allowed-ips", "203.0.113.0/24", "endpoint", f"{endpoint}:{PORT}"])
+                          "peer", keys[other], "allowed-ips", "203.0.113.0/24,2001:db8:7::/64",
+                          "endpoint", f"{endpoint}:{PORT}"])
         pair.lab.run(ns, ["ip", "address", "add", f"{address}/24", "dev", device])
+        pair.lab.run(ns, ["ip", "address", "add", f"{address6}/64", "dev", device, "nodad"])
         pair.lab.run(ns, ["ip", "link", "set", device, "mtu", str(MTU), "up"])
 
 
@@ -147,9 +159,8 @@ def start_quicktun(pair: Pair, workdir: Path) -> None:
     for side in ("left", "right"):
         lines = dict(line.split(": ", 1) for line in run(["/usr/sbin/keypair"]).stdout.splitlines() if ": " in line)
         keys[side] = (lines["SECRET"].strip(), lines["PUBLIC"].strip())
-    for side, other, address, peer_address, local, remote in (
-        ("left", "right", LEFT_TUNNEL, RIGHT_TUNNEL, LEFT_UNDERLAY, RIGHT_UNDERLAY),
-        ("right", "left", RIGHT_TUNNEL, LEFT_TUNNEL, RIGHT_UNDERLAY, LEFT_UNDERLAY),
+    for side, other, local, remote in (
+        ("left", "right", LEFT_UNDERLAY, RIGHT_UNDERLAY), ("right", "left", RIGHT_UNDERLAY, LEFT_UNDERLAY),
     ):
         device = f"qt{side}"
         env = dict(os.environ, IFACE=device, IF_QT_PROTOCOL="nacltai", IF_QT_TUN_MODE="1", IF_QT_TIME_WINDOW="5",
@@ -161,7 +172,7 @@ def start_quicktun(pair: Pair, workdir: Path) -> None:
         log = (pair.lab.workdir / f"quicktun-{side}.log").read_text()
         if "insecure" in log or "not specified" in log:
             raise RuntimeError(f"quicktun is not using nacltai: {log}")
-        pair.lab.run(ns, ["ip", "address", "add", address, "peer", peer_address, "dev", device])
+        address_point_to_point(pair, ns, device, side)
         pair.lab.run(ns, ["ip", "link", "set", device, "mtu", str(MTU), "up"])
 
 
@@ -174,9 +185,8 @@ def start_fastd(pair: Pair, workdir: Path) -> None:
         public = run(["fastd", "--show-key", "--machine-readable", "--config", "-"],
                      input=f'secret "{secret}";\n').stdout.strip()
         keys[side] = (secret, public)
-    for side, other, address, peer_address, local, remote in (
-        ("left", "right", LEFT_TUNNEL, RIGHT_TUNNEL, LEFT_UNDERLAY, RIGHT_UNDERLAY),
-        ("right", "left", RIGHT_TUNNEL, LEFT_TUNNEL, RIGHT_UNDERLAY, LEFT_UNDERLAY),
+    for side, other, local, remote in (
+        ("left", "right", LEFT_UNDERLAY, RIGHT_UNDERLAY), ("right", "left", RIGHT_UNDERLAY, LEFT_UNDERLAY),
     ):
         device = f"fd{side}"
         config = workdir / f"fastd-{side}.conf"
@@ -189,7 +199,7 @@ def start_fastd(pair: Pair, workdir: Path) -> None:
         ns = getattr(pair, side)
         pair.processes.append(pair.lab.spawn(ns, ["fastd", "--config", str(config)], f"fastd-{side}.log"))
         wait_for_device(pair, ns, device, "fastd")
-        pair.lab.run(ns, ["ip", "address", "add", address, "peer", peer_address, "dev", device])
+        address_point_to_point(pair, ns, device, side)
         pair.lab.run(ns, ["ip", "link", "set", device, "up"])
 
 
@@ -214,17 +224,19 @@ def make_certificates(workdir: Path) -> None:
 def start_openvpn(pair: Pair, workdir: Path) -> None:
     """OpenVPN 2.6 point to point over UDP, TLS with certificates, AES-256-GCM."""
     make_certificates(workdir)
-    for side, role, cert, address, peer_address, remote, verify in (
-        ("left", "--tls-server", "server", LEFT_TUNNEL, RIGHT_TUNNEL, RIGHT_UNDERLAY, "client"),
-        ("right", "--tls-client", "client", RIGHT_TUNNEL, LEFT_TUNNEL, LEFT_UNDERLAY, "server"),
+    for side, other, role, cert, remote, verify in (
+        ("left", "right", "--tls-server", "server", RIGHT_UNDERLAY, "client"),
+        ("right", "left", "--tls-client", "client", LEFT_UNDERLAY, "server"),
     ):
+        (address, address6), (peer, peer6) = TUNNEL[side], TUNNEL[other]
         device = f"ov{side}"
         command = [
             "openvpn", "--dev", device, "--dev-type", "tun", "--proto", "udp", "--lport", str(PORT),
             "--remote", remote, str(PORT), role, "--dh", "none", "--ca", str(workdir / "ca.crt"),
             "--cert", str(workdir / f"{cert}.crt"), "--key", str(workdir / f"{cert}.key"),
             "--remote-cert-tls", verify, "--data-ciphers", "AES-256-GCM", "--cipher", "AES-256-GCM",
-            "--ifconfig", address, peer_address, "--tun-mtu", str(MTU), "--verb", "1",
+            "--ifconfig", address, peer, "--ifconfig-ipv6", f"{address6}/64", peer6,
+            "--tun-mtu", str(MTU), "--verb", "1",
         ]
         pair.processes.append(pair.lab.spawn(getattr(pair, side), command, f"openvpn-{side}.log"))
 
@@ -250,9 +262,9 @@ def versions(peers: list[str]) -> dict[str, str]:
 
 # --- measurements ----------------------------------------------------------------------------
 
-def iperf(pair: Pair, seconds: int, reverse: bool) -> float:
+def iperf(pair: Pair, seconds: int, reverse: bool, address: str = RIGHT_TUNNEL) -> float:
     """Mbit/s received, one TCP stream, left sends (or right, with reverse)."""
-    command = ["iperf3", "-c", RIGHT_TUNNEL, "-t", str(seconds), "-J", "-O", "1"]
+    command = ["iperf3", "-c", address, "-t", str(seconds), "-J", "-O", "1"]
     if reverse:
         command.append("-R")
     done = pair.lab.run(pair.left, command, timeout=seconds + 30)
@@ -266,6 +278,15 @@ def udp_packet_rate(pair: Pair, seconds: int) -> float:
     result = json.loads(pair.lab.run(pair.left, command, timeout=seconds + 30).stdout)
     summary = result["end"]["sum"]
     return (summary["packets"] - summary["lost_packets"]) / summary["seconds"]
+
+
+def udp_goodput(pair: Pair, seconds: int) -> float:
+    """Mbit/s of full-sized UDP datagrams that arrive, left to right, sent flat out."""
+    size = MTU - 20 - 8
+    command = ["iperf3", "-c", RIGHT_TUNNEL, "-u", "-l", str(size), "-b", "0", "-t", str(seconds), "-J"]
+    result = json.loads(pair.lab.run(pair.left, command, timeout=seconds + 30).stdout)
+    summary = result["end"]["sum"]
+    return (summary["packets"] - summary["lost_packets"]) * size * 8 / summary["seconds"] / 1e6
 
 
 def ping_rtt(pair: Pair, address: str, count: int = 20) -> float:
@@ -314,6 +335,10 @@ def measure(name: str, workdir: Path, runs: int, seconds: int) -> dict:
             figures[f"tcp_{direction}_mbit"] = statistics.median(rates)
             figures[f"tcp_{direction}_runs"] = rates
             figures[f"mbit_per_cpu_s_{direction}"] = statistics.median(efficiencies)
+            rates6 = [iperf(pair, seconds, reverse, RIGHT_TUNNEL6) for _ in range(runs)]
+            figures[f"tcp6_{direction}_mbit"] = statistics.median(rates6)
+            figures[f"tcp6_{direction}_runs"] = rates6
+        figures["udp_mbit"] = statistics.median(udp_goodput(pair, seconds) for _ in range(runs))
         figures["udp64_pps"] = statistics.median(udp_packet_rate(pair, seconds) for _ in range(runs))
         pid_file = workdir / name / "iperf3.pid"
         if pid_file.exists():
@@ -339,11 +364,13 @@ def main() -> int:
     print(f"date {time.strftime('%Y-%m-%d')}; versions {json.dumps(versions(peers))}")
     print(f"command: {' '.join(sys.argv)}\n")
     print("| VPN | TCP -> Mbit/s | TCP <- Mbit/s | Mbit per CPU-s -> | Mbit per CPU-s <- |"
+          " TCP/IPv6 -> Mbit/s | TCP/IPv6 <- Mbit/s | UDP 1392 B Mbit/s |"
           " UDP 64 B packets/s | added RTT ms | overhead bytes/packet |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|" + "---:|" * 10)
     for name, f in results.items():
         print(f"| {name} | {f['tcp_forward_mbit']:.0f} | {f['tcp_reverse_mbit']:.0f} |"
               f" {f['mbit_per_cpu_s_forward']:.0f} | {f['mbit_per_cpu_s_reverse']:.0f} |"
+              f" {f['tcp6_forward_mbit']:.0f} | {f['tcp6_reverse_mbit']:.0f} | {f['udp_mbit']:.0f} |"
               f" {f['udp64_pps']:.0f} | {f['added_rtt_ms']:.3f} | {f['overhead_bytes']:.1f} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
