@@ -161,6 +161,37 @@ def test_what_must_not_merge_is_written_as_it_is():
             assert all(plan[0] == PLAIN for plan in plans) and written == packets, name
 
 
+def altered(packet: bytes, offset: int, value: bytes) -> bytes:
+    changed = bytearray(packet)
+    changed[offset:offset + len(value)] = value
+    if changed[0] >> 4 == 4:
+        changed[10:12] = ipv4_header_checksum(bytes(changed[:20])).to_bytes(2, "big")
+    return bytes(changed)
+
+
+def test_every_field_a_run_shares_must_match():
+    """A segment next in sequence but different in any field the merged header
+    would carry for it stands alone."""
+    fields = {
+        4: {"TOS": (1, b"\x10"), "DF": (6, b"\x00"), "TTL": (8, b"\x20"), "ack": (28, b"\x00\x00\x00\x01"),
+            "window": (34, b"\x00\x01")},
+        6: {"traffic class": (0, b"\x61"), "flow label": (2, b"\x00\x05"), "hop limit": (7, b"\x20"),
+            "ack": (48, b"\x00\x00\x00\x01"), "window": (54, b"\x00\x01")},
+    }
+    for version, changes in fields.items():
+        for name, (offset, value) in changes.items():
+            packets = flow(3, v6=version == 6)
+            packets[2] = altered(packets[2], offset, value)
+            plans = coalesce(packets)
+            assert len(plans) == 2 and plans[1] == [PLAIN, packets[2]], (version, name)
+
+
+def test_a_short_segment_ends_a_run():
+    packets = flow(2, last=100) + flow(1, start=1000 + 2 * MSS + 100)
+    plans = coalesce(packets)
+    assert len(plans) == 2 and len(plans[0]) == 2 + 3 and plans[1] == [PLAIN, packets[3]]
+
+
 def test_psh_closes_a_run():
     packets = flow(3)
     packets[1] = tcp_packet(1000 + MSS, bytes([1]) * MSS, flags=ACK | PSH, ip_id=2)

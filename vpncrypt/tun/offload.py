@@ -36,53 +36,53 @@ _MERGEABLE_FLAGS = TCP_FLAG_ACK | TCP_FLAG_PSH  # no SYN, FIN, RST, URG, ECE, CW
 MAX_MERGED = 65535  # the IPv4 total length / IPv6 payload length field
 
 
-class Segment:
-    """What merging needs to know of one TCP packet."""
-
-    __slots__ = ("packet", "ip_len", "header_len", "key", "seq", "flags", "payload_len")
-
-    def __init__(self, packet, ip_len, header_len, key, seq, flags, payload_len) -> None:
-        self.packet = packet
-        self.ip_len = ip_len
-        self.header_len = header_len
-        self.key = key
-        self.seq = seq
-        self.flags = flags
-        self.payload_len = payload_len
+# The fixed headers of a plain TCP segment, read in one go. The fields that
+# must be equal across a run of one flow are kept, the others skipped:
+# IPv4: version+IHL, TOS, total length, (ID), flags+fragment offset (2 bytes), TTL, protocol,
+#       (checksum), addresses and ports, sequence, acknowledgement, data offset, TCP flags, window,
+#       (checksum, urgent pointer).
+_TCP4 = struct.Struct("!BBH2xBBBB2x12sI4sBB2s4x")
+# IPv6: version+class+label, payload length, next header, hop limit, addresses and ports, then as above.
+_TCP6 = struct.Struct("!4sHBB36sI4sBB2s4x")
 
 
-def parse_segment(packet: bytes) -> Segment | None:
-    """A TCP segment that may be merged with its neighbours, or None."""
+def parse_segment(packet: bytes) -> tuple | None:
+    """(flow key, sequence number, TCP flags, header length, payload length) of a
+    TCP segment that may be merged with its neighbours, or None.
+
+    The key holds everything that must be equal across a run: addresses,
+    ports, TOS or traffic class, DF, TTL, acknowledgement number, window and
+    TCP options. Called for every packet written to TUN, hence one unpack.
+    """
     size = len(packet)
     if size < 40:
         return None
     version = packet[0] >> 4
     if version == 4:
-        ip_len = (packet[0] & 0x0F) * 4
-        if (ip_len != 20 or packet[9] != 6 or (packet[6] & 0x3F) or packet[7]
-                or int.from_bytes(packet[2:4], "big") != size):
+        ver_ihl, tos, total, frag_hi, frag_lo, ttl, protocol, flow, seq, ack, offset, flags, window = \
+            _TCP4.unpack_from(packet)
+        if ver_ihl != 0x45 or protocol != 6 or frag_hi & 0x3F or frag_lo or total != size:
             return None  # options, not TCP, a fragment, or a length that does not add up
-        # What must be equal across a run: TOS, DF, TTL, protocol, addresses.
-        ip_key = packet[1:2] + packet[6:7] + packet[8:10] + packet[12:20]
+        key = (tos, frag_hi, ttl, flow, ack, window)
+        ip_len = 20
     elif version == 6:
-        ip_len = 40
-        if size < 60 or packet[6] != 6 or int.from_bytes(packet[4:6], "big") + 40 != size:
+        if size < 60:
+            return None
+        label, payload_len, protocol, hops, flow, seq, ack, offset, flags, window = _TCP6.unpack_from(packet)
+        if protocol != 6 or payload_len + 40 != size:
             return None  # extension headers, not TCP, or a length that does not add up
-        ip_key = packet[0:4] + packet[7:8] + packet[8:40]
+        key = (label, hops, flow, ack, window)
+        ip_len = 40
     else:
         return None
-    tcp_len = (packet[ip_len + 12] >> 4) * 4
-    header_len = ip_len + tcp_len
-    if tcp_len < 20 or header_len > size:
+    header_len = ip_len + (offset >> 4) * 4
+    if header_len < ip_len + 20 or header_len > size:
         return None
-    flags = packet[ip_len + 13]
     if flags & ~_MERGEABLE_FLAGS & 0xFF or not flags & TCP_FLAG_ACK:
         return None
-    # Ports, acknowledgement number, window and options must match too.
-    key = ip_key + packet[ip_len:ip_len + 4] + packet[ip_len + 8:ip_len + 12] + packet[ip_len + 14:ip_len + 16] \
-        + packet[ip_len + 20:header_len]
-    seq = int.from_bytes(packet[ip_len + 4:ip_len + 8], "big")
-    return Segment(packet, ip_len, header_len, key, seq, flags, size - header_len)
+    if header_len > ip_len + 20:
+        key += (packet[ip_len + 20:header_len],)  # TCP options (timestamps) must match too
+    return key, seq, flags, header_len, size - header_len
 
 
 def _fold(total: int) -> int:
@@ -115,6 +115,9 @@ def split(packet: bytes | memoryview, gso_type: int, gso_size: int) -> list[Part
     segment only, CWR on the first only. Returns [] for what is not plain TCP
     over IPv4 or IPv6 (no IPv6 extension headers), which the kernel does not
     hand over with the offloads asked for.
+
+    This runs for every packet sent, so each header is one struct.pack of the
+    fields that change between the parts that do not.
     """
     version = 4 if gso_type & ~GSO_ECN == GSO_TCPV4 else 6
     if version == 4:
@@ -125,66 +128,69 @@ def split(packet: bytes | memoryview, gso_type: int, gso_size: int) -> list[Part
         ip_len = 40
         if packet[6] != 6:
             return []
-    header_len = ip_len + (packet[ip_len + 12] >> 4) * 4
-    template = bytearray(packet[:header_len])
-    payload = memoryview(packet)[header_len:]
+    tcp_len = (packet[ip_len + 12] >> 4) * 4
+    header = bytes(packet[:ip_len + tcp_len])
+    payload = memoryview(packet)[ip_len + tcp_len:]
     total_payload = len(payload)
-    if gso_size <= 0 or total_payload <= 0:
+    if gso_size <= 0 or total_payload <= 0 or tcp_len < 20:
         return []
-    seq0 = int.from_bytes(template[ip_len + 4:ip_len + 8], "big")
-    flags0 = template[ip_len + 13]
-    pseudo0 = pseudo_header_sum(template, version, 0)  # the segment length is added per segment
+    count = (total_payload + gso_size - 1) // gso_size
+    seq0 = int.from_bytes(header[ip_len + 4:ip_len + 8], "big")
+    flags = [header[ip_len + 13] & ~(TCP_FLAG_FIN | TCP_FLAG_PSH | TCP_FLAG_CWR)] * count
+    flags[0] = header[ip_len + 13] & ~(TCP_FLAG_FIN | TCP_FLAG_PSH)
+    flags[-1] = header[ip_len + 13] & ~(TCP_FLAG_CWR if count > 1 else 0)
+    pseudo0 = pseudo_header_sum(header, version, 0)  # the segment length is added per segment
+    # The TCP header: ports, (seq), acknowledgement and offset, (flags), window, (checksum), the rest.
+    tcp = ip_len
+    ports, ack, window, rest = header[tcp:tcp + 4], header[tcp + 8:tcp + 13], header[tcp + 14:tcp + 16], header[tcp + 18:]
+    tcp_layout = f"4sI5sB2sH{tcp_len - 18}s"
     if version == 4:
-        ip_id0 = int.from_bytes(template[4:6], "big")
-        template[2:6] = b"\0\0\0\0"
-        template[10:12] = b"\0\0"
-        ip_sum0 = sum(struct.unpack(f"!{ip_len // 2}H", template[:ip_len]))  # without length, ID, checksum
+        # Total length, ID and checksum change; the rest of the IP header does not.
+        pack = struct.Struct(f"!2sHH4sH{ip_len - 12}s{tcp_layout}").pack
+        ip_a, ip_b, ip_c = header[0:2], header[6:10], header[12:ip_len]
+        ip_id0 = int.from_bytes(header[4:6], "big")
+        ip_sum0 = sum(struct.unpack(f"!{ip_len // 2}H", ip_a + bytes(4) + ip_b + bytes(2) + ip_c))
+    else:
+        pack = struct.Struct(f"!4sH34s{tcp_layout}").pack
+        ip_a, ip_b = header[0:4], header[6:40]
     segments = []
-    last = (total_payload - 1) // gso_size
-    for index, start in enumerate(range(0, total_payload, gso_size)):
+    for index in range(count):
+        start = index * gso_size
         chunk = payload[start:start + gso_size]
-        header = bytearray(template)
-        tcp_length = header_len - ip_len + len(chunk)
+        tcp_length = tcp_len + len(chunk)
+        pseudo = pseudo0 + tcp_length
+        pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)  # pseudo0 is folded: one fold is enough
+        seq = (seq0 + start) & 0xFFFFFFFF
         if version == 4:
-            total = header_len + len(chunk)
             ip_id = (ip_id0 + index) & 0xFFFF
-            header[2:4] = total.to_bytes(2, "big")
-            header[4:6] = ip_id.to_bytes(2, "big")
-            header[10:12] = (~_fold(ip_sum0 + total + ip_id) & 0xFFFF).to_bytes(2, "big")
+            ip_sum = ip_sum0 + ip_len + tcp_length + ip_id
+            ip_sum = (ip_sum & 0xFFFF) + (ip_sum >> 16)
+            ip_sum = ~((ip_sum & 0xFFFF) + (ip_sum >> 16)) & 0xFFFF
+            header = pack(ip_a, ip_len + tcp_length, ip_id, ip_b, ip_sum, ip_c,
+                          ports, seq, ack, flags[index], window, pseudo, rest)
         else:
-            header[4:6] = tcp_length.to_bytes(2, "big")
-        header[ip_len + 4:ip_len + 8] = ((seq0 + start) & 0xFFFFFFFF).to_bytes(4, "big")
-        flags = flags0
-        if index != last:
-            flags &= ~(TCP_FLAG_FIN | TCP_FLAG_PSH)
-        if index:
-            flags &= ~TCP_FLAG_CWR
-        header[ip_len + 13] = flags
-        header[ip_len + 16:ip_len + 18] = _fold(pseudo0 + tcp_length).to_bytes(2, "big")
-        header += chunk
-        segments.append(PartialChecksumPacket(header))
+            header = pack(ip_a, tcp_length, ip_b, ports, seq, ack, flags[index], window, pseudo, rest)
+        segments.append(PartialChecksumPacket(header + chunk))
     return segments
 
 
-def merged_plan(run: list[Segment]) -> list:
-    """The virtio header and buffers for one run of segments written as one packet."""
-    first, last = run[0], run[-1]
-    payload = sum(s.payload_len for s in run)
-    header = bytearray(first.packet[:first.header_len])
-    ip_len, header_len = first.ip_len, first.header_len
-    total = header_len + payload
-    version = header[0] >> 4
-    if version == 4:
+def merged_plan(run: list[bytes], header_len: int, flags: int, mss: int) -> list:
+    """The virtio header and buffers for one run of segments written as one
+    packet; ``flags`` are the first segment's TCP flags with the last one's PSH."""
+    first = run[0]
+    header = bytearray(first[:header_len])
+    total = header_len * (1 - len(run)) + sum(map(len, run))
+    if header[0] >> 4 == 4:
+        ip_len, version, gso_type = 20, 4, GSO_TCPV4
         header[2:4] = total.to_bytes(2, "big")
         header[10:12] = ipv4_header_checksum(header[:ip_len]).to_bytes(2, "big")
-        gso_type = GSO_TCPV4
     else:
+        ip_len, version, gso_type = 40, 6, GSO_TCPV6
         header[4:6] = (total - 40).to_bytes(2, "big")
-        gso_type = GSO_TCPV6
-    header[ip_len + 13] = first.flags | (last.flags & TCP_FLAG_PSH)
+    header[ip_len + 13] = flags
     header[ip_len + 16:ip_len + 18] = pseudo_header_sum(header, version, total - ip_len).to_bytes(2, "big")
-    vnet = VNET_HEADER.pack(F_NEEDS_CSUM, gso_type, header_len, first.payload_len, ip_len, TCP_CHECKSUM_OFFSET)
-    return [vnet, header, *(memoryview(s.packet)[s.header_len:] for s in run)]
+    vnet = VNET_HEADER.pack(F_NEEDS_CSUM, gso_type, header_len, mss, ip_len, TCP_CHECKSUM_OFFSET)
+    return [vnet, header, *(memoryview(packet)[header_len:] for packet in run)]
 
 
 def single_plan(packet: bytes) -> list:
@@ -196,34 +202,40 @@ def single_plan(packet: bytes) -> list:
 
 
 def coalesce(packets: list[bytes]) -> list[list]:
-    """Write plans for ``packets`` in their order; each is [virtio header, buffer, ...]."""
+    """Write plans for ``packets`` in their order; each is [virtio header, buffer, ...].
+
+    A run grows while segments are of one flow (same key), in sequence, all
+    but the last of the first one's size, and none before the last has PSH.
+    """
     plans: list[list] = []
-    run: list[Segment] = []
-    run_bytes = 0
+    run: list[bytes] = []
+    run_key = None
+    run_header_len = run_flags = mss = last_size = next_seq = run_bytes = 0
 
     def flush() -> None:
         if len(run) == 1:
-            plans.append(single_plan(run[0].packet))
+            plans.append(single_plan(run[0]))
         elif run:
-            plans.append(merged_plan(run))
+            plans.append(merged_plan(run, run_header_len, run_flags, mss))
         run.clear()
 
     for packet in packets:
-        segment = parse_segment(packet)
-        if segment is None or not segment.payload_len:
+        parsed = parse_segment(packet)
+        if parsed is None or not parsed[4]:
             flush()
             plans.append(single_plan(packet))
             continue
-        if run:
-            last = run[-1]
-            if (segment.key == last.key and segment.seq == (last.seq + last.payload_len) & 0xFFFFFFFF
-                    and last.payload_len == run[0].payload_len and segment.payload_len <= run[0].payload_len
-                    and not last.flags & TCP_FLAG_PSH and run_bytes + segment.payload_len <= MAX_MERGED):
-                run.append(segment)
-                run_bytes += segment.payload_len
-                continue
+        key, seq, flags, header_len, size = parsed
+        if (run and key == run_key and seq == next_seq and last_size == mss and size <= mss
+                and not run_flags & TCP_FLAG_PSH and run_bytes + size <= MAX_MERGED):
+            run.append(packet)
+            run_flags |= flags & TCP_FLAG_PSH
+        else:
             flush()
-        run.append(segment)
-        run_bytes = segment.header_len + segment.payload_len
+            run.append(packet)
+            run_key, run_header_len, run_flags, mss, run_bytes = key, header_len, flags, size, header_len
+        run_bytes += size
+        last_size = size
+        next_seq = (seq + size) & 0xFFFFFFFF
     flush()
     return plans
