@@ -74,6 +74,9 @@ def complete_checksum(packet: bytes, location: tuple[int, int] | None = None) ->
     return packet[:field] + checksum.to_bytes(2, "big") + packet[field + 2:]
 
 
+REMEMBERED_ADDRESSES = 4096
+
+
 class PrefixTable(Generic[Owner]):
     """Longest-prefix match from raw addresses to owners; host routes in O(1)."""
 
@@ -82,6 +85,9 @@ class PrefixTable(Generic[Owner]):
         # (address length, prefix length, network as int, mask as int, owner),
         # longest prefix first.
         self._prefixes: list[tuple[int, int, int, int, Owner]] = []
+        # Answers of the prefix search, by address: a client's one prefix route
+        # (the whole tunnel) is searched for every packet otherwise.
+        self._remembered: dict[bytes, Owner | None] = {}
 
     def add(self, network: Network, owner: Owner) -> None:
         if network.prefixlen == network.max_prefixlen:
@@ -96,6 +102,7 @@ class PrefixTable(Generic[Owner]):
         )
         self._prefixes.append(entry)
         self._prefixes.sort(key=lambda e: e[1], reverse=True)
+        self._remembered.clear()
 
     def add_all(self, networks: Iterable[Network], owner: Owner) -> None:
         for network in networks:
@@ -105,9 +112,17 @@ class PrefixTable(Generic[Owner]):
         owner = self.hosts.get(address)
         if owner is not None or not self._prefixes:
             return owner
+        try:
+            return self._remembered[address]
+        except KeyError:
+            pass
         size = len(address)
         value = int.from_bytes(address, "big")
         for length, _, network, mask, candidate in self._prefixes:
             if length == size and value & mask == network:
-                return candidate
-        return None
+                owner = candidate
+                break
+        if len(self._remembered) >= REMEMBERED_ADDRESSES:
+            self._remembered.clear()  # bounded, whatever the addresses seen
+        self._remembered[address] = owner
+        return owner
