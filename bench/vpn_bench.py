@@ -314,36 +314,39 @@ def wire_overhead(pair: Pair, count: int = 50, size: int = 1000) -> float:
 
 
 def measure(name: str, workdir: Path, runs: int, seconds: int) -> dict:
+    pid_file = workdir / name / "iperf3.pid"
     with Lab(workdir / name) as lab:
         pair = Pair(lab)
-        pair.lab.run(pair.right, ["iperf3", "-s", "-D", "--pidfile", str(workdir / name / "iperf3.pid")])
-        underlay_rtt = ping_rtt(pair, RIGHT_UNDERLAY)
-        VPNS[name](pair, workdir / name)
-        wait_for_ping(pair)
-        figures: dict = {"underlay_rtt_ms": underlay_rtt}
-        figures["tunnel_rtt_ms"] = ping_rtt(pair, RIGHT_TUNNEL)
-        figures["added_rtt_ms"] = figures["tunnel_rtt_ms"] - underlay_rtt
-        figures["overhead_bytes"] = wire_overhead(pair)
-        for direction, reverse in (("forward", False), ("reverse", True)):
-            rates, efficiencies = [], []
-            for _ in range(runs):
-                cpu = pair.cpu_seconds()
-                rate = iperf(pair, seconds, reverse)
-                spent = pair.cpu_seconds() - cpu
-                rates.append(rate)
-                efficiencies.append(rate * (seconds + 1) / spent if spent else float("nan"))
-            figures[f"tcp_{direction}_mbit"] = statistics.median(rates)
-            figures[f"tcp_{direction}_runs"] = rates
-            figures[f"mbit_per_cpu_s_{direction}"] = statistics.median(efficiencies)
-            rates6 = [iperf(pair, seconds, reverse, RIGHT_TUNNEL6) for _ in range(runs)]
-            figures[f"tcp6_{direction}_mbit"] = statistics.median(rates6)
-            figures[f"tcp6_{direction}_runs"] = rates6
-        figures["udp_mbit"] = statistics.median(udp_goodput(pair, seconds) for _ in range(runs))
-        figures["udp64_pps"] = statistics.median(udp_packet_rate(pair, seconds) for _ in range(runs))
-        pid_file = workdir / name / "iperf3.pid"
-        if pid_file.exists():
-            os.kill(int(pid_file.read_text().strip()), 15)
-        pair.stop_all()
+        pair.lab.run(pair.right, ["iperf3", "-s", "-D", "--pidfile", str(pid_file)])
+        try:
+            underlay_rtt = ping_rtt(pair, RIGHT_UNDERLAY)
+            VPNS[name](pair, workdir / name)
+            wait_for_ping(pair)
+            figures: dict = {"underlay_rtt_ms": underlay_rtt}
+            figures["tunnel_rtt_ms"] = ping_rtt(pair, RIGHT_TUNNEL)
+            figures["added_rtt_ms"] = figures["tunnel_rtt_ms"] - underlay_rtt
+            figures["overhead_bytes"] = wire_overhead(pair)
+            for direction, reverse in (("forward", False), ("reverse", True)):
+                rates, efficiencies = [], []
+                for _ in range(runs):
+                    cpu = pair.cpu_seconds()
+                    rate = iperf(pair, seconds, reverse)
+                    spent = pair.cpu_seconds() - cpu
+                    rates.append(rate)
+                    efficiencies.append(rate * (seconds + 1) / spent if spent else float("nan"))
+                figures[f"tcp_{direction}_mbit"] = statistics.median(rates)
+                figures[f"tcp_{direction}_runs"] = rates
+                figures[f"mbit_per_cpu_s_{direction}"] = statistics.median(efficiencies)
+                rates6 = [iperf(pair, seconds, reverse, RIGHT_TUNNEL6) for _ in range(runs)]
+                figures[f"tcp6_{direction}_mbit"] = statistics.median(rates6)
+                figures[f"tcp6_{direction}_runs"] = rates6
+            figures["udp_mbit"] = statistics.median(udp_goodput(pair, seconds) for _ in range(runs))
+            figures["udp64_pps"] = statistics.median(udp_packet_rate(pair, seconds) for _ in range(runs))
+        finally:
+            # iperf3 -D leaves the process tree: end it by its PID even when a VPN fails.
+            if pid_file.exists():
+                os.kill(int(pid_file.read_text().strip()), 15)
+            pair.stop_all()
         return figures
 
 
