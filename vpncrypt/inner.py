@@ -110,14 +110,22 @@ class PrefixTable(Generic[Owner]):
 
     def lookup(self, address: bytes) -> Owner | None:
         owner = self.hosts.get(address)
-        if owner is not None or not self._prefixes:
+        if owner is not None:
             return owner
+        return self.longest_match(address)
+
+    def longest_match(self, address: bytes) -> Owner | None:
+        """The owner of the longest prefix route that holds ``address``; host routes
+        are not searched (hot paths look in ``hosts`` first themselves)."""
+        if not self._prefixes:
+            return None
         try:
             return self._remembered[address]
         except KeyError:
             pass
         size = len(address)
         value = int.from_bytes(address, "big")
+        owner = None
         for length, _, network, mask, candidate in self._prefixes:
             if length == size and value & mask == network:
                 owner = candidate

@@ -46,7 +46,7 @@ def open_datagrams(
     ts_min = now_s - time_window
     ts_max = now_s + time_window
     unpack = HEADER.unpack_from
-    owner_of = sources.lookup
+    longest_match = sources.longest_match
     hosts_get = sources.hosts.get
     suffixes: dict[int, bytes] = {}
     opened: list[tuple[Peer, bytes]] = []
@@ -124,7 +124,7 @@ def open_datagrams(
             continue
         owner = hosts_get(source)
         if owner is None:
-            owner = owner_of(source)  # prefix routes: the longest match
+            owner = longest_match(source)
         if owner is not peer:
             drops[reasons.INNER_SOURCE_NOT_ALLOWED] += 1
             continue

@@ -73,13 +73,13 @@ class ServerCore:
         to_tun: list[bytes] = []
         forward: list[bytes] = []
         hosts_get = self.routes.hosts.get
-        lookup = self.routes.lookup
+        longest_match = self.routes.longest_match
         for sender, packet in opened:
             # open_datagrams checked the source, so the IP header is whole.
             destination = packet[16:20] if packet[0] >> 4 == 4 else packet[24:40]
             owner = hosts_get(destination)
             if owner is None:
-                owner = lookup(destination)
+                owner = longest_match(destination)
             if owner is None or owner is sender:
                 to_tun.append(packet)
             elif self.client_to_client:

@@ -48,7 +48,8 @@ _TCP6 = struct.Struct("!4sHBB36sI4sBB2s4x")
 
 def parse_segment(packet: bytes) -> tuple | None:
     """(flow key, sequence number, TCP flags, header length, payload length) of a
-    TCP segment that may be merged with its neighbours, or None.
+    TCP segment that may be merged with its neighbours, or None (also for a
+    segment without payload, such as a pure ACK).
 
     The key holds everything that must be equal across a run: addresses,
     ports, TOS or traffic class, DF, TTL, acknowledgement number, window and
@@ -76,7 +77,7 @@ def parse_segment(packet: bytes) -> tuple | None:
     else:
         return None
     header_len = ip_len + (offset >> 4) * 4
-    if header_len < ip_len + 20 or header_len > size:
+    if header_len < ip_len + 20 or header_len >= size:
         return None
     if flags & ~_MERGEABLE_FLAGS & 0xFF or not flags & TCP_FLAG_ACK:
         return None
@@ -141,8 +142,8 @@ def split(packet: bytes | memoryview, gso_type: int, gso_size: int) -> list[Part
     flags[-1] = header[ip_len + 13] & ~(TCP_FLAG_CWR if count > 1 else 0)
     pseudo0 = pseudo_header_sum(header, version, 0)  # the segment length is added per segment
     # The TCP header: ports, (seq), acknowledgement and offset, (flags), window, (checksum), the rest.
-    tcp = ip_len
-    ports, ack, window, rest = header[tcp:tcp + 4], header[tcp + 8:tcp + 13], header[tcp + 14:tcp + 16], header[tcp + 18:]
+    ports, ack = header[ip_len:ip_len + 4], header[ip_len + 8:ip_len + 13]
+    window, rest = header[ip_len + 14:ip_len + 16], header[ip_len + 18:]
     tcp_layout = f"4sI5sB2sH{tcp_len - 18}s"
     if version == 4:
         # Total length, ID and checksum change; the rest of the IP header does not.
@@ -174,12 +175,11 @@ def split(packet: bytes | memoryview, gso_type: int, gso_size: int) -> list[Part
     return segments
 
 
-def merged_plan(run: list[bytes], header_len: int, flags: int, mss: int) -> list:
+def merged_plan(run: list[bytes], header_len: int, total: int, flags: int, mss: int) -> list:
     """The virtio header and buffers for one run of segments written as one
-    packet; ``flags`` are the first segment's TCP flags with the last one's PSH."""
-    first = run[0]
-    header = bytearray(first[:header_len])
-    total = header_len * (1 - len(run)) + sum(map(len, run))
+    packet of ``total`` bytes; ``flags`` are the first segment's TCP flags with
+    the last one's PSH."""
+    header = bytearray(run[0][:header_len])
     if header[0] >> 4 == 4:
         ip_len, version, gso_type = 20, 4, GSO_TCPV4
         header[2:4] = total.to_bytes(2, "big")
@@ -216,12 +216,12 @@ def coalesce(packets: list[bytes]) -> list[list]:
         if len(run) == 1:
             plans.append(single_plan(run[0]))
         elif run:
-            plans.append(merged_plan(run, run_header_len, run_flags, mss))
+            plans.append(merged_plan(run, run_header_len, run_bytes, run_flags, mss))
         run.clear()
 
     for packet in packets:
         parsed = parse_segment(packet)
-        if parsed is None or not parsed[4]:
+        if parsed is None:
             flush()
             plans.append(single_plan(packet))
             continue
