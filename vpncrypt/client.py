@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import time
@@ -11,8 +12,7 @@ from typing import Any
 from . import netconfig
 from .client_core import ClientCore
 from .config import ClientConfig, parse_endpoint
-from .daemon import Daemon, run_until_signalled
-from .tun import open_tun
+from .daemon import Daemon, run_until_signalled, tunnel_and_socket
 from .udp import UdpBatcher, format_endpoint, open_client_socket
 
 log = logging.getLogger("vpncrypt.client")
@@ -66,22 +66,14 @@ def run_client(config: ClientConfig) -> int:
         routes=config.allowed_sources, now=time.time(), time_window=config.time_window,
         keepalive_interval=config.keepalive,
     )
-    tun = open_tun(config.interface, offload=config.offload)
-    try:
-        netconfig.backend().apply(network_plan(config))
-        sock = open_client_socket(family)
-        try:
-            udp = UdpBatcher(sock)
-            daemon = Daemon(
-                tun, udp, from_network=lambda d, now: (core.datagrams_received(d, now), []),
-                from_tun=core.tun_packets_received, status=lambda: client_status(core),
-            )
-            log.info("client %r (ID %d) to server %s, interface %s",
-                     config.name, config.client_id, format_endpoint(endpoint), tun.name)
-            run_until_signalled(daemon, on_start=lambda: schedule_keepalives(core, udp, daemon.clock))
-        finally:
-            sock.close()
-    finally:
-        tun.close()
-    log.info("stopped; %s removed", config.interface)
+    open_socket = functools.partial(open_client_socket, family)
+    with tunnel_and_socket(config.interface, config.offload, network_plan(config), open_socket) as (tun, sock):
+        udp = UdpBatcher(sock)
+        daemon = Daemon(
+            tun, udp, from_network=lambda d, now: (core.datagrams_received(d, now), []),
+            from_tun=core.tun_packets_received, status=lambda: client_status(core),
+        )
+        log.info("client %r (ID %d) to server %s, interface %s",
+                 config.name, config.client_id, format_endpoint(endpoint), tun.name)
+        run_until_signalled(daemon, on_start=lambda: schedule_keepalives(core, udp, daemon.clock))
     return 0

@@ -9,13 +9,16 @@ direction cannot starve the other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
+import socket
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from .tun import TunDevice
+from . import netconfig
+from .tun import TunDevice, open_tun
 from .udp import UdpBatcher
 
 log = logging.getLogger("vpncrypt")
@@ -23,6 +26,26 @@ log = logging.getLogger("vpncrypt")
 BATCH = 64
 MAX_BATCHES_PER_WAKEUP = 16
 DROP_SUMMARY_INTERVAL = 60.0
+
+
+@contextlib.contextmanager
+def tunnel_and_socket(
+    interface: str, offload: bool, plan: list[list[str]], open_socket: Callable[[], socket.socket],
+) -> Iterator[tuple[TunDevice, socket.socket]]:
+    """The TUN device configured by ``plan``, then the UDP socket; closed in
+    reverse order. The device, and its addresses and routes with it, goes away
+    when this process lets go of it."""
+    tun = open_tun(interface, offload=offload)
+    try:
+        netconfig.backend().apply(plan)
+        sock = open_socket()
+        try:
+            yield tun, sock
+        finally:
+            sock.close()
+    finally:
+        tun.close()
+    log.info("stopped; %s removed", interface)
 
 
 def run_until_signalled(daemon: "Daemon", on_start: Callable[[], None] | None = None) -> None:

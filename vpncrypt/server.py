@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
 
 from . import netconfig
 from .config import ServerConfig
-from .daemon import Daemon, run_until_signalled
+from .daemon import Daemon, run_until_signalled, tunnel_and_socket
 from .server_core import ClientEntry, ServerCore
-from .tun import open_tun
 from .udp import UdpBatcher, format_endpoint, open_listening_socket
 
 log = logging.getLogger("vpncrypt.server")
@@ -37,23 +37,15 @@ def network_plan(config: ServerConfig) -> list[list[str]]:
 def run_server(config: ServerConfig) -> int:
     """Serve until SIGINT or SIGTERM; the TUN device goes away with the process's hold on it."""
     core = build_core(config, time.time())
-    tun = open_tun(config.interface, offload=config.offload)
-    try:
-        netconfig.backend().apply(network_plan(config))
-        sock = open_listening_socket(config.listen_address, config.port)
-        try:
-            daemon = Daemon(
-                tun, UdpBatcher(sock), from_network=core.datagrams_received,
-                from_tun=core.tun_packets_received, status=lambda: server_status(core),
-            )
-            log.info(
-                "server %d listening on UDP port %d, interface %s, %d clients",
-                config.server_id, config.port, tun.name, len(config.clients),
-            )
-            run_until_signalled(daemon)
-        finally:
-            sock.close()
-    finally:
-        tun.close()
-    log.info("stopped; %s removed", config.interface)
+    listen = functools.partial(open_listening_socket, config.listen_address, config.port)
+    with tunnel_and_socket(config.interface, config.offload, network_plan(config), listen) as (tun, sock):
+        daemon = Daemon(
+            tun, UdpBatcher(sock), from_network=core.datagrams_received,
+            from_tun=core.tun_packets_received, status=lambda: server_status(core),
+        )
+        log.info(
+            "server %d listening on UDP port %d, interface %s, %d clients",
+            config.server_id, config.port, tun.name, len(config.clients),
+        )
+        run_until_signalled(daemon)
     return 0
