@@ -1,5 +1,6 @@
-"""Merging TCP segments for TUN writes: what merges, what must not, and that the kernel's
-checksum completion (NEEDS_CSUM) gives the right TCP checksum."""
+"""Merging TCP segments and UDP datagrams for TUN writes and splitting super-packets on
+TUN reads: what merges, what must not, and that the kernel's checksum completion
+(NEEDS_CSUM) gives the right TCP and UDP checksums."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from hypothesis import strategies as st
 
 from vpncrypt.inner import PartialChecksumPacket, complete_checksum
 from vpncrypt.tun.offload import (
-    F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, PLAIN, VNET_HEADER, coalesce, ipv4_header_checksum, pseudo_header_sum,
-    split,
+    F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, MAX_SEGMENTS, PLAIN, VNET_HEADER, coalesce, ipv4_header_checksum,
+    pseudo_header_sum, split, split_datagrams,
 )
 
 A4, B4 = "203.0.113.2", "203.0.113.1"
@@ -314,3 +315,156 @@ def test_split_any_super_packet(count, last, start, v6):
         return
     merged, gso_type, mss = super_packet(packets)
     assert [complete_checksum(s) for s in split(merged, gso_type, mss)] == packets
+
+
+# --- UDP: merged writes (GSO_UDP_L4) and USO reads ---------------------------------------
+
+DATAGRAM = 1200
+
+
+def transport_checksum(packet: bytes, protocol: int, field: int) -> int:
+    """The TCP or UDP checksum from scratch (field taken as zero; 0 sent as 0xFFFF for UDP)."""
+    v4 = packet[0] >> 4 == 4
+    ip_len = 20 if v4 else 40
+    segment = bytearray(packet[ip_len:])
+    segment[field:field + 2] = b"\0\0"
+    addresses = packet[12:20] if v4 else packet[8:40]
+    if v4:
+        pseudo = addresses + struct.pack("!HH", protocol, len(segment))
+    else:
+        pseudo = addresses + struct.pack("!IxxxB", len(segment), protocol)
+    return ~fold(ones_sum(pseudo) + ones_sum(bytes(segment))) & 0xFFFF or 0xFFFF
+
+
+def udp_packet(payload: bytes, v6: bool = False, ip_id: int = 1, src_port: int = 4433, ttl: int = 64,
+               tos: int = 0, frag: int = 0x4000) -> bytes:
+    udp = struct.pack("!HHHH", src_port, 443, 8 + len(payload), 0)
+    if v6:
+        ip = struct.pack("!IHBB16s16s", 6 << 28 | tos << 20, len(udp) + len(payload), 17, ttl,
+                         ipaddress.IPv6Address(A6).packed, ipaddress.IPv6Address(B6).packed)
+    else:
+        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, tos, 28 + len(payload), ip_id, frag, ttl, 17, 0,
+                                   ipaddress.IPv4Address(A4).packed, ipaddress.IPv4Address(B4).packed))
+        ip[10:12] = ipv4_header_checksum(ip).to_bytes(2, "big")
+    packet = bytearray(bytes(ip) + udp + payload)
+    field = len(ip) + 6
+    packet[field:field + 2] = transport_checksum(bytes(packet), 17, 6).to_bytes(2, "big")
+    return bytes(packet)
+
+
+def datagrams(count: int, size: int = DATAGRAM, last: int | None = None, **options) -> list[bytes]:
+    sizes = [size] * count + ([last] if last is not None else [])
+    return [udp_packet(bytes([index % 256]) * length, ip_id=index + 1, **options) for index, length in enumerate(sizes)]
+
+
+def assert_valid_udp(packet: bytes) -> None:
+    v4 = packet[0] >> 4 == 4
+    ip_len = 20 if v4 else 40
+    assert int.from_bytes(packet[ip_len + 4:ip_len + 6], "big") == len(packet) - ip_len  # UDP length
+    assert int.from_bytes(packet[ip_len + 6:ip_len + 8], "big") == transport_checksum(packet, 17, 6)
+    if v4:
+        assert ones_sum(packet[:20]) == 0xFFFF
+        assert int.from_bytes(packet[2:4], "big") == len(packet)
+    else:
+        assert int.from_bytes(packet[4:6], "big") + 40 == len(packet)
+
+
+def test_datagrams_of_one_flow_become_one_udp_gso_packet():
+    for v6 in (False, True):
+        packets = datagrams(5, last=300, v6=v6)
+        ip_len = 40 if v6 else 20
+        [plan] = coalesce(packets)
+        header, merged = kernel_view(plan)
+        assert header == (F_NEEDS_CSUM, GSO_UDP_L4, ip_len + 8, DATAGRAM, ip_len, 6)
+        assert_valid_udp(merged)
+        assert merged[ip_len + 8:] == b"".join(p[ip_len + 8:] for p in packets)
+
+
+def test_udp_runs_end_where_the_kernel_could_not_cut_the_same_datagrams_back():
+    def plan_sizes(packets, **options):
+        return [len(plan) - 2 if plan[0] != PLAIN else 0 for plan in coalesce(packets, **options)]
+    one_flow = datagrams(3)
+    cases = {
+        "other port": (one_flow + datagrams(1, src_port=9), [3, 0]),
+        "other TTL": (one_flow + datagrams(1, ttl=9), [3, 0]),
+        "other TOS": (one_flow + datagrams(1, tos=0x10), [3, 0]),
+        "no DF": (one_flow + datagrams(1, frag=0), [3, 0]),
+        "v6 traffic class": (datagrams(3, v6=True) + datagrams(1, v6=True, tos=0x10), [3, 0]),
+        "v6 hop limit": (datagrams(3, v6=True) + datagrams(1, v6=True, ttl=9), [3, 0]),
+        "bigger after smaller": (datagrams(1, size=100) + datagrams(1), [0, 0]),
+        "short ends the run": (datagrams(2, last=10) + datagrams(2), [3, 2]),
+        "empty datagram": (datagrams(2) + datagrams(1, size=0) + datagrams(2), [2, 0, 2]),
+        "fragment": (datagrams(2) + datagrams(1, frag=0x2000) + datagrams(2), [2, 0, 2]),
+        "TCP between": (datagrams(2) + flow(1) + datagrams(2), [2, 0, 2]),
+        "64 datagrams at most": (datagrams(MAX_SEGMENTS + 1, size=100), [MAX_SEGMENTS, 0]),
+        "64 KiB at most": (datagrams(60), [54, 6]),  # 28 + 54 * 1200 <= 65535
+    }
+    for name, (packets, expected) in cases.items():
+        assert plan_sizes(packets) == expected, name
+    assert plan_sizes(datagrams(3), merge_datagrams=False) == [0, 0, 0]
+    assert plan_sizes(datagrams(2) + flow(2), merge_datagrams=False) == [0, 0, 2]
+
+
+def test_merged_udp_keeps_every_byte_and_valid_checksums():
+    packets = datagrams(MAX_SEGMENTS + 10, size=700) + datagrams(3, v6=True) + datagrams(2, last=1)
+    written = [kernel_view(plan)[1] for plan in coalesce(packets)]
+    for packet in written:
+        assert_valid_udp(packet)
+    def payload(stream):
+        return b"".join(p[(20 if p[0] >> 4 == 4 else 40) + 8:] for p in stream)
+    assert payload(written) == payload(packets)
+
+
+def udp_super_packet(packets: list[bytes]) -> tuple[bytes, int]:
+    """What the kernel hands over with USO: the merged packet and the datagram size."""
+    [plan] = coalesce(packets)
+    header = VNET_HEADER.unpack(bytes(plan[0]))
+    assert header[1] == GSO_UDP_L4
+    return b"".join(bytes(part) for part in plan[1:]), header[3]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(1, DATAGRAM), st.booleans())
+def test_split_datagrams_undoes_any_merge(count, last, v6):
+    packets = datagrams(count, last=last, v6=v6)
+    merged, size = udp_super_packet(packets)
+    parts = split_datagrams(merged, size)
+    assert all(type(part) is PartialChecksumPacket for part in parts)
+    assert [complete_checksum(part) for part in parts] == packets
+
+
+def test_split_datagrams_refuses_what_is_not_udp():
+    merged, gso_type, mss = super_packet(flow(3))
+    assert split_datagrams(merged, mss) == []
+    assert split_datagrams(udp_packet(b""), 100) == []
+
+
+def test_parse_segment_takes_only_what_it_can_merge_back():
+    """Malformed or unmergeable packets of every shape are written as they are."""
+    v4, v6 = datagrams(1)[0], datagrams(1, v6=True)[0]
+    tcp4, tcp6 = flow(1)[0], flow(1, v6=True)[0]
+    unmergeable = {
+        "tiny": v4[:27],
+        "v4 udp length short": altered(v4, 24, (len(v4) - 21).to_bytes(2, "big")),
+        "v4 total length off": v4 + b"\0",
+        "v4 options": bytes([0x46]) + v4[1:],
+        "v4 tcp truncated": tcp4[:39],
+        "v4 not tcp or udp": altered(tcp4, 9, b"\x2f"),
+        "v6 too short": v6[:48],
+        "v6 udp length off": altered(v6, 44, (len(v6) - 41).to_bytes(2, "big")),
+        "v6 payload length off": v6 + b"\0",
+        "v6 tcp truncated": tcp6[:59],
+        "v6 extension header": altered(tcp6, 6, b"\x00"),
+        "version 5": bytes([0x55]) + tcp4[1:],
+        "tcp offset too small": altered(tcp4, 32, b"\x40"),
+    }
+    for name, packet in unmergeable.items():
+        assert coalesce([packet, packet]) == [[PLAIN, packet], [PLAIN, packet]], name
+
+
+def test_split_refuses_what_the_kernel_does_not_hand_over():
+    merged, gso_type, mss = super_packet(flow(3, v6=True))
+    assert split(altered(merged, 6, b"\x11"), gso_type, mss) == []  # IPv6, not TCP
+    assert split(merged[:60], gso_type, mss) == []  # no payload
+    assert split(merged, gso_type, 0) == []
+    assert split_datagrams(udp_super_packet(datagrams(3, v6=True))[0], 0) == []

@@ -73,6 +73,23 @@ def test_traffic_through_the_tunnel(vpn):
     assert client_status(vpn, "b")["endpoint"].startswith(f"[{CLIENT_B_UNDERLAY6}]:")
 
 
+def test_udp_segmentation_offload_senders(vpn):
+    """A sender using UDP_SEGMENT, as QUIC stacks do, both ways: every datagram arrives
+    whole and on its own, short tails included. With offloads on, the sending end cuts
+    the kernel's super-packets itself and the receiving end writes runs merged."""
+    a, b = vpn.client_ns["a"], vpn.client_ns["b"]
+    assert ping(vpn, b, TUNNEL_ADDRESS6["server"], 1).returncode == 0  # the server learns b's endpoint
+    up_sink = job(vpn, vpn.server_ns, "udp-sink", SERVER, "7100", "2000")
+    down_sink = job(vpn, b, "udp-sink", TUNNEL_ADDRESS6["b"], "7101", "1000")
+    up_sink.wait_until_ready()
+    down_sink.wait_until_ready()
+    up = job(vpn, a, "udp-gso-source", SERVER, "7100", "2000", "1200")
+    down = job(vpn, vpn.server_ns, "udp-gso-source", TUNNEL_ADDRESS6["b"], "7101", "1000", "1000")
+    assert up.result()["sent"] == 2000 and down.result()["sent"] == 1000
+    assert up_sink.result() == {"received": 2000, "intact": 2000, "sizes": [600, 1200]}
+    assert down_sink.result() == {"received": 1000, "intact": 1000, "sizes": [500, 1000]}
+
+
 def test_roaming_across_source_ports_and_addresses(vpn):
     a = vpn.client_ns["a"]
     assert ping(vpn, a, SERVER, 1).returncode == 0

@@ -8,6 +8,10 @@ Every mode is bounded in bytes, datagrams and time, and prints one JSON line.
   fetch ADDR PORT             connect and read to EOF
   udp-echo ADDR PORT COUNT    echo COUNT datagrams back
   udp-ping ADDR PORT COUNT    send COUNT datagrams to an echo, count the answers
+  udp-gso-source ADDR PORT COUNT SIZE  send COUNT numbered datagrams of SIZE bytes (SIZE/2 at the
+                              end of each burst), 16 per sendmsg with UDP_SEGMENT, as QUIC stacks do
+  udp-sink ADDR PORT COUNT    receive numbered datagrams until COUNT or 3 s of silence: how many
+                              arrived, how many were intact, their sizes
   capture IFACE PORT COUNT    capture COUNT UDP payloads to PORT on IFACE (hex)
   hostile ADDR PORT FILE      send the hostile datagrams listed in FILE (hex), report any reply
 """
@@ -122,6 +126,57 @@ def udp_ping(address: str, port: int, count: int) -> dict:
     return {"sent": count, "answered": answered}
 
 
+SOL_UDP, UDP_SEGMENT = 17, 103
+SEGMENTS_PER_SEND = 16
+
+
+def numbered_datagram(index: int, size: int) -> bytes:
+    """Datagram ``index`` of ``size`` bytes: its number and length, then seeded bytes."""
+    return struct.pack("!IH", index, size) + random.Random(index).randbytes(size - 6)
+
+
+def udp_gso_source(address: str, port: int, count: int, size: int) -> dict:
+    """Bursts of up to 16 datagrams, each burst one sendmsg with UDP_SEGMENT: all
+    ``size`` bytes but the last of a burst, which is shorter, as a GSO sender's tail is."""
+    sock = socket.socket(family(address), socket.SOCK_DGRAM)
+    sock.connect((address, port))
+    segment = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+    sent = calls = 0
+    start = time.monotonic()
+    while sent < count and time.monotonic() - start < DEADLINE:
+        burst = min(SEGMENTS_PER_SEND, count - sent)
+        sizes = [size] * (burst - 1) + [size // 2 if burst > 1 else size]
+        data = b"".join(numbered_datagram(sent + i, length) for i, length in enumerate(sizes))
+        sock.sendmsg([data], segment if burst > 1 else [])
+        sent += burst
+        calls += 1
+        time.sleep(0.002)  # paced: the test is about boundaries, not about overflowing queues
+    return {"sent": sent, "calls": calls}
+
+
+def udp_sink(address: str, port: int, count: int) -> dict:
+    sock = socket.socket(family(address), socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind((address, port))
+    sock.settimeout(10)
+    print(json.dumps({"listening": port}), flush=True)
+    received = intact = 0
+    sizes: set[int] = set()
+    start = time.monotonic()
+    try:
+        while received < count and time.monotonic() - start < DEADLINE:
+            data = sock.recv(65536)
+            received += 1
+            sizes.add(len(data))
+            if len(data) >= 6:
+                index, size = struct.unpack_from("!IH", data)
+                intact += size == len(data) and data == numbered_datagram(index, size)
+            sock.settimeout(3)
+    except socket.timeout:
+        pass
+    return {"received": received, "intact": intact, "sizes": sorted(sizes)}
+
+
 def capture(interface: str, port: int, count: int) -> dict:
     """UDP payloads to ``port`` seen on ``interface`` (IPv4), via a raw packet socket."""
     raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
@@ -181,6 +236,10 @@ def main(argv: list[str]) -> None:
         result = udp_echo(args[0], int(args[1]), int(args[2]))
     elif mode == "udp-ping":
         result = udp_ping(args[0], int(args[1]), int(args[2]))
+    elif mode == "udp-gso-source":
+        result = udp_gso_source(args[0], int(args[1]), int(args[2]), int(args[3]))
+    elif mode == "udp-sink":
+        result = udp_sink(args[0], int(args[1]), int(args[2]))
     elif mode == "capture":
         result = capture(args[0], int(args[1]), int(args[2]))
     elif mode == "hostile":

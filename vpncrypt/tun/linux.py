@@ -1,45 +1,60 @@
 """Linux TUN: /dev/net/tun with IFF_TUN | IFF_NO_PI, non-blocking.
 
 With ``offload`` the device also has IFF_VNET_HDR and, where the kernel
-agrees, TUNSETOFFLOAD with checksum and TCP segmentation offload: every read
-and write carries a 10-byte virtio_net_hdr. A read may then return a TCP
-super-packet of up to 64 KiB (cut into segments here, see offload.py) and a
-write may hand the kernel one merged TCP super-packet instead of its segments
-one by one; checksums are left to the kernel both ways.
+agrees, TUNSETOFFLOAD with checksum offload and TCP and UDP segmentation
+offload (UDP from Linux 6.2; older kernels refuse it and get TCP only): every
+read and write carries a 10-byte virtio_net_hdr. A read may then return a TCP
+or UDP super-packet of up to 64 KiB (cut into segments here, see offload.py)
+and a write may hand the kernel one merged super-packet instead of its
+segments one by one; checksums are left to the kernel both ways.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import socket
 import struct
 
 from ..inner import PartialChecksumPacket, checksum_location, complete_checksum
 from . import TunError
-from .offload import F_NEEDS_CSUM, VNET_HEADER, VNET_HEADER_LEN, coalesce, split
+from .offload import F_NEEDS_CSUM, GSO_UDP_L4, VNET_HEADER, VNET_HEADER_LEN, coalesce, split, split_datagrams
 
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
+TUN_F_USO4 = 0x20
+TUN_F_USO6 = 0x40
+# What to ask for, best first: the kernel refuses flags it does not know (EINVAL).
+OFFLOAD_CHOICES = (
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6,
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
+)
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 SIOCGIFMTU = 0x8921
 _IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, then flags in the union
+_OFFLOAD_NAMES = {
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6: "checksums, TCP and UDP segmentation",
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6: "checksums and TCP segmentation (the kernel refused UDP)",
+    0: "none taken by the kernel",
+}
 _READ_SIZE = 65536  # the largest IP packet; MTU changes at run time cannot truncate
 
 
 class LinuxTun:
     """A TUN device owned by this process: it disappears when closed."""
 
-    def __init__(self, fd: int, name: str, offload: bool) -> None:
+    def __init__(self, fd: int, name: str, offload: bool, segmentation: int = 0) -> None:
         self._fd = fd
         self.name = name
         self.offload = offload
+        self.segmentation = segmentation  # the TUN_F_* flags the kernel took, 0 for none
         self._buffer = bytearray(_READ_SIZE + VNET_HEADER_LEN)
         self._view = memoryview(self._buffer)
 
@@ -62,12 +77,17 @@ class LinuxTun:
                 raise TunError(f"{name} is in use by another process") from None
             raise TunError(f"cannot create {name}: {error.strerror}") from None
         actual = _IFREQ.unpack(reply)[0].rstrip(b"\0").decode()
-        if offload:
+        segmentation = 0
+        for choice in OFFLOAD_CHOICES if offload else ():
             try:
-                fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+                fcntl.ioctl(fd, TUNSETOFFLOAD, choice)
             except OSError:
-                pass  # the kernel hands over plain packets; merged writes still work
-        return cls(fd, actual, offload)
+                continue  # with none, the kernel hands over plain packets; merged writes still work
+            segmentation = choice
+            break
+        if offload:
+            logging.getLogger("vpncrypt").info("%s offloads: %s", actual, _OFFLOAD_NAMES[segmentation])
+        return cls(fd, actual, offload, segmentation)
 
     def fileno(self) -> int:
         return self._fd
@@ -96,7 +116,9 @@ class LinuxTun:
             except BlockingIOError:
                 break
             flags, gso_type, _, gso_size, start, offset = unpack(self._buffer)
-            if gso_type:
+            if gso_type == GSO_UDP_L4:
+                packets.extend(split_datagrams(view[VNET_HEADER_LEN:size], gso_size))
+            elif gso_type:
                 packets.extend(split(view[VNET_HEADER_LEN:size], gso_type, gso_size))
             elif flags & F_NEEDS_CSUM:
                 packet = view[VNET_HEADER_LEN:size]
@@ -127,7 +149,8 @@ class LinuxTun:
     def _write_coalesced(self, packets: list[bytes]) -> int:
         refused = 0
         writev, fd = os.writev, self._fd
-        for plan in coalesce(packets):
+        # A kernel that refused UDP segmentation also refuses merged UDP writes.
+        for plan in coalesce(packets, merge_datagrams=bool(self.segmentation & TUN_F_USO4)):
             try:
                 writev(fd, plan)
             except (BlockingIOError, OSError):

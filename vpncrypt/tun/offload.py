@@ -1,17 +1,20 @@
-"""TCP segmentation offload for a TUN device with virtio headers, both ways.
+"""TCP and UDP segmentation offload for a TUN device with virtio headers, both ways.
 
 Pure functions, no I/O. ``split(...)`` cuts a TCP super-packet the kernel
-handed over (TSO) into MSS-sized segments, as a NIC would, leaving their TCP
-checksums partial. ``coalesce(packets)`` turns a batch of IP packets into
-write plans (a 10-byte virtio_net_hdr and the buffers to follow it). Runs of
-consecutive segments of one TCP flow become one packet marked GSO, which the
-kernel takes as it would from a NIC with receive offload: the receiving TCP
-stack sees one large segment and sends one ACK for it instead of one for every
-second segment. Checksums are left to the kernel (NEEDS_CSUM): the TCP field
-gets only the pseudo-header sum, and computing more in Python would cost as
-much as the cipher. A packet that arrived with a partial checksum
-(PartialChecksumPacket) is handed over the same way. The wire format is
-untouched.
+handed over (TSO) into MSS-sized segments, as a NIC would, and
+``split_datagrams(...)`` cuts a UDP one (USO, from a sender using UDP_SEGMENT)
+into its datagrams; both leave the checksums partial. ``coalesce(packets)``
+turns a batch of IP packets into write plans (a 10-byte virtio_net_hdr and the
+buffers to follow it). Runs of consecutive segments of one TCP flow become one
+packet marked GSO, which the kernel takes as it would from a NIC with receive
+offload: the receiving TCP stack sees one large segment and sends one ACK for
+it instead of one for every second segment. Runs of equal-sized datagrams of
+one UDP flow become one GSO_UDP_L4 packet: one write instead of dozens, and
+the kernel hands a receiver the same datagrams. Checksums are left to the
+kernel (NEEDS_CSUM): the TCP or UDP field gets only the pseudo-header sum, and
+computing more in Python would cost as much as the cipher. A packet that
+arrived with a partial checksum (PartialChecksumPacket) is handed over the
+same way. The wire format is untouched.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ PLAIN = bytes(VNET_HEADER_LEN)  # no offload: a packet written as it is
 F_NEEDS_CSUM = 1
 GSO_TCPV4 = 1
 GSO_TCPV6 = 4
+GSO_UDP_L4 = 5
 TCP_CHECKSUM_OFFSET = 16
+UDP_CHECKSUM_OFFSET = 6
 TCP_FLAG_FIN = 0x01
 TCP_FLAG_PSH = 0x08
 TCP_FLAG_ACK = 0x10
@@ -34,6 +39,7 @@ TCP_FLAG_CWR = 0x80
 GSO_ECN = 0x80
 _MERGEABLE_FLAGS = TCP_FLAG_ACK | TCP_FLAG_PSH  # no SYN, FIN, RST, URG, ECE, CWR
 MAX_MERGED = 65535  # the IPv4 total length / IPv6 payload length field
+MAX_SEGMENTS = 64  # the kernel refuses a UDP GSO packet of more (UDP_MAX_SEGMENTS; 64 on older kernels)
 
 
 # The fixed headers of a plain TCP segment, read in one go. The fields that
@@ -44,22 +50,34 @@ MAX_MERGED = 65535  # the IPv4 total length / IPv6 payload length field
 _TCP4 = struct.Struct("!BBH2xBBBB2x12sI4sBB2s4x")
 # IPv6: version+class+label, payload length, next header, hop limit, addresses and ports, then as above.
 _TCP6 = struct.Struct("!4sHBB36sI4sBB2s4x")
+# UDP: the IP header as above, ports, UDP length, (checksum).
+_UDP4 = struct.Struct("!BBH2xBBBB2x12sH2x")
+_UDP6 = struct.Struct("!4sHBB36sH2x")
+UDP = 17  # the first item of a UDP flow key, so that it never equals a TCP one
 
 
 def parse_segment(packet: bytes) -> tuple | None:
     """(flow key, sequence number, TCP flags, header length, payload length) of a
-    TCP segment that may be merged with its neighbours, or None (also for a
-    segment without payload, such as a pure ACK).
+    TCP segment or UDP datagram that may be merged with its neighbours, or
+    None (also for one without payload, such as a pure ACK).
 
     The key holds everything that must be equal across a run: addresses,
-    ports, TOS or traffic class, DF, TTL, acknowledgement number, window and
-    TCP options. Called for every packet written to TUN, hence one unpack.
+    ports, TOS or traffic class, DF, TTL, and for TCP the acknowledgement
+    number, window and options. A datagram has sequence number None, flags 0.
+    Called for every packet written to TUN, hence one unpack.
     """
     size = len(packet)
-    if size < 40:
+    if size < 28:
         return None
     version = packet[0] >> 4
     if version == 4:
+        if packet[9] == UDP:
+            ver_ihl, tos, total, frag_hi, frag_lo, ttl, _, flow, udp_len = _UDP4.unpack_from(packet)
+            if ver_ihl != 0x45 or frag_hi & 0x3F or frag_lo or total != size or udp_len != size - 20 or size == 28:
+                return None  # options, a fragment, no payload, or a length that does not add up
+            return (UDP, tos, frag_hi, ttl, flow), None, 0, 28, size - 28
+        if size < 40:
+            return None
         ver_ihl, tos, total, frag_hi, frag_lo, ttl, protocol, flow, seq, ack, offset, flags, window = \
             _TCP4.unpack_from(packet)
         if ver_ihl != 0x45 or protocol != 6 or frag_hi & 0x3F or frag_lo or total != size:
@@ -67,6 +85,13 @@ def parse_segment(packet: bytes) -> tuple | None:
         key = (tos, frag_hi, ttl, flow, ack, window)
         ip_len = 20
     elif version == 6:
+        if size < 49:
+            return None
+        if packet[6] == UDP:
+            label, payload_len, _, hops, flow, udp_len = _UDP6.unpack_from(packet)
+            if payload_len + 40 != size or udp_len != payload_len:
+                return None
+            return (UDP, label, hops, flow), None, 0, 48, size - 48
         if size < 60:
             return None
         label, payload_len, protocol, hops, flow, seq, ack, offset, flags, window = _TCP6.unpack_from(packet)
@@ -105,6 +130,28 @@ def pseudo_header_sum(header: bytes | bytearray, version: int, length: int, prot
         addresses = header[8:40]
     words = struct.unpack(f"!{len(addresses) // 2}H", addresses)
     return _fold(sum(words) + protocol + length)
+
+
+# The IP header of a segment: what changes per segment packed between the parts
+# that do not. IPv4: (version to TOS), total length, ID, (flags to protocol),
+# header checksum, (addresses and options). IPv6: (version to flow label),
+# payload length, (next header to addresses).
+_IPV4_LAYOUT = "!2sHH4sH"
+_IPV6_LAYOUT = "!4sH34s"
+
+
+def _ipv4_fixed_parts(header: bytes, ip_len: int) -> tuple[bytes, bytes, bytes, int, int]:
+    """The unchanging parts of an IPv4 header, its ID, and the sum of its words
+    without length, ID and checksum (each segment adds its own)."""
+    ip_a, ip_b, ip_c = header[0:2], header[6:10], header[12:ip_len]
+    ip_id0 = int.from_bytes(header[4:6], "big")
+    ip_sum0 = sum(struct.unpack(f"!{ip_len // 2}H", ip_a + bytes(4) + ip_b + bytes(2) + ip_c))
+    return ip_a, ip_b, ip_c, ip_id0, ip_sum0
+
+
+def _ipv4_checksum(partial_sum: int) -> int:
+    partial_sum = (partial_sum & 0xFFFF) + (partial_sum >> 16)
+    return ~((partial_sum & 0xFFFF) + (partial_sum >> 16)) & 0xFFFF
 
 
 def split(packet: bytes | memoryview, gso_type: int, gso_size: int) -> list[PartialChecksumPacket]:
@@ -146,13 +193,10 @@ def split(packet: bytes | memoryview, gso_type: int, gso_size: int) -> list[Part
     window, rest = header[ip_len + 14:ip_len + 16], header[ip_len + 18:]
     tcp_layout = f"4sI5sB2sH{tcp_len - 18}s"
     if version == 4:
-        # Total length, ID and checksum change; the rest of the IP header does not.
-        pack = struct.Struct(f"!2sHH4sH{ip_len - 12}s{tcp_layout}").pack
-        ip_a, ip_b, ip_c = header[0:2], header[6:10], header[12:ip_len]
-        ip_id0 = int.from_bytes(header[4:6], "big")
-        ip_sum0 = sum(struct.unpack(f"!{ip_len // 2}H", ip_a + bytes(4) + ip_b + bytes(2) + ip_c))
+        pack = struct.Struct(f"{_IPV4_LAYOUT}{ip_len - 12}s{tcp_layout}").pack
+        ip_a, ip_b, ip_c, ip_id0, ip_sum0 = _ipv4_fixed_parts(header, ip_len)
     else:
-        pack = struct.Struct(f"!4sH34s{tcp_layout}").pack
+        pack = struct.Struct(f"{_IPV6_LAYOUT}{tcp_layout}").pack
         ip_a, ip_b = header[0:4], header[6:40]
     segments = []
     for index in range(count):
@@ -164,9 +208,7 @@ def split(packet: bytes | memoryview, gso_type: int, gso_size: int) -> list[Part
         seq = (seq0 + start) & 0xFFFFFFFF
         if version == 4:
             ip_id = (ip_id0 + index) & 0xFFFF
-            ip_sum = ip_sum0 + ip_len + tcp_length + ip_id
-            ip_sum = (ip_sum & 0xFFFF) + (ip_sum >> 16)
-            ip_sum = ~((ip_sum & 0xFFFF) + (ip_sum >> 16)) & 0xFFFF
+            ip_sum = _ipv4_checksum(ip_sum0 + ip_len + tcp_length + ip_id)
             header = pack(ip_a, ip_len + tcp_length, ip_id, ip_b, ip_sum, ip_c,
                           ports, seq, ack, flags[index], window, pseudo, rest)
         else:
@@ -175,21 +217,72 @@ def split(packet: bytes | memoryview, gso_type: int, gso_size: int) -> list[Part
     return segments
 
 
+def split_datagrams(packet: bytes | memoryview, gso_size: int) -> list[PartialChecksumPacket]:
+    """The datagrams of a UDP super-packet (GSO_UDP_L4, from a sender using
+    UDP_SEGMENT), each a complete IP packet of ``gso_size`` bytes of payload
+    (the last may be shorter) whose UDP checksum holds the pseudo-header sum only.
+
+    Per datagram: IP total length (IPv6 payload length), IPv4 ID + i with its
+    header checksum, UDP length. Returns [] for what is not UDP over IPv4 or
+    IPv6 without extension headers.
+    """
+    version = packet[0] >> 4
+    if version == 4:
+        ip_len = (packet[0] & 0x0F) * 4
+        protocol = packet[9]
+    else:
+        ip_len = 40
+        protocol = packet[6]
+    payload = memoryview(packet)[ip_len + 8:]
+    total_payload = len(payload)
+    if protocol != UDP or gso_size <= 0 or total_payload <= 0:
+        return []
+    header = bytes(packet[:ip_len + 8])
+    ports = header[ip_len:ip_len + 4]
+    pseudo0 = pseudo_header_sum(header, version, 0, UDP)  # the datagram's length is added per datagram
+    if version == 4:
+        pack = struct.Struct(f"{_IPV4_LAYOUT}{ip_len - 12}s4sHH").pack
+        ip_a, ip_b, ip_c, ip_id0, ip_sum0 = _ipv4_fixed_parts(header, ip_len)
+    else:
+        pack = struct.Struct(f"{_IPV6_LAYOUT}4sHH").pack
+        ip_a, ip_b = header[0:4], header[6:40]
+    datagrams = []
+    for index, start in enumerate(range(0, total_payload, gso_size)):
+        chunk = payload[start:start + gso_size]
+        udp_length = 8 + len(chunk)
+        pseudo = pseudo0 + udp_length
+        pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
+        if version == 4:
+            ip_id = (ip_id0 + index) & 0xFFFF
+            ip_sum = _ipv4_checksum(ip_sum0 + ip_len + udp_length + ip_id)
+            header = pack(ip_a, ip_len + udp_length, ip_id, ip_b, ip_sum, ip_c, ports, udp_length, pseudo)
+        else:
+            header = pack(ip_a, udp_length, ip_b, ports, udp_length, pseudo)
+        datagrams.append(PartialChecksumPacket(header + chunk))
+    return datagrams
+
+
 def merged_plan(run: list[bytes], header_len: int, total: int, flags: int, mss: int) -> list:
-    """The virtio header and buffers for one run of segments written as one
-    packet of ``total`` bytes; ``flags`` are the first segment's TCP flags with
-    the last one's PSH."""
+    """The virtio header and buffers for one run of segments or datagrams written
+    as one packet of ``total`` bytes; ``flags`` are the first TCP segment's flags
+    with the last one's PSH."""
     header = bytearray(run[0][:header_len])
     if header[0] >> 4 == 4:
-        ip_len, version, gso_type = 20, 4, GSO_TCPV4
+        ip_len, version, protocol = 20, 4, header[9]
         header[2:4] = total.to_bytes(2, "big")
         header[10:12] = ipv4_header_checksum(header[:ip_len]).to_bytes(2, "big")
     else:
-        ip_len, version, gso_type = 40, 6, GSO_TCPV6
+        ip_len, version, protocol = 40, 6, header[6]
         header[4:6] = (total - 40).to_bytes(2, "big")
-    header[ip_len + 13] = flags
-    header[ip_len + 16:ip_len + 18] = pseudo_header_sum(header, version, total - ip_len).to_bytes(2, "big")
-    vnet = VNET_HEADER.pack(F_NEEDS_CSUM, gso_type, header_len, mss, ip_len, TCP_CHECKSUM_OFFSET)
+    if protocol == UDP:
+        gso_type, checksum_offset = GSO_UDP_L4, UDP_CHECKSUM_OFFSET
+        header[ip_len + 4:ip_len + 6] = (total - ip_len).to_bytes(2, "big")
+    else:
+        gso_type, checksum_offset = (GSO_TCPV4 if version == 4 else GSO_TCPV6), TCP_CHECKSUM_OFFSET
+        header[ip_len + 13] = flags
+    field = ip_len + checksum_offset
+    header[field:field + 2] = pseudo_header_sum(header, version, total - ip_len, protocol).to_bytes(2, "big")
+    vnet = VNET_HEADER.pack(F_NEEDS_CSUM, gso_type, header_len, mss, ip_len, checksum_offset)
     return [vnet, header, *(memoryview(packet)[header_len:] for packet in run)]
 
 
@@ -201,11 +294,13 @@ def single_plan(packet: bytes) -> list:
     return [PLAIN, packet]
 
 
-def coalesce(packets: list[bytes]) -> list[list]:
+def coalesce(packets: list[bytes], merge_datagrams: bool = True) -> list[list]:
     """Write plans for ``packets`` in their order; each is [virtio header, buffer, ...].
+    UDP datagrams are merged only with ``merge_datagrams`` (a kernel with USO).
 
-    A run grows while segments are of one flow (same key), in sequence, all
-    but the last of the first one's size, and none before the last has PSH.
+    A run grows while segments are of one flow (same key), in sequence (TCP),
+    all but the last of the first one's size, and none before the last has
+    PSH; it ends at 64 KiB or 64 packets.
     """
     plans: list[list] = []
     run: list[bytes] = []
@@ -221,13 +316,13 @@ def coalesce(packets: list[bytes]) -> list[list]:
 
     for packet in packets:
         parsed = parse_segment(packet)
-        if parsed is None:
+        if parsed is None or (parsed[1] is None and not merge_datagrams):
             flush()
             plans.append(single_plan(packet))
             continue
         key, seq, flags, header_len, size = parsed
         if (run and key == run_key and seq == next_seq and last_size == mss and size <= mss
-                and not run_flags & TCP_FLAG_PSH and run_bytes + size <= MAX_MERGED):
+                and not run_flags & TCP_FLAG_PSH and run_bytes + size <= MAX_MERGED and len(run) < MAX_SEGMENTS):
             run.append(packet)
             run_flags |= flags & TCP_FLAG_PSH
         else:
@@ -236,6 +331,6 @@ def coalesce(packets: list[bytes]) -> list[list]:
             run_key, run_header_len, run_flags, mss, run_bytes = key, header_len, flags, size, header_len
         run_bytes += size
         last_size = size
-        next_seq = (seq + size) & 0xFFFFFFFF
+        next_seq = None if seq is None else (seq + size) & 0xFFFFFFFF
     flush()
     return plans

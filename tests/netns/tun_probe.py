@@ -1,0 +1,134 @@
+"""A TUN device alone with the kernel, no VPN: run as root inside a namespace that
+test_tun_offload.py made, ``python -m tests.netns.tun_probe MODE FAMILY``.
+
+  split         the kernel hands a UDP_SEGMENT super-packet to the device (USO);
+                vpncrypt cuts it (the TUN offloads on)
+  kernel-split  the same send with the offloads off: the kernel cuts it itself
+  merge         vpncrypt writes datagrams merged into GSO_UDP_L4 packets; a socket
+                on this host receives what the kernel made of them
+  merge-refused the same with a kernel that refuses UDP segmentation offload (an
+                older one, played by failing the ioctl): no merged UDP writes
+
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+from vpncrypt.inner import PartialChecksumPacket, complete_checksum
+from vpncrypt.tun import linux
+from vpncrypt.tun.linux import TUN_F_USO4, TUNSETOFFLOAD, LinuxTun
+
+from ..test_offload import datagrams
+
+NAME = "vcprobe0"
+LOCAL = {"4": "203.0.113.1", "6": "2001:db8:7::1"}  # B4 / B6 of test_offload
+FAR = {"4": "203.0.113.9", "6": "2001:db8:7::9"}
+PORT = 9000
+SOL_UDP, UDP_SEGMENT = 17, 103
+
+
+def configure() -> None:
+    """Addresses on the device; no automatic IPv6 flow labels, which differ per socket."""
+    for command in (["sysctl", "-q", "net.ipv6.auto_flowlabels=0"],
+                    ["ip", "address", "add", "203.0.113.1/24", "dev", NAME],
+                    ["ip", "-6", "address", "add", "2001:db8:7::1/64", "dev", NAME, "nodad"],
+                    ["ip", "link", "set", NAME, "up"]):
+        subprocess.run(command, check=True)
+
+
+def udp_to_port(packet: bytes) -> bool:
+    ip_len = 20 if packet[0] >> 4 == 4 else 40
+    protocol = packet[9] if ip_len == 20 else packet[6]
+    return protocol == 17 and int.from_bytes(packet[ip_len + 2:ip_len + 4], "big") == PORT
+
+
+def read_split(tun: LinuxTun, family: str, expected: int) -> dict:
+    sock = socket.socket(socket.AF_INET if family == "4" else socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.bind((LOCAL[family], 4433))  # the same source port in both runs
+    sock.connect((FAR[family], PORT))
+    payloads = [bytes([index]) * (1000 if index < 10 else 300) for index in range(expected)]
+    sock.sendmsg([b"".join(payloads)], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", 1000))])
+    found: list[bytes] = []
+    deadline = time.monotonic() + 3
+    while len(found) < expected and time.monotonic() < deadline:
+        select.select([tun], [], [], 0.2)
+        found += [packet for packet in tun.read_batch(64) if udp_to_port(packet)]
+    return {
+        "segmentation": tun.segmentation,
+        "partial": [type(packet) is PartialChecksumPacket for packet in found],
+        "packets": [(complete_checksum(packet) if type(packet) is PartialChecksumPacket else packet).hex()
+                    for packet in found],
+    }
+
+
+def write_merged(tun: LinuxTun, family: str) -> dict:
+    sock = socket.socket(socket.AF_INET if family == "4" else socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.bind((LOCAL[family], 443))
+    sock.settimeout(1)
+    v6 = family == "6"
+    # A run with a short tail, a run of smaller ones with a tail, then 64 + 2 tiny ones.
+    packets = (datagrams(20, last=77, v6=v6) + datagrams(3, size=500, v6=v6) + datagrams(1, size=9, v6=v6)
+               + datagrams(66, size=20, v6=v6))
+    writes = count_calls(os, "writev")
+    refused = tun.write_batch(packets)
+    received = []
+    try:
+        while len(received) < len(packets):
+            received.append(sock.recv(65536).hex())
+    except socket.timeout:
+        pass
+    ip_len = 40 if v6 else 20
+    return {
+        "segmentation": tun.segmentation, "writes": writes[0], "refused": refused,
+        "sent": [packet[ip_len + 8:].hex() for packet in packets], "received": received,
+    }
+
+
+def count_calls(module, name: str) -> list[int]:
+    calls = [0]
+    original = getattr(module, name)
+
+    def counted(*args):
+        calls[0] += 1
+        return original(*args)
+
+    setattr(module, name, counted)
+    return calls
+
+
+def refuse_udp_offload() -> None:
+    ioctl = fcntl.ioctl
+
+    def older_kernel(fd, request, arg=0, *rest):
+        if request == TUNSETOFFLOAD and arg & TUN_F_USO4:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return ioctl(fd, request, arg, *rest)
+
+    linux.fcntl.ioctl = older_kernel  # type: ignore[attr-defined]
+
+
+def main(mode: str, family: str) -> None:
+    if mode == "merge-refused":
+        refuse_udp_offload()
+    tun = LinuxTun.open(NAME, offload=mode != "kernel-split")
+    try:
+        configure()
+        result = write_merged(tun, family) if mode.startswith("merge") else read_split(tun, family, 11)
+    finally:
+        tun.close()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
