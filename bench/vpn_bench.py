@@ -7,7 +7,9 @@ in turn connects them (tunnel 203.0.113.1 and .2, inner MTU 1420 for all) and
 is measured the same way, one timed run at a time:
 - TCP single stream each way (iperf3, median of --runs runs), over IPv4 and
   over IPv6 inside the tunnel;
-- full-sized (1392-byte) UDP datagrams sent flat out: Mbit/s that arrive;
+- full-sized (1392-byte) UDP datagrams sent flat out: Mbit/s that arrive,
+  once from iperf3 (one datagram a system call) and once from a sender that
+  hands the kernel 32 at a time with UDP_SEGMENT, as QUIC stacks do;
 - 64-byte UDP datagrams received per second, sent flat out (median);
 - Mbit per CPU-second of the VPN processes (both ends) during those runs;
 - added round-trip time: ping through the tunnel minus ping on the underlay;
@@ -32,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vpncrypt.netlab import Lab, run  # noqa: E402
+from vpncrypt.netlab import Job, Lab, run  # noqa: E402
 
 LEFT_UNDERLAY, RIGHT_UNDERLAY = "192.0.2.1", "192.0.2.2"
 LEFT_TUNNEL, RIGHT_TUNNEL = "203.0.113.1", "203.0.113.2"
@@ -289,6 +291,16 @@ def udp_goodput(pair: Pair, seconds: int) -> float:
     return (summary["packets"] - summary["lost_packets"]) * size * 8 / summary["seconds"] / 1e6
 
 
+def udp_gso_goodput(pair: Pair, seconds: int) -> float:
+    """Mbit/s of full-sized UDP datagrams that arrive, left to right, from a UDP_SEGMENT sender."""
+    sink = Job(pair.lab, pair.right, "udp-count", RIGHT_TUNNEL, "5301")
+    sink.wait_until_ready()
+    flood = Job(pair.lab, pair.left, "udp-flood", RIGHT_TUNNEL, "5301", str(seconds), str(MTU - 20 - 8))
+    flood.result(timeout=seconds + 30)
+    counted = sink.result(timeout=30)
+    return counted["bytes"] * 8 / counted["seconds"] / 1e6 if counted["seconds"] else float("nan")
+
+
 def ping_rtt(pair: Pair, address: str, count: int = 20) -> float:
     done = pair.lab.run(pair.left, ["ping", "-c", str(count), "-i", "0.05", "-q", address], check=False)
     match = re.search(r"= [\d.]+/([\d.]+)/", done.stdout)
@@ -341,6 +353,7 @@ def measure(name: str, workdir: Path, runs: int, seconds: int) -> dict:
                 figures[f"tcp6_{direction}_mbit"] = statistics.median(rates6)
                 figures[f"tcp6_{direction}_runs"] = rates6
             figures["udp_mbit"] = statistics.median(udp_goodput(pair, seconds) for _ in range(runs))
+            figures["udp_gso_mbit"] = statistics.median(udp_gso_goodput(pair, seconds) for _ in range(runs))
             figures["udp64_pps"] = statistics.median(udp_packet_rate(pair, seconds) for _ in range(runs))
         finally:
             # iperf3 -D leaves the process tree: end it by its PID even when a VPN fails.
@@ -367,13 +380,14 @@ def main() -> int:
     print(f"date {time.strftime('%Y-%m-%d')}; versions {json.dumps(versions(peers))}")
     print(f"command: {' '.join(sys.argv)}\n")
     print("| VPN | TCP -> Mbit/s | TCP <- Mbit/s | Mbit per CPU-s -> | Mbit per CPU-s <- |"
-          " TCP/IPv6 -> Mbit/s | TCP/IPv6 <- Mbit/s | UDP 1392 B Mbit/s |"
+          " TCP/IPv6 -> Mbit/s | TCP/IPv6 <- Mbit/s | UDP 1392 B Mbit/s | UDP 1392 B, GSO sender Mbit/s |"
           " UDP 64 B packets/s | added RTT ms | overhead bytes/packet |")
-    print("|---|" + "---:|" * 10)
+    print("|---|" + "---:|" * 11)
     for name, f in results.items():
         print(f"| {name} | {f['tcp_forward_mbit']:.0f} | {f['tcp_reverse_mbit']:.0f} |"
               f" {f['mbit_per_cpu_s_forward']:.0f} | {f['mbit_per_cpu_s_reverse']:.0f} |"
               f" {f['tcp6_forward_mbit']:.0f} | {f['tcp6_reverse_mbit']:.0f} | {f['udp_mbit']:.0f} |"
+              f" {f['udp_gso_mbit']:.0f} |"
               f" {f['udp64_pps']:.0f} | {f['added_rtt_ms']:.3f} | {f['overhead_bytes']:.1f} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -12,6 +12,9 @@ Every mode is bounded in bytes, datagrams and time, and prints one JSON line.
                               end of each burst), 16 per sendmsg with UDP_SEGMENT, as QUIC stacks do
   udp-sink ADDR PORT COUNT    receive numbered datagrams until COUNT or 3 s of silence: how many
                               arrived, how many were intact, their sizes
+  udp-flood ADDR PORT SECONDS SIZE  send SIZE-byte datagrams flat out for SECONDS, 32 per sendmsg
+                              with UDP_SEGMENT (a benchmark's sender)
+  udp-count ADDR PORT         count datagrams and bytes until 2 s of silence, with UDP_GRO
   capture IFACE PORT COUNT    capture COUNT UDP payloads to PORT on IFACE (hex)
   hostile ADDR PORT FILE      send the hostile datagrams listed in FILE (hex), report any reply
 """
@@ -126,8 +129,10 @@ def udp_ping(address: str, port: int, count: int) -> dict:
     return {"sent": count, "answered": answered}
 
 
-SOL_UDP, UDP_SEGMENT = 17, 103
+SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104
 SEGMENTS_PER_SEND = 16
+FLOOD_SEGMENTS = 32
+FLOOD_MAX_DATAGRAMS = 20_000_000
 
 
 def numbered_datagram(index: int, size: int) -> bytes:
@@ -175,6 +180,50 @@ def udp_sink(address: str, port: int, count: int) -> dict:
     except socket.timeout:
         pass
     return {"received": received, "intact": intact, "sizes": sorted(sizes)}
+
+
+def udp_flood(address: str, port: int, seconds: float, size: int) -> dict:
+    sock = socket.socket(family(address), socket.SOCK_DGRAM)
+    sock.connect((address, port))
+    burst = bytes(size * FLOOD_SEGMENTS)
+    segment = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+    sent = 0
+    start = time.monotonic()
+    end = start + min(seconds, DEADLINE)
+    while time.monotonic() < end and sent < FLOOD_MAX_DATAGRAMS:
+        try:
+            sock.sendmsg([burst], segment)
+            sent += FLOOD_SEGMENTS
+        except OSError:  # ENOBUFS from a full device queue: what a flood meets
+            pass
+    return {"sent": sent, "seconds": time.monotonic() - start}
+
+
+def udp_count(address: str, port: int) -> dict:
+    """Datagrams that arrive, counted cheaply: with UDP_GRO one read may hold many."""
+    sock = socket.socket(family(address), socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    sock.bind((address, port))
+    sock.settimeout(DEADLINE)
+    print(json.dumps({"listening": port}), flush=True)
+    buffer = bytearray(1 << 17)
+    datagrams = total = 0
+    first = last = time.monotonic()
+    try:
+        while last - first < DEADLINE:
+            size, ancillary, _, _ = sock.recvmsg_into([buffer], socket.CMSG_SPACE(4))
+            last = time.monotonic()
+            if not datagrams:
+                first = last
+                sock.settimeout(2)
+            segment = next((int.from_bytes(data[:4], sys.byteorder) for level, kind, data in ancillary
+                            if level == SOL_UDP and kind == UDP_GRO), size) or size
+            datagrams += -(-size // segment)
+            total += size
+    except socket.timeout:
+        pass
+    return {"datagrams": datagrams, "bytes": total, "seconds": last - first}
 
 
 def capture(interface: str, port: int, count: int) -> dict:
@@ -240,6 +289,10 @@ def main(argv: list[str]) -> None:
         result = udp_gso_source(args[0], int(args[1]), int(args[2]), int(args[3]))
     elif mode == "udp-sink":
         result = udp_sink(args[0], int(args[1]), int(args[2]))
+    elif mode == "udp-flood":
+        result = udp_flood(args[0], int(args[1]), float(args[2]), int(args[3]))
+    elif mode == "udp-count":
+        result = udp_count(args[0], int(args[1]))
     elif mode == "capture":
         result = capture(args[0], int(args[1]), int(args[2]))
     elif mode == "hostile":
