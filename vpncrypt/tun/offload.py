@@ -140,13 +140,18 @@ _IPV4_LAYOUT = "!2sHH4sH"
 _IPV6_LAYOUT = "!4sH34s"
 
 
-def _ipv4_fixed_parts(header: bytes, ip_len: int) -> tuple[bytes, bytes, bytes, int, int]:
-    """The unchanging parts of an IPv4 header, its ID, and the sum of its words
-    without length, ID and checksum (each segment adds its own)."""
+def _segment_packer(header: bytes, version: int, ip_len: int, transport_layout: str) -> tuple:
+    """``pack`` for a segment's headers (the IP layout above, then
+    ``transport_layout``), the unchanging parts of the IP header, and for IPv4
+    its ID and the sum of its words without length, ID and checksum (each
+    segment adds its own)."""
+    if version == 6:
+        return struct.Struct(f"{_IPV6_LAYOUT}{transport_layout}").pack, header[0:4], header[6:40], b"", 0, 0
     ip_a, ip_b, ip_c = header[0:2], header[6:10], header[12:ip_len]
     ip_id0 = int.from_bytes(header[4:6], "big")
     ip_sum0 = sum(struct.unpack(f"!{ip_len // 2}H", ip_a + bytes(4) + ip_b + bytes(2) + ip_c))
-    return ip_a, ip_b, ip_c, ip_id0, ip_sum0
+    pack = struct.Struct(f"{_IPV4_LAYOUT}{ip_len - 12}s{transport_layout}").pack
+    return pack, ip_a, ip_b, ip_c, ip_id0, ip_sum0
 
 
 def _ipv4_checksum(partial_sum: int) -> int:
@@ -191,13 +196,7 @@ def split(packet: bytes | memoryview, gso_type: int, gso_size: int) -> list[Part
     # The TCP header: ports, (seq), acknowledgement and offset, (flags), window, (checksum), the rest.
     ports, ack = header[ip_len:ip_len + 4], header[ip_len + 8:ip_len + 13]
     window, rest = header[ip_len + 14:ip_len + 16], header[ip_len + 18:]
-    tcp_layout = f"4sI5sB2sH{tcp_len - 18}s"
-    if version == 4:
-        pack = struct.Struct(f"{_IPV4_LAYOUT}{ip_len - 12}s{tcp_layout}").pack
-        ip_a, ip_b, ip_c, ip_id0, ip_sum0 = _ipv4_fixed_parts(header, ip_len)
-    else:
-        pack = struct.Struct(f"{_IPV6_LAYOUT}{tcp_layout}").pack
-        ip_a, ip_b = header[0:4], header[6:40]
+    pack, ip_a, ip_b, ip_c, ip_id0, ip_sum0 = _segment_packer(header, version, ip_len, f"4sI5sB2sH{tcp_len - 18}s")
     segments = []
     for index in range(count):
         start = index * gso_size
@@ -240,12 +239,7 @@ def split_datagrams(packet: bytes | memoryview, gso_size: int) -> list[PartialCh
     header = bytes(packet[:ip_len + 8])
     ports = header[ip_len:ip_len + 4]
     pseudo0 = pseudo_header_sum(header, version, 0, UDP)  # the datagram's length is added per datagram
-    if version == 4:
-        pack = struct.Struct(f"{_IPV4_LAYOUT}{ip_len - 12}s4sHH").pack
-        ip_a, ip_b, ip_c, ip_id0, ip_sum0 = _ipv4_fixed_parts(header, ip_len)
-    else:
-        pack = struct.Struct(f"{_IPV6_LAYOUT}4sHH").pack
-        ip_a, ip_b = header[0:4], header[6:40]
+    pack, ip_a, ip_b, ip_c, ip_id0, ip_sum0 = _segment_packer(header, version, ip_len, "4sHH")  # ports, length, sum
     datagrams = []
     for index, start in enumerate(range(0, total_payload, gso_size)):
         chunk = payload[start:start + gso_size]
