@@ -18,7 +18,7 @@ from vpncrypt.tun.offload import (
 
 A4, B4 = "203.0.113.2", "203.0.113.1"
 A6, B6 = "2001:db8:7::2", "2001:db8:7::1"
-ACK, PSH, FIN, SYN = 0x10, 0x08, 0x01, 0x02
+ACK, PSH, FIN, SYN, CWR = 0x10, 0x08, 0x01, 0x02, 0x80
 MSS = 1368
 
 
@@ -46,15 +46,15 @@ def tcp_checksum(packet: bytes) -> int:
 
 
 def tcp_packet(seq: int, payload: bytes, flags: int = ACK, v6: bool = False, ip_id: int = 1,
-               options: bytes = b"", src_port: int = 5001) -> bytes:
+               options: bytes = b"", src_port: int = 5001, to: str | None = None) -> bytes:
     tcp = struct.pack("!HHIIBBHHH", src_port, 40000, seq, 777, (5 + len(options) // 4) << 4, flags, 500, 0, 0)
     tcp += options
     if v6:
         ip = struct.pack("!IHBB16s16s", 6 << 28, len(tcp) + len(payload), 6, 64,
-                         ipaddress.IPv6Address(A6).packed, ipaddress.IPv6Address(B6).packed)
+                         ipaddress.IPv6Address(A6).packed, ipaddress.IPv6Address(to or B6).packed)
     else:
         ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(payload), ip_id, 0x4000, 64, 6, 0,
-                                   ipaddress.IPv4Address(A4).packed, ipaddress.IPv4Address(B4).packed))
+                                   ipaddress.IPv4Address(A4).packed, ipaddress.IPv4Address(to or B4).packed))
         ip[10:12] = ipv4_header_checksum(ip).to_bytes(2, "big")
         ip = bytes(ip)
     packet = bytearray(ip + tcp + payload)
@@ -295,9 +295,9 @@ def test_split_flags_and_ecn():
     packets = flow(3)
     merged, gso_type, mss = super_packet(packets)
     merged = bytearray(merged)
-    merged[33] = ACK | PSH | FIN | 0x80  # CWR
+    merged[33] = ACK | PSH | FIN | CWR
     segments = split(bytes(merged), gso_type | 0x80, mss)
-    assert [s[33] for s in segments] == [ACK | 0x80, ACK, ACK | PSH | FIN]
+    assert [s[33] for s in segments] == [ACK | CWR, ACK, ACK | PSH | FIN]
     for segment in segments:
         assert_valid(complete_checksum(segment))
 

@@ -77,3 +77,26 @@ def test_a_kernel_without_udp_offload_gets_datagrams_one_by_one(namespace):
     assert result["refused"] == 0
     assert result["writes"] == len(result["sent"])
     assert result["received"] == result["sent"]
+
+
+def before_forwarding(packet_hex: str, hops: int) -> bytes:
+    """The packet as it was ``hops`` routers earlier: TTL or hop limit that much
+    higher, and the IPv4 header checksum, which forwarding changes, zeroed."""
+    packet = bytearray(bytes.fromhex(packet_hex))
+    if packet[0] >> 4 == 4:
+        packet[8] += hops
+        packet[10:12] = b"\0\0"
+    else:
+        packet[7] += hops
+    return bytes(packet)
+
+
+@pytest.mark.parametrize("family", ["4", "6"])
+def test_tcp_super_packets_are_cut_as_the_kernel_cuts_them(namespace, family):
+    """One super-packet, two cuts: the kernel's, forwarding it out of a device
+    without offloads, and vpncrypt's (split)."""
+    lab, ns = namespace
+    result = probe(lab, ns, "tcp-forward", family)
+    assert len(result["ours"]) == 21
+    ours = [before_forwarding(p, 0) for p in result["ours"]]
+    assert [before_forwarding(p, 1) for p in result["kernels"]] == ours

@@ -8,6 +8,9 @@ test_tun_offload.py made, ``python -m tests.netns.tun_probe MODE FAMILY``.
                 on this host receives what the kernel made of them
   merge-refused the same with a kernel that refuses UDP segmentation offload (an
                 older one, played by failing the ioctl): no merged UDP writes
+  tcp-forward   a TCP super-packet written to a device with offloads is forwarded out
+                of a second device without them, so the kernel cuts it itself;
+                vpncrypt cuts the same super-packet
 
 Prints one JSON line.
 """
@@ -28,8 +31,9 @@ import time
 from vpncrypt.inner import PartialChecksumPacket, complete_checksum
 from vpncrypt.tun import linux
 from vpncrypt.tun.linux import TUN_F_USO4, TUNSETOFFLOAD, LinuxTun
+from vpncrypt.tun.offload import GSO_ECN, VNET_HEADER, coalesce, split
 
-from ..test_offload import datagrams
+from ..test_offload import ACK, CWR, FIN, PSH, datagrams, flow
 
 NAME = "vcprobe0"
 LOCAL = {"4": "203.0.113.1", "6": "2001:db8:7::1"}  # B4 / B6 of test_offload
@@ -95,6 +99,35 @@ def write_merged(tun: LinuxTun, family: str) -> dict:
     }
 
 
+def forward_tcp(tun: LinuxTun, family: str) -> dict:
+    """Both cuts of one super-packet of 20 segments and a short one, with PSH, FIN and CWR."""
+    plain = LinuxTun.open("vcprobe1", offload=False)
+    try:
+        for command in (["sysctl", "-q", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
+                         "net.ipv4.conf.all.rp_filter=0", f"net.ipv4.conf.{NAME}.rp_filter=0"],
+                        ["ip", "address", "add", "198.51.100.1/24", "dev", "vcprobe1"],
+                        ["ip", "-6", "address", "add", "2001:db8:8::1/64", "dev", "vcprobe1", "nodad"],
+                        ["ip", "link", "set", "vcprobe1", "up"]):
+            subprocess.run(command, check=True)
+        v6 = family == "6"
+        [plan] = coalesce(flow(20, last=500, v6=v6, to="2001:db8:8::2" if v6 else "198.51.100.2"))
+        flags, gso_type, *rest = VNET_HEADER.unpack(plan[0])
+        header = bytearray(plan[1])
+        header[(40 if v6 else 20) + 13] = ACK | PSH | FIN | CWR
+        vnet = VNET_HEADER.pack(flags, gso_type | GSO_ECN, *rest)
+        os.writev(tun.fileno(), [vnet, header, *plan[2:]])
+        super_packet = b"".join(bytes(part) for part in [header, *plan[2:]])
+        ours = [complete_checksum(segment).hex() for segment in split(super_packet, gso_type | GSO_ECN, rest[1])]
+        kernels: list[bytes] = []
+        deadline = time.monotonic() + 3
+        while len(kernels) < len(ours) and time.monotonic() < deadline:
+            select.select([plain], [], [], 0.2)
+            kernels += [packet for packet in plain.read_batch(64) if (packet[9] if not v6 else packet[6]) == 6]
+        return {"ours": ours, "kernels": [packet.hex() for packet in kernels]}
+    finally:
+        plain.close()
+
+
 def count_calls(module, name: str) -> list[int]:
     calls = [0]
     original = getattr(module, name)
@@ -124,7 +157,12 @@ def main(mode: str, family: str) -> None:
     tun = LinuxTun.open(NAME, offload=mode != "kernel-split")
     try:
         configure()
-        result = write_merged(tun, family) if mode.startswith("merge") else read_split(tun, family, 11)
+        if mode == "tcp-forward":
+            result = forward_tcp(tun, family)
+        elif mode.startswith("merge"):
+            result = write_merged(tun, family)
+        else:
+            result = read_split(tun, family, 11)
     finally:
         tun.close()
     print(json.dumps(result))
