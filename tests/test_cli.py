@@ -77,6 +77,22 @@ def test_dry_run_prints_the_network_commands(configs):
     assert done.returncode == 0
     assert "ip address add 203.0.113.2/24 dev vpncrypt0" in done.stdout
     assert "ip link set dev vpncrypt0 up" in done.stdout
+    assert "rule" not in done.stdout and "at exit" not in done.stdout
+
+
+def test_dry_run_of_a_default_route_shows_the_rules_and_their_removal(configs):
+    edit(configs / "alice.toml", "routes = []", 'routes = ["0.0.0.0/0", "::/0", "192.0.2.0/24"]\nfwmark = 4242')
+    done = run("vpncrypt-client", "--config", "alice.toml", "--dry-run", cwd=configs)
+    assert done.returncode == 0, done.stderr
+    setup, teardown = done.stdout.split("# at exit:\n")
+    for family, default in (("-4", "0.0.0.0/0"), ("-6", "::/0")):
+        assert f"ip {family} route replace {default} dev vpncrypt0 table 4242" in setup
+        assert f"ip {family} rule add not fwmark 4242 table 4242 priority 32765" in setup
+        assert f"ip {family} rule add table main suppress_prefixlength 0 priority 32764" in setup
+        assert f"ip {family} rule delete not fwmark 4242 table 4242 priority 32765" in teardown
+        assert f"ip {family} rule delete table main suppress_prefixlength 0 priority 32764" in teardown
+    assert "ip -4 route replace 192.0.2.0/24 dev vpncrypt0\n" in setup  # other routes: the main table
+    assert "src_valid_mark=1" in setup
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -90,6 +106,7 @@ BROKEN_SERVER = [
     ('tunnel = ["203.0.113.1/24", "2001:db8::1/64"]', 'tunnel = ["203.0.113.999/24"]', "not an address with a prefix"),
     ("client_id = 2", "client_id = 1", "already used by client 'alice'"),
     ('addresses = ["203.0.113.3/32"', 'addresses = ["203.0.113.2/32"', "overlaps"),
+    ('addresses = ["203.0.113.3/32"', 'addresses = ["0.0.0.0/0"', "a default route is only for a client's routes"),
     ("server_id = 9", 'server_id = "nine"', "must be an integer"),
     ("server_id = 9", "server_id = 99999999999", "must be from 0 to 4294967295"),
     ("[server]", "[server", "not valid TOML"),
@@ -97,10 +114,14 @@ BROKEN_SERVER = [
 ]
 
 
+# Config errors are checked with --dry-run: they are found before it acts, and a
+# config that is wrongly accepted then cannot set up a tunnel on the test host.
+
+
 @pytest.mark.parametrize("old, new, message", BROKEN_SERVER)
 def test_broken_server_config(configs, old, new, message):
     edit(configs / "server.toml", old, new)
-    done = run("vpncrypt-server", "--config", "server.toml", cwd=configs)
+    done = run("vpncrypt-server", "--config", "server.toml", "--dry-run", cwd=configs)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert "Traceback" not in done.stderr
@@ -111,30 +132,30 @@ def test_wrong_key_length_does_not_show_the_key(configs):
     text = (configs / "alice.toml").read_text()
     key_line = next(line for line in text.splitlines() if line.startswith("key = "))
     (configs / "alice.toml").write_text(text.replace(key_line, f'key = "{short}"'))
-    done = run("vpncrypt-client", "--config", "alice.toml", cwd=configs)
+    done = run("vpncrypt-client", "--config", "alice.toml", "--dry-run", cwd=configs)
     assert done.returncode == 2 and "key must be 64 bytes" in done.stderr
     assert short not in done.stderr
     (configs / "alice.toml").write_text(text.replace(key_line, 'key = "not base64!"'))
-    done = run("vpncrypt-client", "--config", "alice.toml", cwd=configs)
+    done = run("vpncrypt-client", "--config", "alice.toml", "--dry-run", cwd=configs)
     assert done.returncode == 2 and "not valid base64" in done.stderr
 
 
 @pytest.mark.parametrize("old, new, message", [
     ('server = "192.0.2.1:51820"', 'server = "192.0.2.1"', "is not HOST:PORT"),
     ("keepalive = 25", "keepalive = -1", "from 0 (off)"),
-    ('routes = []', 'routes = ["0.0.0.0/0"]', "default route"),
+    ("keepalive = 25", "keepalive = 25\nfwmark = 0", "from 1 to 4294967295"),
     ('interface = "vpncrypt0"', 'interface = "much-too-long-name0"', "not a valid interface name"),
 ])
 def test_broken_client_config(configs, old, new, message):
     edit(configs / "alice.toml", old, new)
-    done = run("vpncrypt-client", "--config", "alice.toml", cwd=configs)
+    done = run("vpncrypt-client", "--config", "alice.toml", "--dry-run", cwd=configs)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
 def test_config_readable_by_others_is_refused(configs, mode):
     os.chmod(configs / "server.toml", mode)
-    done = run("vpncrypt-server", "--config", "server.toml", cwd=configs)
+    done = run("vpncrypt-server", "--config", "server.toml", "--dry-run", cwd=configs)
     assert done.returncode == 2
     assert "chmod 600 server.toml" in done.stderr and "Traceback" not in done.stderr
 

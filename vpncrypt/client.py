@@ -33,8 +33,12 @@ def resolve(server: str) -> tuple[int, Any]:
     return family, address
 
 
-def network_plan(config: ClientConfig) -> list[list[str]]:
-    return netconfig.backend().plan(config.interface, config.addresses, config.mtu, config.routes)
+def network_plan(config: ClientConfig) -> netconfig.NetworkPlan:
+    return netconfig.backend().plan(config.interface, config.addresses, config.mtu, config.routes, config.fwmark)
+
+
+def has_default_route(config: ClientConfig) -> bool:
+    return any(route.prefixlen == 0 for route in config.routes)
 
 
 def client_status(core: ClientCore) -> dict[str, Any]:
@@ -66,7 +70,8 @@ def run_client(config: ClientConfig) -> int:
         routes=config.allowed_sources, now=time.time(), time_window=config.time_window,
         keepalive_interval=config.keepalive,
     )
-    open_socket = functools.partial(open_client_socket, family)
+    # With the default route in the tunnel, the tunnel's own datagrams are marked to keep the main table's.
+    open_socket = functools.partial(open_client_socket, family, config.fwmark if has_default_route(config) else 0)
     with tunnel_and_socket(config.interface, config.offload, network_plan(config), open_socket) as (tun, sock):
         udp = UdpBatcher(sock)
         daemon = Daemon(

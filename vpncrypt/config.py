@@ -23,6 +23,9 @@ DEFAULT_PORT = 51820
 DEFAULT_MTU = 1420  # 1500 - 40 (IPv6) - 8 (UDP) - 24 (vpncrypt) - 8 spare
 DEFAULT_INTERFACE = "vpncrypt0"
 DEFAULT_KEEPALIVE = 25
+# Marks the client's own datagrams when the tunnel has the default route, and
+# numbers the routing table that route goes into ("vc"; wg-quick uses 51820).
+DEFAULT_FWMARK = 0x7663
 
 
 class ConfigError(Exception):
@@ -68,6 +71,7 @@ class ClientConfig:
     keepalive: float
     time_window: int
     offload: bool
+    fwmark: int
 
     @property
     def allowed_sources(self) -> tuple[Network, ...]:
@@ -155,15 +159,15 @@ class _Section:
             raise self.fail(key, "needs at least one address")
         return tuple(result)
 
-    def networks(self, key: str, default: Any = ...) -> tuple[Network, ...]:
+    def networks(self, key: str, default: Any = ..., default_route: bool = False) -> tuple[Network, ...]:
         result = []
         for text in self.string_list(key, default):
             try:
                 network = ipaddress.ip_network(text, strict=False)
             except ValueError:
                 raise self.fail(key, f"{text!r} is not an address or network") from None
-            if network.prefixlen == 0:
-                raise self.fail(key, f"{text!r}: a default route through the tunnel is not supported yet")
+            if network.prefixlen == 0 and not default_route:
+                raise self.fail(key, f"{text!r}: a default route is only for a client's routes")
             result.append(network)
         return tuple(result)
 
@@ -262,7 +266,7 @@ def load_client_config(path: str | os.PathLike) -> ClientConfig:
     top = _Section(path, "file", data, {"client"})
     client = _Section(path, "[client]", top.get("client", dict), {
         "name", "client_id", "key", "server", "server_id", "addresses", "routes", "interface",
-        "mtu", "keepalive", "time_window", "offload",
+        "mtu", "keepalive", "time_window", "offload", "fwmark",
     })
     server = client.get("server", str)
     try:
@@ -280,10 +284,11 @@ def load_client_config(path: str | os.PathLike) -> ClientConfig:
         server=server,
         server_id=client.integer("server_id", 0, 2**32 - 1),
         addresses=client.interfaces("addresses"),
-        routes=client.networks("routes", []),
+        routes=client.networks("routes", [], default_route=True),
         interface=client.interface_name(),
         mtu=client.integer("mtu", 1280, 65535 - 24, DEFAULT_MTU),
         keepalive=keepalive,
         time_window=client.integer("time_window", 1, MAX_TIME_WINDOW, DEFAULT_TIME_WINDOW),
         offload=client.get("offload", bool, True),
+        fwmark=client.integer("fwmark", 1, 2**32 - 1, DEFAULT_FWMARK),
     )

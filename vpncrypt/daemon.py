@@ -30,19 +30,23 @@ DROP_SUMMARY_INTERVAL = 60.0
 
 @contextlib.contextmanager
 def tunnel_and_socket(
-    interface: str, offload: bool, plan: list[list[str]], open_socket: Callable[[], socket.socket],
+    interface: str, offload: bool, plan: netconfig.NetworkPlan, open_socket: Callable[[], socket.socket],
 ) -> Iterator[tuple[TunDevice, socket.socket]]:
     """The TUN device configured by ``plan``, then the UDP socket; closed in
     reverse order. The device, and its addresses and routes with it, goes away
-    when this process lets go of it."""
+    when this process lets go of it; the plan's teardown undoes the rest."""
+    backend = netconfig.backend()
     tun = open_tun(interface, offload=offload)
     try:
-        netconfig.backend().apply(plan)
-        sock = open_socket()
         try:
-            yield tun, sock
+            backend.apply(plan)
+            sock = open_socket()
+            try:
+                yield tun, sock
+            finally:
+                sock.close()
         finally:
-            sock.close()
+            backend.tear_down(plan)  # also after a setup that failed half-way
     finally:
         tun.close()
     log.info("stopped; %s removed", interface)

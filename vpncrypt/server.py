@@ -30,7 +30,7 @@ def server_status(core: ServerCore) -> dict[str, Any]:
     return status
 
 
-def network_plan(config: ServerConfig) -> list[list[str]]:
+def network_plan(config: ServerConfig) -> netconfig.NetworkPlan:
     return netconfig.backend().plan(config.interface, config.tunnel, config.mtu)
 
 

@@ -41,12 +41,18 @@ def open_listening_socket(address: str, port: int) -> socket.socket:
     return sock
 
 
-def open_client_socket(family: int) -> socket.socket:
+def open_client_socket(family: int, fwmark: int = 0) -> socket.socket:
     """Unbound until the first send and unconnected, so the kernel picks the
     source address afresh for each datagram: a new address after roaming is
-    used at once."""
+    used at once. ``fwmark`` (Linux) marks every datagram it sends."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
-    _grow_buffers(sock)
+    try:
+        _grow_buffers(sock)
+        if fwmark:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
+    except OSError as error:
+        sock.close()
+        raise OSError(error.errno, f"cannot set up the UDP socket: {error.strerror}") from None
     sock.setblocking(False)
     return sock
 

@@ -8,7 +8,8 @@ import signal
 import time
 
 from vpncrypt.netlab import (
-    CLIENT_B_UNDERLAY6, PORT, ROUTER_SECOND_ADDRESS, ROUTER_UNDERLAY, SERVER_UNDERLAY, TUNNEL_ADDRESS, TUNNEL_ADDRESS6,
+    CLIENT_B_UNDERLAY6, PORT, ROUTER_CLIENT_SIDE, ROUTER_SECOND_ADDRESS, ROUTER_UNDERLAY, SERVER_UNDERLAY,
+    TUNNEL_ADDRESS, TUNNEL_ADDRESS6,
 )
 from vpncrypt.peer import Peer
 from vpncrypt.wire import KIND_DATA, TO_SERVER
@@ -78,7 +79,7 @@ def test_udp_segmentation_offload_senders(vpn):
     whole and on its own, short tails included. With offloads on, the sending end cuts
     the kernel's super-packets itself and the receiving end writes runs merged."""
     a, b = vpn.client_ns["a"], vpn.client_ns["b"]
-    assert ping(vpn, b, TUNNEL_ADDRESS6["server"], 1).returncode == 0  # the server learns b's endpoint
+    assert ping(vpn, b, TUNNEL_ADDRESS6["server"]).returncode == 0  # the server learns b's endpoint
     up_sink = job(vpn, vpn.server_ns, "udp-sink", SERVER, "7100", "2000")
     down_sink = job(vpn, b, "udp-sink", TUNNEL_ADDRESS6["b"], "7101", "1000")
     up_sink.wait_until_ready()
@@ -88,6 +89,54 @@ def test_udp_segmentation_offload_senders(vpn):
     assert up.result()["sent"] == 2000 and down.result()["sent"] == 1000
     assert up_sink.result() == {"received": 2000, "intact": 2000, "sizes": [600, 1200]}
     assert down_sink.result() == {"received": 1000, "intact": 1000, "sizes": [500, 1000]}
+
+
+BEYOND_SERVER, BEYOND_SERVER6 = "192.0.2.100", "2001:db8:9::1"  # on the server, reached through it
+
+
+def our_rules(vpn, ns):
+    """The policy rules in ``ns`` besides the kernel's three default ones, each family."""
+    rules = []
+    for family in ("-4", "-6"):
+        shown = vpn.lab.run(ns, ["ip", family, "rule", "show"]).stdout.splitlines()
+        rules += [f"{family} {line}" for line in shown if not line.startswith(("0:", "32766:", "32767:"))]
+    return rules
+
+
+def test_default_route_through_the_tunnel(vpn):
+    """routes = 0.0.0.0/0 and ::/0 on client a: everything goes through the tunnel but
+    the tunnel's own datagrams and the client's local networks; at exit, and after
+    a kill -9 at the next start, the policy rules are gone."""
+    a = vpn.client_ns["a"]
+    vpn.lab.run(vpn.server_ns, ["ip", "address", "add", f"{BEYOND_SERVER}/32", "dev", "lo"])
+    vpn.lab.run(vpn.server_ns, ["ip", "address", "add", f"{BEYOND_SERVER6}/128", "dev", "lo"])
+    # The router will not carry client a's packets there itself: only the tunnel can.
+    vpn.lab.run(vpn.router_ns, ["nft", "-f", "-"], input=(
+        "table ip vcfilter {\n  chain forward { type filter hook forward priority 0;"
+        f" ip daddr {BEYOND_SERVER} drop; }}\n}}\n"))
+    assert ping(vpn, a, BEYOND_SERVER, 1).returncode != 0
+    assert vpn.lab.stop(vpn.processes["client-a"]) == 0
+    config = vpn.configs / "a.toml"
+    config.write_text(config.read_text().replace("routes = []", 'routes = ["0.0.0.0/0", "::/0"]'))
+    # Each restart is a new socket: the router's NAT forgets the old one's fixed mapping.
+    vpn.snat(ROUTER_UNDERLAY, 40000)
+    vpn.start_client("a")
+    # The device is up before its routes and rules are: wait for the last of them.
+    assert wait_for(lambda: len(our_rules(vpn, a)) == 4)
+    assert ping(vpn, a, BEYOND_SERVER).returncode == 0
+    assert ping(vpn, a, BEYOND_SERVER6).returncode == 0
+    assert ping(vpn, a, ROUTER_CLIENT_SIDE["a"]).returncode == 0  # the local network: not through the tunnel
+    assert len(our_rules(vpn, a)) == 4
+    os.kill(vpn.processes["client-a"].pid, signal.SIGKILL)
+    vpn.processes["client-a"].wait(5)
+    assert len(our_rules(vpn, a)) == 4  # left behind by the killed client
+    vpn.snat(ROUTER_UNDERLAY, 40000)
+    vpn.start_client("a")
+    assert ping(vpn, a, BEYOND_SERVER).returncode == 0
+    assert len(our_rules(vpn, a)) == 4  # cleared at start, then made again: not twice
+    assert vpn.lab.stop(vpn.processes["client-a"]) == 0
+    assert our_rules(vpn, a) == []
+    assert ping(vpn, a, SERVER_UNDERLAY).returncode == 0  # the main table's default route again
 
 
 def test_roaming_across_source_ports_and_addresses(vpn):
