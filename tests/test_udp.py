@@ -98,3 +98,43 @@ def test_falls_back_when_the_kernel_refuses_segmentation():
     finally:
         server.close()
         client.close()
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0", "::"])
+@pytest.mark.parametrize("count", [1, 5])  # one datagram, and a run sent with GSO
+def test_replies_leave_from_the_address_the_client_sent_to(listen, count):
+    """127.0.0.2 is local too, but the route back to 127.0.0.1 would pick 127.0.0.1 as source."""
+    server = open_listening_socket(listen, 0)
+    receiver = UdpBatcher(server, reply_from_destination=True)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.settimeout(5)
+    try:
+        client.sendto(b"hello", ("127.0.0.2", server.getsockname()[1]))
+        [(data, endpoint)] = collect(receiver, 1)
+        assert data == b"hello"
+        receiver.send([(b"r" * 100, endpoint)] * count)
+        for _ in range(count):
+            reply, source = client.recvfrom(2048)
+            assert reply == b"r" * 100 and source[0] == "127.0.0.2"
+        assert receiver.send_errors == 0
+    finally:
+        server.close()
+        client.close()
+
+
+def test_without_it_the_route_picks_the_source():
+    """The case the option is for: what the kernel does on its own."""
+    server = open_listening_socket("0.0.0.0", 0)
+    receiver = UdpBatcher(server)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.settimeout(5)
+    try:
+        client.sendto(b"hello", ("127.0.0.2", server.getsockname()[1]))
+        [(_, endpoint)] = collect(receiver, 1)
+        receiver.send([(b"reply", endpoint)])
+        assert client.recvfrom(2048)[1][0] == "127.0.0.1"
+    finally:
+        server.close()
+        client.close()

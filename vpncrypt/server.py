@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import time
 from typing import Any
@@ -39,8 +40,10 @@ def run_server(config: ServerConfig) -> int:
     core = build_core(config, time.time())
     listen = functools.partial(open_listening_socket, config.listen_address, config.port)
     with tunnel_and_socket(config.interface, config.offload, network_plan(config), listen) as (tun, sock):
+        # Listening on every address, answer each client from the one it sent to.
+        udp = UdpBatcher(sock, reply_from_destination=ipaddress.ip_address(config.listen_address).is_unspecified)
         daemon = Daemon(
-            tun, UdpBatcher(sock), from_network=core.datagrams_received,
+            tun, udp, from_network=core.datagrams_received,
             from_tun=core.tun_packets_received, status=lambda: server_status(core),
         )
         log.info(

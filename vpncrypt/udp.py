@@ -61,6 +61,8 @@ def format_endpoint(endpoint: Any) -> str | None:
     """'198.51.100.7:4000' or '[2001:db8::7]:4000', IPv4-mapped IPv6 shown as IPv4."""
     if endpoint is None:
         return None
+    if isinstance(endpoint[0], tuple):
+        endpoint = endpoint[0]  # (address, the local address it sent to): see UdpBatcher
     host, port = endpoint[0], endpoint[1]
     if host.startswith("::ffff:") and "." in host:
         host = host[7:]
@@ -75,6 +77,10 @@ GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000  # under IPv4's 65,507-byte UDP payload limit
 _GSO_REFUSED = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EIO}
 _GRO_ANCILLARY = socket.CMSG_SPACE(4)
+# The destination address of a received datagram (linux/in.h, linux/in6.h).
+IP_PKTINFO = 8
+_PKTINFO_ANCILLARY = socket.CMSG_SPACE(20)  # struct in6_pktinfo; in_pktinfo is 12 bytes
+_NO_INTERFACE = bytes(4)
 
 
 class UdpBatcher:
@@ -86,9 +92,16 @@ class UdpBatcher:
     the wire they stay separate datagrams, so a peer without offloads sees no
     difference. If the kernel refuses either, it is switched off for this
     socket and the datagrams go one by one.
+
+    With ``reply_from_destination`` (a server listening on every address),
+    each received datagram's address is paired with the local address it was
+    sent to, and what is sent to that pair leaves from that address. Without
+    it the kernel picks the source by route, which on a host with a second
+    address (a floating IP) is not the one the client sent to, and a NAT or
+    firewall in front of the client drops the reply.
     """
 
-    def __init__(self, sock: socket.socket, *, offload: bool = True) -> None:
+    def __init__(self, sock: socket.socket, *, offload: bool = True, reply_from_destination: bool = False) -> None:
         self.sock = sock
         self._buffer = bytearray(1 << 17)  # a coalesced read is at most 64 KiB
         self._view = memoryview(self._buffer)
@@ -101,14 +114,22 @@ class UdpBatcher:
                 self.gro = True
             except OSError:
                 pass
+        self.sticky = False
+        if reply_from_destination:
+            if sock.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)  # IPv4-mapped ones too
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            self.sticky = True
+        self._ancillary = (_GRO_ANCILLARY if self.gro else 0) + (_PKTINFO_ANCILLARY if self.sticky else 0)
 
     def receive(self, limit: int) -> list[tuple[bytes, Any]]:
         datagrams: list[tuple[bytes, Any]] = []
         view = self._view
         while len(datagrams) < limit:
             try:
-                if self.gro:
-                    size, ancillary, flags, address = self.sock.recvmsg_into([self._buffer], _GRO_ANCILLARY)
+                if self._ancillary:
+                    size, ancillary, flags, address = self.sock.recvmsg_into([self._buffer], self._ancillary)
                 else:
                     size, address = self.sock.recvfrom_into(self._buffer)
                     ancillary, flags = (), 0
@@ -120,9 +141,17 @@ class UdpBatcher:
             if flags & socket.MSG_TRUNC:
                 continue
             segment = size
+            source = None
             for level, kind, data in ancillary:
                 if level == SOL_UDP and kind == UDP_GRO:
                     segment = int.from_bytes(data[:4], sys.byteorder) or size
+                elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
+                    # Sent back as it came, but with no interface: the route picks it.
+                    source = (level, kind, data[:16] + _NO_INTERFACE)
+                elif level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+                    source = (level, kind, _NO_INTERFACE + data[8:12] + bytes(4))  # spec_dst = the address it came to
+            if self.sticky:
+                address = (address, source)
             if segment >= size:
                 datagrams.append((bytes(view[:size]), address))
             else:
@@ -157,22 +186,33 @@ class UdpBatcher:
             first = end
 
     def _send_segmented(self, run: list[tuple[bytes, Any]], size: int, endpoint: Any) -> None:
+        ancillary = [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder))]
+        if self.sticky:
+            endpoint, source = endpoint
+            if source:
+                ancillary.append(source)
         try:
-            self.sock.sendmsg([d for d, _ in run], [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder))],
-                              0, endpoint)
+            self.sock.sendmsg([d for d, _ in run], ancillary, 0, endpoint)
         except OSError as error:
             if error.errno in _GSO_REFUSED:
-                self.gso = False  # this kernel or route will not segment: one by one from now on
+                errors = self.send_errors
                 self._send_each(run)
+                if self.send_errors == errors:
+                    self.gso = False  # one by one they went: this kernel or route will not segment
             else:
                 self.send_errors += len(run)
 
     def _send_each(self, datagrams: list[tuple[bytes, Any]]) -> None:
-        sendto = self.sock.sendto
+        sendto, sendmsg, sticky = self.sock.sendto, self.sock.sendmsg, self.sticky
         for datagram, endpoint in datagrams:
             try:
-                sendto(datagram, endpoint)
+                if sticky:
+                    address, source = endpoint
+                    sendmsg([datagram], [source] if source else [], 0, address)
+                else:
+                    sendto(datagram, endpoint)
             except OSError:
-                # Full buffer, network down, no route: lost like on any
-                # network, and the tunnel carries on when the network is back.
+                # Full buffer, network down, no route, a local address that
+                # has gone: lost like on any network, and the tunnel carries
+                # on when the network is back.
                 self.send_errors += 1

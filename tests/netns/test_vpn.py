@@ -94,6 +94,21 @@ def test_udp_segmentation_offload_senders(vpn):
 BEYOND_SERVER, BEYOND_SERVER6 = "192.0.2.100", "2001:db8:9::1"  # on the server, reached through it
 
 
+def start_client_a_again(vpn, old: str | None = None, new: str | None = None) -> None:
+    """Client a started anew (after a stop or a kill), its config edited first."""
+    if old is not None:
+        config = vpn.configs / "a.toml"
+        text = config.read_text()
+        assert old in text
+        config.write_text(text.replace(old, new))
+    # A new socket: the router's NAT forgets the old one's fixed mapping.
+    vpn.snat(ROUTER_UNDERLAY, 40000)
+    # A sender restarted within the second of its previous datagrams is not heard
+    # until that second has passed (docs/PROTOCOL.md, section 6): start after it.
+    time.sleep(1.0)
+    vpn.start_client("a")
+
+
 def our_rules(vpn, ns):
     """The policy rules in ``ns`` besides the kernel's three default ones, each family."""
     rules = []
@@ -116,11 +131,7 @@ def test_default_route_through_the_tunnel(vpn):
         f" ip daddr {BEYOND_SERVER} drop; }}\n}}\n"))
     assert ping(vpn, a, BEYOND_SERVER, 1).returncode != 0
     assert vpn.lab.stop(vpn.processes["client-a"]) == 0
-    config = vpn.configs / "a.toml"
-    config.write_text(config.read_text().replace("routes = []", 'routes = ["0.0.0.0/0", "::/0"]'))
-    # Each restart is a new socket: the router's NAT forgets the old one's fixed mapping.
-    vpn.snat(ROUTER_UNDERLAY, 40000)
-    vpn.start_client("a")
+    start_client_a_again(vpn, "routes = []", 'routes = ["0.0.0.0/0", "::/0"]')
     # The device is up before its routes and rules are: wait for the last of them.
     assert wait_for(lambda: len(our_rules(vpn, a)) == 4)
     assert ping(vpn, a, BEYOND_SERVER).returncode == 0
@@ -130,13 +141,25 @@ def test_default_route_through_the_tunnel(vpn):
     os.kill(vpn.processes["client-a"].pid, signal.SIGKILL)
     vpn.processes["client-a"].wait(5)
     assert len(our_rules(vpn, a)) == 4  # left behind by the killed client
-    vpn.snat(ROUTER_UNDERLAY, 40000)
-    vpn.start_client("a")
+    start_client_a_again(vpn)
     assert ping(vpn, a, BEYOND_SERVER).returncode == 0
     assert len(our_rules(vpn, a)) == 4  # cleared at start, then made again: not twice
     assert vpn.lab.stop(vpn.processes["client-a"]) == 0
     assert our_rules(vpn, a) == []
     assert ping(vpn, a, SERVER_UNDERLAY).returncode == 0  # the main table's default route again
+
+
+def test_a_server_answers_from_the_address_a_client_sent_to(vpn):
+    """A second address on the server (a floating IP): client a, behind NAT, uses it.
+    Answers from the server's first address would not match the NAT's mapping."""
+    a = vpn.client_ns["a"]
+    second = "192.0.2.2"
+    vpn.lab.run(vpn.server_ns, ["ip", "address", "add", f"{second}/24", "dev", vpn.server_underlay_interface])
+    assert vpn.lab.stop(vpn.processes["client-a"]) == 0
+    start_client_a_again(vpn, f'server = "{SERVER_UNDERLAY}:{PORT}"', f'server = "{second}:{PORT}"')
+    assert ping(vpn, a, SERVER).returncode == 0
+    assert ping(vpn, a, TUNNEL_ADDRESS6["server"]).returncode == 0
+    assert client_status(vpn, "a")["endpoint"] == f"{ROUTER_UNDERLAY}:40000"
 
 
 def test_roaming_across_source_ports_and_addresses(vpn):
