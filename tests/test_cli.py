@@ -144,6 +144,7 @@ def test_wrong_key_length_does_not_show_the_key(configs):
     ('server = "192.0.2.1:51820"', 'server = "192.0.2.1"', "is not HOST:PORT"),
     ("keepalive = 25", "keepalive = -1", "from 0 (off)"),
     ("keepalive = 25", "keepalive = 25\nfwmark = 0", "from 1 to 4294967295"),
+    ("keepalive = 25", "keepalive = 25\nresolve_interval = 0.5", "0 (never) or from 1 to 86400"),
     ('interface = "vpncrypt0"', 'interface = "much-too-long-name0"', "not a valid interface name"),
 ])
 def test_broken_client_config(configs, old, new, message):

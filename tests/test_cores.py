@@ -474,3 +474,16 @@ def test_cipher_contexts_stay_within_their_budget_and_come_back_when_needed():
     [(datagram, _)] = server.tun_packets_received([ipv6_packet("2001:db8:5::1", "2001:db8:5::2")], NOW + 9)
     assert open_datagram(AESSIV(keys[0]), datagram, direction=TO_CLIENT, server_id=SERVER_ID, now=NOW + 9)
     assert sum(p.aead is not None for p in server.peers.values()) <= 4
+
+
+def test_a_server_looked_up_again_moves_only_when_its_address_is_gone():
+    client = make_client()
+    assert client.server_resolved([]) is None  # nothing known: stay
+    assert client.server_resolved([("192.0.2.9", 51820), SERVER_EP]) is None  # still among them: no hop
+    assert client.server.endpoint == SERVER_EP
+    assert client.server_resolved([("192.0.2.9", 51820), ("192.0.2.8", 51820)]) == ("192.0.2.9", 51820)
+    assert client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR)], NOW)[0][1] == ("192.0.2.9", 51820)
+    six = make_client()
+    six.server.endpoint = ("2001:db8::1", 51820, 0, 0)
+    assert six.server_resolved([("2001:db8::1", 51820, 0, 0)]) is None
+    assert six.server_resolved([("2001:db8::1", 51821, 0, 0)]) == ("2001:db8::1", 51821, 0, 0)  # the port counts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import socket
 import time
@@ -20,6 +21,51 @@ log = logging.getLogger("vpncrypt.client")
 
 class ResolveError(Exception):
     pass
+
+
+class ServerLookups:
+    """Looks a server given by name up again every ``interval`` seconds, as a
+    roaming server with a dynamic address needs (wg-quick leaves this to a
+    script). The core decides whether to move; a failed lookup keeps the
+    address the client has, with one warning until lookups work again."""
+
+    def __init__(self, core: ClientCore, host: str, port: int, family: int, interval: float) -> None:
+        self.core = core
+        self.host, self.port, self.family, self.interval = host, port, family, interval
+        self.failing = False
+        self._lookup: asyncio.Task | None = None  # kept: the loop holds tasks only weakly
+
+    def start(self) -> None:
+        asyncio.get_running_loop().call_later(self.interval, self._due)
+
+    def _due(self) -> None:
+        self._lookup = asyncio.get_running_loop().create_task(self.look_up())
+
+    async def look_up(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(self.host, self.port, family=self.family, type=socket.SOCK_DGRAM)
+        except OSError as error:  # socket.gaierror included
+            if not self.failing:
+                log.warning("cannot look up server %r again (%s); staying at %s", self.host,
+                            getattr(error, "strerror", None) or error, format_endpoint(self.core.server.endpoint))
+            self.failing = True
+        else:
+            self.failing = False
+            before = self.core.server.endpoint
+            moved = self.core.server_resolved([info[4] for info in infos])
+            if moved is not None:
+                log.info("server %r is now at %s (was %s)", self.host, format_endpoint(moved), format_endpoint(before))
+        loop.call_later(self.interval, self._due)
+
+
+def is_name(host: str) -> bool:
+    """True for a host name, False for an address literal (never looked up again)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False
 
 
 def resolve(server: str) -> tuple[int, Any]:
@@ -80,5 +126,13 @@ def run_client(config: ClientConfig) -> int:
         )
         log.info("client %r (ID %d) to server %s, interface %s",
                  config.name, config.client_id, format_endpoint(endpoint), tun.name)
-        run_until_signalled(daemon, on_start=lambda: schedule_keepalives(core, udp, daemon.clock))
+        host, port = parse_endpoint(config.server)
+        lookups = ServerLookups(core, host, port, family, config.resolve_interval)
+
+        def on_start() -> None:
+            schedule_keepalives(core, udp, daemon.clock)
+            if is_name(host) and config.resolve_interval:
+                lookups.start()
+
+        run_until_signalled(daemon, on_start=on_start)
     return 0

@@ -56,6 +56,17 @@ class ClientCore:
         )
         return [packet for _, packet in opened]
 
+    def server_resolved(self, addresses: list[Any]) -> Any | None:
+        """The server's name was looked up again, giving socket ``addresses``.
+        Move to the first unless the current endpoint is among them, so that a
+        name with several addresses does not make the client hop between them.
+        Returns the new endpoint, or None if the client stays."""
+        server = self.server
+        if not addresses or any(address[:2] == server.endpoint[:2] for address in addresses):
+            return None
+        server.endpoint = addresses[0]
+        return server.endpoint
+
     def tun_packets_received(self, packets: list[bytes], now: float) -> list[tuple[bytes, Any]]:
         return self._send(KIND_DATA, packets, now) if packets else []
 

@@ -26,6 +26,7 @@ DEFAULT_KEEPALIVE = 25
 # Marks the client's own datagrams when the tunnel has the default route, and
 # numbers the routing table that route goes into ("vc"; wg-quick uses 51820).
 DEFAULT_FWMARK = 0x7663
+DEFAULT_RESOLVE_INTERVAL = 60  # seconds between lookups of a server given by name
 
 
 class ConfigError(Exception):
@@ -72,6 +73,7 @@ class ClientConfig:
     time_window: int
     offload: bool
     fwmark: int
+    resolve_interval: float
 
     @property
     def allowed_sources(self) -> tuple[Network, ...]:
@@ -266,7 +268,7 @@ def load_client_config(path: str | os.PathLike) -> ClientConfig:
     top = _Section(path, "file", data, {"client"})
     client = _Section(path, "[client]", top.get("client", dict), {
         "name", "client_id", "key", "server", "server_id", "addresses", "routes", "interface",
-        "mtu", "keepalive", "time_window", "offload", "fwmark",
+        "mtu", "keepalive", "time_window", "offload", "fwmark", "resolve_interval",
     })
     server = client.get("server", str)
     try:
@@ -276,6 +278,9 @@ def load_client_config(path: str | os.PathLike) -> ClientConfig:
     keepalive = client.get("keepalive", float, float(DEFAULT_KEEPALIVE))
     if not 0 <= keepalive <= 3600:
         raise client.fail("keepalive", f"must be from 0 (off) to 3600 seconds, not {keepalive:g}")
+    resolve_interval = client.get("resolve_interval", float, float(DEFAULT_RESOLVE_INTERVAL))
+    if not (resolve_interval == 0 or 1 <= resolve_interval <= 86400):
+        raise client.fail("resolve_interval", f"must be 0 (never) or from 1 to 86400 seconds, not {resolve_interval:g}")
     return ClientConfig(
         path=path,
         name=client.get("name", str, path.stem),
@@ -291,4 +296,5 @@ def load_client_config(path: str | os.PathLike) -> ClientConfig:
         time_window=client.integer("time_window", 1, MAX_TIME_WINDOW, DEFAULT_TIME_WINDOW),
         offload=client.get("offload", bool, True),
         fwmark=client.integer("fwmark", 1, 2**32 - 1, DEFAULT_FWMARK),
+        resolve_interval=resolve_interval,
     )

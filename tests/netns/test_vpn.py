@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import time
+from pathlib import Path
 
 from vpncrypt.netlab import (
     CLIENT_B_UNDERLAY6, PORT, ROUTER_CLIENT_SIDE, ROUTER_SECOND_ADDRESS, ROUTER_UNDERLAY, SERVER_UNDERLAY,
@@ -160,6 +161,38 @@ def test_a_server_answers_from_the_address_a_client_sent_to(vpn):
     assert ping(vpn, a, SERVER).returncode == 0
     assert ping(vpn, a, TUNNEL_ADDRESS6["server"]).returncode == 0
     assert client_status(vpn, "a")["endpoint"] == f"{ROUTER_UNDERLAY}:40000"
+
+
+def test_a_server_given_by_name_is_followed_to_its_new_address(vpn):
+    """The server's address changes and its name with it (dynamic DNS): client a,
+    which names it, finds it again without a restart. The name is made with a hosts
+    file for client a's namespace alone (``ip netns exec`` mounts /etc/netns/NS/hosts)."""
+    a = vpn.client_ns["a"]
+    hosts = Path("/etc/netns") / a / "hosts"
+    made_etc_netns = not hosts.parent.parent.exists()
+    hosts.parent.mkdir(parents=True)
+    try:
+        hosts.write_text(f"{SERVER_UNDERLAY} vpn.example\n")
+        assert vpn.lab.stop(vpn.processes["client-a"]) == 0
+        start_client_a_again(vpn, f'server = "{SERVER_UNDERLAY}:{PORT}"', f'server = "vpn.example:{PORT}"\n'
+                             "resolve_interval = 1")
+        assert ping(vpn, a, SERVER).returncode == 0
+        moved = "192.0.2.2"
+        interface = vpn.server_underlay_interface
+        # The new address takes over from the old, with its routes (not deleted with it).
+        vpn.lab.run(vpn.server_ns, ["sysctl", "-qw", f"net.ipv4.conf.{interface}.promote_secondaries=1"])
+        vpn.lab.run(vpn.server_ns, ["ip", "address", "add", f"{moved}/24", "dev", interface])
+        vpn.lab.run(vpn.server_ns, ["ip", "address", "delete", f"{SERVER_UNDERLAY}/24", "dev", interface])
+        with hosts.open("w") as file:  # the same file: the mount shows what is written to it
+            file.write(f"{moved} vpn.example\n")
+        log = vpn.lab.workdir / "client-a.log"
+        assert wait_for(lambda: f"is now at {moved}:{PORT}" in log.read_text(), 5)
+        assert ping(vpn, a, SERVER).returncode == 0
+    finally:
+        hosts.unlink(missing_ok=True)
+        hosts.parent.rmdir()
+        if made_etc_netns:
+            hosts.parent.parent.rmdir()
 
 
 def test_roaming_across_source_ports_and_addresses(vpn):
