@@ -10,7 +10,7 @@ from pathlib import Path
 
 from vpncrypt.netlab import (
     CLIENT_B_UNDERLAY6, PORT, ROUTER_CLIENT_SIDE, ROUTER_SECOND_ADDRESS, ROUTER_UNDERLAY, SERVER_UNDERLAY,
-    TUNNEL_ADDRESS, TUNNEL_ADDRESS6,
+    SERVER_UNDERLAY6, TUNNEL_ADDRESS, TUNNEL_ADDRESS6,
 )
 from vpncrypt.peer import Peer
 from vpncrypt.wire import KIND_DATA, TO_SERVER
@@ -95,19 +95,19 @@ def test_udp_segmentation_offload_senders(vpn):
 BEYOND_SERVER, BEYOND_SERVER6 = "192.0.2.100", "2001:db8:9::1"  # on the server, reached through it
 
 
-def start_client_a_again(vpn, old: str | None = None, new: str | None = None) -> None:
-    """Client a started anew (after a stop or a kill), its config edited first."""
+def start_client_again(vpn, name: str, old: str | None = None, new: str | None = None) -> None:
+    """A client started anew (after a stop or a kill), its config edited first."""
     if old is not None:
-        config = vpn.configs / "a.toml"
+        config = vpn.configs / f"{name}.toml"
         text = config.read_text()
         assert old in text
         config.write_text(text.replace(old, new))
-    # A new socket: the router's NAT forgets the old one's fixed mapping.
+    # A new socket: the router's NAT forgets the old one's fixed mapping (client a's).
     vpn.snat(ROUTER_UNDERLAY, 40000)
     # A sender restarted within the second of its previous datagrams is not heard
     # until that second has passed (docs/PROTOCOL.md, section 6): start after it.
     time.sleep(1.0)
-    vpn.start_client("a")
+    vpn.start_client(name)
 
 
 def our_rules(vpn, ns):
@@ -132,7 +132,7 @@ def test_default_route_through_the_tunnel(vpn):
         f" ip daddr {BEYOND_SERVER} drop; }}\n}}\n"))
     assert ping(vpn, a, BEYOND_SERVER, 1).returncode != 0
     assert vpn.lab.stop(vpn.processes["client-a"]) == 0
-    start_client_a_again(vpn, "routes = []", 'routes = ["0.0.0.0/0", "::/0"]')
+    start_client_again(vpn, "a", "routes = []", 'routes = ["0.0.0.0/0", "::/0"]')
     # The device is up before its routes and rules are: wait for the last of them.
     assert wait_for(lambda: len(our_rules(vpn, a)) == 4)
     assert ping(vpn, a, BEYOND_SERVER).returncode == 0
@@ -142,7 +142,7 @@ def test_default_route_through_the_tunnel(vpn):
     os.kill(vpn.processes["client-a"].pid, signal.SIGKILL)
     vpn.processes["client-a"].wait(5)
     assert len(our_rules(vpn, a)) == 4  # left behind by the killed client
-    start_client_a_again(vpn)
+    start_client_again(vpn, "a")
     assert ping(vpn, a, BEYOND_SERVER).returncode == 0
     assert len(our_rules(vpn, a)) == 4  # cleared at start, then made again: not twice
     assert vpn.lab.stop(vpn.processes["client-a"]) == 0
@@ -151,16 +151,32 @@ def test_default_route_through_the_tunnel(vpn):
 
 
 def test_a_server_answers_from_the_address_a_client_sent_to(vpn):
-    """A second address on the server (a floating IP): client a, behind NAT, uses it.
-    Answers from the server's first address would not match the NAT's mapping."""
-    a = vpn.client_ns["a"]
-    second = "192.0.2.2"
-    vpn.lab.run(vpn.server_ns, ["ip", "address", "add", f"{second}/24", "dev", vpn.server_underlay_interface])
-    assert vpn.lab.stop(vpn.processes["client-a"]) == 0
-    start_client_a_again(vpn, f'server = "{SERVER_UNDERLAY}:{PORT}"', f'server = "{second}:{PORT}"')
+    """Second addresses on the server (floating IPs): client a, behind NAT, uses the
+    IPv4 one, client b, behind a stateful IPv6 firewall, the IPv6 one. Answers from
+    the server's first addresses would match neither the NAT's mapping nor the
+    firewall's connection."""
+    a, b = vpn.client_ns["a"], vpn.client_ns["b"]
+    second, second6 = "192.0.2.2", "2001:db8:1::2"
+    interface = vpn.server_underlay_interface
+    vpn.lab.run(vpn.server_ns, ["ip", "address", "add", f"{second}/24", "dev", interface])
+    vpn.lab.run(vpn.server_ns, ["ip", "address", "add", f"{second6}/64", "dev", interface, "nodad"])
+    vpn.lab.run(vpn.router_ns, ["nft", "-f", "-"], input=(
+        "table ip6 vcstate {\n  chain forward { type filter hook forward priority 0;"
+        " ct state established accept; ip6 saddr 2001:db8:1::/64 udp sport 51820 drop; }\n}\n"))
+    # For IPv6 the kernel's source selection may well pick the new address: client b
+    # uses whichever of the two it does not pick.
+    route = vpn.lab.run(vpn.server_ns, ["ip", "-6", "route", "get", CLIENT_B_UNDERLAY6]).stdout
+    picked = route.split(" src ")[1].split()[0]
+    unpicked6 = second6 if picked == SERVER_UNDERLAY6 else SERVER_UNDERLAY6
+    for name, old, new in (("a", f"{SERVER_UNDERLAY}:{PORT}", f"{second}:{PORT}"),
+                           ("b", f"[{SERVER_UNDERLAY6}]:{PORT}", f"[{unpicked6}]:{PORT}")):
+        assert vpn.lab.stop(vpn.processes[f"client-{name}"]) == 0
+        start_client_again(vpn, name, f'server = "{old}"', f'server = "{new}"')
     assert ping(vpn, a, SERVER).returncode == 0
     assert ping(vpn, a, TUNNEL_ADDRESS6["server"]).returncode == 0
+    assert ping(vpn, b, TUNNEL_ADDRESS6["server"]).returncode == 0
     assert client_status(vpn, "a")["endpoint"] == f"{ROUTER_UNDERLAY}:40000"
+    assert client_status(vpn, "b")["endpoint"].startswith(f"[{CLIENT_B_UNDERLAY6}]:")
 
 
 def test_a_server_given_by_name_is_followed_to_its_new_address(vpn):
@@ -174,7 +190,7 @@ def test_a_server_given_by_name_is_followed_to_its_new_address(vpn):
     try:
         hosts.write_text(f"{SERVER_UNDERLAY} vpn.example\n")
         assert vpn.lab.stop(vpn.processes["client-a"]) == 0
-        start_client_a_again(vpn, f'server = "{SERVER_UNDERLAY}:{PORT}"', f'server = "vpn.example:{PORT}"\n'
+        start_client_again(vpn, "a", f'server = "{SERVER_UNDERLAY}:{PORT}"', f'server = "vpn.example:{PORT}"\n'
                              "resolve_interval = 1")
         assert ping(vpn, a, SERVER).returncode == 0
         moved = "192.0.2.2"
