@@ -68,9 +68,8 @@ def is_name(host: str) -> bool:
     return False
 
 
-def resolve(server: str) -> tuple[int, Any]:
+def resolve(host: str, port: int) -> tuple[int, Any]:
     """(address family, socket address) of the server, from a name or a literal."""
-    host, port = parse_endpoint(server)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except socket.gaierror as error:
@@ -110,7 +109,8 @@ def schedule_keepalives(core: ClientCore, udp: UdpBatcher, clock) -> None:
 
 
 def run_client(config: ClientConfig) -> int:
-    family, endpoint = resolve(config.server)
+    host, port = parse_endpoint(config.server)
+    family, endpoint = resolve(host, port)
     core = ClientCore(
         config.client_id, config.key, server_id=config.server_id, server_endpoint=endpoint,
         routes=config.allowed_sources, now=time.time(), time_window=config.time_window,
@@ -126,12 +126,13 @@ def run_client(config: ClientConfig) -> int:
         )
         log.info("client %r (ID %d) to server %s, interface %s",
                  config.name, config.client_id, format_endpoint(endpoint), tun.name)
-        host, port = parse_endpoint(config.server)
-        lookups = ServerLookups(core, host, port, family, config.resolve_interval)
+        lookups = None
+        if is_name(host) and config.resolve_interval:
+            lookups = ServerLookups(core, host, port, family, config.resolve_interval)
 
         def on_start() -> None:
             schedule_keepalives(core, udp, daemon.clock)
-            if is_name(host) and config.resolve_interval:
+            if lookups is not None:
                 lookups.start()
 
         run_until_signalled(daemon, on_start=on_start)

@@ -159,12 +159,18 @@ def udp_gso_source(address: str, port: int, count: int, size: int) -> dict:
     return {"sent": sent, "calls": calls}
 
 
-def udp_sink(address: str, port: int, count: int) -> dict:
+def udp_receiver(address: str, port: int) -> socket.socket:
+    """A bound UDP socket with room for bursts, announced as listening."""
     sock = socket.socket(family(address), socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     sock.bind((address, port))
-    sock.settimeout(10)
     print(json.dumps({"listening": port}), flush=True)
+    return sock
+
+
+def udp_sink(address: str, port: int, count: int) -> dict:
+    sock = udp_receiver(address, port)
+    sock.settimeout(10)
     received = intact = 0
     sizes: set[int] = set()
     start = time.monotonic()
@@ -201,12 +207,9 @@ def udp_flood(address: str, port: int, seconds: float, size: int) -> dict:
 
 def udp_count(address: str, port: int) -> dict:
     """Datagrams that arrive, counted cheaply: with UDP_GRO one read may hold many."""
-    sock = socket.socket(family(address), socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock = udp_receiver(address, port)
     sock.setsockopt(SOL_UDP, UDP_GRO, 1)
-    sock.bind((address, port))
     sock.settimeout(DEADLINE)
-    print(json.dumps({"listening": port}), flush=True)
     buffer = bytearray(1 << 17)
     datagrams = total = 0
     first = last = time.monotonic()

@@ -29,21 +29,17 @@ TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
 TUN_F_USO4 = 0x20
 TUN_F_USO6 = 0x40
-# What to ask for, best first: the kernel refuses flags it does not know (EINVAL).
+# What to ask for, best first, and what the log calls it: the kernel refuses
+# flags it does not know (EINVAL).
 OFFLOAD_CHOICES = (
-    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6,
-    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
+    (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6, "checksums, TCP and UDP segmentation"),
+    (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6, "checksums and TCP segmentation (the kernel refused UDP)"),
 )
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 SIOCGIFMTU = 0x8921
 _IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, then flags in the union
-_OFFLOAD_NAMES = {
-    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6: "checksums, TCP and UDP segmentation",
-    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6: "checksums and TCP segmentation (the kernel refused UDP)",
-    0: "none taken by the kernel",
-}
 _READ_SIZE = 65536  # the largest IP packet; MTU changes at run time cannot truncate
 
 
@@ -77,16 +73,16 @@ class LinuxTun:
                 raise TunError(f"{name} is in use by another process") from None
             raise TunError(f"cannot create {name}: {error.strerror}") from None
         actual = _IFREQ.unpack(reply)[0].rstrip(b"\0").decode()
-        segmentation = 0
-        for choice in OFFLOAD_CHOICES if offload else ():
+        segmentation, taken = 0, "none taken by the kernel"
+        for choice, description in OFFLOAD_CHOICES if offload else ():
             try:
                 fcntl.ioctl(fd, TUNSETOFFLOAD, choice)
             except OSError:
                 continue  # with none, the kernel hands over plain packets; merged writes still work
-            segmentation = choice
+            segmentation, taken = choice, description
             break
         if offload:
-            logging.getLogger("vpncrypt").info("%s offloads: %s", actual, _OFFLOAD_NAMES[segmentation])
+            logging.getLogger("vpncrypt").info("%s offloads: %s", actual, taken)
         return cls(fd, actual, offload, segmentation)
 
     def fileno(self) -> int:
