@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV  # noqa: E402
 
-from vpncrypt.server_core import ClientEntry, ServerCore  # noqa: E402
-from vpncrypt.peer import Peer  # noqa: E402
-from vpncrypt.wire import KIND_DATA, TO_SERVER, ad_suffix, encode_header  # noqa: E402
+from vpncrypt.core.server import ClientEntry, ServerCore  # noqa: E402
+from vpncrypt.core.peer import Peer  # noqa: E402
+from vpncrypt.core.wire import KIND_DATA, TO_SERVER, ad_suffix, encode_header  # noqa: E402
 
 BATCH = 64
 NOW = 1_700_000_000.0

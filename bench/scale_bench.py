@@ -31,9 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vpncrypt.peer import Peer  # noqa: E402
-from vpncrypt.server_core import ClientEntry, ServerCore  # noqa: E402
-from vpncrypt.wire import KIND_DATA, TO_SERVER, encode_header  # noqa: E402
+from vpncrypt.core.peer import Peer  # noqa: E402
+from vpncrypt.core.server import ClientEntry, ServerCore  # noqa: E402
+from vpncrypt.core.wire import KIND_DATA, TO_SERVER, encode_header  # noqa: E402
 
 NOW = 1_800_000_000.0
 BATCH = 64

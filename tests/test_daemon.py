@@ -8,13 +8,13 @@ import os
 import socket
 import time
 
-from vpncrypt.client_core import ClientCore
+from vpncrypt.core.client import ClientCore
 from vpncrypt.daemon import Daemon
-from vpncrypt.server_core import ClientEntry, ServerCore
+from vpncrypt.core.server import ClientEntry, ServerCore
 from vpncrypt.tun.memory import MemoryTun
-from vpncrypt.udp import UdpBatcher, format_endpoint, open_client_socket, open_listening_socket
+from vpncrypt.transport.udp import UdpBatcher, format_endpoint, open_client_socket, open_listening_socket
 
-from .conftest import ipv4_packet
+from tests.builders import ipv4_packet
 
 KEY = os.urandom(64)
 

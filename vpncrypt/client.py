@@ -11,10 +11,10 @@ import time
 from typing import Any
 
 from . import netconfig
-from .client_core import ClientCore
+from .core.client import ClientCore
 from .config import ClientConfig, parse_endpoint
 from .daemon import Daemon, run_until_signalled, tunnel_and_socket
-from .udp import UdpBatcher, format_endpoint, open_client_socket
+from .transport.udp import UdpBatcher, format_endpoint, open_client_socket
 
 log = logging.getLogger("vpncrypt.client")
 

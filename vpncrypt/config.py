@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .inner import Network
-from .keys import decode_key
-from .wire import DEFAULT_TIME_WINDOW, MAX_CLIENT_ID, MAX_TIME_WINDOW
+from .core.inner import Network
+from .core.keys import decode_key
+from .core.wire import DEFAULT_TIME_WINDOW, MAX_CLIENT_ID, MAX_TIME_WINDOW
 
 DEFAULT_PORT = 51820
 DEFAULT_MTU = 1420  # 1500 - 40 (IPv6) - 8 (UDP) - 24 (vpncrypt) - 8 spare

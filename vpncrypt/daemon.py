@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 from . import netconfig
 from .tun import TunDevice, open_tun
-from .udp import UdpBatcher
+from .transport.udp import UdpBatcher
 
 log = logging.getLogger("vpncrypt")
 

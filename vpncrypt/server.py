@@ -11,8 +11,8 @@ from typing import Any
 from . import netconfig
 from .config import ServerConfig
 from .daemon import Daemon, run_until_signalled, tunnel_and_socket
-from .server_core import ClientEntry, ServerCore
-from .udp import UdpBatcher, format_endpoint, open_listening_socket
+from .core.server import ClientEntry, ServerCore
+from .transport.udp import UdpBatcher, format_endpoint, open_listening_socket
 
 log = logging.getLogger("vpncrypt.server")
 

@@ -12,8 +12,8 @@ from vpncrypt.netlab import (
     CLIENT_B_UNDERLAY6, PORT, ROUTER_CLIENT_SIDE, ROUTER_SECOND_ADDRESS, ROUTER_UNDERLAY, SERVER_UNDERLAY,
     SERVER_UNDERLAY6, TUNNEL_ADDRESS, TUNNEL_ADDRESS6,
 )
-from vpncrypt.peer import Peer
-from vpncrypt.wire import KIND_DATA, TO_SERVER
+from vpncrypt.core.peer import Peer
+from vpncrypt.core.wire import KIND_DATA, TO_SERVER
 
 from .conftest import job, ping
 

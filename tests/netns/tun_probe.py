@@ -28,12 +28,12 @@ import subprocess
 import sys
 import time
 
-from vpncrypt.inner import PartialChecksumPacket, complete_checksum
+from vpncrypt.core.inner import PartialChecksumPacket, complete_checksum
 from vpncrypt.tun import linux
 from vpncrypt.tun.linux import TUN_F_USO4, TUNSETOFFLOAD, LinuxTun
 from vpncrypt.tun.offload import GSO_ECN, VNET_HEADER, coalesce, split
 
-from ..test_offload import ACK, CWR, FIN, PSH, datagrams, flow
+from ..tun.test_offload import ACK, CWR, FIN, PSH, datagrams, flow
 
 NAME = "vcprobe0"
 LOCAL = {"4": "203.0.113.1", "6": "2001:db8:7::1"}  # B4 / B6 of test_offload

@@ -13,8 +13,8 @@ from pathlib import Path
 from ..config import (
     DEFAULT_INTERFACE, DEFAULT_KEEPALIVE, DEFAULT_MTU, ConfigError, load_server_config, parse_endpoint,
 )
-from ..keys import encode_key, new_key
-from ..wire import MAX_CLIENT_ID
+from ..core.keys import encode_key, new_key
+from ..core.wire import MAX_CLIENT_ID
 from .common import error_exit
 
 PROGRAM = "vpncrypt-keygen"

@@ -18,7 +18,7 @@ import os
 import socket
 import struct
 
-from ..inner import PartialChecksumPacket, checksum_location, complete_checksum
+from ..core.inner import PartialChecksumPacket, checksum_location, complete_checksum
 from . import TunError
 from .offload import F_NEEDS_CSUM, GSO_UDP_L4, VNET_HEADER, VNET_HEADER_LEN, coalesce, split, split_datagrams
 

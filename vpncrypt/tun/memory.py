@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 
-from ..inner import PartialChecksumPacket, complete_checksum
+from ..core.inner import PartialChecksumPacket, complete_checksum
 
 
 class MemoryTun:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 
-from ..inner import PartialChecksumPacket, checksum_location
+from ..core.inner import PartialChecksumPacket, checksum_location
 
 VNET_HEADER = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 VNET_HEADER_LEN = VNET_HEADER.size

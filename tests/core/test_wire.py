@@ -9,13 +9,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vpncrypt import wire
-from vpncrypt.wire import (
+from vpncrypt.core import wire
+from vpncrypt.core.wire import (
     KIND_DATA, KIND_KEEPALIVE, OVERHEAD, TO_CLIENT, TO_SERVER, Rejected, decode_header,
     encode_header, open_datagram, rebuild_timestamp, seal_datagram,
 )
 
-from .conftest import NOW, SERVER_ID
+from tests.builders import NOW, SERVER_ID
 
 
 def test_overhead_is_at_most_24_bytes():

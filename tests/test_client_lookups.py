@@ -8,7 +8,7 @@ import logging
 import socket
 
 from vpncrypt.client import ServerLookups, is_name
-from vpncrypt.client_core import ClientCore
+from vpncrypt.core.client import ClientCore
 
 SERVER_EP = ("192.0.2.1", 51820)
 

@@ -10,16 +10,16 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vpncrypt.client_core import ClientCore
-from vpncrypt.inner import REMEMBERED_ADDRESSES, PrefixTable
-from vpncrypt.peer import Peer
-from vpncrypt.server_core import ClientEntry, ServerCore
-from vpncrypt.wire import (
+from vpncrypt.core.client import ClientCore
+from vpncrypt.core.inner import REMEMBERED_ADDRESSES, PrefixTable
+from vpncrypt.core.peer import Peer
+from vpncrypt.core.server import ClientEntry, ServerCore
+from vpncrypt.core.wire import (
     KIND_DATA, KIND_KEEPALIVE, MAX_PAYLOAD, TO_CLIENT, TO_SERVER, open_datagram, seal_datagram,
 )
 
-from .conftest import NOW, SERVER_ID, ipv4_packet, ipv6_packet
-from .test_replay import LATE_ARRIVALS, Model, deliveries
+from tests.builders import NOW, SERVER_ID, ipv4_packet, ipv6_packet
+from tests.builders import LATE_ARRIVALS, Model, deliveries
 
 net = ipaddress.ip_network
 A_ADDR, B_ADDR, SERVER_ADDR = "203.0.113.2", "203.0.113.3", "203.0.113.1"
@@ -407,7 +407,7 @@ def test_key_length_is_checked():
 
 
 def test_server_fast_path_clears_the_ring_as_it_slides():
-    from .test_replay import long_run_with_late_arrivals
+    from tests.builders import long_run_with_late_arrivals
 
     server = make_server()
     peer = sender(counter=0)
@@ -433,8 +433,8 @@ def test_a_client_that_just_started_hears_the_server_at_once():
 
 
 def test_partial_checksum_packets_keep_their_mark_across_the_tunnel():
-    from vpncrypt.inner import PartialChecksumPacket
-    from vpncrypt.wire import KIND_DATA_PARTIAL, decode_header
+    from vpncrypt.core.inner import PartialChecksumPacket
+    from vpncrypt.core.wire import KIND_DATA_PARTIAL, decode_header
 
     server = make_server()
     tcp = ipv4_packet(A_ADDR, SERVER_ADDR, bytes(20) + b"data", proto=6)
@@ -447,7 +447,7 @@ def test_partial_checksum_packets_keep_their_mark_across_the_tunnel():
 
 
 def test_a_partial_mark_on_a_packet_with_no_checksum_to_finish_is_malformed():
-    from vpncrypt.inner import PartialChecksumPacket
+    from vpncrypt.core.inner import PartialChecksumPacket
 
     server = make_server()
     icmp = ipv4_packet(A_ADDR, SERVER_ADDR, b"ping", proto=1)
@@ -457,7 +457,7 @@ def test_a_partial_mark_on_a_packet_with_no_checksum_to_finish_is_malformed():
 
 
 def test_cipher_contexts_stay_within_their_budget_and_come_back_when_needed():
-    from vpncrypt.peer import CipherBudget
+    from vpncrypt.core.peer import CipherBudget
 
     keys = {i: os.urandom(64) for i in range(10)}
     entries = [ClientEntry(i, keys[i], (net(f"2001:db8:5::{i + 2}/128"),)) for i in range(10)]

@@ -14,9 +14,9 @@ import pytest
 from Crypto.Cipher import AES
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
-from vpncrypt.wire import open_datagram
+from vpncrypt.core.wire import open_datagram
 
-SPEC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
+SPEC = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
 
 
 def spec_vectors() -> list[dict[str, str]]:

@@ -5,49 +5,16 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vpncrypt.replay import (
+from tests.builders import LATE_ARRIVALS, MASK, Model, deliveries, long_run_with_late_arrivals
+from vpncrypt.core.replay import (
     JUMPED, NEWEST, REORDERED, REPLAYED, SUPERSEDED, TOO_OLD, WINDOW, ReplayWindow,
 )
-
-MASK = 2**32 - 1
-
-
-class Model:
-    """One sender instance, packets numbered 0, 1, 2, ...: no wrap, no ring, just a set."""
-
-    def __init__(self, floor):
-        self.floor, self.newest, self.newest_ts, self.seen = floor, None, None, set()
-
-    def offer(self, index, ts):
-        if ts < self.floor:
-            return False
-        if self.newest is None or index > self.newest:
-            if self.newest is not None and index - self.newest >= WINDOW and ts > self.newest_ts:
-                self.floor = self.newest_ts + 1
-            self.newest, self.newest_ts = index, ts
-        elif self.newest - index >= WINDOW or index in self.seen:
-            return False
-        self.seen.add(index)
-        return True
-
 
 def offer(window, ts, counter):
     verdict = window.check(ts, counter)
     if verdict > 0:
         window.commit(ts, counter, verdict)
     return verdict
-
-
-@st.composite
-def deliveries(draw):
-    """A sender's packets (counter from a random start, so it may wrap; a clock that
-    ticks every few packets), delivered as a sequence with loss, reordering and
-    duplicates, some reaching back across more than the window."""
-    count = draw(st.integers(1, 5000))
-    start = draw(st.one_of(st.integers(0, MASK), st.integers(MASK - 3000, MASK)))
-    per_second = draw(st.integers(1, 3000))
-    order = draw(st.lists(st.integers(0, count - 1), min_size=1, max_size=300))
-    return start, per_second, order
 
 
 @settings(max_examples=300, deadline=None)
@@ -130,25 +97,6 @@ def test_check_changes_nothing():
     for counter in (9, 11, 10, 10 + 3 * WINDOW, 2**31 + 10):
         window.check(2, counter)
     assert (window.floor, window.newest_ts, window.newest_counter, bytes(window.ring)) == before
-
-
-LATE_ARRIVALS = len(range(0, 9000, 97))  # held back and delivered before the run ends
-
-
-def long_run_with_late_arrivals(offer_fn, start):
-    """10,000 counters in order with every 97th held back and delivered 1,000 later:
-    the ring wraps more than twice, so bits it failed to clear would show as replays."""
-    held = []
-    accepted_late = 0
-    for index in range(10_000):
-        if index % 97 == 0:
-            held.append(index)
-        else:
-            assert offer_fn((start + index) & MASK, index) > 0
-        while held and index - held[0] >= 1000:
-            late = held.pop(0)
-            accepted_late += offer_fn((start + late) & MASK, late) > 0
-    return accepted_late
 
 
 def test_ring_is_cleared_as_it_slides():

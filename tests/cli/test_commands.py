@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from vpncrypt.config import load_client_config, load_server_config
-from vpncrypt.keys import encode_key
+from vpncrypt.core.keys import encode_key
 
 BIN = Path(sys.executable).parent
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from vpncrypt.udp import UdpBatcher, open_listening_socket
+from vpncrypt.transport.udp import UdpBatcher, open_listening_socket
 
 
 def collect(receiver: UdpBatcher, count: int, timeout: float = 5) -> list:

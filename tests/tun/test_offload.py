@@ -10,7 +10,7 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vpncrypt.inner import PartialChecksumPacket, complete_checksum
+from vpncrypt.core.inner import PartialChecksumPacket, complete_checksum
 from vpncrypt.tun.offload import (
     F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, MAX_SEGMENTS, PLAIN, VNET_HEADER, coalesce, ipv4_header_checksum,
     pseudo_header_sum, split, split_datagrams,
