@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vpncrypt.netlab import Job, Lab, run  # noqa: E402
+from tests.netlab import Job, Lab, run  # noqa: E402
 
 LEFT_UNDERLAY, RIGHT_UNDERLAY = "192.0.2.1", "192.0.2.2"
 LEFT_TUNNEL, RIGHT_TUNNEL = "203.0.113.1", "203.0.113.2"

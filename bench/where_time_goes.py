@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import vpn_bench as bench  # noqa: E402
-from vpncrypt.netlab import Lab  # noqa: E402
+from tests.netlab import Lab  # noqa: E402
 
 INTERVALS = ("0.2", "0.05", "0.01", "0.002")
 # Categories by a frame anywhere in the stack, first match wins; the cipher

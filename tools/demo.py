@@ -13,7 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from vpncrypt.netlab import (
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.netlab import (  # noqa: E402
     ROUTER_SECOND_ADDRESS, ROUTER_UNDERLAY, TUNNEL_ADDRESS, Job, Lab, LabError, build_vpn_lab, lab_namespaces,
 )
 

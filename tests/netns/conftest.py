@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from vpncrypt.netlab import Job, Lab, VpnLab, build_vpn_lab, lab_namespaces
+from tests.netlab import Job, Lab, VpnLab, build_vpn_lab, lab_namespaces
 
 VENV_BIN = Path(sys.executable).parent
 NOT_ROOT = "END-TO-END TESTS SKIPPED: they need root (namespaces, TUN). Run the suite as root."

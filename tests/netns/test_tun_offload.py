@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vpncrypt.netlab import Lab, lab_namespaces
+from tests.netlab import Lab, lab_namespaces
 from vpncrypt.tun.linux import OFFLOAD_CHOICES
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from vpncrypt.netlab import (
+from tests.netlab import (
     CLIENT_B_UNDERLAY6, PORT, ROUTER_CLIENT_SIDE, ROUTER_SECOND_ADDRESS, ROUTER_UNDERLAY, SERVER_UNDERLAY,
     SERVER_UNDERLAY6, TUNNEL_ADDRESS, TUNNEL_ADDRESS6,
 )

@@ -1,5 +1,5 @@
 """Traffic for the demo, end-to-end tests and benchmarks, run inside a namespace:
-``python -m vpncrypt.netlab.traffic MODE ...``.
+``python -m tests.netlab.traffic MODE ...``.
 
 Every mode is bounded in bytes, datagrams and time, and prints one JSON line.
   sink ADDR PORT              accept one TCP connection, read to EOF: bytes and SHA-256

@@ -30,6 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+# The repository root: ``tests.netlab.traffic`` is run from it inside namespaces.
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
 class LabError(Exception):
     pass
 
@@ -126,7 +130,11 @@ class Job:
     def __init__(self, lab: Lab, ns: str, *args: str) -> None:
         self.name = f"traffic-{len(lab.processes)}-{args[0]}.log"
         self.lab = lab
-        self.process = lab.spawn(ns, [sys.executable, "-m", "vpncrypt.netlab.traffic", *args], self.name)
+        # The venv's python finds tests.netlab only with the repository root on its path,
+        # whatever the working directory.
+        path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        env = dict(os.environ, PYTHONPATH=path)
+        self.process = lab.spawn(ns, [sys.executable, "-m", "tests.netlab.traffic", *args], self.name, env=env)
 
     def wait_until_ready(self, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
