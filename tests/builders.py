@@ -1,15 +1,21 @@
-"""Shared builders for the in-process tests: inner packets, a fixed clock, IDs.
+"""Shared builders for the in-process tests: inner packets, a fixed clock, IDs,
+configured cores and the peers that stand in for their other ends.
 
 Test files import builders from here, never from each other."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import struct
 
 from hypothesis import strategies as st
 
+from vpncrypt.core.client import ClientCore
+from vpncrypt.core.peer import Peer
 from vpncrypt.core.replay import WINDOW
+from vpncrypt.core.server import ClientEntry, ServerCore
+from vpncrypt.core.wire import KIND_DATA, TO_SERVER
 
 NOW = 1_800_000_000.0  # a fixed clock: the core never reads the real one
 SERVER_ID = 0x5EC0_0001
@@ -82,3 +88,35 @@ def long_run_with_late_arrivals(offer_fn, start):
             late = held.pop(0)
             accepted_late += offer_fn((start + late) & MASK, late) > 0
     return accepted_late
+
+
+# --- a server with two clients, a client, and a sender standing in for one ------------
+
+net = ipaddress.ip_network
+A_ADDR, B_ADDR, SERVER_ADDR = "203.0.113.2", "203.0.113.3", "203.0.113.1"
+A_EP, A_EP2, B_EP = ("192.0.2.10", 40000), ("198.51.100.20", 40001), ("192.0.2.11", 40002)
+SERVER_EP = ("192.0.2.1", 51820)
+KEY_A, KEY_B = os.urandom(64), os.urandom(64)
+
+
+def make_server(now=NOW, **options) -> ServerCore:
+    clients = [
+        ClientEntry(1, KEY_A, (net(A_ADDR + "/32"), net("2001:db8::2/128")), "a"),
+        ClientEntry(2, KEY_B, (net(B_ADDR + "/32"), net("2001:db8:b::/64")), "b"),
+    ]
+    return ServerCore(SERVER_ID, clients, now, **options)
+
+
+def make_client(client_id=1, key=KEY_A, now=NOW, **options) -> ClientCore:
+    return ClientCore(
+        client_id, key, server_id=SERVER_ID, server_endpoint=SERVER_EP,
+        routes=[net("203.0.113.0/24"), net("2001:db8::/32")], now=now, **options,
+    )
+
+
+def sender(client_id=1, key=KEY_A, now=NOW, direction=TO_SERVER, server_id=SERVER_ID, counter=None) -> Peer:
+    return Peer(client_id, key, server_id=server_id, send_direction=direction, now=now, initial_counter=counter)
+
+
+def seal_from_a(payloads, now=NOW + 5, peer=None):
+    return (peer or sender()).seal(KIND_DATA, payloads, now)
