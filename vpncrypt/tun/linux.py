@@ -15,11 +15,11 @@ import errno
 import fcntl
 import logging
 import os
-import socket
 import struct
+from typing import Callable
 
 from ..core.inner import PartialChecksumPacket, checksum_location, complete_checksum
-from . import TunError
+from . import TunError, finished
 from .offload import F_NEEDS_CSUM, GSO_UDP_L4, VNET_HEADER, VNET_HEADER_LEN, coalesce, split, split_datagrams
 
 TUNSETIFF = 0x400454CA
@@ -38,9 +38,20 @@ OFFLOAD_CHOICES = (
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
-SIOCGIFMTU = 0x8921
 _IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, then flags in the union
 _READ_SIZE = 65536  # the largest IP packet; MTU changes at run time cannot truncate
+Ioctl = Callable[[int, int, bytes | int], bytes | int]  # (fd, request, argument) -> reply
+
+
+def kernel_ioctl(fd: int, request: int, argument: bytes | int) -> bytes | int:
+    """fcntl.ioctl, looked up at each call: tests/netns/tun_probe.py plays an
+    older kernel by replacing it."""
+    return fcntl.ioctl(fd, request, argument)
+
+
+def open_clone_device() -> int:
+    """A new descriptor on /dev/net/tun, the device that TUNSETIFF turns into an interface."""
+    return os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
 
 
 class LinuxTun:
@@ -55,16 +66,21 @@ class LinuxTun:
         self._view = memoryview(self._buffer)
 
     @classmethod
-    def open(cls, name: str, offload: bool = True) -> "LinuxTun":
+    def open(cls, name: str, offload: bool = True, *, ioctl: Ioctl = kernel_ioctl,
+             open_device: Callable[[], int] = open_clone_device) -> "LinuxTun":
+        """Create the interface ``name``; ``ioctl`` and ``open_device`` are the
+        kernel's unless a test plays it (tests/tun/test_linux_device.py)."""
         try:
-            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = open_device()
         except FileNotFoundError:
             raise TunError("/dev/net/tun does not exist: load the tun module (modprobe tun)") from None
         except PermissionError:
             raise TunError("cannot open /dev/net/tun: run as root (or with CAP_NET_ADMIN)") from None
+        except OSError as error:
+            raise TunError(f"cannot open /dev/net/tun: {error.strerror}") from None
         try:
             flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
-            reply = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(name.encode(), flags))
+            reply = ioctl(fd, TUNSETIFF, _IFREQ.pack(name.encode(), flags))
         except OSError as error:
             os.close(fd)
             if error.errno == errno.EPERM:
@@ -76,7 +92,7 @@ class LinuxTun:
         segmentation, taken = 0, "none taken by the kernel"
         for choice, description in OFFLOAD_CHOICES if offload else ():
             try:
-                fcntl.ioctl(fd, TUNSETOFFLOAD, choice)
+                ioctl(fd, TUNSETOFFLOAD, choice)
             except OSError:
                 continue  # with none, the kernel hands over plain packets; merged writes still work
             segmentation, taken = choice, description
@@ -87,12 +103,6 @@ class LinuxTun:
 
     def fileno(self) -> int:
         return self._fd
-
-    @property
-    def mtu(self) -> int:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            reply = fcntl.ioctl(probe, SIOCGIFMTU, struct.pack("16si12x", self.name.encode(), 0))
-        return struct.unpack("16si12x", reply)[1]
 
     def read_batch(self, limit: int) -> list[bytes]:
         packets = []
@@ -130,12 +140,10 @@ class LinuxTun:
         if self.offload:
             return self._write_coalesced(packets)
         refused = 0
-        write, fd = os.write, self._fd
+        write, fd, finish = os.write, self._fd, finished
         for packet in packets:
-            if type(packet) is PartialChecksumPacket:
-                packet = complete_checksum(packet)  # no offload: nobody else will
             try:
-                write(fd, packet)
+                write(fd, finish(packet))  # no offload: nobody else will finish a partial checksum
             except (BlockingIOError, OSError):
                 # Full queue or a packet the kernel will not take (EINVAL):
                 # lost like on any network; the counter shows it.

@@ -1,0 +1,204 @@
+"""LinuxTun's framing without root: the device over one end of a datagram socket pair,
+its ioctls answered by a fake kernel that records them. What the test sends on the other
+end is what the kernel would hand the device; what arrives there is what it would get.
+
+The ioctl numbers, flags and header bytes are written out here rather than imported, so
+that a wrong constant in linux.py fails."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+import sys
+
+import pytest
+
+from tests.builders import datagrams, flow, make_partial, tcp_packet
+from vpncrypt.core.inner import PartialChecksumPacket, complete_checksum
+from vpncrypt.tun import TunError
+from vpncrypt.tun.linux import LinuxTun
+from vpncrypt.tun.offload import coalesce
+
+TUNSETIFF, TUNSETOFFLOAD = 0x400454CA, 0x400454D0
+TUN, NO_PI, VNET_HDR = 0x0001, 0x1000, 0x4000
+ALL_OFFLOADS, TCP_OFFLOADS, USO = 0x67, 0x07, 0x60  # CSUM|TSO4|TSO6|USO4|USO6; without USO4|USO6
+VNET = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+PLAIN = bytes(10)
+NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4 = 1, 1, 4, 5
+
+
+def ifreq(name: bytes, flags: int) -> bytes:
+    """struct ifreq as TUNSETIFF takes it: 16 bytes of name, the flags, padding to 40."""
+    return name.ljust(16, b"\0") + flags.to_bytes(2, sys.byteorder) + bytes(22)
+
+
+class FakeKernel:
+    """The ioctl side of /dev/net/tun for one descriptor: records (request, argument),
+    names the interface ``given`` and refuses what it is told to."""
+
+    def __init__(self, fd: int, given: bytes = b"vc0", refused: int = 0, create_error: int = 0) -> None:
+        self.fd, self.given, self.refused, self.create_error = fd, given, refused, create_error
+        self.calls: list[tuple[int, bytes | int]] = []
+
+    def __call__(self, fd: int, request: int, argument: bytes | int) -> bytes | int:
+        assert fd == self.fd
+        self.calls.append((request, argument))
+        if request == TUNSETIFF:
+            if self.create_error:
+                raise OSError(self.create_error, os.strerror(self.create_error))
+            return self.given.ljust(16, b"\0") + argument[16:]  # type: ignore[index]
+        if request == TUNSETOFFLOAD and argument & self.refused:  # type: ignore[operator]
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))  # flags this kernel does not know
+        return 0
+
+
+def linux_over_socketpair(offload: bool = True, **kernel) -> tuple[LinuxTun, socket.socket, FakeKernel]:
+    """A LinuxTun named "vc%d" whose descriptor is one end of a non-blocking datagram
+    socket pair; the caller gets the other end and closes both."""
+    own, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    own.setblocking(False)
+    peer.setblocking(False)
+    fd = own.detach()
+    fake = FakeKernel(fd, **kernel)
+    try:
+        return LinuxTun.open("vc%d", offload, ioctl=fake, open_device=lambda: fd), peer, fake
+    except BaseException:
+        peer.close()
+        raise
+
+
+def drain(peer: socket.socket) -> list[bytes]:
+    received = []
+    while True:
+        try:
+            received.append(peer.recv(70000))
+        except BlockingIOError:
+            return received
+
+
+@pytest.fixture
+def linux():
+    opened = []
+
+    def make(offload: bool = True, **kernel):
+        made = linux_over_socketpair(offload, **kernel)
+        opened.append(made)
+        return made
+
+    yield make
+    for tun, peer, _ in opened:
+        tun.close()
+        peer.close()
+
+
+@pytest.mark.parametrize("refused, offload_calls, segmentation", [
+    (0, [ALL_OFFLOADS], ALL_OFFLOADS),
+    (USO, [ALL_OFFLOADS, TCP_OFFLOADS], TCP_OFFLOADS),  # a kernel before 6.2
+    (0xFF, [ALL_OFFLOADS, TCP_OFFLOADS], 0),
+])
+def test_open_with_offload_asks_for_the_best_the_kernel_takes(linux, refused, offload_calls, segmentation):
+    tun, _, kernel = linux(refused=refused)
+    assert kernel.calls == [(TUNSETIFF, ifreq(b"vc%d", TUN | NO_PI | VNET_HDR))] + [
+        (TUNSETOFFLOAD, flags) for flags in offload_calls]
+    assert (tun.name, tun.segmentation) == ("vc0", segmentation)
+
+
+def test_open_without_offload_only_creates(linux):
+    tun, _, kernel = linux(offload=False)
+    assert kernel.calls == [(TUNSETIFF, ifreq(b"vc%d", TUN | NO_PI))]
+    assert (tun.name, tun.segmentation) == ("vc0", 0)
+
+
+def test_reads_with_offload_split_super_packets_and_keep_partial_checksums(linux):
+    tun, peer, _ = linux()
+    plain, partial = tcp_packet(1, b"plain"), make_partial(tcp_packet(2, b"x" * 300))
+    runs = {GSO_TCPV4: flow(5, last=100), GSO_TCPV6: flow(3, v6=True), GSO_UDP_L4: datagrams(4, last=50)}
+    peer.send(PLAIN + plain)
+    peer.send(VNET.pack(NEEDS_CSUM, 0, 0, 0, 20, 16) + partial)
+    for gso_type, run in runs.items():
+        [plan] = coalesce(run)  # the super-packet as the kernel hands it over
+        assert VNET.unpack(plan[0])[1] == gso_type
+        peer.send(b"".join(plan))
+    got = tun.read_batch(64)
+    assert got[:2] == [plain, partial] and [type(p) for p in got[:2]] == [bytes, PartialChecksumPacket]
+    assert [complete_checksum(p) for p in got[2:]] == [p for run in runs.values() for p in run]
+
+
+def test_writes_with_offload_carry_a_header_and_merge_where_coalesce_does(linux):
+    tun, peer, _ = linux()
+    batch = [tcp_packet(1, b"plain", src_port=7), make_partial(tcp_packet(2, b"p" * 99, src_port=8)),
+             *flow(4), *datagrams(3)]
+    assert tun.write_batch(batch) == 0
+    received = drain(peer)
+    assert [VNET.unpack(r[:10])[:2] for r in received] == [(0, 0), (NEEDS_CSUM, 0), (NEEDS_CSUM, GSO_TCPV4),
+                                                           (NEEDS_CSUM, GSO_UDP_L4)]
+    assert received == [b"".join(bytes(part) for part in plan) for plan in coalesce(batch)]
+
+
+def test_a_kernel_without_udp_segmentation_gets_datagrams_one_by_one(linux):
+    tun, peer, _ = linux(refused=USO)
+    assert tun.write_batch([*flow(3), *datagrams(3)]) == 0
+    received = drain(peer)
+    assert VNET.unpack(received[0][:10])[1] == GSO_TCPV4
+    assert received[1:] == [PLAIN + d for d in datagrams(3)]
+
+
+def test_without_offload_no_header_either_way_and_checksums_finished(linux):
+    tun, peer, _ = linux(offload=False)
+    packet, whole = tcp_packet(1, b"plain"), tcp_packet(2, b"p" * 99)
+    peer.send(packet)
+    assert tun.read_batch(8) == [packet]
+    assert tun.write_batch([packet, make_partial(whole), *flow(3)]) == 0
+    assert drain(peer) == [packet, whole, *flow(3)]  # nothing merged either
+
+
+def test_read_stops_at_limit_and_when_nothing_waits(linux):
+    tun, peer, _ = linux()
+    packets = [tcp_packet(seq, b"r", src_port=seq) for seq in range(5)]
+    for packet in packets:
+        peer.send(PLAIN + packet)
+    assert tun.read_batch(2) == packets[:2]
+    assert tun.read_batch(10) == packets[2:]
+    assert tun.read_batch(10) == []
+    peer.send(b"".join(coalesce(flow(4))[0]))
+    assert len(tun.read_batch(1)) == 4  # over limit: a super-packet is never cut short
+
+
+@pytest.mark.parametrize("offload", [True, False])
+def test_refused_writes_are_counted_not_raised(linux, offload):
+    tun, peer, _ = linux(offload)
+    many = [tcp_packet(1, b"f" * 1000)] * 2000  # more than the peer's queue takes
+    refused = tun.write_batch(many)
+    assert 0 < refused < len(many) and len(drain(peer)) == len(many) - refused
+    peer.close()  # the "kernel" is gone: every packet refused, a merged write counting all it holds
+    assert tun.write_batch([*flow(4), tcp_packet(9, b"alone", src_port=9)]) == 5
+
+
+@pytest.mark.parametrize("error, message", [
+    (errno.ENOENT, "/dev/net/tun does not exist: load the tun module"),
+    (errno.EACCES, "cannot open /dev/net/tun: run as root"),
+    (errno.ENODEV, "cannot open /dev/net/tun: No such device"),
+])
+def test_open_failures_on_the_clone_device(error, message):
+    def open_device() -> int:
+        raise OSError(error, os.strerror(error))
+
+    with pytest.raises(TunError, match=message):
+        LinuxTun.open("vc%d", ioctl=FakeKernel(-1), open_device=open_device)
+
+
+@pytest.mark.parametrize("error, message", [
+    (errno.EPERM, "cannot create vc%d: run as root"),
+    (errno.EBUSY, "vc%d is in use by another process"),
+    (errno.EINVAL, "cannot create vc%d: Invalid argument"),
+])
+def test_open_failures_on_create_close_the_descriptor(error, message):
+    own, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    fd = own.detach()
+    with peer, pytest.raises(TunError, match=message):
+        LinuxTun.open("vc%d", ioctl=FakeKernel(fd, create_error=error), open_device=lambda: fd)
+    with pytest.raises(OSError) as closed:
+        os.fstat(fd)
+    assert closed.value.errno == errno.EBADF
