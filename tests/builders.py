@@ -1,5 +1,6 @@
 """Shared builders for the in-process tests: inner packets, a fixed clock, IDs,
-configured cores and the peers that stand in for their other ends.
+configured cores and the peers that stand in for their other ends, and TCP/UDP
+packets with valid checksums as a TUN device with offloads hands them over.
 
 Test files import builders from here, never from each other."""
 
@@ -12,10 +13,12 @@ import struct
 from hypothesis import strategies as st
 
 from vpncrypt.core.client import ClientCore
+from vpncrypt.core.inner import PartialChecksumPacket
 from vpncrypt.core.peer import Peer
 from vpncrypt.core.replay import WINDOW
 from vpncrypt.core.server import ClientEntry, ServerCore
 from vpncrypt.core.wire import KIND_DATA, TO_SERVER
+from vpncrypt.tun.offload import F_NEEDS_CSUM, VNET_HEADER, ipv4_header_checksum, pseudo_header_sum
 
 NOW = 1_800_000_000.0  # a fixed clock: the core never reads the real one
 SERVER_ID = 0x5EC0_0001
@@ -120,3 +123,121 @@ def sender(client_id=1, key=KEY_A, now=NOW, direction=TO_SERVER, server_id=SERVE
 
 def seal_from_a(payloads, now=NOW + 5, peer=None):
     return (peer or sender()).seal(KIND_DATA, payloads, now)
+
+
+# --- TCP and UDP packets with valid checksums, and what the kernel makes of a TUN write ---
+
+A4, B4 = "203.0.113.2", "203.0.113.1"
+A6, B6 = "2001:db8:7::2", "2001:db8:7::1"
+ACK, PSH, FIN, SYN, CWR = 0x10, 0x08, 0x01, 0x02, 0x80
+MSS = 1368
+
+
+def fold(total: int) -> int:
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def ones_sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    return fold(sum(struct.unpack(f"!{len(data) // 2}H", data)))
+
+
+def tcp_checksum(packet: bytes) -> int:
+    """The TCP checksum from scratch (checksum field taken as zero)."""
+    v4 = packet[0] >> 4 == 4
+    ip_len = 20 if v4 else 40
+    segment = bytearray(packet[ip_len:])
+    segment[16:18] = b"\0\0"
+    addresses = packet[12:20] if v4 else packet[8:40]
+    pseudo = addresses + struct.pack("!HH", 6, len(segment)) if v4 else addresses + struct.pack("!IxxxB", len(segment), 6)
+    return ~fold(ones_sum(pseudo) + ones_sum(bytes(segment))) & 0xFFFF
+
+
+def tcp_packet(seq: int, payload: bytes, flags: int = ACK, v6: bool = False, ip_id: int = 1,
+               options: bytes = b"", src_port: int = 5001, to: str | None = None) -> bytes:
+    tcp = struct.pack("!HHIIBBHHH", src_port, 40000, seq, 777, (5 + len(options) // 4) << 4, flags, 500, 0, 0)
+    tcp += options
+    if v6:
+        ip = struct.pack("!IHBB16s16s", 6 << 28, len(tcp) + len(payload), 6, 64,
+                         ipaddress.IPv6Address(A6).packed, ipaddress.IPv6Address(to or B6).packed)
+    else:
+        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(payload), ip_id, 0x4000, 64, 6, 0,
+                                   ipaddress.IPv4Address(A4).packed, ipaddress.IPv4Address(to or B4).packed))
+        ip[10:12] = ipv4_header_checksum(ip).to_bytes(2, "big")
+        ip = bytes(ip)
+    packet = bytearray(ip + tcp + payload)
+    offset = len(ip) + 16
+    packet[offset:offset + 2] = tcp_checksum(bytes(packet)).to_bytes(2, "big")
+    return bytes(packet)
+
+
+def flow(count: int, start: int = 1000, size: int = MSS, last: int | None = None, **options) -> list[bytes]:
+    sizes = [size] * count + ([last] if last is not None else [])
+    packets, seq = [], start
+    for index, length in enumerate(sizes):
+        packets.append(tcp_packet(seq & 0xFFFFFFFF, bytes([index % 256]) * length, ip_id=index + 1, **options))
+        seq += length
+    return packets
+
+
+DATAGRAM = 1200
+
+
+def transport_checksum(packet: bytes, protocol: int, field: int) -> int:
+    """The TCP or UDP checksum from scratch (field taken as zero; 0 sent as 0xFFFF for UDP)."""
+    v4 = packet[0] >> 4 == 4
+    ip_len = 20 if v4 else 40
+    segment = bytearray(packet[ip_len:])
+    segment[field:field + 2] = b"\0\0"
+    addresses = packet[12:20] if v4 else packet[8:40]
+    if v4:
+        pseudo = addresses + struct.pack("!HH", protocol, len(segment))
+    else:
+        pseudo = addresses + struct.pack("!IxxxB", len(segment), protocol)
+    return ~fold(ones_sum(pseudo) + ones_sum(bytes(segment))) & 0xFFFF or 0xFFFF
+
+
+def udp_packet(payload: bytes, v6: bool = False, ip_id: int = 1, src_port: int = 4433, ttl: int = 64,
+               tos: int = 0, frag: int = 0x4000) -> bytes:
+    udp = struct.pack("!HHHH", src_port, 443, 8 + len(payload), 0)
+    if v6:
+        ip = struct.pack("!IHBB16s16s", 6 << 28 | tos << 20, len(udp) + len(payload), 17, ttl,
+                         ipaddress.IPv6Address(A6).packed, ipaddress.IPv6Address(B6).packed)
+    else:
+        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, tos, 28 + len(payload), ip_id, frag, ttl, 17, 0,
+                                   ipaddress.IPv4Address(A4).packed, ipaddress.IPv4Address(B4).packed))
+        ip[10:12] = ipv4_header_checksum(ip).to_bytes(2, "big")
+    packet = bytearray(bytes(ip) + udp + payload)
+    field = len(ip) + 6
+    packet[field:field + 2] = transport_checksum(bytes(packet), 17, 6).to_bytes(2, "big")
+    return bytes(packet)
+
+
+def datagrams(count: int, size: int = DATAGRAM, last: int | None = None, **options) -> list[bytes]:
+    sizes = [size] * count + ([last] if last is not None else [])
+    return [udp_packet(bytes([index % 256]) * length, ip_id=index + 1, **options) for index, length in enumerate(sizes)]
+
+
+def kernel_view(plan: list) -> tuple[tuple, bytes]:
+    """The virtio header and the packet the kernel gets, with its checksum finished as
+    the kernel does for NEEDS_CSUM: sum from csum_start, fold, complement."""
+    header = VNET_HEADER.unpack(bytes(plan[0]))
+    packet = bytearray(b"".join(bytes(part) for part in plan[1:]))
+    flags, _, _, _, start, offset = header
+    if flags & F_NEEDS_CSUM:
+        packet[start + offset:start + offset + 2] = (~ones_sum(bytes(packet[start:])) & 0xFFFF).to_bytes(2, "big")
+    return header, bytes(packet)
+
+
+def make_partial(packet: bytes) -> PartialChecksumPacket:
+    """What a kernel with checksum offload hands over: the field holds the pseudo-header sum."""
+    v4 = packet[0] >> 4 == 4
+    ip_len = 20 if v4 else 40
+    partial = bytearray(packet)
+    field = ip_len + (16 if packet[9 if v4 else 6] == 6 else 6)
+    partial[field:field + 2] = pseudo_header_sum(packet, 4 if v4 else 6, len(packet) - ip_len, packet[9 if v4 else 6]
+                                                 ).to_bytes(2, "big")
+    return PartialChecksumPacket(bytes(partial))

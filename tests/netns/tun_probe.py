@@ -33,7 +33,7 @@ from vpncrypt.tun import linux
 from vpncrypt.tun.linux import TUN_F_USO4, TUNSETOFFLOAD, LinuxTun
 from vpncrypt.tun.offload import GSO_ECN, VNET_HEADER, coalesce, split
 
-from ..tun.test_offload import ACK, CWR, FIN, PSH, datagrams, flow
+from ..builders import ACK, CWR, FIN, PSH, datagrams, flow
 
 NAME = "vcprobe0"
 LOCAL = {"4": "203.0.113.1", "6": "2001:db8:7::1"}  # B4 / B6 of test_offload

@@ -4,7 +4,6 @@ TUN reads: what merges, what must not, and that the kernel's checksum completion
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 
 from hypothesis import given, settings
@@ -13,74 +12,13 @@ from hypothesis import strategies as st
 from vpncrypt.core.inner import PartialChecksumPacket, complete_checksum
 from vpncrypt.tun.offload import (
     F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, MAX_SEGMENTS, PLAIN, VNET_HEADER, coalesce, ipv4_header_checksum,
-    pseudo_header_sum, split, split_datagrams,
+    split, split_datagrams,
 )
 
-A4, B4 = "203.0.113.2", "203.0.113.1"
-A6, B6 = "2001:db8:7::2", "2001:db8:7::1"
-ACK, PSH, FIN, SYN, CWR = 0x10, 0x08, 0x01, 0x02, 0x80
-MSS = 1368
-
-
-def fold(total: int) -> int:
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def ones_sum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    return fold(sum(struct.unpack(f"!{len(data) // 2}H", data)))
-
-
-def tcp_checksum(packet: bytes) -> int:
-    """The TCP checksum from scratch (checksum field taken as zero)."""
-    v4 = packet[0] >> 4 == 4
-    ip_len = 20 if v4 else 40
-    segment = bytearray(packet[ip_len:])
-    segment[16:18] = b"\0\0"
-    addresses = packet[12:20] if v4 else packet[8:40]
-    pseudo = addresses + struct.pack("!HH", 6, len(segment)) if v4 else addresses + struct.pack("!IxxxB", len(segment), 6)
-    return ~fold(ones_sum(pseudo) + ones_sum(bytes(segment))) & 0xFFFF
-
-
-def tcp_packet(seq: int, payload: bytes, flags: int = ACK, v6: bool = False, ip_id: int = 1,
-               options: bytes = b"", src_port: int = 5001, to: str | None = None) -> bytes:
-    tcp = struct.pack("!HHIIBBHHH", src_port, 40000, seq, 777, (5 + len(options) // 4) << 4, flags, 500, 0, 0)
-    tcp += options
-    if v6:
-        ip = struct.pack("!IHBB16s16s", 6 << 28, len(tcp) + len(payload), 6, 64,
-                         ipaddress.IPv6Address(A6).packed, ipaddress.IPv6Address(to or B6).packed)
-    else:
-        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(payload), ip_id, 0x4000, 64, 6, 0,
-                                   ipaddress.IPv4Address(A4).packed, ipaddress.IPv4Address(to or B4).packed))
-        ip[10:12] = ipv4_header_checksum(ip).to_bytes(2, "big")
-        ip = bytes(ip)
-    packet = bytearray(ip + tcp + payload)
-    offset = len(ip) + 16
-    packet[offset:offset + 2] = tcp_checksum(bytes(packet)).to_bytes(2, "big")
-    return bytes(packet)
-
-
-def flow(count: int, start: int = 1000, size: int = MSS, last: int | None = None, **options) -> list[bytes]:
-    sizes = [size] * count + ([last] if last is not None else [])
-    packets, seq = [], start
-    for index, length in enumerate(sizes):
-        packets.append(tcp_packet(seq & 0xFFFFFFFF, bytes([index % 256]) * length, ip_id=index + 1, **options))
-        seq += length
-    return packets
-
-
-def kernel_view(plan: list) -> tuple[tuple, bytes]:
-    """The virtio header and the packet the kernel gets, with its checksum finished as
-    the kernel does for NEEDS_CSUM: sum from csum_start, fold, complement."""
-    header = VNET_HEADER.unpack(bytes(plan[0]))
-    packet = bytearray(b"".join(bytes(part) for part in plan[1:]))
-    flags, _, _, _, start, offset = header
-    if flags & F_NEEDS_CSUM:
-        packet[start + offset:start + offset + 2] = (~ones_sum(bytes(packet[start:])) & 0xFFFF).to_bytes(2, "big")
-    return header, bytes(packet)
+from tests.builders import (
+    ACK, CWR, DATAGRAM, FIN, MSS, PSH, SYN, datagrams, flow, fold, kernel_view, make_partial, ones_sum, tcp_checksum,
+    tcp_packet, transport_checksum, udp_packet,
+)
 
 
 def assert_valid(packet: bytes) -> None:
@@ -232,17 +170,6 @@ def test_any_batch_writes_every_byte_once_in_order(steps, v6):
     assert payloads(written) == payloads(packets)
 
 
-def make_partial(packet: bytes) -> PartialChecksumPacket:
-    """What a kernel with checksum offload hands over: the field holds the pseudo-header sum."""
-    v4 = packet[0] >> 4 == 4
-    ip_len = 20 if v4 else 40
-    partial = bytearray(packet)
-    field = ip_len + (16 if packet[9 if v4 else 6] == 6 else 6)
-    partial[field:field + 2] = pseudo_header_sum(packet, 4 if v4 else 6, len(packet) - ip_len, packet[9 if v4 else 6]
-                                                 ).to_bytes(2, "big")
-    return PartialChecksumPacket(bytes(partial))
-
-
 @settings(max_examples=100, deadline=None)
 @given(st.binary(max_size=3000), st.booleans())
 def test_complete_checksum_matches_a_checksum_from_scratch(payload, v6):
@@ -318,43 +245,6 @@ def test_split_any_super_packet(count, last, start, v6):
 
 
 # --- UDP: merged writes (GSO_UDP_L4) and USO reads ---------------------------------------
-
-DATAGRAM = 1200
-
-
-def transport_checksum(packet: bytes, protocol: int, field: int) -> int:
-    """The TCP or UDP checksum from scratch (field taken as zero; 0 sent as 0xFFFF for UDP)."""
-    v4 = packet[0] >> 4 == 4
-    ip_len = 20 if v4 else 40
-    segment = bytearray(packet[ip_len:])
-    segment[field:field + 2] = b"\0\0"
-    addresses = packet[12:20] if v4 else packet[8:40]
-    if v4:
-        pseudo = addresses + struct.pack("!HH", protocol, len(segment))
-    else:
-        pseudo = addresses + struct.pack("!IxxxB", len(segment), protocol)
-    return ~fold(ones_sum(pseudo) + ones_sum(bytes(segment))) & 0xFFFF or 0xFFFF
-
-
-def udp_packet(payload: bytes, v6: bool = False, ip_id: int = 1, src_port: int = 4433, ttl: int = 64,
-               tos: int = 0, frag: int = 0x4000) -> bytes:
-    udp = struct.pack("!HHHH", src_port, 443, 8 + len(payload), 0)
-    if v6:
-        ip = struct.pack("!IHBB16s16s", 6 << 28 | tos << 20, len(udp) + len(payload), 17, ttl,
-                         ipaddress.IPv6Address(A6).packed, ipaddress.IPv6Address(B6).packed)
-    else:
-        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, tos, 28 + len(payload), ip_id, frag, ttl, 17, 0,
-                                   ipaddress.IPv4Address(A4).packed, ipaddress.IPv4Address(B4).packed))
-        ip[10:12] = ipv4_header_checksum(ip).to_bytes(2, "big")
-    packet = bytearray(bytes(ip) + udp + payload)
-    field = len(ip) + 6
-    packet[field:field + 2] = transport_checksum(bytes(packet), 17, 6).to_bytes(2, "big")
-    return bytes(packet)
-
-
-def datagrams(count: int, size: int = DATAGRAM, last: int | None = None, **options) -> list[bytes]:
-    sizes = [size] * count + ([last] if last is not None else [])
-    return [udp_packet(bytes([index % 256]) * length, ip_id=index + 1, **options) for index, length in enumerate(sizes)]
 
 
 def assert_valid_udp(packet: bytes) -> None:
