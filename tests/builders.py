@@ -1,6 +1,7 @@
 """Shared builders for the in-process tests: inner packets, a fixed clock, IDs,
-configured cores and the peers that stand in for their other ends, and TCP/UDP
-packets with valid checksums as a TUN device with offloads hands them over.
+configured cores and the peers that stand in for their other ends, the test vectors
+of docs/PROTOCOL.md, and TCP/UDP packets with valid checksums as a TUN device with
+offloads hands them over.
 
 Test files import builders from here, never from each other."""
 
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import struct
+from pathlib import Path
 
 from hypothesis import strategies as st
 
@@ -123,6 +126,16 @@ def sender(client_id=1, key=KEY_A, now=NOW, direction=TO_SERVER, server_id=SERVE
 
 def seal_from_a(payloads, now=NOW + 5, peer=None):
     return (peer or sender()).seal(KIND_DATA, payloads, now)
+
+
+# --- docs/PROTOCOL.md's test vectors -------------------------------------------------------
+
+SPEC = Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md"
+
+
+def spec_vectors() -> list[dict[str, str]]:
+    blocks = re.findall(r"```vector\n(.*?)```", SPEC.read_text(), re.S)
+    return [dict(line.split(": ", 1) for line in block.strip().splitlines()) for block in blocks]
 
 
 # --- TCP and UDP packets with valid checksums, and what the kernel makes of a TUN write ---

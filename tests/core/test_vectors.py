@@ -6,9 +6,7 @@ pycryptodome is a second, independent AES-SIV: if vpncrypt's sealing (through
 
 from __future__ import annotations
 
-import re
 import struct
-from pathlib import Path
 
 import pytest
 from Crypto.Cipher import AES
@@ -16,13 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from vpncrypt.core.wire import open_datagram
 
-SPEC = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
-
-
-def spec_vectors() -> list[dict[str, str]]:
-    blocks = re.findall(r"```vector\n(.*?)```", SPEC.read_text(), re.S)
-    return [dict(line.split(": ", 1) for line in block.strip().splitlines()) for block in blocks]
-
+from tests.builders import spec_vectors
 
 VECTORS = spec_vectors()
 
