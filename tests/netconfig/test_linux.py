@@ -6,14 +6,13 @@ import ipaddress
 
 import pytest
 
-from vpncrypt.netconfig import NetconfigError
-from vpncrypt.netconfig.linux import describe, plan
+from vpncrypt.netconfig import NetconfigError, TunnelSpec, describe, plan
 
-ADDRESSES = [ipaddress.ip_interface("203.0.113.2/24"), ipaddress.ip_interface("2001:db8:7::2/64")]
+ADDRESSES = (ipaddress.ip_interface("203.0.113.2/24"), ipaddress.ip_interface("2001:db8:7::2/64"))
 
 
 def test_routes_without_a_default_route_need_no_teardown():
-    network_plan = plan("vc0", ADDRESSES, 1420, [ipaddress.ip_network("192.0.2.0/24")])
+    network_plan = plan(TunnelSpec("vc0", ADDRESSES, 1420, (ipaddress.ip_network("192.0.2.0/24"),)), "linux")
     assert network_plan.teardown == []
     assert ["ip", "-4", "route", "replace", "192.0.2.0/24", "dev", "vc0"] in network_plan.setup
     assert "# at exit" not in describe(network_plan)
@@ -21,11 +20,11 @@ def test_routes_without_a_default_route_need_no_teardown():
 
 def test_a_default_route_needs_a_fwmark():
     with pytest.raises(NetconfigError, match="needs a fwmark"):
-        plan("vc0", ADDRESSES, 1420, [ipaddress.ip_network("::/0")])
+        plan(TunnelSpec("vc0", ADDRESSES, 1420, (ipaddress.ip_network("::/0"),)), "linux")
 
 
 def test_every_rule_made_is_deleted_at_exit():
-    network_plan = plan("vc0", ADDRESSES, 1420, [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")], 7)
+    network_plan = plan(TunnelSpec("vc0", ADDRESSES, 1420, (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")), fwmark=7), "linux")
     added = [command for command in network_plan.setup if command[2:4] == ["rule", "add"]]
     deleted = [command[:3] + ["add"] + command[4:] for command in network_plan.teardown]
     assert len(added) == 4 and deleted == added
