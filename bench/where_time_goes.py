@@ -35,7 +35,7 @@ INTERVALS = ("0.2", "0.05", "0.01", "0.002")
 # calls and idle time are told by the innermost frame (see category()).
 STACK_CATEGORIES = (
     ("UDP send", r"_send_segmented|_send_each"),
-    ("UDP receive and cutting", r"UdpBatcher\.receive"),
+    ("UDP receive and cutting", r"UdpTransport\.receive"),
     ("TUN read and split", r"read_batch|split \("),
     ("TUN merge and write", r"write_batch|coalesce|parse_segment|merged_plan|single_plan"),
 )

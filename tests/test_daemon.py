@@ -9,10 +9,11 @@ import socket
 import time
 
 from vpncrypt.core.client import ClientCore
-from vpncrypt.daemon import Daemon
 from vpncrypt.core.server import ClientEntry, ServerCore
+from vpncrypt.daemon import Daemon
+from vpncrypt.transport import format_endpoint
+from vpncrypt.transport.udp import open_client_transport, open_server_transport
 from vpncrypt.tun.memory import MemoryTun
-from vpncrypt.transport.udp import UdpBatcher, format_endpoint, open_client_socket, open_listening_socket
 
 from tests.builders import ipv4_packet
 
@@ -22,18 +23,15 @@ KEY = os.urandom(64)
 async def exchange(count: int) -> tuple[list[bytes], list[bytes], dict, dict]:
     now = time.time()
     server_core = ServerCore(3, [ClientEntry(1, KEY, (ipaddress.ip_network("203.0.113.2/32"),), "a")], now)
-    server_sock = open_listening_socket("127.0.0.1", 0)
-    port = server_sock.getsockname()[1]
+    server_transport = open_server_transport("127.0.0.1", 0)
+    port = server_transport.sock.getsockname()[1]
     client_core = ClientCore(1, KEY, server_id=3, server_endpoint=("127.0.0.1", port),
                              routes=[ipaddress.ip_network("203.0.113.0/24")], now=now)
     server_tun, client_tun = MemoryTun("s"), MemoryTun("c")
-    server = Daemon(server_tun, UdpBatcher(server_sock), from_network=server_core.datagrams_received,
-                    from_tun=server_core.tun_packets_received, status=server_core.status)
-    client_udp = UdpBatcher(open_client_socket(socket.AF_INET))
-    client = Daemon(client_tun, client_udp, from_network=lambda d, t: (client_core.datagrams_received(d, t), []),
-                    from_tun=client_core.tun_packets_received, status=client_core.status)
-    tasks = [asyncio.create_task(server.run()),
-             asyncio.create_task(client.run(on_start=lambda: client_udp.send(client_core.start(time.time()))))]
+    server = Daemon(server_tun, server_transport, server_core)
+    client_transport = open_client_transport(socket.AF_INET)
+    client = Daemon(client_tun, client_transport, client_core)
+    tasks = [asyncio.create_task(server.run()), asyncio.create_task(client.run())]
     try:
         up = [ipv4_packet("203.0.113.2", "203.0.113.1", i.to_bytes(4, "big") * 50) for i in range(count)]
         down = [ipv4_packet("203.0.113.1", "203.0.113.2", i.to_bytes(4, "big") * 50) for i in range(count)]
@@ -58,7 +56,7 @@ async def exchange(count: int) -> tuple[list[bytes], list[bytes], dict, dict]:
         server.stop()
         client.stop()
         await asyncio.gather(*tasks)
-        for closable in (server_sock, client_udp.sock, server_tun, client_tun):
+        for closable in (server_transport, client_transport, server_tun, client_tun):
             closable.close()
 
 

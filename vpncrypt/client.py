@@ -1,4 +1,4 @@
-"""vpncrypt client: its TUN device, one UDP socket, one server."""
+"""vpncrypt client: its TUN device, one UDP transport, one server."""
 
 from __future__ import annotations
 
@@ -11,16 +11,17 @@ import time
 from typing import Any
 
 from . import netconfig
-from .core.client import ClientCore
 from .config import ClientConfig, parse_endpoint
-from .daemon import Daemon, run_until_signalled, tunnel_and_socket
-from .transport.udp import UdpBatcher, format_endpoint, open_client_socket
+from .core.client import ClientCore
+from .daemon import Daemon, run_until_signalled, tunnel_and_transport
+from .transport import format_endpoint
+from .transport.udp import open_client_transport
 
 log = logging.getLogger("vpncrypt.client")
 
 
 class ResolveError(Exception):
-    pass
+    """The server's name does not resolve; the message names it."""
 
 
 class ServerLookups:
@@ -36,6 +37,7 @@ class ServerLookups:
         self._lookup: asyncio.Task | None = None  # kept: the loop holds tasks only weakly
 
     def start(self) -> None:
+        """Schedule the first lookup, ``interval`` seconds from now (on the running loop)."""
         asyncio.get_running_loop().call_later(self.interval, self._due)
 
     def _due(self) -> None:
@@ -78,37 +80,25 @@ def resolve(host: str, port: int) -> tuple[int, Any]:
     return family, address
 
 
-def network_plan(config: ClientConfig) -> netconfig.NetworkPlan:
-    return netconfig.backend().plan(config.interface, config.addresses, config.mtu, config.routes, config.fwmark)
-
-
-def has_default_route(config: ClientConfig) -> bool:
-    return any(route.prefixlen == 0 for route in config.routes)
+def tunnel_spec(config: ClientConfig, server_address: Any = None) -> netconfig.TunnelSpec:
+    """What the client's tunnel needs; ``server_address`` is the server's
+    socket address once resolved (a dry run may not resolve)."""
+    return netconfig.TunnelSpec(
+        config.interface, config.addresses, config.mtu, config.routes,
+        server_address=ipaddress.ip_address(server_address[0]) if server_address else None,
+        fwmark=config.fwmark,
+    )
 
 
 def client_status(core: ClientCore) -> dict[str, Any]:
+    """The core's status with the server's endpoint as 'address:port'."""
     status = core.status()
     status["server"]["endpoint"] = format_endpoint(status["server"]["endpoint"])
     return status
 
 
-def schedule_keepalives(core: ClientCore, udp: UdpBatcher, clock) -> None:
-    """Send the first keepalive now, then whenever the core's timer is due."""
-    loop = asyncio.get_running_loop()
-
-    def due() -> None:
-        now = clock()
-        udp.send(core.handle_timer(now))
-        deadline = core.next_timer()
-        if deadline is not None:
-            loop.call_later(max(deadline - now, 0.05), due)
-
-    udp.send(core.start(clock()))
-    if core.next_timer() is not None:
-        loop.call_later(core.keepalive_interval, due)
-
-
 def run_client(config: ClientConfig) -> int:
+    """Run until SIGINT or SIGTERM. Raises ResolveError if the server's name does not resolve."""
     host, port = parse_endpoint(config.server)
     family, endpoint = resolve(host, port)
     core = ClientCore(
@@ -116,24 +106,15 @@ def run_client(config: ClientConfig) -> int:
         routes=config.allowed_sources, now=time.time(), time_window=config.time_window,
         keepalive_interval=config.keepalive,
     )
+    spec = tunnel_spec(config, endpoint)
     # With the default route in the tunnel, the tunnel's own datagrams are marked to keep the main table's.
-    open_socket = functools.partial(open_client_socket, family, config.fwmark if has_default_route(config) else 0)
-    with tunnel_and_socket(config.interface, config.offload, network_plan(config), open_socket) as (tun, sock):
-        udp = UdpBatcher(sock)
-        daemon = Daemon(
-            tun, udp, from_network=lambda d, now: (core.datagrams_received(d, now), []),
-            from_tun=core.tun_packets_received, status=lambda: client_status(core),
-        )
+    open_transport = functools.partial(open_client_transport, family, fwmark=config.fwmark if spec.full_tunnel else 0)
+    with tunnel_and_transport(spec, config.offload, open_transport) as (tun, transport):
+        daemon = Daemon(tun, transport, core, status=lambda: client_status(core))
         log.info("client %r (ID %d) to server %s, interface %s",
                  config.name, config.client_id, format_endpoint(endpoint), tun.name)
-        lookups = None
+        on_start = None
         if is_name(host) and config.resolve_interval:
-            lookups = ServerLookups(core, host, port, family, config.resolve_interval)
-
-        def on_start() -> None:
-            schedule_keepalives(core, udp, daemon.clock)
-            if lookups is not None:
-                lookups.start()
-
+            on_start = ServerLookups(core, host, port, family, config.resolve_interval).start
         run_until_signalled(daemon, on_start=on_start)
     return 0

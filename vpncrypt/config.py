@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .core.inner import Network
+from .core.server import ClientEntry
 from .core.keys import decode_key
 from .core.wire import DEFAULT_TIME_WINDOW, MAX_CLIENT_ID, MAX_TIME_WINDOW
 
@@ -34,14 +35,6 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
-class ClientSection:
-    name: str
-    client_id: int
-    key: bytes = field(repr=False)
-    addresses: tuple[Network, ...]
-
-
-@dataclass(frozen=True)
 class ServerConfig:
     path: Path
     server_id: int
@@ -54,7 +47,7 @@ class ServerConfig:
     time_window: int
     client_to_client: bool
     offload: bool
-    clients: tuple[ClientSection, ...]
+    clients: tuple[ClientEntry, ...]  # as the core takes them
 
 
 @dataclass(frozen=True)
@@ -225,7 +218,7 @@ def load_server_config(path: str | os.PathLike) -> ServerConfig:
     except ValueError:
         raise server.fail("listen_address", f"{listen_address!r} is not an IP address") from None
     tunnel = server.interfaces("tunnel")
-    clients: list[ClientSection] = []
+    clients: list[ClientEntry] = []
     seen_ids: dict[int, str] = {}
     seen_names: set[str] = set()
     owners: list[tuple[Network, str]] = [(ipaddress.ip_network(i.ip), "the server") for i in tunnel]
@@ -244,7 +237,7 @@ def load_server_config(path: str | os.PathLike) -> ServerConfig:
         if not addresses:
             raise section.fail("addresses", "needs at least one address")
         owners.extend((network, f"client {name!r}") for network in addresses)
-        clients.append(ClientSection(name, client_id, section.key(), addresses))
+        clients.append(ClientEntry(client_id, section.key(), addresses, name))
     _check_overlaps(path, owners)
     return ServerConfig(
         path=path,

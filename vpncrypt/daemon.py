@@ -1,25 +1,27 @@
 """The event loop around a core: read what is ready, let the core decide, write.
 
-This is the only place that knows about the clock, signals and file
-descriptors. Each wake-up drains the ready descriptor in batches (the kernel
-queue empties faster than one packet a wake-up would) up to a cap, so one busy
-direction cannot starve the other.
+This is the only place that knows about the clock, signals and the event
+loop. Each wake-up drains the ready descriptor in batches (the kernel queue
+empties faster than one packet a wake-up would) up to a cap, so one busy
+direction cannot starve the other. One timer, armed from the core's
+``next_timer()``, runs its ``handle_timer()``, as aioquic's asyncio glue does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
-import socket
 import time
 from typing import Any, Callable, Iterator
 
 from . import netconfig
+from .core import Core
+from .transport import Transport
 from .tun import TunDevice, open_tun
-from .transport.udp import UdpBatcher
 
 log = logging.getLogger("vpncrypt")
 
@@ -29,27 +31,29 @@ DROP_SUMMARY_INTERVAL = 60.0
 
 
 @contextlib.contextmanager
-def tunnel_and_socket(
-    interface: str, offload: bool, plan: netconfig.NetworkPlan, open_socket: Callable[[], socket.socket],
-) -> Iterator[tuple[TunDevice, socket.socket]]:
-    """The TUN device configured by ``plan``, then the UDP socket; closed in
-    reverse order. The device, and its addresses and routes with it, goes away
-    when this process lets go of it; the plan's teardown undoes the rest."""
-    backend = netconfig.backend()
-    tun = open_tun(interface, offload=offload)
+def tunnel_and_transport(
+    spec: netconfig.TunnelSpec, offload: bool, open_transport: Callable[[], Transport],
+) -> Iterator[tuple[TunDevice, Transport]]:
+    """The TUN device configured as ``spec`` says, then the transport; closed
+    in reverse order. The device, and its addresses and routes with it, goes
+    away when this process lets go of it; the plan's teardown undoes the rest.
+    Raises TunError, NetconfigError or OSError with a message for the operator."""
+    tun = open_tun(spec.interface, offload=offload)
     try:
+        # The OS may have named the device otherwise: configure the one opened.
+        plan = netconfig.plan(dataclasses.replace(spec, interface=tun.name))
         try:
-            backend.apply(plan)
-            sock = open_socket()
+            netconfig.apply(plan)
+            transport = open_transport()
             try:
-                yield tun, sock
+                yield tun, transport
             finally:
-                sock.close()
+                transport.close()
         finally:
-            backend.tear_down(plan)  # also after a setup that failed half-way
+            netconfig.tear_down(plan)  # also after a setup that failed half-way
     finally:
         tun.close()
-    log.info("stopped; %s removed", interface)
+    log.info("stopped; %s removed", tun.name)
 
 
 def run_until_signalled(daemon: "Daemon", on_start: Callable[[], None] | None = None) -> None:
@@ -63,6 +67,7 @@ def run_until_signalled(daemon: "Daemon", on_start: Callable[[], None] | None = 
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop where installed (it halves the loop's overhead), else asyncio's."""
     try:
         import uvloop
     except ImportError:
@@ -72,67 +77,97 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 class Daemon:
-    """Wires a TUN device and a UDP socket to a core through an event loop.
+    """Wires a TUN device and a transport to a core through an event loop.
 
-    ``from_network(datagrams, now) -> (to_tun, to_network)`` and
-    ``from_tun(packets, now) -> to_network`` are the core's two entry points;
-    ``status()`` what SIGUSR1 logs; ``on_timer`` an optional periodic duty.
+    ``status`` turns the core's status into what SIGUSR1 logs (endpoints
+    formatted, say); ``clock`` gives ``now`` to the core, wall-clock Unix
+    seconds (see ``vpncrypt.core``).
     """
 
     def __init__(
         self,
         tun: TunDevice,
-        udp: UdpBatcher,
+        transport: Transport,
+        core: Core,
         *,
-        from_network: Callable[[list, float], tuple[list, list]],
-        from_tun: Callable[[list, float], list],
-        status: Callable[[], dict[str, Any]],
+        status: Callable[[], dict[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.tun = tun
-        self.udp = udp
-        self._from_network = from_network
-        self._from_tun = from_tun
-        self._status = status
+        self.transport = transport
+        self.core = core
+        self._status = status or core.status
         self.clock = clock
         self.tun_refused = 0
         self._stopped: asyncio.Event | None = None
         self._last_drops: dict[str, int] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline: float | None = None
 
     def network_readable(self) -> None:
+        """Drain the transport: open, then write to TUN (and forward) batch by batch."""
         for _ in range(MAX_BATCHES_PER_WAKEUP):
-            datagrams = self.udp.receive(BATCH)
+            datagrams = self.transport.receive(BATCH)
             if not datagrams:
-                return
-            to_tun, to_network = self._from_network(datagrams, self.clock())
+                break
+            to_tun, to_network = self.core.datagrams_received(datagrams, self.clock())
             if to_tun:
                 self.tun_refused += self.tun.write_batch(to_tun)
             if to_network:
-                self.udp.send(to_network)
+                self.transport.send(to_network)
             if len(datagrams) < BATCH:
-                return
+                break
+        self._arm_timer_if_earlier()
 
     def tun_readable(self) -> None:
+        """Drain the TUN device: seal and send batch by batch."""
         for _ in range(MAX_BATCHES_PER_WAKEUP):
             packets = self.tun.read_batch(BATCH)
             if not packets:
-                return
-            self.udp.send(self._from_tun(packets, self.clock()))
+                break
+            self.transport.send(self.core.tun_packets_received(packets, self.clock()))
             if len(packets) < BATCH:
-                return
+                break
+        self._arm_timer_if_earlier()
+
+    def _arm_timer_if_earlier(self) -> None:
+        """Deadlines that only move later (a keepalive after traffic) leave the
+        armed timer alone: it finds nothing due and re-arms. One that moved
+        earlier re-arms it now."""
+        deadline = self.core.next_timer()
+        if deadline is not None and (self._timer_deadline is None or deadline < self._timer_deadline):
+            self._arm_timer(deadline)
+
+    def _arm_timer(self, deadline: float | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_deadline = deadline
+        if deadline is not None:
+            delay = max(deadline - self.clock(), 0.0)
+            self._timer = asyncio.get_running_loop().call_later(delay, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        to_network = self.core.handle_timer(self.clock())
+        if to_network:
+            self.transport.send(to_network)
+        self._arm_timer(self.core.next_timer())
 
     def status(self) -> dict[str, Any]:
+        """The core's status plus the refusals counted here."""
         status = self._status()
         status["tun_write_refused"] = self.tun_refused
-        status["udp_send_errors"] = self.udp.send_errors
+        status["udp_send_errors"] = self.transport.send_errors
         return status
 
     def log_status(self) -> None:
+        """One ``status {json}`` line (SIGUSR1)."""
         log.info("status %s", json.dumps(self.status(), sort_keys=True))
 
     def _summarize_drops(self, loop: asyncio.AbstractEventLoop) -> None:
         """One line a minute at most, whatever the rate of drops."""
-        drops = {k: v for k, v in self.status().get("drops", {}).items() if v}
+        drops = {k: v for k, v in self.core.drops.items() if v}
         if drops != self._last_drops:
             new = {k: v - self._last_drops.get(k, 0) for k, v in drops.items() if v != self._last_drops.get(k, 0)}
             log.info("dropped in the last %ds: %s", DROP_SUMMARY_INTERVAL, json.dumps(new, sort_keys=True))
@@ -140,26 +175,32 @@ class Daemon:
         loop.call_later(DROP_SUMMARY_INTERVAL, self._summarize_drops, loop)
 
     def stop(self) -> None:
+        """Make ``run`` return (SIGINT, SIGTERM)."""
         if self._stopped is not None:
             self._stopped.set()
 
     async def run(self, on_start: Callable[[], None] | None = None) -> None:
-        """Serve until SIGINT or SIGTERM (or ``stop()``)."""
+        """Serve until SIGINT or SIGTERM (or ``stop()``); the core's timer is
+        armed at once (a client's first keepalive is due then), and
+        ``on_start`` runs once the loop is serving (duties of the shell's own,
+        such as looking the server up again)."""
         loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        loop.add_reader(self.udp.sock.fileno(), self.network_readable)
+        loop.add_reader(self.transport.fileno(), self.network_readable)
         loop.add_reader(self.tun.fileno(), self.tun_readable)
         signals = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
         for number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(number, self.stop)
         loop.add_signal_handler(signal.SIGUSR1, self.log_status)
         loop.call_later(DROP_SUMMARY_INTERVAL, self._summarize_drops, loop)
+        self._arm_timer(self.core.next_timer())
         try:
             if on_start is not None:
                 on_start()
             await self._stopped.wait()
         finally:
-            loop.remove_reader(self.udp.sock.fileno())
+            self._arm_timer(None)
+            loop.remove_reader(self.transport.fileno())
             loop.remove_reader(self.tun.fileno())
             for number in signals:
                 loop.remove_signal_handler(number)

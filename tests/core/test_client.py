@@ -17,30 +17,30 @@ def test_datagram_from_server_is_not_accepted_by_the_client_of_another_server():
     [(datagram, _)] = server.tun_packets_received([ipv4_packet(SERVER_ADDR, A_ADDR)], NOW + 5)
     other = ClientCore(1, KEY_A, server_id=SERVER_ID + 1, server_endpoint=SERVER_EP,
                        routes=[net("203.0.113.0/24")], now=NOW)
-    assert other.datagrams_received([(datagram, SERVER_EP)], NOW + 5) == []
+    assert other.datagrams_received([(datagram, SERVER_EP)], NOW + 5).to_tun == []
     assert other.drops["auth_failed"] == 1
     # ... and a client's own datagram reflected back to it fails too.
     client = make_client()
     [(own, _)] = client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR)], NOW + 5)
-    assert client.datagrams_received([(own, SERVER_EP)], NOW + 5) == []
+    assert client.datagrams_received([(own, SERVER_EP)], NOW + 5).to_tun == []
     assert client.drops["auth_failed"] == 1
 
 
 def test_client_round_trip_and_source_filter():
     server = make_server()
     client = make_client()
-    server.datagrams_received(client.start(NOW + 1), NOW + 1)
+    server.datagrams_received(client.handle_timer(NOW + 1), NOW + 1)
     inside = ipv4_packet(SERVER_ADDR, A_ADDR, b"in")
     outside = ipv4_packet("198.51.100.7", A_ADDR, b"not routed to the tunnel")
     out = server.tun_packets_received([inside, outside], NOW + 2)
-    assert client.datagrams_received([(d, SERVER_EP) for d, _ in out], NOW + 2) == [inside]
+    assert client.datagrams_received([(d, SERVER_EP) for d, _ in out], NOW + 2) == ([inside], [])
     assert client.drops["inner_source_not_allowed"] == 1
 
 
 def test_client_keepalive_timer():
     client = make_client(keepalive_interval=25)
-    assert client.next_timer() is None
-    assert len(client.start(NOW)) == 1
+    assert client.next_timer() == 0.0  # the first keepalive is due at once
+    assert len(client.handle_timer(NOW)) == 1
     assert client.next_timer() == NOW + 25
     assert client.handle_timer(NOW + 24.9) == []
     [(keepalive, endpoint)] = client.handle_timer(NOW + 25)
@@ -51,7 +51,7 @@ def test_client_keepalive_timer():
 
 def test_client_keepalive_off():
     client = make_client(keepalive_interval=0)
-    client.start(NOW)
+    assert len(client.handle_timer(NOW)) == 1  # one at start, even so
     assert client.next_timer() is None and client.handle_timer(NOW + 1000) == []
 
 

@@ -53,9 +53,9 @@ def test_a_client_that_just_started_hears_the_server_at_once():
     which is at or above the client's replay floor: no second of silence after a start."""
     server = make_server(now=NOW)
     client = make_client(now=NOW + 100.2)
-    server.datagrams_received([(d, A_EP) for d, _ in client.start(NOW + 100.3)], NOW + 100.3)
+    server.datagrams_received([(d, A_EP) for d, _ in client.handle_timer(NOW + 100.3)], NOW + 100.3)
     out = server.tun_packets_received([ipv4_packet(SERVER_ADDR, A_ADDR)], NOW + 100.4)
-    assert len(client.datagrams_received([(d, SERVER_EP) for d, _ in out], NOW + 100.4)) == 1
+    assert len(client.datagrams_received([(d, SERVER_EP) for d, _ in out], NOW + 100.4).to_tun) == 1
     assert client.drops["superseded"] == 0
 
 

@@ -188,7 +188,7 @@ def test_endpoint_follows_the_newest_authenticated_datagram():
 def test_keepalive_moves_the_endpoint_and_reaches_no_tun():
     server = make_server()
     client = make_client()
-    out = server.datagrams_received([(d, A_EP) for d, _ in client.start(NOW + 1)], NOW + 1)
+    out = server.datagrams_received([(d, A_EP) for d, _ in client.handle_timer(NOW + 1)], NOW + 1)
     assert out == ([], []) and server.peers[1].endpoint == A_EP
 
 

@@ -69,7 +69,7 @@ def test_tun_packets_route_by_destination():
     assert server.drops["no_endpoint"] == 1
     assert server.tun_packets_received([ipv4_packet(SERVER_ADDR, "203.0.113.99"), b"", b"\x45"], NOW) == []
     assert server.drops["no_route"] == 3
-    server.datagrams_received(make_client().start(NOW + 1), NOW + 1)
+    server.datagrams_received(make_client().handle_timer(NOW + 1), NOW + 1)
     [(datagram, endpoint)] = server.tun_packets_received([ipv4_packet(SERVER_ADDR, A_ADDR)], NOW + 1)
     assert endpoint == SERVER_EP and len(datagram) == 20 + 24
 
@@ -78,14 +78,14 @@ def test_tun_packets_route_by_destination():
 def test_client_to_client(allowed):
     server = make_server(client_to_client=allowed)
     client_b = make_client(2, KEY_B)
-    server.datagrams_received([(d, B_EP) for d, _ in client_b.start(NOW + 1)], NOW + 1)
+    server.datagrams_received([(d, B_EP) for d, _ in client_b.handle_timer(NOW + 1)], NOW + 1)
     packet = ipv4_packet(A_ADDR, B_ADDR, b"to b")
     out = server.datagrams_received([(d, A_EP) for d in seal_from_a([packet])], NOW + 5)
     assert out.to_tun == []
     if allowed:
         [(datagram, endpoint)] = out.to_network
         assert endpoint == B_EP
-        assert client_b.datagrams_received([(datagram, SERVER_EP)], NOW + 5) == [packet]
+        assert client_b.datagrams_received([(datagram, SERVER_EP)], NOW + 5).to_tun == [packet]
     else:
         assert out.to_network == [] and server.drops["client_to_client_denied"] == 1
 

@@ -8,10 +8,11 @@ import time
 
 import pytest
 
-from vpncrypt.transport.udp import UdpBatcher, open_listening_socket
+from vpncrypt.transport.options import NO_OPTIONS
+from vpncrypt.transport.udp import UdpTransport, open_client_transport, open_server_transport
 
 
-def collect(receiver: UdpBatcher, count: int, timeout: float = 5) -> list:
+def collect(receiver: UdpTransport, count: int, timeout: float = 5) -> list:
     got: list = []
     deadline = time.monotonic() + timeout
     while len(got) < count and time.monotonic() < deadline:
@@ -31,10 +32,10 @@ def traffic() -> list[bytes]:
 
 @pytest.mark.parametrize("send_offload, receive_offload", [(True, True), (True, False), (False, True), (False, False)])
 def test_everything_arrives_in_order(send_offload, receive_offload):
-    server = open_listening_socket("127.0.0.1", 0)
-    receiver = UdpBatcher(server, offload=receive_offload)
+    receiver = open_server_transport("127.0.0.1", 0, offload=receive_offload)
+    server = receiver.sock
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender = UdpBatcher(client, offload=send_offload)
+    sender = UdpTransport(client, offload=send_offload)
     endpoint = server.getsockname()
     try:
         sent = traffic()
@@ -50,10 +51,10 @@ def test_everything_arrives_in_order(send_offload, receive_offload):
 
 
 def test_runs_split_by_endpoint():
-    servers = [open_listening_socket("127.0.0.1", 0) for _ in range(2)]
-    receivers = [UdpBatcher(s) for s in servers]
+    receivers = [open_server_transport("127.0.0.1", 0) for _ in range(2)]
+    servers = [r.sock for r in receivers]
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender = UdpBatcher(client)
+    sender = UdpTransport(client)
     try:
         plan = [(bytes([i]) * 1000, servers[i % 3 == 0].getsockname()) for i in range(90)]
         sender.send(plan)
@@ -84,11 +85,11 @@ class RefusingSocket:
 
 
 def test_falls_back_when_the_kernel_refuses_segmentation():
-    server = open_listening_socket("127.0.0.1", 0)
-    receiver = UdpBatcher(server)
+    receiver = open_server_transport("127.0.0.1", 0)
+    server = receiver.sock
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     refusing = RefusingSocket(client)
-    sender = UdpBatcher(refusing)  # type: ignore[arg-type]
+    sender = UdpTransport(refusing)  # type: ignore[arg-type]
     try:
         sent = traffic()
         sender.send([(d, server.getsockname()) for d in sent])
@@ -109,8 +110,12 @@ def test_falls_back_when_the_kernel_refuses_segmentation():
 ])
 def test_replies_leave_from_the_address_the_client_sent_to(listen, sticky, count, source):
     """127.0.0.2 is local too, but the route back to 127.0.0.1 picks 127.0.0.1 as source."""
-    server = open_listening_socket(listen, 0)
-    receiver = UdpBatcher(server, reply_from_destination=sticky)
+    server = socket.socket(socket.AF_INET6 if ":" in listen else socket.AF_INET, socket.SOCK_DGRAM)
+    if ":" in listen:
+        server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    server.bind((listen, 0))
+    server.setblocking(False)
+    receiver = UdpTransport(server, reply_from_destination=sticky)
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.bind(("127.0.0.1", 0))
     client.settimeout(5)
@@ -125,3 +130,23 @@ def test_replies_leave_from_the_address_the_client_sent_to(listen, sticky, count
     finally:
         server.close()
         client.close()
+
+
+def test_a_platform_without_the_options_gets_none_of_them():
+    """Never Linux's numbers elsewhere: no GSO, no GRO, IPv4 replies from the route's address."""
+    receiver = open_server_transport("0.0.0.0", 0, options=NO_OPTIONS)
+    try:
+        assert (receiver.gso, receiver.gro, receiver.sticky) == (False, False, False)
+    finally:
+        receiver.close()
+    with pytest.raises(OSError, match="SO_MARK"):
+        open_client_transport(socket.AF_INET, fwmark=7, options=NO_OPTIONS)
+
+
+def test_the_server_transport_answers_from_the_address_sent_to_only_when_listening_on_all():
+    for listen, sticky in (("0.0.0.0", True), ("::", True), ("127.0.0.1", False)):
+        transport = open_server_transport(listen, 0)
+        try:
+            assert transport.sticky is sticky and transport.fileno() == transport.sock.fileno()
+        finally:
+            transport.close()

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from ..client import ResolveError, network_plan as client_plan, run_client
+from ..client import ResolveError, run_client, tunnel_spec as client_spec
 from ..config import ConfigError, load_client_config, load_server_config
-from ..netconfig import NetconfigError
-from ..server import network_plan as server_plan, run_server
+from ..netconfig import NetconfigError, describe, plan
+from ..server import run_server, tunnel_spec as server_spec
 from ..tun import TunError
 from .common import RUNTIME_ERROR, error_exit, setup_logging
 
 
-def _main(program: str, argv, load, plan, run) -> int:
+def _main(program: str, argv, load, spec, run) -> int:
     parser = argparse.ArgumentParser(prog=program, description=f"Run the vpncrypt {program.split('-')[1]}"
                                      " in the foreground until SIGINT or SIGTERM.")
     parser.add_argument("--config", required=True, metavar="FILE")
@@ -24,9 +24,7 @@ def _main(program: str, argv, load, plan, run) -> int:
     try:
         config = load(args.config)
         if args.dry_run:
-            from ..netconfig import backend
-
-            print(backend().describe(plan(config)))
+            print(describe(plan(spec(config))))
             return 0
         return run(config)
     except ConfigError as error:
@@ -36,8 +34,8 @@ def _main(program: str, argv, load, plan, run) -> int:
 
 
 def server_main(argv: list[str] | None = None) -> int:
-    return _main("vpncrypt-server", argv, load_server_config, server_plan, run_server)
+    return _main("vpncrypt-server", argv, load_server_config, server_spec, run_server)
 
 
 def client_main(argv: list[str] | None = None) -> int:
-    return _main("vpncrypt-client", argv, load_client_config, client_plan, run_client)
+    return _main("vpncrypt-client", argv, load_client_config, client_spec, run_client)

@@ -1,0 +1,49 @@
+"""The sans-I/O protocol core: bytes, an endpoint and ``now`` in; decisions and bytes out.
+
+Nothing in this package touches a socket, a file descriptor, the clock,
+logging or global state (``tests/core/test_purity.py`` holds it to that).
+``now`` is always wall-clock time, seconds since the Unix epoch as a float
+(``time.time()``): timestamps on the wire are Unix seconds, so passing a
+monotonic clock would make every datagram fall outside the time window.
+
+Both cores (``server.ServerCore``, ``client.ClientCore``) answer the calls of
+``Core``, which is all the event loop uses. Endpoints are opaque: whatever
+the transport hands in with a datagram, stored and handed back to send.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Iterable, NamedTuple, Protocol
+
+Datagrams = list[tuple[bytes, Any]]  # (datagram, endpoint) pairs
+
+
+class Delivery(NamedTuple):
+    """What a batch of received datagrams produced."""
+
+    to_tun: list[bytes]  # inner IP packets for the TUN device
+    to_network: Datagrams  # datagrams to send (a server forwarding client to client)
+
+
+class Core(Protocol):
+    """The one surface the event loop drives; nothing here raises on bad input:
+    what is refused is counted in ``drops`` (reason -> count)."""
+
+    drops: Counter
+
+    def datagrams_received(self, datagrams: Iterable[tuple[bytes, Any]], now: float) -> Delivery:
+        """Authenticate and open a batch from the network."""
+
+    def tun_packets_received(self, packets: Iterable[bytes], now: float) -> Datagrams:
+        """Seal a batch of IP packets read from the TUN device."""
+
+    def next_timer(self) -> float | None:
+        """The wall-clock time (Unix seconds) at which ``handle_timer`` has
+        work, possibly in the past (due now); None for nothing scheduled."""
+
+    def handle_timer(self, now: float) -> Datagrams:
+        """Do what is due at ``now``; nothing if called early."""
+
+    def status(self) -> dict[str, Any]:
+        """Counters and peers for an operator; never key material."""

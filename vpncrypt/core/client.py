@@ -2,13 +2,15 @@
 
 Keepalives follow WireGuard's persistent keepalive: one at start, so the server
 learns the client's address at once, then one whenever nothing has been sent
-for ``keepalive_interval`` seconds, so NAT mappings stay open.
+for ``keepalive_interval`` seconds, so NAT mappings stay open. Both come from
+the timer (``next_timer``, ``handle_timer``): a new core's timer is due at once.
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable
 
+from . import Datagrams, Delivery
 from . import drops as reasons
 from .inner import Network, PrefixTable
 from .peer import Peer
@@ -17,7 +19,13 @@ from .wire import DEFAULT_TIME_WINDOW, KIND_DATA, KIND_KEEPALIVE, TO_CLIENT, TO_
 
 
 class ClientCore:
-    """One client's state for its server."""
+    """One client's state for its server.
+
+    ``server_endpoint`` is the socket address to send to (from the config or
+    a lookup, never from a received datagram's source); ``routes`` the
+    networks the server may send from; ``keepalive_interval`` seconds, 0 for
+    only the first keepalive. Raises ValueError for a key of the wrong length.
+    """
 
     def __init__(
         self,
@@ -42,19 +50,16 @@ class ClientCore:
         self.sources.add_all(routes, self.server)
         self._last_sent: float | None = None
 
-    def start(self, now: float) -> list[tuple[bytes, Any]]:
-        """The first keepalive: tells the server where this client is."""
-        return self._send(KIND_KEEPALIVE, [b""], now)
-
-    def datagrams_received(self, datagrams: Iterable[tuple[bytes, Any]], now: float) -> list[bytes]:
-        """Inner packets for the TUN device."""
+    def datagrams_received(self, datagrams: Iterable[tuple[bytes, Any]], now: float) -> Delivery:
+        """Inner packets for the TUN device; a client forwards nothing back out.
+        What fails a check is counted in ``drops``."""
         server = self.server
         opened = open_datagrams(
             datagrams, now, direction=TO_CLIENT, server_id=server.server_id,
             find_peer={server.client_id: server}.get,
             sources=self.sources, time_window=self.time_window, drops=self.drops,
         )
-        return [packet for _, packet in opened]
+        return Delivery([packet for _, packet in opened], [])
 
     def server_resolved(self, addresses: list[Any]) -> Any | None:
         """The server's name was looked up again, giving socket ``addresses``.
@@ -67,25 +72,31 @@ class ClientCore:
         server.endpoint = addresses[0]
         return server.endpoint
 
-    def tun_packets_received(self, packets: list[bytes], now: float) -> list[tuple[bytes, Any]]:
+    def tun_packets_received(self, packets: list[bytes], now: float) -> Datagrams:
+        """Seal IP packets for the server."""
         return self._send(KIND_DATA, packets, now) if packets else []
 
     def next_timer(self) -> float | None:
-        """When ``handle_timer`` next has something to do, or None for never."""
-        if self.keepalive_interval <= 0 or self._last_sent is None:
+        """Unix seconds of the next keepalive: at once (0.0) before anything was
+        sent, then ``keepalive_interval`` after the last send; None if they are off."""
+        if self._last_sent is None:
+            return 0.0
+        if self.keepalive_interval <= 0:
             return None
         return self._last_sent + self.keepalive_interval
 
-    def handle_timer(self, now: float) -> list[tuple[bytes, Any]]:
+    def handle_timer(self, now: float) -> Datagrams:
+        """A keepalive if one is due at ``now``, else nothing."""
         deadline = self.next_timer()
         if deadline is None or now < deadline:
             return []
         return self._send(KIND_KEEPALIVE, [b""], now)
 
-    def _send(self, kind: int, payloads: list[bytes], now: float) -> list[tuple[bytes, Any]]:
+    def _send(self, kind: int, payloads: list[bytes], now: float) -> Datagrams:
         self._last_sent = now
         endpoint = self.server.endpoint
         return [(datagram, endpoint) for datagram in self.server.seal(kind, payloads, now)]
 
     def status(self) -> dict[str, Any]:
+        """The server peer's counters and endpoint (raw), and the drops."""
         return {"server": self.server.status(), "drops": dict(self.drops)}

@@ -90,6 +90,7 @@ class PrefixTable(Generic[Owner]):
         self._remembered: dict[bytes, Owner | None] = {}
 
     def add(self, network: Network, owner: Owner) -> None:
+        """Route ``network`` to ``owner``; a later equal prefix does not replace an earlier one."""
         if network.prefixlen == network.max_prefixlen:
             self.hosts[network.network_address.packed] = owner
             return
@@ -105,10 +106,12 @@ class PrefixTable(Generic[Owner]):
         self._remembered.clear()
 
     def add_all(self, networks: Iterable[Network], owner: Owner) -> None:
+        """``add`` each of ``networks``."""
         for network in networks:
             self.add(network, owner)
 
     def lookup(self, address: bytes) -> Owner | None:
+        """The owner of the longest route holding ``address`` (4 or 16 raw bytes), or None."""
         owner = self.hosts.get(address)
         if owner is not None:
             return owner

@@ -10,10 +10,12 @@ from .wire import KEY_LEN
 
 
 def new_key() -> bytes:
+    """64 bytes from the OS's CSPRNG."""
     return secrets.token_bytes(KEY_LEN)
 
 
 def encode_key(key: bytes) -> str:
+    """Standard base64 with padding, 88 characters for a 64-byte key."""
     return base64.b64encode(key).decode("ascii")
 
 

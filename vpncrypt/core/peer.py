@@ -34,6 +34,7 @@ class CipherBudget:
         self.live: list[Peer] = []
 
     def activate(self, peer: "Peer") -> AESSIV:
+        """Make ``peer``'s context, first taking theirs from the idlest half if full."""
         if len(self.live) >= self.limit:
             self.live.sort(key=Peer.recency)
             half = len(self.live) // 2
@@ -43,6 +44,15 @@ class CipherBudget:
         peer.aead = AESSIV(peer.key)
         self.live.append(peer)
         return peer.aead
+
+    def retain(self, peers) -> None:
+        """Keep contexts only for ``peers`` (the client table after a reload):
+        a removed client's key schedule is let go at once."""
+        keep = {id(peer) for peer in peers}
+        for peer in self.live:
+            if id(peer) not in keep:
+                peer.aead = None
+        self.live = [peer for peer in self.live if id(peer) in keep]
 
 
 class Peer:
@@ -87,7 +97,12 @@ class Peer:
         self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = self.roams = 0
 
     def seal(self, kind: int, payloads: list[bytes], now: float) -> list[bytes]:
-        """Seal a batch of payloads into datagrams, consuming one counter each."""
+        """Seal a batch of payloads into datagrams, consuming one counter each.
+
+        ``kind`` is a wire.KIND_* value; ``now`` Unix seconds. A payload that
+        is a PartialChecksumPacket travels as KIND_DATA_PARTIAL. Returns one
+        datagram per payload, in order; raises nothing for any payload of at
+        most wire.MAX_PAYLOAD bytes."""
         # Never older than what was sent before, nor than the newest timestamp
         # accepted from the peer: that one is at or above the peer's replay
         # floor, so a peer that has just started hears us at once.

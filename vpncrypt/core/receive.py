@@ -38,8 +38,14 @@ def open_datagrams(
 ) -> list[tuple[Peer, bytes]]:
     """Authenticate, decrypt and filter; return (peer, inner packet) for each data packet.
 
-    A datagram that authenticates, is fresh and is the newest from its peer
-    moves that peer's endpoint to the address it came from.
+    ``datagrams`` are (bytes, endpoint) pairs; ``now`` is Unix seconds;
+    ``direction`` the wire.TO_* value the datagrams were sealed for;
+    ``find_peer`` maps a client ID to its Peer; ``sources`` the tunnel
+    addresses each peer may send from. Nothing is raised: every datagram
+    refused adds one to ``drops[reason]`` (see drops.py), in the order of
+    the checks in docs/PROTOCOL.md. A datagram that authenticates, is fresh
+    and is the newest from its peer moves that peer's endpoint to the
+    address it came from.
     """
     now_s = int(now)
     ts_base = now_s - TIMESTAMP_MOD // 2

@@ -39,7 +39,10 @@ SUPERSEDED = -3
 
 
 class ReplayWindow:
-    """What one receiver remembers of one sender's (timestamp, counter) pairs."""
+    """What one receiver remembers of one sender's (timestamp, counter) pairs.
+
+    ``floor`` is the oldest timestamp (Unix seconds) it may accept: the
+    receiver's own start, so nothing sent before it started is accepted."""
 
     __slots__ = ("floor", "newest_ts", "newest_counter", "ring")
 
@@ -52,7 +55,9 @@ class ReplayWindow:
         self.ring: bytearray | None = None  # allocated by the first commit
 
     def check(self, ts: int, counter: int) -> int:
-        """Classify a datagram; changes nothing."""
+        """Classify a datagram by its full timestamp ``ts`` (sender's Unix
+        seconds) and 32-bit ``counter``: a positive verdict accepts, a negative
+        one is a drop reason. Changes nothing."""
         if ts < self.floor:
             return SUPERSEDED
         newest = self.newest_counter

@@ -9,8 +9,9 @@ that did not authenticate.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable
 
+from . import Datagrams, Delivery
 from . import drops as reasons
 from .inner import Network, PrefixTable, destination_address
 from .peer import CipherBudget, Peer
@@ -20,7 +21,10 @@ from .wire import DEFAULT_TIME_WINDOW, KIND_DATA, TO_CLIENT, TO_SERVER
 
 @dataclass(frozen=True)
 class ClientEntry:
-    """A client as configured: what the server must know before its first datagram."""
+    """A client as configured: what the server must know before its first datagram.
+
+    ``addresses`` are the tunnel networks it may send from and that route to it
+    (host addresses, or prefixes for a network behind it)."""
 
     client_id: int
     key: bytes = field(repr=False)
@@ -28,13 +32,14 @@ class ClientEntry:
     name: str = ""
 
 
-class Delivery(NamedTuple):
-    to_tun: list[bytes]
-    to_network: list[tuple[bytes, Any]]
-
-
 class ServerCore:
-    """Client table and routing for one server ID."""
+    """Client table and routing for one server ID.
+
+    ``now`` is Unix seconds (see ``vpncrypt.core``); ``time_window`` seconds a
+    timestamp may differ from it. Raises ValueError for a client ID given
+    twice or a key of the wrong length; everything after construction is
+    counted in ``drops``, never raised.
+    """
 
     def __init__(
         self,
@@ -52,19 +57,45 @@ class ServerCore:
         self.drops = reasons.new_counters()
         self.peers: dict[int, Peer] = {}
         self.routes: PrefixTable[Peer] = PrefixTable()
+        self._addresses: dict[int, tuple[Network, ...]] = {}
         self.cipher_budget = cipher_budget or CipherBudget()
-        for entry in clients:
-            if entry.client_id in self.peers:
+        self.update_clients(clients, now)
+
+    def update_clients(self, entries: Iterable[ClientEntry], now: float) -> None:
+        """Make ``entries`` the client table, as a live reload needs.
+
+        A client whose key and addresses are unchanged keeps its peer (replay
+        window, endpoint, counters; a new name is taken). A removed client is
+        gone at once, its cipher context with it. A new, re-keyed or
+        re-addressed client starts fresh, refusing anything stamped before
+        ``now``. Raises ValueError (and changes nothing) for a client ID given
+        twice or a key of the wrong length.
+        """
+        entries = list(entries)
+        peers: dict[int, Peer] = {}
+        for entry in entries:
+            if entry.client_id in peers:
                 raise ValueError(f"client ID {entry.client_id} is configured twice")
-            peer = Peer(
-                entry.client_id, entry.key, server_id=server_id, send_direction=TO_CLIENT,
-                now=now, name=entry.name, budget=self.cipher_budget,
-            )
-            self.peers[entry.client_id] = peer
-            self.routes.add_all(entry.addresses, peer)
+            kept = self.peers.get(entry.client_id)
+            if kept is not None and kept.key == entry.key and self._addresses.get(entry.client_id) == entry.addresses:
+                kept.name = entry.name
+                peers[entry.client_id] = kept
+            else:
+                peers[entry.client_id] = Peer(
+                    entry.client_id, entry.key, server_id=self.server_id, send_direction=TO_CLIENT,
+                    now=now, name=entry.name, budget=self.cipher_budget,
+                )
+        routes: PrefixTable[Peer] = PrefixTable()
+        for entry in entries:
+            routes.add_all(entry.addresses, peers[entry.client_id])
+        self.cipher_budget.retain(peers.values())
+        self.peers = peers
+        self.routes = routes
+        self._addresses = {entry.client_id: entry.addresses for entry in entries}
 
     def datagrams_received(self, datagrams: Iterable[tuple[bytes, Any]], now: float) -> Delivery:
-        """Open datagrams from clients; inner packets go to TUN or, client to client, back out."""
+        """Open datagrams from clients; inner packets go to TUN or, client to
+        client, back out sealed. What fails a check is counted in ``drops``."""
         opened = open_datagrams(
             datagrams, now, direction=TO_SERVER, server_id=self.server_id,
             find_peer=self.peers.get, sources=self.routes,
@@ -88,8 +119,9 @@ class ServerCore:
                 self.drops[reasons.CLIENT_TO_CLIENT_DENIED] += 1
         return Delivery(to_tun, self.tun_packets_received(forward, now) if forward else [])
 
-    def tun_packets_received(self, packets: Iterable[bytes], now: float) -> list[tuple[bytes, Any]]:
-        """Seal packets for the clients that own their destination addresses."""
+    def tun_packets_received(self, packets: Iterable[bytes], now: float) -> Datagrams:
+        """Seal packets for the clients that own their destination addresses;
+        a destination nobody owns, or a client not heard from yet, is counted."""
         by_peer: dict[Peer, list[bytes]] = {}
         lookup = self.routes.lookup
         for packet in packets:
@@ -101,13 +133,22 @@ class ServerCore:
                 self.drops[reasons.NO_ENDPOINT] += 1
             else:
                 by_peer.setdefault(peer, []).append(packet)
-        out: list[tuple[bytes, Any]] = []
+        out: Datagrams = []
         for peer, batch in by_peer.items():
             endpoint = peer.endpoint
             out.extend((datagram, endpoint) for datagram in peer.seal(KIND_DATA, batch, now))
         return out
 
+    def next_timer(self) -> float | None:
+        """The server has nothing scheduled: it only answers."""
+        return None
+
+    def handle_timer(self, now: float) -> Datagrams:
+        """Nothing is ever due."""
+        return []
+
     def status(self) -> dict[str, Any]:
+        """Per client its counters and raw endpoint, and the drops; no key material."""
         return {
             "server_id": self.server_id,
             "clients": [peer.status() for peer in self.peers.values()],

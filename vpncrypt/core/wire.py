@@ -61,6 +61,8 @@ AD_SUFFIX = struct.Struct("!BIQ")  # direction, server ID, full timestamp
 
 
 class Header(NamedTuple):
+    """The cleartext header's fields: ``timestamp_low`` is the timestamp mod 1024."""
+
     kind: int
     timestamp_low: int
     client_id: int

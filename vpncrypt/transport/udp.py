@@ -1,36 +1,67 @@
-"""The UDP side: sockets set up for a VPN, batch receive and send that never block."""
+"""UDP: sockets set up for a VPN, batch receive and send that never block.
+
+The OS-specific options (GSO, GRO, the local address of a datagram, a firewall
+mark, forced buffer sizes) come from ``socket_options()``; where the platform
+lacks one it is off, and the log says so once.
+"""
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import socket
 import sys
 from typing import Any
 
+from . import socket_options
+from .options import SocketOptions
+
+log = logging.getLogger("vpncrypt")
+
 _BUFFER_BYTES = 4 << 20
-# Linux's SO_RCVBUFFORCE and SO_SNDBUFFORCE, which Python does not name: as
-# root they pass net.core.[rw]mem_max.
-_FORCE = {socket.SO_RCVBUF: 33, socket.SO_SNDBUF: 32} if sys.platform.startswith("linux") else {}
+SOL_UDP = 17  # IPPROTO_UDP, the level of UDP_SEGMENT and UDP_GRO
+GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS in linux/udp.h
+GSO_MAX_BYTES = 65000  # under IPv4's 65,507-byte UDP payload limit
+_GSO_REFUSED = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EIO}
+_GRO_ANCILLARY = socket.CMSG_SPACE(4)
+_PKTINFO_ANCILLARY = socket.CMSG_SPACE(20)  # struct in6_pktinfo; in_pktinfo is 12 bytes
+_NO_INTERFACE = bytes(4)
+_missing_said = False
 
 
-def _grow_buffers(sock: socket.socket) -> None:
-    """Room for bursts of datagrams."""
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+def _say_missing_once(options: SocketOptions) -> None:
+    global _missing_said
+    missing = options.missing()
+    if missing and not _missing_said:
+        log.info("UDP on %s: without %s (not on this platform)", options.name, ", ".join(missing))
+        _missing_said = True
+
+
+def _grow_buffers(sock: socket.socket, options: SocketOptions) -> None:
+    """Room for bursts of datagrams: past the system's cap where root may."""
+    for plain, force in ((socket.SO_RCVBUF, options.rcvbuf_force), (socket.SO_SNDBUF, options.sndbuf_force)):
         try:
-            sock.setsockopt(socket.SOL_SOCKET, _FORCE[option], _BUFFER_BYTES)
-        except (KeyError, OSError):
-            sock.setsockopt(socket.SOL_SOCKET, option, _BUFFER_BYTES)
+            if force is None:
+                raise OSError
+            sock.setsockopt(socket.SOL_SOCKET, force, _BUFFER_BYTES)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, _BUFFER_BYTES)
 
 
-def open_listening_socket(address: str, port: int) -> socket.socket:
-    """A non-blocking UDP socket on ``address``:``port``; '::' takes IPv4 and IPv6 alike."""
+def open_server_transport(
+    address: str, port: int, *, offload: bool = True, options: SocketOptions | None = None,
+) -> "UdpTransport":
+    """A non-blocking UDP transport bound to ``address``:``port``; '::' takes
+    IPv4 and IPv6 alike, and then each datagram is answered from the local
+    address it came to. Raises OSError with a message for the operator."""
+    options = options or socket_options()
     family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        _grow_buffers(sock)
+        _grow_buffers(sock, options)
         sock.bind((address, port))
     except OSError as error:
         sock.close()
@@ -38,52 +69,33 @@ def open_listening_socket(address: str, port: int) -> socket.socket:
             raise OSError(error.errno, f"UDP port {port} is already in use") from None
         raise OSError(error.errno, f"cannot listen on UDP {address} port {port}: {error.strerror}") from None
     sock.setblocking(False)
-    return sock
+    reply_from_destination = ipaddress.ip_address(address).is_unspecified
+    return UdpTransport(sock, offload=offload, reply_from_destination=reply_from_destination, options=options)
 
 
-def open_client_socket(family: int, fwmark: int = 0) -> socket.socket:
+def open_client_transport(
+    family: int, *, fwmark: int = 0, offload: bool = True, options: SocketOptions | None = None,
+) -> "UdpTransport":
     """Unbound until the first send and unconnected, so the kernel picks the
     source address afresh for each datagram: a new address after roaming is
-    used at once. ``fwmark`` (Linux) marks every datagram it sends."""
+    used at once. ``fwmark`` (non-zero) marks every datagram sent, where the
+    platform has SO_MARK. Raises OSError with a message for the operator."""
+    options = options or socket_options()
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        _grow_buffers(sock)
+        _grow_buffers(sock, options)
         if fwmark:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
+            if options.mark is None:
+                raise OSError(errno.EOPNOTSUPP, f"a fwmark needs SO_MARK, which {options.name} does not have")
+            sock.setsockopt(socket.SOL_SOCKET, options.mark, fwmark)
     except OSError as error:
         sock.close()
         raise OSError(error.errno, f"cannot set up the UDP socket: {error.strerror}") from None
     sock.setblocking(False)
-    return sock
+    return UdpTransport(sock, offload=offload, options=options)
 
 
-def format_endpoint(endpoint: Any) -> str | None:
-    """'198.51.100.7:4000' or '[2001:db8::7]:4000', IPv4-mapped IPv6 shown as IPv4."""
-    if endpoint is None:
-        return None
-    if isinstance(endpoint[0], tuple):
-        endpoint = endpoint[0]  # (address, the local address it sent to): see UdpBatcher
-    host, port = endpoint[0], endpoint[1]
-    if host.startswith("::ffff:") and "." in host:
-        host = host[7:]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-# Linux UDP segmentation offload (send) and receive coalescing (linux/udp.h).
-SOL_UDP = 17
-UDP_SEGMENT = 103
-UDP_GRO = 104
-GSO_MAX_SEGMENTS = 64
-GSO_MAX_BYTES = 65000  # under IPv4's 65,507-byte UDP payload limit
-_GSO_REFUSED = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EIO}
-_GRO_ANCILLARY = socket.CMSG_SPACE(4)
-# The destination address of a received datagram (linux/in.h, linux/in6.h).
-IP_PKTINFO = 8
-_PKTINFO_ANCILLARY = socket.CMSG_SPACE(20)  # struct in6_pktinfo; in_pktinfo is 12 bytes
-_NO_INTERFACE = bytes(4)
-
-
-class UdpBatcher:
+class UdpTransport:
     """Batch receive and send on one socket; errors are counted, never raised.
 
     With ``offload`` (Linux), equal-sized datagrams to one endpoint leave in
@@ -101,29 +113,50 @@ class UdpBatcher:
     firewall in front of the client drops the reply.
     """
 
-    def __init__(self, sock: socket.socket, *, offload: bool = True, reply_from_destination: bool = False) -> None:
+    def __init__(
+        self, sock: socket.socket, *, offload: bool = True, reply_from_destination: bool = False,
+        options: SocketOptions | None = None,
+    ) -> None:
+        options = options or socket_options()
+        _say_missing_once(options)
         self.sock = sock
         self._buffer = bytearray(1 << 17)  # a coalesced read is at most 64 KiB
         self._view = memoryview(self._buffer)
         self.send_errors = 0
-        self.gso = offload and sys.platform.startswith("linux")
+        self._udp_segment = options.udp_segment
+        self._udp_gro = options.udp_gro
+        self._ip_pktinfo = options.ip_pktinfo
+        self.gso = offload and self._udp_segment is not None
         self.gro = False
-        if self.gso:
+        if offload and self._udp_gro is not None:
             try:
-                sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+                sock.setsockopt(SOL_UDP, self._udp_gro, 1)
                 self.gro = True
             except OSError:
                 pass
         self.sticky = False
         if reply_from_destination:
             if sock.family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)  # IPv4-mapped ones too
-            else:
-                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-            self.sticky = True
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)  # IPv4-mapped ones too (RFC 3542)
+                self.sticky = True
+            elif self._ip_pktinfo is not None:
+                sock.setsockopt(socket.IPPROTO_IP, self._ip_pktinfo, 1)
+                self.sticky = True
         self._ancillary = (_GRO_ANCILLARY if self.gro else 0) + (_PKTINFO_ANCILLARY if self.sticky else 0)
 
+    def fileno(self) -> int:
+        """The socket's descriptor, for the event loop."""
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        """Close the socket; safe to call twice."""
+        self.sock.close()
+
     def receive(self, limit: int) -> list[tuple[bytes, Any]]:
+        """Up to ``limit`` (datagram, endpoint) pairs; a coalesced read may add
+        up to 63 more. With ``reply_from_destination`` the endpoint is
+        (address, local address it came to)."""
+        udp_gro, ip_pktinfo = self._udp_gro, self._ip_pktinfo
         datagrams: list[tuple[bytes, Any]] = []
         view = self._view
         while len(datagrams) < limit:
@@ -143,12 +176,12 @@ class UdpBatcher:
             segment = size
             source = None
             for level, kind, data in ancillary:
-                if level == SOL_UDP and kind == UDP_GRO:
+                if level == SOL_UDP and kind == udp_gro:
                     segment = int.from_bytes(data[:4], sys.byteorder) or size
                 elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
                     # Sent back as it came, but with no interface: the route picks it.
                     source = (level, kind, data[:16] + _NO_INTERFACE)
-                elif level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+                elif level == socket.IPPROTO_IP and kind == ip_pktinfo:
                     source = (level, kind, _NO_INTERFACE + data[8:12] + bytes(4))  # spec_dst = the address it came to
             if self.sticky:
                 address = (address, source)
@@ -160,6 +193,8 @@ class UdpBatcher:
         return datagrams
 
     def send(self, datagrams: list[tuple[bytes, Any]]) -> None:
+        """Send in order; runs of equal size to one endpoint leave in one GSO
+        sendmsg. Refusals are counted in ``send_errors``."""
         if not self.gso:
             self._send_each(datagrams)
             return
@@ -186,7 +221,7 @@ class UdpBatcher:
             first = end
 
     def _send_segmented(self, run: list[tuple[bytes, Any]], size: int, endpoint: Any) -> None:
-        ancillary = [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder))]
+        ancillary = [(SOL_UDP, self._udp_segment, size.to_bytes(2, sys.byteorder))]
         if self.sticky:
             endpoint, source = endpoint
             if source:
