@@ -14,7 +14,7 @@ from tests.builders import kernel_view, make_partial, tcp_packet
 from vpncrypt.tun import TunDevice
 from vpncrypt.tun.memory import MemoryTun
 
-from .test_linux_device import drain, linux_over_socketpair
+from .fake_kernel import drain, linux_over_socketpair
 
 
 @dataclass
