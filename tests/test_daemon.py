@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 import ipaddress
 import os
 import socket
 import time
 
+from vpncrypt.core import Delivery
 from vpncrypt.core.client import ClientCore
 from vpncrypt.core.server import ClientEntry, ServerCore
 from vpncrypt.daemon import Daemon
@@ -72,3 +74,58 @@ def test_format_endpoint():
     assert format_endpoint(("::ffff:198.51.100.7", 4000, 0, 0)) == "198.51.100.7:4000"
     assert format_endpoint(("2001:db8::7", 4000, 0, 0)) == "[2001:db8::7]:4000"
     assert format_endpoint(("192.0.2.1", 1)) == "192.0.2.1:1" and format_endpoint(None) is None
+
+
+class ScheduledCore:
+    """A core that asks for its timer only once a datagram has come in, at once,
+    and answers the timer with one datagram to ``reply_to``."""
+
+    def __init__(self, reply_to) -> None:
+        self.drops = Counter()
+        self.deadline = None
+        self.reply_to = reply_to
+        self.fired: list[float] = []
+
+    def datagrams_received(self, datagrams, now):
+        self.deadline = now  # due at once: earlier than anything armed (nothing)
+        return Delivery([], [])
+
+    def tun_packets_received(self, packets, now):
+        return []
+
+    def next_timer(self):
+        return self.deadline
+
+    def handle_timer(self, now):
+        self.fired.append(now)
+        self.deadline = None
+        return [(b"timer", self.reply_to)]
+
+    def status(self):
+        return {}
+
+
+def test_the_loop_arms_the_timer_when_the_core_asks_for_an_earlier_one():
+    async def scenario():
+        listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.settimeout(5)
+        transport = open_server_transport("127.0.0.1", 0)
+        core = ScheduledCore(listener.getsockname())
+        tun = MemoryTun("t")
+        daemon = Daemon(tun, transport, core)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await asyncio.sleep(0.05)
+            assert core.fired == []  # nothing scheduled: the timer never ran
+            listener.sendto(b"wake", transport.sock.getsockname())
+            reply = await asyncio.get_running_loop().run_in_executor(None, listener.recv, 100)
+            return reply, core.fired
+        finally:
+            daemon.stop()
+            await task
+            for closable in (transport, tun, listener):
+                closable.close()
+
+    reply, fired = asyncio.run(scenario())
+    assert reply == b"timer" and len(fired) == 1
