@@ -18,7 +18,7 @@ def test_datagram_from_server_is_not_accepted_by_the_client_of_another_server():
     other = ClientCore(1, KEY_A, server_id=SERVER_ID + 1, server_endpoint=SERVER_EP,
                        routes=[net("203.0.113.0/24")], now=NOW)
     assert other.datagrams_received([(datagram, SERVER_EP)], NOW + 5).to_tun == []
-    assert other.drops["auth_failed"] == 1
+    assert other.drops["auth_failed"] == 1 and other.server.auth_failures == 1
     # ... and a client's own datagram reflected back to it fails too.
     client = make_client()
     [(own, _)] = client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR)], NOW + 5)

@@ -89,6 +89,9 @@ def test_rejections_with_reason(change, reason):
     assert server.datagrams_received([(datagram, A_EP)], NOW + 5).to_tun == []
     assert server.drops[reason] == 1
     assert server.peers[1].endpoint is None
+    per_client = {"auth_failed": "auth_failures", "outside_time_window": "time_drops"}.get(reason)
+    if per_client:  # the client named in the header is charged with it
+        assert server.peers[1].status()[per_client] == 1 and server.peers[2].status()[per_client] == 0
 
 
 def test_keepalive_with_a_body_is_bad_length_and_unknown_kinds_are_refused():

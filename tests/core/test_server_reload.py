@@ -72,7 +72,8 @@ def test_a_rekeyed_client_refuses_the_old_key_and_starts_fresh():
     assert server.peers[1].endpoint is None
     # Stamped after the reload, so only the key can refuse it.
     assert server.datagrams_received([(to_server(a, "203.0.113.2", NOW + 8), A_EP)], NOW + 8).to_tun == []
-    assert server.drops["auth_failed"] == 1
+    assert server.drops["auth_failed"] == 1 and server.peers[1].auth_failures == 1
+    assert server.peers[1].status()["auth_failures"] == 1 and server.peers[2].auth_failures == 0
     fresh = Peer(1, KEY_C, server_id=SERVER_ID, send_direction=TO_SERVER, now=NOW + 6)
     assert server.datagrams_received([(to_server(fresh, "203.0.113.2", NOW + 7), A_EP)], NOW + 7).to_tun
 

@@ -61,7 +61,7 @@ class Peer:
     __slots__ = (
         "client_id", "name", "server_id", "send_direction", "key", "budget",
         "aead", "window", "endpoint", "counter", "last_ts",
-        "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "roams",
+        "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "roams", "auth_failures", "time_drops",
     )
 
     def __init__(
@@ -95,6 +95,10 @@ class Peer:
         # ... and what it sends starts after any second a predecessor used.
         self.last_ts = start
         self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = self.roams = 0
+        # Datagrams naming this peer that failed authentication, or whose
+        # timestamp was outside the window: a wrong key or server ID, or a
+        # skewed clock, shows here by name (they are also in the drop totals).
+        self.auth_failures = self.time_drops = 0
 
     def seal(self, kind: int, payloads: list[bytes], now: float) -> list[bytes]:
         """Seal a batch of payloads into datagrams, consuming one counter each.
@@ -157,4 +161,6 @@ class Peer:
             "tx_packets": self.tx_packets,
             "tx_bytes": self.tx_bytes,
             "roams": self.roams,
+            "auth_failures": self.auth_failures,
+            "time_drops": self.time_drops,
         }

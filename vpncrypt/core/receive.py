@@ -78,6 +78,7 @@ def open_datagrams(
         ts = ts_base + ((word0 - ts_base) & TIMESTAMP_MASK)
         if ts < ts_min or ts > ts_max:
             drops[reasons.OUTSIDE_TIME_WINDOW] += 1
+            peer.time_drops += 1
             continue
         window = peer.window
         # Fast path of window.check for the common case, the next counters in
@@ -101,6 +102,7 @@ def open_datagrams(
             packet = aead.decrypt(datagram[HEADER_LEN:], [datagram[:HEADER_LEN] + suffix])
         except InvalidTag:
             drops[reasons.AUTH_FAILED] += 1
+            peer.auth_failures += 1
             continue
         if verdict == NEWEST:
             # Fast path of window.commit(ts, counter, NEWEST).
