@@ -66,3 +66,16 @@ def test_a_server_looked_up_again_moves_only_when_its_address_is_gone():
     six.server.endpoint = ("2001:db8::1", 51820, 0, 0)
     assert six.server_resolved([("2001:db8::1", 51820, 0, 0)]) is None
     assert six.server_resolved([("2001:db8::1", 51821, 0, 0)]) == ("2001:db8::1", 51821, 0, 0)  # the port counts
+
+
+def test_the_server_address_never_follows_a_datagram_source():
+    """A copy of a server datagram raced from another address is accepted (it is
+    authentic and new) but the client keeps sending to the configured server."""
+    server = make_server()
+    client = make_client()
+    server.datagrams_received(client.handle_timer(NOW + 1), NOW + 1)
+    [(datagram, _)] = server.tun_packets_received([ipv4_packet(SERVER_ADDR, A_ADDR)], NOW + 2)
+    raced_from = ("198.51.100.66", 4444)
+    assert client.datagrams_received([(datagram, raced_from)], NOW + 2).to_tun
+    assert client.server.endpoint == SERVER_EP and client.server.roams == 0
+    assert client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR)], NOW + 3)[0][1] == SERVER_EP

@@ -58,6 +58,7 @@ class ClientCore:
             datagrams, now, direction=TO_CLIENT, server_id=server.server_id,
             find_peer={server.client_id: server}.get,
             sources=self.sources, time_window=self.time_window, drops=self.drops,
+            follow_source=False,  # an observer's copy from elsewhere must not move us
         )
         return Delivery([packet for _, packet in opened], [])
 

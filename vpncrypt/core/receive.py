@@ -35,6 +35,7 @@ def open_datagrams(
     sources: PrefixTable[Peer],
     time_window: int,
     drops: Counter,
+    follow_source: bool = True,
 ) -> list[tuple[Peer, bytes]]:
     """Authenticate, decrypt and filter; return (peer, inner packet) for each data packet.
 
@@ -43,9 +44,10 @@ def open_datagrams(
     ``find_peer`` maps a client ID to its Peer; ``sources`` the tunnel
     addresses each peer may send from. Nothing is raised: every datagram
     refused adds one to ``drops[reason]`` (see drops.py), in the order of
-    the checks in docs/PROTOCOL.md. A datagram that authenticates, is fresh
-    and is the newest from its peer moves that peer's endpoint to the
-    address it came from.
+    the checks in docs/PROTOCOL.md. With ``follow_source`` (the server), a
+    datagram that authenticates, is fresh and is the newest from its peer
+    moves that peer's endpoint to the address it came from; a client keeps
+    the server address of its config, whatever a datagram's source.
     """
     now_s = int(now)
     ts_base = now_s - TIMESTAMP_MOD // 2
@@ -113,7 +115,7 @@ def open_datagrams(
             window.ring[(counter >> 3) & RING_INDEX_MASK] |= 1 << (counter & 7)
         else:
             window.commit(ts, counter, verdict)
-        if verdict != REORDERED and address != peer.endpoint:
+        if follow_source and verdict != REORDERED and address != peer.endpoint:
             # The freshest proof of where the peer is now.
             if peer.endpoint is not None:
                 peer.roams += 1
