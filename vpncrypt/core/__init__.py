@@ -14,7 +14,7 @@ the transport hands in with a datagram, stored and handed back to send.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable, NamedTuple, Protocol
+from typing import Any, Iterable, Mapping, NamedTuple, Protocol
 
 Datagrams = list[tuple[bytes, Any]]  # (datagram, endpoint) pairs
 
@@ -44,6 +44,14 @@ class Core(Protocol):
 
     def handle_timer(self, now: float) -> Datagrams:
         """Do what is due at ``now``; nothing if called early."""
+
+    def bounds_to_save(self) -> dict[int, int] | None:
+        """Restart bounds (core/restart.py) the shell must write durably, then
+        report with ``bounds_saved``; None when nothing needs writing."""
+
+    def bounds_saved(self, table: Mapping[int, int], now: float) -> Delivery:
+        """The table from ``bounds_to_save`` is on disk; returns what the
+        datagrams that waited for it delivered."""
 
     def status(self) -> dict[str, Any]:
         """Counters and peers for an operator; never key material."""

@@ -8,13 +8,14 @@ the timer (``next_timer``, ``handle_timer``): a new core's timer is due at once.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from . import Datagrams, Delivery
 from . import drops as reasons
 from .inner import Network, PrefixTable
 from .peer import Peer
 from .receive import open_datagrams
+from .restart import RestartBounds
 from .wire import DEFAULT_TIME_WINDOW, KIND_DATA, KIND_KEEPALIVE, TO_CLIENT, TO_SERVER
 
 
@@ -24,7 +25,9 @@ class ClientCore:
     ``server_endpoint`` is the socket address to send to (from the config or
     a lookup, never from a received datagram's source); ``routes`` the
     networks the server may send from; ``keepalive_interval`` seconds, 0 for
-    only the first keepalive. Raises ValueError for a key of the wrong length.
+    only the first keepalive; ``restart_bounds`` and ``restart_state_lost``
+    as for ServerCore. Raises
+    ValueError for a key of the wrong length.
     """
 
     def __init__(
@@ -38,11 +41,15 @@ class ClientCore:
         now: float,
         time_window: int = DEFAULT_TIME_WINDOW,
         keepalive_interval: float = 25.0,
+        restart_bounds: Mapping[int, int] | None = None,
+        restart_state_lost: bool = False,
     ) -> None:
         self.server = Peer(
             client_id, key, server_id=server_id, send_direction=TO_SERVER,
             now=now, name="server", endpoint=server_endpoint,
         )
+        self.restart = RestartBounds(restart_bounds, restart_state_lost)
+        self.restart.start_peer(self.server, now)
         self.time_window = time_window
         self.keepalive_interval = keepalive_interval
         self.drops = reasons.new_counters()
@@ -59,6 +66,7 @@ class ClientCore:
             find_peer={server.client_id: server}.get,
             sources=self.sources, time_window=self.time_window, drops=self.drops,
             follow_source=False,  # an observer's copy from elsewhere must not move us
+            unsaved=self.restart.unsaved, held=self.restart.held,
         )
         return Delivery([packet for _, packet in opened], [])
 
@@ -76,6 +84,17 @@ class ClientCore:
     def tun_packets_received(self, packets: list[bytes], now: float) -> Datagrams:
         """Seal IP packets for the server."""
         return self._send(KIND_DATA, packets, now) if packets else []
+
+    def bounds_to_save(self) -> dict[int, int] | None:
+        """The server's restart bound to write (keyed by this client's ID), or None."""
+        return self.restart.to_save([self.server])
+
+    def bounds_saved(self, table: Mapping[int, int], now: float) -> Delivery:
+        """``table`` from ``bounds_to_save`` is durably written: the datagrams
+        that waited for it are opened again."""
+        self.restart.saved(table, {self.server.client_id: self.server})
+        held, self.restart.held = self.restart.held, []
+        return self.datagrams_received(held, now) if held else Delivery([], [])
 
     def next_timer(self) -> float | None:
         """Unix seconds of the next keepalive: at once (0.0) before anything was

@@ -19,6 +19,9 @@ SUPERSEDED = "superseded"
 # Datagrams that failed authentication: forged, corrupted, wrong key, wrong
 # server ID or direction.
 AUTH_FAILED = "auth_failed"
+# Authentic, but stamped above the restart bound saved so far (restart.py):
+# dropped until a higher one is saved, a fraction of a second.
+PENDING_RESTART_STATE = "pending_restart_state"
 # Decrypted inner packets.
 INNER_MALFORMED = "inner_malformed"
 INNER_SOURCE_NOT_ALLOWED = "inner_source_not_allowed"
@@ -29,7 +32,7 @@ NO_ENDPOINT = "no_endpoint"
 
 ALL = (
     BAD_LENGTH, UNKNOWN_KIND, UNKNOWN_CLIENT, OUTSIDE_TIME_WINDOW, REPLAYED,
-    COUNTER_TOO_OLD, SUPERSEDED, AUTH_FAILED, INNER_MALFORMED,
+    COUNTER_TOO_OLD, SUPERSEDED, AUTH_FAILED, PENDING_RESTART_STATE, INNER_MALFORMED,
     INNER_SOURCE_NOT_ALLOWED, CLIENT_TO_CLIENT_DENIED, NO_ROUTE, NO_ENDPOINT,
 )
 

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from .inner import PartialChecksumPacket
 from .replay import NO_TIMESTAMP, ReplayWindow
+from .restart import UNTRACKED
 from .wire import (
     AD_SUFFIX, COUNTER_MASK, HEADER, KEY_LEN, KIND_DATA, KIND_DATA_PARTIAL, TIMESTAMP_BITS, TIMESTAMP_MASK,
 )
@@ -62,6 +63,7 @@ class Peer:
         "client_id", "name", "server_id", "send_direction", "key", "budget",
         "aead", "window", "endpoint", "counter", "last_ts",
         "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "roams", "auth_failures", "time_drops",
+        "durable_bound", "save_at", "wanted_bound",
     )
 
     def __init__(
@@ -99,6 +101,10 @@ class Peer:
         # timestamp was outside the window: a wrong key or server ID, or a
         # skewed clock, shows here by name (they are also in the drop totals).
         self.auth_failures = self.time_drops = 0
+        # Restart bounds (restart.py): the saved one, the timestamp from which
+        # a higher one is wanted, and the highest wanted.
+        self.durable_bound = self.save_at = UNTRACKED
+        self.wanted_bound = 0
 
     def seal(self, kind: int, payloads: list[bytes], now: float) -> list[bytes]:
         """Seal a batch of payloads into datagrams, consuming one counter each.

@@ -17,6 +17,7 @@ from . import drops as reasons
 from .inner import PartialChecksumPacket, PrefixTable, checksum_location
 from .peer import Peer
 from .replay import NEWEST, REORDERED, REPLAYED, RING_INDEX_MASK, SUPERSEDED, TOO_OLD, WINDOW
+from .restart import HELD_MAX, SAVE_LEAD
 from .wire import (
     AD_SUFFIX, COUNTER_MASK, HEADER, HEADER_LEN, KIND_DATA, KIND_DATA_PARTIAL, KIND_KEEPALIVE, MAX_DATAGRAM, OVERHEAD,
     TIMESTAMP_BITS, TIMESTAMP_MASK, TIMESTAMP_MOD,
@@ -36,6 +37,8 @@ def open_datagrams(
     time_window: int,
     drops: Counter,
     follow_source: bool = True,
+    unsaved: set | None = None,
+    held: list | None = None,
 ) -> list[tuple[Peer, bytes]]:
     """Authenticate, decrypt and filter; return (peer, inner packet) for each data packet.
 
@@ -47,7 +50,9 @@ def open_datagrams(
     the checks in docs/PROTOCOL.md. With ``follow_source`` (the server), a
     datagram that authenticates, is fresh and is the newest from its peer
     moves that peer's endpoint to the address it came from; a client keeps
-    the server address of its config, whatever a datagram's source.
+    the server address of its config, whatever a datagram's source. A peer
+    whose restart bound must be raised (restart.py) is added to ``unsaved``,
+    and a datagram that must wait for it to ``held``.
     """
     now_s = int(now)
     ts_base = now_s - TIMESTAMP_MOD // 2
@@ -106,6 +111,19 @@ def open_datagrams(
             drops[reasons.AUTH_FAILED] += 1
             peer.auth_failures += 1
             continue
+        if ts >= peer.save_at:
+            # Near or past the saved restart bound: ask for a higher one, and
+            # past it accept nothing until it is saved.
+            if ts + SAVE_LEAD > peer.wanted_bound:
+                peer.wanted_bound = ts + SAVE_LEAD
+            if unsaved is not None:
+                unsaved.add(peer)
+            if ts > peer.durable_bound:
+                if held is not None and len(held) < HELD_MAX:
+                    held.append((datagram, address))
+                else:
+                    drops[reasons.PENDING_RESTART_STATE] += 1
+                continue
         if verdict == NEWEST:
             # Fast path of window.commit(ts, counter, NEWEST).
             if counter & 7 < ahead:  # counter entered a new ring byte

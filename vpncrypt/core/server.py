@@ -9,13 +9,14 @@ that did not authenticate.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from . import Datagrams, Delivery
 from . import drops as reasons
 from .inner import Network, PrefixTable, destination_address
 from .peer import CipherBudget, Peer
 from .receive import open_datagrams
+from .restart import RestartBounds
 from .wire import DEFAULT_TIME_WINDOW, KIND_DATA, TO_CLIENT, TO_SERVER
 
 
@@ -36,7 +37,9 @@ class ServerCore:
     """Client table and routing for one server ID.
 
     ``now`` is Unix seconds (see ``vpncrypt.core``); ``time_window`` seconds a
-    timestamp may differ from it. Raises ValueError for a client ID given
+    timestamp may differ from it; ``restart_bounds`` the bounds saved by the
+    previous run (restart.py), or None to keep none, and
+    ``restart_state_lost`` that they should exist but do not. Raises ValueError for a client ID given
     twice or a key of the wrong length; everything after construction is
     counted in ``drops``, never raised.
     """
@@ -50,6 +53,8 @@ class ServerCore:
         time_window: int = DEFAULT_TIME_WINDOW,
         client_to_client: bool = False,
         cipher_budget: CipherBudget | None = None,
+        restart_bounds: Mapping[int, int] | None = None,
+        restart_state_lost: bool = False,
     ) -> None:
         self.server_id = server_id
         self.time_window = time_window
@@ -59,6 +64,7 @@ class ServerCore:
         self.routes: PrefixTable[Peer] = PrefixTable()
         self._addresses: dict[int, tuple[Network, ...]] = {}
         self.cipher_budget = cipher_budget or CipherBudget()
+        self.restart = RestartBounds(restart_bounds, restart_state_lost)
         self.update_clients(clients, now)
 
     def update_clients(self, entries: Iterable[ClientEntry], now: float) -> None:
@@ -81,10 +87,11 @@ class ServerCore:
                 kept.name = entry.name
                 peers[entry.client_id] = kept
             else:
-                peers[entry.client_id] = Peer(
+                peers[entry.client_id] = peer = Peer(
                     entry.client_id, entry.key, server_id=self.server_id, send_direction=TO_CLIENT,
                     now=now, name=entry.name, budget=self.cipher_budget,
                 )
+                self.restart.start_peer(peer, now)
         routes: PrefixTable[Peer] = PrefixTable()
         for entry in entries:
             routes.add_all(entry.addresses, peers[entry.client_id])
@@ -99,7 +106,7 @@ class ServerCore:
         opened = open_datagrams(
             datagrams, now, direction=TO_SERVER, server_id=self.server_id,
             find_peer=self.peers.get, sources=self.routes,
-            time_window=self.time_window, drops=self.drops,
+            time_window=self.time_window, drops=self.drops, unsaved=self.restart.unsaved, held=self.restart.held,
         )
         to_tun: list[bytes] = []
         forward: list[bytes] = []
@@ -138,6 +145,18 @@ class ServerCore:
             endpoint = peer.endpoint
             out.extend((datagram, endpoint) for datagram in peer.seal(KIND_DATA, batch, now))
         return out
+
+    def bounds_to_save(self) -> dict[int, int] | None:
+        """Restart bounds to write before relying on them (client ID -> Unix
+        seconds in that client's clock), or None if none needs raising."""
+        return self.restart.to_save(self.peers.values())
+
+    def bounds_saved(self, table: Mapping[int, int], now: float) -> Delivery:
+        """``table`` from ``bounds_to_save`` is durably written: the datagrams
+        that waited for it are opened again."""
+        self.restart.saved(table, self.peers)
+        held, self.restart.held = self.restart.held, []
+        return self.datagrams_received(held, now) if held else Delivery([], [])
 
     def next_timer(self) -> float | None:
         """The server has nothing scheduled: it only answers."""

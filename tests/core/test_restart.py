@@ -1,0 +1,191 @@
+"""Replay protection across a restart of the receiver, with the peers' clocks off
+by -120 to +120 s: restart bounds saved ahead of use (core/restart.py)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vpncrypt.core.restart import SAVE_LEAD
+
+from tests.builders import (
+    A_ADDR, A_EP, NOW, SERVER_ADDR, SERVER_EP, ipv4_packet, make_client, make_server,
+)
+
+THIRD_PARTY = ("198.51.100.66", 5555)
+OFFSETS = (-120, -15, 0, 15, 120)
+
+
+def saved_after(core, now_datagrams):
+    """Feed datagrams, saving whatever the core asks for after each batch, as the
+    daemon does; returns the inner packets and the last saved table."""
+    delivered, table = [], {}
+    for datagrams, now in now_datagrams:
+        delivered += core.datagrams_received(datagrams, now).to_tun
+        wanted = core.bounds_to_save()
+        if wanted is not None:
+            delivered += core.bounds_saved(wanted, now).to_tun
+            table = wanted
+    return delivered, table
+
+
+def pings(client, count, now):
+    """``count`` datagrams from the client, sealed at ``now`` by its own clock."""
+    return [d for d, _ in client.tun_packets_received(
+        [ipv4_packet(A_ADDR, SERVER_ADDR, i.to_bytes(2, "big")) for i in range(count)], now)]
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+def test_nothing_accepted_before_a_server_restart_is_accepted_after_it(offset):
+    """The reproduction of issue 10: ten pings, kill -9, restart within a second,
+    the captured datagrams sent again from a third address."""
+    server = make_server(restart_bounds={})
+    client = make_client(now=NOW + offset)
+    captured = []
+    batches = []
+    for second in range(1, 11):
+        datagrams = pings(client, 1, NOW + offset + second)
+        captured += datagrams
+        batches.append(([(d, A_EP) for d in datagrams], NOW + second))
+    delivered, table = saved_after(server, batches)
+    assert len(delivered) == 10  # the first waited for the first save
+    restarted = make_server(now=NOW + 11, restart_bounds=table)
+    out = restarted.datagrams_received([(d, THIRD_PARTY) for d in captured], NOW + 11)
+    assert out.to_tun == [] and restarted.peers[1].endpoint is None
+    # Refused by the restart bound, or (the oldest, at -120 s) already by the time window.
+    assert restarted.drops["superseded"] + restarted.drops["outside_time_window"] == len(captured)
+    assert restarted.drops["superseded"] >= 8
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+def test_nothing_accepted_before_a_client_restart_is_accepted_after_it(offset):
+    server = make_server(now=NOW + offset)
+    client = make_client(restart_bounds={})
+    server.peers[1].endpoint = A_EP
+    captured, batches = [], []
+    for second in range(1, 11):
+        datagrams = [d for d, _ in server.tun_packets_received(
+            [ipv4_packet(SERVER_ADDR, A_ADDR, bytes([second]))], NOW + offset + second)]
+        captured += datagrams
+        batches.append(([(d, SERVER_EP) for d in datagrams], NOW + second))
+    delivered, table = saved_after(client, batches)
+    assert len(delivered) == 10
+    restarted = make_client(now=NOW + 11, restart_bounds=table)
+    assert restarted.datagrams_received([(d, THIRD_PARTY) for d in captured], NOW + 11).to_tun == []
+
+
+def test_without_saved_bounds_a_clock_ahead_replays_which_is_why_they_are_kept():
+    """The version-1 rule alone (refuse what is stamped before the receiver's own
+    start): a client 15 s ahead gets its captured datagrams accepted again."""
+    server = make_server()
+    client = make_client(now=NOW + 15)
+    captured = pings(client, 3, NOW + 16)
+    assert len(server.datagrams_received([(d, A_EP) for d in captured], NOW + 1).to_tun) == 3
+    restarted = make_server(now=NOW + 2)
+    assert len(restarted.datagrams_received([(d, THIRD_PARTY) for d in captured], NOW + 2).to_tun) == 3
+
+
+def test_a_datagram_past_the_saved_bound_waits_for_the_save_and_changes_nothing():
+    server = make_server(restart_bounds={2: int(NOW) - 50})
+    client = make_client()
+    [datagram] = pings(client, 1, NOW + 1)
+    assert server.datagrams_received([(datagram, A_EP)], NOW + 1).to_tun == []
+    assert server.peers[1].endpoint is None and server.peers[1].rx_packets == 0
+    table = server.bounds_to_save()
+    assert table == {1: NOW + 1 + SAVE_LEAD, 2: NOW - 50}  # client 2 keeps its saved bound
+    # Held, never accepted: opened once the save is done, so still exactly once.
+    assert len(server.bounds_saved(table, NOW + 1).to_tun) == 1
+    assert server.bounds_to_save() is None and server.drops["pending_restart_state"] == 0
+    assert server.peers[1].endpoint == A_EP
+    assert server.datagrams_received([(datagram, A_EP)], NOW + 1).to_tun == []  # and now a replay
+
+
+def test_a_steady_peer_never_waits_once_saves_keep_up():
+    server = make_server(restart_bounds={})
+    client = make_client()
+    batches = [([(d, A_EP) for d in pings(client, 5, NOW + t / 4)], NOW + t / 4) for t in range(4, 400)]
+    delivered, _ = saved_after(server, batches)
+    assert server.drops["pending_restart_state"] == 0 and len(server.restart.held) == 0
+    assert len(delivered) == 5 * 396
+
+
+def test_a_client_with_a_correct_clock_is_heard_soon_after_a_restart():
+    server = make_server(restart_bounds={})
+    client = make_client()
+    _, table = saved_after(server, [([(d, A_EP) for d in pings(client, 1, NOW + t)], NOW + t) for t in range(1, 5)])
+    last = NOW + 4
+    restarted = make_server(now=last + 1, restart_bounds=table)
+    heard_at = None
+    for t in range(1, 6):
+        delivered, _ = saved_after(restarted, [([(d, A_EP) for d in pings(client, 1, last + t)], last + t)])
+        if delivered:
+            heard_at = t
+            break
+    assert heard_at is not None and heard_at <= SAVE_LEAD + 1
+
+
+def test_a_bound_from_an_unsaved_table_is_never_relied_on():
+    """What was asked for but not yet written gives no right to accept."""
+    server = make_server(restart_bounds={1: int(NOW) + 5})
+    client = make_client()
+    [early] = pings(client, 1, NOW + 5)
+    [late] = pings(client, 1, NOW + 6)
+    assert server.datagrams_received([(early, A_EP)], NOW + 5).to_tun == []  # floor is bound + 1
+    assert server.datagrams_received([(late, A_EP)], NOW + 6).to_tun == []  # above the saved bound
+    assert server.bounds_to_save()[1] == int(NOW) + 6 + SAVE_LEAD and len(server.restart.held) == 1
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    offset=st.sampled_from(OFFSETS),
+    steps=st.lists(st.one_of(
+        st.tuples(st.just("send"), st.integers(1, 4)),
+        st.tuples(st.just("replay"), st.integers(0, 10_000)),
+        st.tuples(st.just("save"), st.just(0)),
+        st.tuples(st.just("restart"), st.just(0)),
+        st.tuples(st.just("tick"), st.integers(1, 3)),
+    ), max_size=60),
+)
+def test_each_datagram_is_delivered_at_most_once_across_restarts(offset, steps):
+    """Random interleavings of sends, replays of anything sent, saves that may lag,
+    restarts from the last saved table, and time passing."""
+    now = NOW
+    table: dict = {}
+    server = make_server(restart_bounds=table)
+    client = make_client(now=NOW + offset)
+    sent: list[bytes] = []
+    delivered: list[bytes] = []
+    serial = 0
+    for action, value in steps:
+        if action == "tick":
+            now += value
+        elif action == "send":
+            packets = []
+            for _ in range(value):
+                serial += 1
+                packets.append(ipv4_packet(A_ADDR, SERVER_ADDR, serial.to_bytes(4, "big")))
+            datagrams = [d for d, _ in client.tun_packets_received(packets, now + offset)]
+            sent += datagrams
+            delivered += server.datagrams_received([(d, A_EP) for d in datagrams], now).to_tun
+        elif action == "replay" and sent:
+            delivered += server.datagrams_received([(sent[value % len(sent)], THIRD_PARTY)], now).to_tun
+        elif action == "save":
+            wanted = server.bounds_to_save()
+            if wanted is not None:
+                delivered += server.bounds_saved(wanted, now).to_tun
+                table = wanted
+        elif action == "restart":
+            now += 1
+            server = make_server(now=now, restart_bounds=table)
+    payloads = [p[20:] for p in delivered]
+    assert len(payloads) == len(set(payloads))
+
+
+def test_without_any_saved_state_the_floor_is_the_receivers_start():
+    """First start, or the state lost: version 1's bound, said in the spec."""
+    server = make_server(now=NOW + 10, restart_bounds={}, restart_state_lost=True)
+    client = make_client()
+    [before_start] = pings(client, 1, NOW + 10)
+    assert server.datagrams_received([(before_start, A_EP)], NOW + 10).to_tun == []
+    assert server.drops["superseded"] == 1

@@ -1,0 +1,83 @@
+"""Replay protection across a restart of the receiver, whatever the peers' clocks.
+
+The replay window lives in memory, so after a restart the receiver must refuse
+everything it accepted before. Its own start time is no bound: a peer whose
+clock runs ahead stamps datagrams after it. What is kept instead, per peer, is
+a timestamp in that peer's own clock that no accepted datagram exceeded: the
+*restart bound*. It is saved before it is relied on (written ahead): a
+datagram stamped above the saved bound is dropped (``pending_restart_state``)
+until a higher bound is saved, so after a restart ``floor = bound + 1`` refuses
+everything accepted before, and refuses nothing a peer sends later. Bounds run
+``SAVE_LEAD`` seconds ahead of the newest accepted timestamp, so a peer sending
+steadily asks for one save a second and never waits for one (if saves take
+under a second), and a restarted receiver hears a peer with a correct clock
+within ``SAVE_LEAD`` seconds of its last datagram. A datagram that had to wait
+is kept (at most ``HELD_MAX``) and opened again once the save is done.
+
+A peer with no saved bound in a state that exists was never accepted, so
+nothing from it is refused. Where the state itself is missing (first start, or
+lost) every peer falls back to version 1's rule, refusing what is stamped
+before the receiver's own start (docs/PROTOCOL.md, section 6).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+SAVE_LEAD = 1  # seconds a saved bound runs ahead of the newest accepted timestamp
+HELD_MAX = 256  # authentic datagrams kept while their bound is being saved, then opened again
+UNTRACKED = 1 << 64  # a bound no timestamp reaches: restart bounds are not kept
+
+
+class RestartBounds:
+    """The bounds of one receiver: loaded at start, asked for, saved, relied on.
+
+    ``saved`` maps client IDs to the bounds read back at start (Unix seconds in
+    each peer's clock), or is None where this receiver keeps no state (tests,
+    benchmarks): then every peer is UNTRACKED and nothing is ever asked for.
+    ``lost`` says the state should exist but does not.
+    """
+
+    def __init__(self, saved: Mapping[int, int] | None, lost: bool = False) -> None:
+        self.tracking = saved is not None
+        self.lost = lost
+        self.loaded = dict(saved or {})  # kept: a removed client's bound still guards its old datagrams
+        self.unsaved: set = set()  # peers whose wanted bound is above their saved one
+        self.held: list = []  # (datagram, endpoint) pairs waiting for a save
+
+    def start_peer(self, peer, now: float) -> None:
+        """Set a new peer's floor and saved bound: from the state read at
+        start, or (never heard) its start second, as without state."""
+        if not self.tracking:
+            return
+        bound = self.loaded.get(peer.client_id)
+        if bound is not None:
+            peer.window.floor = bound + 1
+        elif self.lost:
+            bound = int(now)  # version 1: the floor stays at this receiver's start
+        else:
+            bound = 0  # never accepted: nothing to refuse
+            peer.window.floor = 0
+        peer.durable_bound = bound
+        peer.save_at = bound - SAVE_LEAD + 1
+
+    def to_save(self, peers: Iterable) -> dict[int, int] | None:
+        """The whole table to write, client ID -> bound, or None if no bound
+        needs raising."""
+        if not self.unsaved:
+            return None
+        table = dict(self.loaded)
+        table.update((peer.client_id, max(peer.durable_bound, peer.wanted_bound)) for peer in peers
+                     if peer.durable_bound != UNTRACKED)
+        return table
+
+    def saved(self, table: Mapping[int, int], peers: Mapping[int, object]) -> None:
+        """``table`` (from ``to_save``) is on disk: rely on it. The caller opens
+        ``held`` again."""
+        self.loaded = dict(table)
+        for client_id, bound in table.items():
+            peer = peers.get(client_id)
+            if peer is not None and bound > peer.durable_bound:  # type: ignore[attr-defined]
+                peer.durable_bound = bound  # type: ignore[attr-defined]
+                peer.save_at = bound - SAVE_LEAD + 1  # type: ignore[attr-defined]
+        self.unsaved = {peer for peer in self.unsaved if peer.wanted_bound > peer.durable_bound}
