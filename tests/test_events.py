@@ -1,0 +1,182 @@
+"""EventWatch: the log lines read off per-peer state once a second, each rate-limited."""
+
+from __future__ import annotations
+
+import logging
+
+from vpncrypt.events import (
+    AUTH_FAILURES_REPORTED, RATE_INTERVAL, SILENT_AFTER, EventWatch, RateLimiter, duration,
+)
+
+T0 = 1_700_000_000.0
+
+
+class Window:
+    def __init__(self):
+        self.newest_ts, self.newest_counter = 0, -1
+
+
+class FakePeer:
+    """What EventWatch reads of a Peer."""
+
+    def __init__(self, client_id=1, name="laptop"):
+        self.client_id, self.name = client_id, name
+        self.window = Window()
+        self.endpoint = None
+        self.roams = self.auth_failures = self.time_drops = 0
+
+    def heard(self, ts: float, endpoint="198.51.100.7:4000") -> None:
+        """An authentic datagram stamped ``ts`` (the sender's clock) from ``endpoint``."""
+        if self.endpoint is not None and endpoint != self.endpoint:
+            self.roams += 1
+        self.endpoint = endpoint
+        self.window.newest_ts = int(ts)
+        self.window.newest_counter += 1
+
+
+def watch(**options) -> EventWatch:
+    return EventWatch(lambda endpoint: endpoint, T0, **options)
+
+
+def texts(lines):
+    return [text for _, text in lines]
+
+
+def test_first_datagram_roam_and_silence():
+    events, peer = watch(), FakePeer()
+    assert events.tick(T0 + 1, [peer]) == []  # configured, never heard: nothing to say
+    assert events.heard_at(peer, T0 + 1) is None
+    peer.heard(T0 + 1.5)
+    assert events.heard_at(peer, T0 + 1.7) == T0 + 1.7  # heard since the last tick
+    lines = events.tick(T0 + 2, [peer])
+    assert lines == [(logging.INFO, "client 'laptop' (ID 1) heard for the first time since start, from 198.51.100.7:4000")]
+    assert events.heard_at(peer, T0 + 5) == T0 + 2
+    peer.heard(T0 + 3, "192.0.2.254:40001")
+    assert texts(events.tick(T0 + 3, [peer])) == [
+        "client 'laptop' (ID 1) roamed from 198.51.100.7:4000 to 192.0.2.254:40001"]
+    assert events.tick(T0 + 3 + SILENT_AFTER - 1, [peer]) == []
+    [(level, silent)] = events.tick(T0 + 3 + SILENT_AFTER, [peer])
+    assert level == logging.WARNING and silent.startswith("client 'laptop' (ID 1) silent: no datagram for 1 min 15 s")
+    assert events.tick(T0 + 200, [peer]) == []  # said once
+    peer.heard(T0 + 300, "192.0.2.254:40001")
+    assert texts(events.tick(T0 + 300, [peer])) == [
+        "client 'laptop' (ID 1) heard again after 4 min 57 s of silence, from 192.0.2.254:40001"]
+
+
+def test_roams_are_rate_limited_and_the_held_ones_counted():
+    events, peer = watch(), FakePeer()
+    peer.heard(T0)
+    events.tick(T0, [peer])
+    now = T0
+    said = []
+    for i in range(1, 4):  # a move every 20 s: three in the first minute (not flapping: < 4 in 30 s)
+        now = T0 + 20 * i
+        peer.heard(now, f"192.0.2.{i}:1")
+        said += texts(events.tick(now, [peer]))
+    assert said == ["client 'laptop' (ID 1) roamed from 198.51.100.7:4000 to 192.0.2.1:1"]
+    peer.heard(T0 + 90, "192.0.2.9:1")
+    assert texts(events.tick(T0 + 90, [peer])) == [
+        "client 'laptop' (ID 1) roamed from 192.0.2.3:1 to 192.0.2.9:1 (2 more moves since the last line)"]
+
+
+def test_a_config_on_two_machines_is_named_once():
+    events, peer = watch(), FakePeer()
+    peer.heard(T0, "192.0.2.1:1")
+    events.tick(T0, [peer])
+    said = []
+    for second in range(1, 40):  # both machines send every second; the server sees them alternate
+        for endpoint in ("192.0.2.2:2", "192.0.2.1:1"):
+            peer.heard(T0 + second, endpoint)
+        if second % 2:
+            peer.heard(T0 + second, "192.0.2.2:2")
+        said += texts(events.tick(T0 + second, [peer]))
+    flapping = [line for line in said if "two machines" in line]
+    assert len(flapping) == 1 and "between 192.0.2.1:1 and 192.0.2.2:2" in flapping[0]
+    # The first move looked like roaming; after that, no roam lines besides.
+    assert said[0] == "client 'laptop' (ID 1) roamed from 192.0.2.1:1 to 192.0.2.2:2" and len(said) == 2
+
+
+def test_authentication_failures_in_numbers_are_named_and_a_trickle_is_not():
+    events, peer = watch(), FakePeer(7, "phone")
+    events.tick(T0, [peer])
+    peer.auth_failures = AUTH_FAILURES_REPORTED - 1
+    assert events.tick(T0 + 1, [peer]) == []
+    assert events.tick(T0 + RATE_INTERVAL + 1, [peer]) == []  # a trickle, forgotten after a minute
+    peer.auth_failures += AUTH_FAILURES_REPORTED - 1
+    assert events.tick(T0 + RATE_INTERVAL + 2, [peer]) == []
+    peer.auth_failures += 50
+    [(level, line)] = events.tick(T0 + RATE_INTERVAL + 3, [peer])
+    assert level == logging.WARNING
+    assert line.startswith("client 'phone' (ID 7): 54 datagrams failed authentication in the last 2 s")
+    assert "wrong key or server ID" in line
+    peer.auth_failures += 500  # an attacker forging for this ID: still one line a minute
+    assert events.tick(T0 + RATE_INTERVAL + 30, [peer]) == []
+    [(_, line)] = events.tick(T0 + 2 * RATE_INTERVAL + 3, [peer])
+    assert "500 datagrams failed authentication in the last 1 min" in line
+
+
+def test_time_window_drops_and_a_clock_ahead_are_named():
+    events, peer = watch(time_window=128), FakePeer(3, "skewed")
+    events.tick(T0, [peer])
+    peer.time_drops = 12
+    [(_, line)] = events.tick(T0 + 1, [peer])
+    assert line.startswith("client 'skewed' (ID 3): 12 datagrams in the last 1 s were stamped more than 128 s")
+    peer.heard(T0 + 1.5 + 42)  # in the window, 42 s ahead
+    lines = texts(events.tick(T0 + 2, [peer]))
+    assert lines[0].startswith("client 'skewed' (ID 3) heard for the first time")
+    assert lines[1].startswith("client 'skewed' (ID 3): its clock is about 42 s ahead of this host's")
+    peer.heard(T0 + 3 + 43)
+    assert events.tick(T0 + 3, [peer]) == []  # the same offset: said once
+    peer.heard(T0 + 120 - 30)
+    assert texts(events.tick(T0 + 120, [peer])) == [
+        "client 'skewed' (ID 3): its clock is about 29 s behind this host's"
+        " (datagrams more than 128 s off are refused; check NTP)"]
+    peer.heard(T0 + 200)
+    assert texts(events.tick(T0 + 200, [peer])) == ["client 'skewed' (ID 3): its clock is in step again"]
+
+
+def test_send_errors_and_tun_refusals_are_summed_into_one_line_a_minute():
+    events, peer = watch(), FakePeer()
+    assert events.tick(T0, [peer], send_errors=5) == []  # before start: not news
+    assert texts(events.tick(T0 + 1, [peer], send_errors=8)) == [
+        "3 datagrams could not be sent in the last 1 s: the kernel refused them"
+        " (full socket buffer, no route, or a firewall)"]
+    assert events.tick(T0 + 2, [peer], send_errors=100) == []
+    assert texts(events.tick(T0 + 61, [peer], send_errors=100))[0].startswith(
+        "92 datagrams could not be sent in the last 1 min")
+    assert texts(events.tick(T0 + 62, [peer], tun_refused=4, send_errors=100))[0].startswith(
+        "4 packets could not be written to the TUN device")
+
+
+def test_a_client_changed_by_a_reload_starts_again_and_a_removed_one_is_forgotten():
+    events, old = watch(), FakePeer(1, "a")
+    other = FakePeer(2, "b")
+    old.heard(T0)
+    other.heard(T0)
+    events.tick(T0, [old, other])
+    rekeyed, added = FakePeer(1, "a"), FakePeer(3, "c")
+    rekeyed.heard(T0 + 5)
+    added.heard(T0 + 5)
+    assert texts(events.tick(T0 + 5, [rekeyed, other, added])) == [
+        "client 'a' (ID 1) heard for the first time since its key or addresses changed, from 198.51.100.7:4000",
+        "client 'c' (ID 3) heard for the first time since it was added, from 198.51.100.7:4000",
+    ]
+    events.tick(T0 + 6, [other])
+    assert list(events._seen) == [other]
+
+
+def test_the_peers_own_name_is_used_as_given():
+    events = watch(who=lambda peer: "the server", silent_after=float("inf"))
+    peer = FakePeer(1, "server")
+    peer.heard(T0)
+    assert texts(events.tick(T0, [peer])) == ["the server heard for the first time since start, from 198.51.100.7:4000"]
+    assert events.tick(T0 + 10_000, [peer]) == []  # never silent
+
+
+def test_rate_limiter_and_durations():
+    limiter = RateLimiter(60)
+    assert limiter.allow("k", 0) and not limiter.allow("k", 59) and not limiter.allow("k", 30)
+    assert limiter.take_held("k") == 2 and limiter.take_held("k") == 0
+    assert limiter.allow("k", 60) and limiter.allow("other", 60)
+    assert [duration(s) for s in (5, 60, 75, 3600, 3725, 86400, 200000)] == [
+        "5 s", "1 min", "1 min 15 s", "1 h 0 min", "1 h 2 min", "1 day", "2 days"]

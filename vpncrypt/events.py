@@ -1,0 +1,268 @@
+"""Events worth a log line, read off the core's per-peer state once a second.
+
+Nothing here runs per packet: ``EventWatch.tick`` compares what each peer
+shows now (when it was last heard, its endpoint, its counters) with what it
+showed a second ago, and says what changed in words an operator can act on.
+Every line is rate-limited per client and kind (``RATE_INTERVAL``), and the
+lines that an outsider could provoke (forged datagrams failing
+authentication, datagrams outside the time window) need a client ID from the
+config, so the log rate is bounded by the config, never by an attacker.
+
+The watch also keeps, per peer, the server's own time it was last heard
+(``heard_at``): ``vpncrypt show`` reports "last datagram 12 seconds ago" from
+it, by the server's clock and to the second.
+
+Pure: time comes in as ``now``, lines go out as a list; the daemon logs them.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+RATE_INTERVAL = 60.0  # at most one line per client and kind in this many seconds
+# Silent: no datagram for three keepalive intervals (25 s by default). A
+# client with keepalives off goes silent whenever it is idle.
+SILENT_AFTER = 75.0
+FLAP_WINDOW = 30.0  # seconds over which endpoint changes are counted ...
+FLAP_MOVES = 4  # ... and this many mean a client alternates between places
+AUTH_FAILURES_REPORTED = 5  # failed authentications for one client ID within RATE_INTERVAL
+TIME_DROPS_REPORTED = 3  # datagrams outside the time window for one client ID within RATE_INTERVAL
+CLOCK_OFF = 10  # seconds of clock offset worth a line
+SEND_ERRORS_REPORTED = 1
+
+Formatter = Callable[[Any], "str | None"]
+Line = tuple[int, str]  # (logging level, message)
+INFO, WARNING = logging.INFO, logging.WARNING
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '3 min 20 s', '2 h 5 min', '3 days': for silences and ages."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s" if seconds % 60 else f"{seconds // 60} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86400} days" if seconds >= 2 * 86400 else "1 day"
+
+
+class RateLimiter:
+    """At most one event per key each ``interval`` seconds; counts what it held back."""
+
+    def __init__(self, interval: float = RATE_INTERVAL) -> None:
+        self.interval = interval
+        self._last: dict[Any, float] = {}
+        self.held: collections.Counter = collections.Counter()
+
+    def allow(self, key: Any, now: float) -> bool:
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self.held[key] += 1
+            return False
+        self._last[key] = now
+        return True
+
+    def take_held(self, key: Any) -> int:
+        """How many events of ``key`` were held back since the last one allowed."""
+        return self.held.pop(key, 0)
+
+    def forget(self, keep: Callable[[Any], bool]) -> None:
+        for key in [k for k in self._last if not keep(k)]:
+            del self._last[key]
+            self.held.pop(key, None)
+
+
+@dataclass
+class _Seen:
+    """What one peer showed at the last tick."""
+
+    client_id: int
+    since: str  # "since start", "since it was added" ...: for its first line
+    endpoint: Any
+    roams: int
+    auth_since: float  # when auth_failures was last reported (or a trickle forgotten)
+    time_since: float  # the same for time_drops
+    auth_base: int = 0  # a new peer's counters start at 0
+    time_base: int = 0
+    heard: tuple[int, int] | None = None  # (newest timestamp, newest counter) accepted, None before any
+    heard_at: float | None = None  # the server's time at the tick that first saw ``heard``
+    silent: bool = False
+    clock_reported: int | None = None  # the offset last logged, None while in step
+    moves: collections.deque = field(default_factory=collections.deque)  # (time, count, from, to)
+
+
+def _heard(peer: Any) -> tuple[int, int] | None:
+    window = peer.window
+    return (window.newest_ts, window.newest_counter) if window.newest_counter >= 0 else None
+
+
+class EventWatch:
+    """Per-peer state between ticks, and the lines the differences make.
+
+    ``format_endpoint`` turns an endpoint into text; ``time_window`` is the
+    daemon's, for the wording of clock lines. Peers are read through their
+    public attributes (``client_id``, ``name``, ``endpoint``, ``window``,
+    ``roams``, ``auth_failures``, ``time_drops``); ``who`` names one in a line
+    (default: "client 'laptop' (ID 7)"); ``silent_after`` is infinite where
+    the other end need not speak (a server does not answer keepalives)."""
+
+    def __init__(self, format_endpoint: Formatter, now: float, *, time_window: int = 128,
+                 silent_after: float = SILENT_AFTER, who: Callable[[Any], str] | None = None) -> None:
+        self.format_endpoint = format_endpoint
+        self.who = who or (lambda peer: f"client {peer.name!r} (ID {peer.client_id})")
+        self.time_window = time_window
+        self.silent_after = silent_after
+        self.limiter = RateLimiter()
+        self._seen: dict[Any, _Seen] = {}  # by Peer object: a re-keyed client is a new one
+        self._ticked = False
+        self._send_errors: int | None = None
+        self._send_errors_since = now
+        self._tun_refused: int | None = None
+        self._tun_refused_since = now
+
+    def heard_at(self, peer: Any, now: float) -> float | None:
+        """When ``peer``'s newest datagram came, by this end's clock (Unix
+        seconds, to the tick): ``now`` if it came after the last tick."""
+        heard = _heard(peer)
+        if heard is None:
+            return None
+        seen = self._seen.get(peer)
+        if seen is None or seen.heard != heard:
+            return now
+        return seen.heard_at
+
+    def tick(self, now: float, peers: Iterable[Any], *, send_errors: int = 0, tun_refused: int = 0) -> list[Line]:
+        """Compare each peer with the last tick; return the log lines due."""
+        lines: list[Line] = []
+        current: dict[Any, _Seen] = {}
+        ids_before = {seen.client_id for seen in self._seen.values()}
+        for peer in peers:
+            seen = self._seen.get(peer)
+            if seen is None:
+                # New at this tick: at start, or added or changed by a reload.
+                if not self._ticked:
+                    since = "since start"
+                elif peer.client_id in ids_before:
+                    since = "since its key or addresses changed"
+                else:
+                    since = "since it was added"
+                seen = _Seen(peer.client_id, since, peer.endpoint, peer.roams, now, now)
+            current[peer] = seen
+            self._check(peer, seen, now, lines)
+        self._seen = current
+        self._ticked = True
+        self.limiter.forget(lambda key: key[0] is None or key[0] in current)
+        lines += self._server_errors(now, send_errors, tun_refused)
+        return lines
+
+    def _allow(self, peer: Any, kind: str, now: float) -> bool:
+        return self.limiter.allow((peer, kind), now)
+
+    def _check(self, peer: Any, seen: _Seen, now: float, lines: list[Line]) -> None:
+        who = self.who(peer)
+        show = self.format_endpoint
+        heard = _heard(peer)
+        if heard is not None and heard != seen.heard:
+            if seen.heard is None:
+                if self._allow(peer, "first", now):
+                    lines.append((INFO, f"{who} heard for the first time {seen.since}, from {show(peer.endpoint)}"))
+            elif seen.silent and self._allow(peer, "back", now):
+                lines.append((INFO, f"{who} heard again after {duration(now - (seen.heard_at or now))} of silence,"
+                             f" from {show(peer.endpoint)}"))
+            seen.silent = False
+            seen.heard = heard
+            seen.heard_at = now
+            self._check_clock(peer, who, seen, heard[0], now, lines)
+        elif seen.heard_at is not None and not seen.silent and now - seen.heard_at >= self.silent_after:
+            seen.silent = True
+            if self._allow(peer, "silent", now):
+                lines.append((WARNING, f"{who} silent: no datagram for {duration(now - seen.heard_at)}"
+                             f" (last from {show(peer.endpoint)})"))
+        self._check_moves(peer, who, seen, now, lines)
+        self._check_failures(peer, who, seen, now, lines)
+
+    def _check_clock(self, peer: Any, who: str, seen: _Seen, newest_ts: int, now: float, lines: list[Line]) -> None:
+        """The newest timestamp against the server's clock: it was stamped at most
+        a second before this tick saw it, and rounded down, so +1 centres it."""
+        offset = int(newest_ts - now + 1)
+        if abs(offset) >= CLOCK_OFF:
+            if seen.clock_reported is None or abs(offset - seen.clock_reported) >= CLOCK_OFF:
+                if self._allow(peer, "clock", now):
+                    seen.clock_reported = offset
+                    side = "ahead of" if offset > 0 else "behind"
+                    lines.append((WARNING, f"{who}: its clock is about {abs(offset)} s {side} this host's"
+                                 f" (datagrams more than {self.time_window} s off are refused; check NTP)"))
+        elif seen.clock_reported is not None and abs(offset) < CLOCK_OFF // 2:
+            if self._allow(peer, "clock", now):
+                seen.clock_reported = None
+                lines.append((INFO, f"{who}: its clock is in step again"))
+
+    def _check_moves(self, peer: Any, who: str, seen: _Seen, now: float, lines: list[Line]) -> None:
+        show = self.format_endpoint
+        moved = peer.roams - seen.roams
+        old_endpoint = seen.endpoint
+        seen.roams = peer.roams
+        seen.endpoint = peer.endpoint
+        if moved > 0:
+            seen.moves.append((now, moved, show(old_endpoint), show(peer.endpoint)))
+        while seen.moves and now - seen.moves[0][0] > FLAP_WINDOW:
+            seen.moves.popleft()
+        if moved <= 0:
+            return
+        recent = sum(count for _, count, _, _ in seen.moves)
+        if recent >= FLAP_MOVES:
+            if self._allow(peer, "flap", now):
+                places = []
+                for _, _, before, after in seen.moves:
+                    for place in (before, after):
+                        if place is not None and place not in places:
+                            places.append(place)
+                listed = " and ".join(places[:3]) + (" and elsewhere" if len(places) < 2 else "")
+                lines.append((WARNING, f"{who} moved {recent} times in {FLAP_WINDOW:.0f} s between {listed}:"
+                             " is its config in use on two machines at once? Each takes the other's place,"
+                             " and most of their traffic is lost"))
+            return
+        if old_endpoint is not None and show(old_endpoint) != show(peer.endpoint) and self._allow(peer, "roam", now):
+            held = self.limiter.take_held((peer, "roam"))
+            more = f" ({held} more moves since the last line)" if held else ""
+            lines.append((INFO, f"{who} roamed from {show(old_endpoint)} to {show(peer.endpoint)}{more}"))
+
+    def _check_failures(self, peer: Any, who: str, seen: _Seen, now: float, lines: list[Line]) -> None:
+        failed = peer.auth_failures - seen.auth_base
+        if failed >= AUTH_FAILURES_REPORTED and self._allow(peer, "auth", now):
+            lines.append((WARNING, f"{who}: {failed} datagrams failed authentication in the last"
+                         f" {duration(now - seen.auth_since)} (a wrong key or server ID in its config is"
+                         " the usual cause, forged datagrams another)"))
+            seen.auth_base, seen.auth_since = peer.auth_failures, now
+        elif failed < AUTH_FAILURES_REPORTED and now - seen.auth_since >= RATE_INTERVAL:
+            seen.auth_base, seen.auth_since = peer.auth_failures, now  # a trickle: forget it
+        late = peer.time_drops - seen.time_base
+        if late >= TIME_DROPS_REPORTED and self._allow(peer, "time", now):
+            lines.append((WARNING, f"{who}: {late} datagrams in the last {duration(now - seen.time_since)}"
+                          f" were stamped more than {self.time_window} s from this host's clock and refused"
+                          " (a clock is off: check NTP; or they are old datagrams replayed)"))
+            seen.time_base, seen.time_since = peer.time_drops, now
+        elif late < TIME_DROPS_REPORTED and now - seen.time_since >= RATE_INTERVAL:
+            seen.time_base, seen.time_since = peer.time_drops, now
+
+    def _server_errors(self, now: float, send_errors: int, tun_refused: int) -> list[Line]:
+        lines: list[Line] = []
+        if self._send_errors is None:
+            self._send_errors = send_errors
+        if send_errors - self._send_errors >= SEND_ERRORS_REPORTED and self.limiter.allow((None, "send"), now):
+            lines.append((WARNING, f"{send_errors - self._send_errors} datagrams could not be sent in the last"
+                         f" {duration(now - self._send_errors_since)}: the kernel refused them"
+                         " (full socket buffer, no route, or a firewall)"))
+            self._send_errors, self._send_errors_since = send_errors, now
+        if self._tun_refused is None:
+            self._tun_refused = tun_refused
+        if tun_refused - self._tun_refused >= 1 and self.limiter.allow((None, "tun"), now):
+            lines.append((WARNING, f"{tun_refused - self._tun_refused} packets could not be written to the TUN"
+                          f" device in the last {duration(now - self._tun_refused_since)}"
+                          " (its queue was full, or it is down)"))
+            self._tun_refused, self._tun_refused_since = tun_refused, now
+        return lines
