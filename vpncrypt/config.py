@@ -28,6 +28,7 @@ DEFAULT_KEEPALIVE = 25
 # numbers the routing table that route goes into ("vc"; wg-quick uses 51820).
 DEFAULT_FWMARK = 0x7663
 DEFAULT_RESOLVE_INTERVAL = 60  # seconds between lookups of a server given by name
+DEFAULT_STATE_DIRECTORY = "/var/lib/vpncrypt"  # restart bounds (restart_state.py), no keys
 
 
 class ConfigError(Exception):
@@ -48,6 +49,7 @@ class ServerConfig:
     client_to_client: bool
     offload: bool
     clients: tuple[ClientEntry, ...]  # as the core takes them
+    state_directory: Path = Path(DEFAULT_STATE_DIRECTORY)
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class ClientConfig:
     offload: bool
     fwmark: int
     resolve_interval: float
+    state_directory: Path = Path(DEFAULT_STATE_DIRECTORY)
 
     @property
     def allowed_sources(self) -> tuple[Network, ...]:
@@ -108,6 +111,13 @@ class _Section:
         if unknown:
             raise ConfigError(f"{path}: unknown key {unknown[0]!r} in {where}")
         self.path, self.where, self.table = path, where, table
+
+    def directory(self, key: str) -> Path:
+        """An absolute directory path (it need not exist yet)."""
+        text = self.get(key, str, DEFAULT_STATE_DIRECTORY)
+        if not text.startswith("/"):
+            raise self.fail(key, f"must be an absolute path, not {text!r}")
+        return Path(text)
 
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(f"{self.path}: {self.where} {key}: {problem}")
@@ -204,7 +214,7 @@ def load_server_config(path: str | os.PathLike) -> ServerConfig:
     top = _Section(path, "file", data, {"server", "client"})
     server = _Section(path, "[server]", top.get("server", dict), {
         "server_id", "port", "listen_address", "endpoint", "tunnel", "interface", "mtu",
-        "time_window", "client_to_client", "offload",
+        "time_window", "client_to_client", "offload", "state_directory",
     })
     endpoint = server.get("endpoint", str, "")
     if endpoint:
@@ -252,6 +262,7 @@ def load_server_config(path: str | os.PathLike) -> ServerConfig:
         client_to_client=server.get("client_to_client", bool, False),
         offload=server.get("offload", bool, True),
         clients=tuple(clients),
+        state_directory=server.directory("state_directory"),
     )
 
 
@@ -261,7 +272,7 @@ def load_client_config(path: str | os.PathLike) -> ClientConfig:
     top = _Section(path, "file", data, {"client"})
     client = _Section(path, "[client]", top.get("client", dict), {
         "name", "client_id", "key", "server", "server_id", "addresses", "routes", "interface",
-        "mtu", "keepalive", "time_window", "offload", "fwmark", "resolve_interval",
+        "mtu", "keepalive", "time_window", "offload", "fwmark", "resolve_interval", "state_directory",
     })
     server = client.get("server", str)
     try:
@@ -290,4 +301,5 @@ def load_client_config(path: str | os.PathLike) -> ClientConfig:
         offload=client.get("offload", bool, True),
         fwmark=client.integer("fwmark", 1, 2**32 - 1, DEFAULT_FWMARK),
         resolve_interval=resolve_interval,
+        state_directory=client.directory("state_directory"),
     )

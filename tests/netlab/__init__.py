@@ -286,9 +286,10 @@ def build_vpn_lab(lab: Lab, venv_bin: Path | None = None, clients=("a", "b"), cl
         server_toml.write_text(server_toml.read_text().replace("client_to_client = false", "client_to_client = true"))
     for name in clients:
         vpn.keygen("client", "--server-config", str(server_toml), "--name", name, "--out", str(configs / f"{name}.toml"))
-    if not offload:
-        for path, table in [(server_toml, "[server]\n"), *((configs / f"{n}.toml", "[client]\n") for n in clients)]:
-            path.write_text(path.read_text().replace(table, table + "offload = false\n", 1))
+    for path, table in [(server_toml, "[server]\n"), *((configs / f"{n}.toml", "[client]\n") for n in clients)]:
+        # Restart state in the lab, never in this machine's /var/lib/vpncrypt.
+        settings = f'state_directory = "{lab.workdir / "state"}"\n' + ("" if offload else "offload = false\n")
+        path.write_text(path.read_text().replace(table, table + settings, 1))
     if "b" in clients:
         b_toml = configs / "b.toml"
         b_toml.write_text(b_toml.read_text().replace(

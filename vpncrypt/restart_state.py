@@ -1,0 +1,75 @@
+"""The restart bounds on disk: read at start, replaced atomically and synced when the core asks.
+
+One small JSON file per daemon (``{"version": 1, "bounds": {"CLIENT_ID": UNIX_SECONDS}}``)
+in the state directory (``/var/lib/vpncrypt`` by default). It holds no key
+material. Each save writes a temporary file, fsyncs it, renames it over the
+old one and fsyncs the directory, so a crash leaves the old table or the new
+one, never a torn one; the core relies on a bound only after that.
+Losing the file is safe but weaker: see core/restart.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger("vpncrypt")
+
+FORMAT_VERSION = 1
+
+
+class RestartStateError(OSError):
+    """The state directory cannot be used; the message says what to do."""
+
+
+class RestartStore:
+    """The file ``directory/NAME.bounds.json``; the directory is made (0700) if missing."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.path = Path(directory) / f"{name}.bounds.json"
+
+    def load(self) -> dict[int, int] | None:
+        """The saved table, or None (with a warning) if there is none or it is unreadable."""
+        try:
+            data = json.loads(self.path.read_text())
+            if data.get("version") != FORMAT_VERSION:
+                raise ValueError(f"version {data.get('version')!r}")
+            return {int(client_id): int(bound) for client_id, bound in data["bounds"].items()}
+        except FileNotFoundError:
+            log.warning("no restart state at %s (first start, or lost): until each client is heard, "
+                        "only datagrams stamped after this start are accepted", self.path)
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as error:
+            log.warning("restart state %s is unreadable (%s): treated as lost", self.path, error)
+        return None
+
+    def prepare(self) -> None:
+        """Make the directory, so that a start fails at once, not at the first save.
+        Raises RestartStateError."""
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            probe = self.path.with_name(f".{self.path.name}.probe")
+            probe.write_text("")
+            probe.unlink()
+        except OSError as error:
+            raise RestartStateError(
+                f"cannot write the state directory {self.path.parent}: {error.strerror} "
+                "(set state_directory in the config)") from None
+
+    def save(self, table: dict[int, int]) -> None:
+        """Replace the file with ``table``, durably. Raises OSError."""
+        text = json.dumps({"version": FORMAT_VERSION, "bounds": {str(k): v for k, v in sorted(table.items())}})
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, text.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, self.path)
+        directory = os.open(self.path.parent, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
