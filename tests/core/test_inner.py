@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from vpncrypt.core.inner import REMEMBERED_ADDRESSES, PrefixTable
+from vpncrypt.core.inner import REMEMBERED_ADDRESSES, PartialChecksumPacket, PrefixTable
 
 
 def test_prefix_table_answers_stay_right_when_remembered():
@@ -20,3 +20,38 @@ def test_prefix_table_answers_stay_right_when_remembered():
         assert table.lookup(address) == ("narrower" if 64 <= host % 256 < 128 else "tunnel")
         assert table.lookup((host).to_bytes(16, "big")) is None
     assert len(table._remembered) <= REMEMBERED_ADDRESSES  # bounded, whatever is looked up
+
+
+# --- partial checksums: what counts as a whole TCP/UDP segment -----------------------
+
+def test_the_checksum_covers_the_segment_up_to_the_ip_length_not_padding_after_it():
+    """Issue 10: bytes after the IP total length (link padding) are not summed."""
+    from tests.builders import make_partial, tcp_checksum, tcp_packet
+    from vpncrypt.core.inner import complete_checksum
+
+    for v6 in (False, True):
+        packet = tcp_packet(1000, b"payload!", v6=v6)
+        finished = complete_checksum(make_partial(packet))
+        field = (20 if not v6 else 40) + 16
+        assert int.from_bytes(finished[field:field + 2], "big") == tcp_checksum(packet)
+        padded = complete_checksum(PartialChecksumPacket(bytes(make_partial(packet)) + b"\x01\x02\x03"))
+        assert padded[:len(packet)] == finished and padded[len(packet):] == b"\x01\x02\x03"
+
+
+def test_fragments_short_headers_and_lying_lengths_have_no_checksum_location():
+    from tests.builders import tcp_packet
+    from vpncrypt.core.inner import checksum_location
+
+    packet = bytearray(tcp_packet(1000, b"x" * 40))
+    assert checksum_location(bytes(packet)) == (20, 16)
+    for offset, value in ((6, b"\x20\x00"), (6, b"\x00\x05")):  # more fragments; a fragment offset
+        fragment = bytearray(packet)
+        fragment[offset:offset + 2] = value
+        assert checksum_location(bytes(fragment)) is None
+    short = bytearray(packet)
+    short[0] = 0x44  # IHL 4: a header shorter than 20 bytes
+    assert checksum_location(bytes(short)) is None
+    longer = bytearray(packet)
+    longer[2:4] = (len(packet) + 1).to_bytes(2, "big")  # claims more than is there
+    assert checksum_location(bytes(longer)) is None
+    assert checksum_location(bytes(packet[:30])) is None

@@ -36,20 +36,33 @@ class PartialChecksumPacket(bytes):
     __slots__ = ()
 
 
+def ip_end(packet: bytes) -> int:
+    """Where the IP packet ends by its own length field (RFC 791 total length;
+    RFC 8200 40 + payload length), bytes after it being padding, not data."""
+    if packet[0] >> 4 == 4:
+        return int.from_bytes(packet[2:4], "big")
+    return 40 + int.from_bytes(packet[4:6], "big")
+
+
 def checksum_location(packet: bytes) -> tuple[int, int] | None:
-    """(start of the TCP/UDP header, offset of its checksum field), or None for anything else."""
+    """(start of the TCP/UDP header, offset of its checksum field), or None for
+    anything else: not TCP or UDP, an IPv4 header shorter than 20 bytes (IHL
+    below 5), an IPv4 fragment (which carries no whole segment to sum), or a
+    length field that disagrees with the bytes there."""
     size = len(packet)
     if not size:
         return None
     version = packet[0] >> 4
     if version == 4 and size >= 20:
         start, protocol = (packet[0] & 0x0F) * 4, packet[9]
+        if start < 20 or int.from_bytes(packet[6:8], "big") & 0x3FFF:  # MF flag or fragment offset
+            return None
     elif version == 6 and size >= 40:
         start, protocol = 40, packet[6]
     else:
         return None
     offset = 16 if protocol == 6 else 6 if protocol == 17 else None
-    if offset is None or start + offset + 2 > size:
+    if offset is None or start + offset + 2 > min(size, ip_end(packet)) or ip_end(packet) > size:
         return None
     return start, offset
 
@@ -66,7 +79,7 @@ def complete_checksum(packet: bytes, location: tuple[int, int] | None = None) ->
     if location is None:
         return bytes(packet)
     start, offset = location
-    segment = packet[start:]
+    segment = packet[start:ip_end(packet)]  # not the padding after the IP length
     if len(segment) % 2:
         segment += b"\0"
     checksum = ~(int.from_bytes(segment, "big") % 0xFFFF) & 0xFFFF or 0xFFFF
