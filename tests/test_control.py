@@ -113,7 +113,7 @@ def test_the_directory_is_closed_to_others_and_must_be_ours(run_dir):
     assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
     if os.geteuid() == 0:
         os.chown(run_dir, 65534, 65534)
-        with pytest.raises(control.ControlError, match="owned by user 65534"):
+        with pytest.raises(control.ControlError, match="belongs to user 65534"):
             control.bind(control.socket_path("x"))
 
 

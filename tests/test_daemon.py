@@ -6,6 +6,7 @@ import asyncio
 from collections import Counter
 import ipaddress
 import os
+import signal
 import socket
 import time
 
@@ -129,3 +130,29 @@ def test_the_loop_arms_the_timer_when_the_core_asks_for_an_earlier_one():
 
     reply, fired = asyncio.run(scenario())
     assert reply == b"timer" and len(fired) == 1
+
+
+def test_sighup_does_not_end_a_daemon_and_the_tick_runs_each_second(caplog):
+    """SIGHUP used to kill the process (its default action); a daemon with nothing
+    to reload says so and goes on. The once-a-second tick gets ``now``."""
+    async def scenario():
+        transport = open_server_transport("127.0.0.1", 0)
+        tun = MemoryTun("t")
+        ticks: list[float] = []
+        daemon = Daemon(tun, transport, ScheduledCore(None), tick=ticks.append)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await asyncio.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGHUP)
+            await asyncio.sleep(1.2)
+            return task.done(), ticks
+        finally:
+            daemon.stop()
+            await task
+            transport.close()
+            tun.close()
+
+    with caplog.at_level("INFO"):
+        ended, ticks = asyncio.run(scenario())
+    assert not ended and "SIGHUP: nothing to reload here" in caplog.text
+    assert len(ticks) == 1 and abs(ticks[0] - time.time()) < 5

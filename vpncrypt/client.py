@@ -6,14 +6,18 @@ import asyncio
 import functools
 import ipaddress
 import logging
+import os
+import signal
 import socket
 import time
 from typing import Any
 
-from . import netconfig
+from . import control, netconfig
 from .config import ClientConfig, parse_endpoint
 from .core.client import ClientCore
+from .restart_state import RestartStore
 from .daemon import Daemon, run_until_signalled, tunnel_and_transport
+from .events import EventWatch
 from .transport import format_endpoint
 from .transport.udp import open_client_transport
 
@@ -97,24 +101,102 @@ def client_status(core: ClientCore) -> dict[str, Any]:
     return status
 
 
+STATUS_FORMAT = 1  # as the server's (vpncrypt.server.STATUS_FORMAT)
+
+
+class LiveClient:
+    """The running client as the operator sees it: ``vpncrypt show`` and events
+    about its server. A client cannot reload: its key, ID and addresses are
+    all it is, so it says to restart it."""
+
+    def __init__(self, config: ClientConfig, core: ClientCore, daemon: Daemon, *, name: str, interface: str,
+                 clock=time.time) -> None:
+        self.config, self.core, self.daemon = config, core, daemon
+        self.name, self.interface, self.clock = name, interface, clock
+        self.started = clock()
+        # The server does not answer keepalives: an idle tunnel hears nothing, so silence says nothing.
+        self.watch = EventWatch(format_endpoint, self.started, time_window=config.time_window,
+                                silent_after=float("inf"), who=lambda _peer: "the server")
+        daemon.tick = self.tick
+
+    def handlers(self) -> dict[str, control.Handler]:
+        return {"show": self.show, "reload": self.reload_request}
+
+    async def show(self, _request: dict[str, Any]) -> dict[str, Any]:
+        return {"status": self.status()}
+
+    async def reload_request(self, _request: dict[str, Any]) -> dict[str, Any]:
+        raise control.RequestError(f"{self.config.path}: a client cannot reload its config; restart it", 2)
+
+    def status(self) -> dict[str, Any]:
+        """The stable JSON of ``vpncrypt show --json`` for a client (README, "Operating"); no key material."""
+        now = self.clock()
+        peer = self.core.server
+        return {
+            "format": STATUS_FORMAT,
+            "role": "client",
+            "name": self.name,
+            "config": str(self.config.path),
+            "pid": os.getpid(),
+            "interface": self.interface,
+            "client_id": peer.client_id,
+            "server_id": peer.server_id,
+            "addresses": [str(address) for address in self.config.addresses],
+            "started": self.started,
+            "now": now,
+            "server": {
+                "endpoint": format_endpoint(peer.endpoint),
+                "last_datagram": self.watch.heard_at(peer, now),
+                "rx_bytes": peer.rx_bytes,
+                "rx_packets": peer.rx_packets,
+                "tx_bytes": peer.tx_bytes,
+                "tx_packets": peer.tx_packets,
+                "auth_failures": peer.auth_failures,
+                "time_drops": peer.time_drops,
+            },
+            "drops": dict(self.core.drops),
+            "tun_write_refused": self.daemon.tun_refused,
+            "udp_send_errors": self.daemon.transport.send_errors,
+        }
+
+    def tick(self, now: float) -> None:
+        lines = self.watch.tick(now, [self.core.server], send_errors=self.daemon.transport.send_errors,
+                                tun_refused=self.daemon.tun_refused)
+        for level, line in lines:
+            log.log(level, "%s", line)
+
+
 def run_client(config: ClientConfig) -> int:
-    """Run until SIGINT or SIGTERM. Raises ResolveError if the server's name does not resolve."""
+    """Run until SIGINT or SIGTERM. Raises ResolveError if the server's name does
+    not resolve, ControlError (an OSError) if a daemon of the same name runs."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop takes it over
     host, port = parse_endpoint(config.server)
     family, endpoint = resolve(host, port)
+    store = RestartStore(config.state_directory, config.path.stem)
+    store.prepare()
+    saved = store.load()
     core = ClientCore(
         config.client_id, config.key, server_id=config.server_id, server_endpoint=endpoint,
         routes=config.allowed_sources, now=time.time(), time_window=config.time_window,
         keepalive_interval=config.keepalive,
+        restart_bounds=saved if saved is not None else {}, restart_state_lost=saved is None,
     )
     spec = tunnel_spec(config, endpoint)
     # With the default route in the tunnel, the tunnel's own datagrams are marked to keep the main table's.
     open_transport = functools.partial(open_client_transport, family, fwmark=config.fwmark if spec.full_tunnel else 0)
-    with tunnel_and_transport(spec, config.offload, open_transport) as (tun, transport):
-        daemon = Daemon(tun, transport, core, status=lambda: client_status(core))
-        log.info("client %r (ID %d) to server %s, interface %s",
-                 config.name, config.client_id, format_endpoint(endpoint), tun.name)
-        on_start = None
-        if is_name(host) and config.resolve_interval:
-            on_start = ServerLookups(core, host, port, family, config.resolve_interval).start
-        run_until_signalled(daemon, on_start=on_start)
+    name = config.path.stem
+    control_server = control.ControlServer.bind(control.socket_path(name))
+    try:
+        with tunnel_and_transport(spec, config.offload, open_transport) as (tun, transport):
+            daemon = Daemon(tun, transport, core, status=lambda: client_status(core), control=control_server,
+                            restart_store=store)
+            control_server.handlers = LiveClient(config, core, daemon, name=name, interface=tun.name).handlers()
+            log.info("client %r (ID %d) to server %s, interface %s",
+                     config.name, config.client_id, format_endpoint(endpoint), tun.name)
+            on_start = None
+            if is_name(host) and config.resolve_interval:
+                on_start = ServerLookups(core, host, port, family, config.resolve_interval).start
+            run_until_signalled(daemon, on_start=on_start)
+    finally:
+        control_server.discard()
     return 0

@@ -82,12 +82,15 @@ def _private_directory(directory: Path) -> None:
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         info = directory.stat()
+    except PermissionError:
+        raise ControlError(f"cannot make the control socket's directory {directory}: permission denied"
+                           f" (run as root, or set {RUN_DIR_VARIABLE})") from None
     except OSError as error:
-        raise ControlError(f"cannot make the control directory {directory}: {error.strerror}") from None
+        raise ControlError(f"cannot make the control socket's directory {directory}: {error.strerror}") from None
     if not stat.S_ISDIR(info.st_mode):
         raise ControlError(f"{directory}: not a directory")
     if info.st_uid != os.geteuid():
-        raise ControlError(f"{directory}: owned by user {info.st_uid}, not by this one; remove it")
+        raise ControlError(f"{directory}: belongs to user {info.st_uid}, not to this one (run as root)")
     if info.st_mode & 0o077:
         os.chmod(directory, 0o700)
 

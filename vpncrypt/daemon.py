@@ -5,6 +5,9 @@ loop. Each wake-up drains the ready descriptor in batches (the kernel queue
 empties faster than one packet a wake-up would) up to a cap, so one busy
 direction cannot starve the other. One timer, armed from the core's
 ``next_timer()``, runs its ``handle_timer()``, as aioquic's asyncio glue does.
+Beside the data path the loop serves the control socket (``control.py``),
+runs a once-a-second tick (events derived from the core's state) and turns
+SIGHUP into a reload; none of them runs per packet.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import json
 import logging
 import signal
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 from . import netconfig
+from .control import ControlServer, RequestError
 from .core import Core
+from .restart_state import RestartStore
 from .transport import Transport
 from .tun import TunDevice, open_tun
 
@@ -28,6 +33,9 @@ log = logging.getLogger("vpncrypt")
 BATCH = 64
 MAX_BATCHES_PER_WAKEUP = 16
 DROP_SUMMARY_INTERVAL = 60.0
+TICK_INTERVAL = 1.0  # seconds between looks at the core's state for events
+SAVE_INTERVAL = 0.2  # seconds at least between two writes of the restart state
+SAVE_RETRY = 5.0  # seconds before trying again a write that failed
 
 
 @contextlib.contextmanager
@@ -81,7 +89,9 @@ class Daemon:
 
     ``status`` turns the core's status into what SIGUSR1 logs (endpoints
     formatted, say); ``clock`` gives ``now`` to the core, wall-clock Unix
-    seconds (see ``vpncrypt.core``).
+    seconds (see ``vpncrypt.core``). ``control`` is served while the loop
+    runs; ``reload`` (a coroutine function) is what SIGHUP does, and logs its
+    own outcome; ``tick`` is called with ``now`` once a second.
     """
 
     def __init__(
@@ -92,6 +102,10 @@ class Daemon:
         *,
         status: Callable[[], dict[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
+        control: ControlServer | None = None,
+        reload: Callable[[], Awaitable[Any]] | None = None,
+        tick: Callable[[float], None] | None = None,
+        restart_store: RestartStore | None = None,
     ) -> None:
         self.tun = tun
         self.transport = transport
@@ -103,6 +117,15 @@ class Daemon:
         self._last_drops: dict[str, int] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
+        self.control = control
+        self.reload = reload
+        self.tick = tick
+        self.restart_store = restart_store
+        self._save_due: asyncio.TimerHandle | None = None
+        self._last_save = float("-inf")  # monotonic seconds
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._drop_summary: asyncio.TimerHandle | None = None
+        self._reloads: set[asyncio.Task] = set()  # held: the loop keeps tasks only weakly
 
     def network_readable(self) -> None:
         """Drain the transport: open, then write to TUN (and forward) batch by batch."""
@@ -117,7 +140,32 @@ class Daemon:
                 self.transport.send(to_network)
             if len(datagrams) < BATCH:
                 break
+        if self.restart_store is not None and self._save_due is None and self.core.bounds_to_save() is not None:
+            # Coalesced: one write serves every peer that asked in the meantime.
+            delay = max(0.0, self._last_save + SAVE_INTERVAL - time.monotonic())
+            self._save_due = asyncio.get_running_loop().call_later(delay, self._save_restart_bounds)
         self._arm_timer_if_earlier()
+
+    def _save_restart_bounds(self) -> None:
+        """Write the bounds the core asked for, then let it rely on them and
+        deliver what waited (core/restart.py). A failed write is logged and retried."""
+        self._save_due = None
+        table = self.core.bounds_to_save()
+        if table is None or self.restart_store is None:
+            return
+        self._last_save = time.monotonic()
+        try:
+            self.restart_store.save(table)
+        except OSError as error:
+            log.warning("cannot save the restart state to %s (%s); retrying in %gs",
+                        self.restart_store.path, error.strerror, SAVE_RETRY)
+            self._save_due = asyncio.get_running_loop().call_later(SAVE_RETRY, self._save_restart_bounds)
+            return
+        to_tun, to_network = self.core.bounds_saved(table, self.clock())
+        if to_tun:
+            self.tun_refused += self.tun.write_batch(to_tun)
+        if to_network:
+            self.transport.send(to_network)
 
     def tun_readable(self) -> None:
         """Drain the TUN device: seal and send batch by batch."""
@@ -172,7 +220,28 @@ class Daemon:
             new = {k: v - self._last_drops.get(k, 0) for k, v in drops.items() if v != self._last_drops.get(k, 0)}
             log.info("dropped in the last %ds: %s", DROP_SUMMARY_INTERVAL, json.dumps(new, sort_keys=True))
             self._last_drops = drops
-        loop.call_later(DROP_SUMMARY_INTERVAL, self._summarize_drops, loop)
+        self._drop_summary = loop.call_later(DROP_SUMMARY_INTERVAL, self._summarize_drops, loop)
+
+    def _ticked(self) -> None:
+        """Re-armed first, so that a failing tick cannot stop the ticks."""
+        self._tick_handle = asyncio.get_running_loop().call_later(TICK_INTERVAL, self._ticked)
+        if self.tick is not None:
+            self.tick(self.clock())
+
+    def _hangup(self) -> None:
+        """SIGHUP: reload in the background; the reload logs what came of it."""
+        if self.reload is None:
+            log.info("SIGHUP: nothing to reload here; restart to read the config again")
+            return
+        task = asyncio.get_running_loop().create_task(self._reload_quietly())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload_quietly(self) -> None:
+        try:
+            await self.reload()  # type: ignore[misc]
+        except RequestError:
+            pass  # logged by the reload itself; the old config stays
 
     def stop(self) -> None:
         """Make ``run`` return (SIGINT, SIGTERM)."""
@@ -188,19 +257,30 @@ class Daemon:
         self._stopped = asyncio.Event()
         loop.add_reader(self.transport.fileno(), self.network_readable)
         loop.add_reader(self.tun.fileno(), self.tun_readable)
-        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
         for number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(number, self.stop)
         loop.add_signal_handler(signal.SIGUSR1, self.log_status)
-        loop.call_later(DROP_SUMMARY_INTERVAL, self._summarize_drops, loop)
+        loop.add_signal_handler(signal.SIGHUP, self._hangup)
+        self._drop_summary = loop.call_later(DROP_SUMMARY_INTERVAL, self._summarize_drops, loop)
+        self._tick_handle = loop.call_later(TICK_INTERVAL, self._ticked)
         self._arm_timer(self.core.next_timer())
         try:
+            if self.control is not None:
+                await self.control.start()
             if on_start is not None:
                 on_start()
             await self._stopped.wait()
         finally:
             self._arm_timer(None)
+            for handle in (self._drop_summary, self._tick_handle, self._save_due):
+                if handle is not None:
+                    handle.cancel()
             loop.remove_reader(self.transport.fileno())
             loop.remove_reader(self.tun.fileno())
             for number in signals:
                 loop.remove_signal_handler(number)
+            for task in list(self._reloads):
+                task.cancel()
+            if self.control is not None:
+                await self.control.close()

@@ -1,27 +1,47 @@
-"""vpncrypt server: one UDP transport, one TUN device, any number of clients."""
+"""vpncrypt server: one UDP transport, one TUN device, any number of clients.
+
+``LiveServer`` is what an operator reaches while it runs: the status that
+``vpncrypt show`` prints, the reload that ``vpncrypt reload`` and SIGHUP ask
+for, and the events logged once a second.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import os
+import shlex
+import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
-from . import netconfig
-from .config import ServerConfig
+from . import control, netconfig
+from .config import ConfigError, ServerConfig, load_server_config
+from .core.inner import Network
 from .core.server import ServerCore
+from .restart_state import RestartStore
 from .daemon import Daemon, run_until_signalled, tunnel_and_transport
+from .events import EventWatch
 from .transport import format_endpoint
 from .transport.udp import open_server_transport
 
 log = logging.getLogger("vpncrypt.server")
 
+STATUS_FORMAT = 1  # the version of the JSON ``vpncrypt show --json`` prints; README, "Operating"
+# Settings a running server cannot take on: the socket, the device and its
+# addresses are made once, and every client's datagrams name the server ID.
+FIXED_SETTINGS = ("server_id", "port", "listen_address", "interface", "tunnel", "mtu", "offload")
 
-def build_core(config: ServerConfig, now: float) -> ServerCore:
-    """The core for ``config`` at ``now`` (Unix seconds)."""
+
+def build_core(config: ServerConfig, now: float, restart_bounds: dict[int, int] | None = None) -> ServerCore:
+    """The core for ``config`` at ``now`` (Unix seconds), with the restart
+    bounds read back from disk (None: none were there)."""
     return ServerCore(
         config.server_id, config.clients, now, time_window=config.time_window,
         client_to_client=config.client_to_client,
+        restart_bounds=restart_bounds if restart_bounds is not None else {},
+        restart_state_lost=restart_bounds is None,
     )
 
 
@@ -33,20 +53,249 @@ def server_status(core: ServerCore) -> dict[str, Any]:
     return status
 
 
+def client_routes(config: ServerConfig) -> tuple[Network, ...]:
+    """The networks of clients' ``addresses`` that the tunnel's own prefixes do
+    not cover (a network behind a client, say): each needs a route to the
+    tunnel device, or the server's kernel never hands their packets to us."""
+    tunnel = [interface.network for interface in config.tunnel]
+    routes = {
+        network for client in config.clients for network in client.addresses
+        if not any(network.version == t.version and network.subnet_of(t) for t in tunnel)
+    }
+    return tuple(sorted(routes, key=lambda n: (n.version, n)))
+
+
 def tunnel_spec(config: ServerConfig) -> netconfig.TunnelSpec:
-    """The server's tunnel: its addresses and MTU, no routes of its own."""
-    return netconfig.TunnelSpec(config.interface, config.tunnel, config.mtu)
+    """The server's tunnel: its addresses and MTU, and routes to the networks behind clients."""
+    return netconfig.TunnelSpec(config.interface, config.tunnel, config.mtu, client_routes(config))
+
+
+def fixed_setting_changed(old: ServerConfig, new: ServerConfig) -> str | None:
+    """The error line for the first setting a reload cannot apply, or None."""
+    for key in FIXED_SETTINGS:
+        before, after = getattr(old, key), getattr(new, key)
+        if before != after:
+            shown = [", ".join(map(str, v)) if isinstance(v, tuple) else str(v) for v in (before, after)]
+            return (f"{new.path}: [server] {key} cannot change while the server runs (it runs with {shown[0]},"
+                    f" the file says {shown[1]}); restart the server for that, or undo the change")
+    return None
+
+
+def describe_changes(old: ServerConfig, new: ServerConfig) -> str:
+    """What a reload changes, in a few words: clients added, removed, re-keyed ..."""
+    before = {c.client_id: c for c in old.clients}
+    after = {c.client_id: c for c in new.clients}
+    parts = []
+    added = [after[i].name for i in after if i not in before]
+    removed = [before[i].name for i in before if i not in after]
+    rekeyed = [after[i].name for i in after if i in before and after[i].key != before[i].key]
+    moved = [after[i].name for i in after if i in before and after[i].addresses != before[i].addresses]
+    renamed = [f"{before[i].name!r} to {after[i].name!r}" for i in after
+               if i in before and after[i].name != before[i].name]
+    for verb, names in (("added", added), ("removed", removed), ("re-keyed", rekeyed), ("re-addressed", moved)):
+        if names:
+            parts.append(f"{verb} {', '.join(map(repr, names))}")
+    if renamed:
+        parts.append(f"renamed {', '.join(renamed)}")
+    for key in ("time_window", "client_to_client", "endpoint"):
+        if getattr(old, key) != getattr(new, key):
+            parts.append(f"{key} now {getattr(new, key)!r}")
+    return f"{len(new.clients)} clients; " + ("; ".join(parts) if parts else "nothing changed")
+
+
+def _route_command(action: str, network: Network, interface: str) -> list[str]:
+    return ["ip", f"-{network.version}", "route", action, str(network), "dev", interface]
+
+
+class LiveServer:
+    """The running server as the operator sees it: status, reload, events.
+
+    ``name`` is the config's stem (the control socket's name); ``interface``
+    the device's name as opened; ``routes`` the routes to networks behind
+    clients that this process made (a reload adds and removes only those);
+    ``run`` runs one command (``netconfig.run_command``; a fake in tests)."""
+
+    def __init__(
+        self, config: ServerConfig, core: ServerCore, daemon: Daemon, *, name: str, interface: str,
+        run: Callable[[list[str]], Any] = netconfig.run_command, clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.core = core
+        self.daemon = daemon
+        self.name = name
+        self.interface = interface
+        self.run = run
+        self.clock = clock
+        self.started = clock()
+        self.reloaded: float | None = None
+        self.routes: set[Network] = set(client_routes(config))
+        self.watch = EventWatch(format_endpoint, self.started, time_window=config.time_window)
+        self._lock = asyncio.Lock()
+        daemon.reload = self.reload
+        daemon.tick = self.tick
+
+    # --- what the control socket serves -------------------------------------------------
+
+    def handlers(self) -> dict[str, control.Handler]:
+        return {"show": self.show, "reload": self.reload_request}
+
+    async def show(self, _request: dict[str, Any]) -> dict[str, Any]:
+        return {"status": self.status()}
+
+    async def reload_request(self, _request: dict[str, Any]) -> dict[str, Any]:
+        return {"message": await self.reload()}
+
+    def status(self) -> dict[str, Any]:
+        """The stable JSON of ``vpncrypt show --json`` (documented in the README); no key material."""
+        now = self.clock()
+        addresses = {entry.client_id: entry.addresses for entry in self.config.clients}
+        clients = []
+        totals = dict.fromkeys(("rx_bytes", "rx_packets", "tx_bytes", "tx_packets"), 0)
+        for peer in self.core.peers.values():
+            entry = {
+                "name": peer.name,
+                "client_id": peer.client_id,
+                "addresses": [str(network) for network in addresses.get(peer.client_id, ())],
+                "endpoint": format_endpoint(peer.endpoint),
+                "last_datagram": self.watch.heard_at(peer, now),
+                "rx_bytes": peer.rx_bytes,
+                "rx_packets": peer.rx_packets,
+                "tx_bytes": peer.tx_bytes,
+                "tx_packets": peer.tx_packets,
+                "roams": peer.roams,
+                "auth_failures": peer.auth_failures,
+                "time_drops": peer.time_drops,
+            }
+            for key in totals:
+                totals[key] += entry[key]
+            clients.append(entry)
+        return {
+            "format": STATUS_FORMAT,
+            "role": "server",
+            "name": self.name,
+            "config": str(self.config.path),
+            "pid": os.getpid(),
+            "interface": self.interface,
+            "server_id": self.core.server_id,
+            "listen_address": self.config.listen_address,
+            "port": self.config.port,
+            "started": self.started,
+            "reloaded": self.reloaded,
+            "now": now,
+            "clients": sorted(clients, key=lambda c: c["client_id"]),
+            "totals": totals,
+            "drops": dict(self.core.drops),
+            "tun_write_refused": self.daemon.tun_refused,
+            "udp_send_errors": self.daemon.transport.send_errors,
+        }
+
+    # --- reload -------------------------------------------------------------------------
+
+    async def reload(self) -> str:
+        """Read the config again and apply it, or change nothing.
+
+        Returns what changed; raises control.RequestError with the one line a
+        start would print for a broken config (status 2), or the failing
+        command's (status 1). Either way the outcome is logged."""
+        async with self._lock:
+            path = self.config.path
+            try:
+                message = await self._reload()
+            except control.RequestError as error:
+                log.error("reload refused, still running on the config as it was: %s", error)
+                raise
+            log.info("reloaded %s: %s", path, message)
+            return message
+
+    async def _reload(self) -> str:
+        loop = asyncio.get_running_loop()
+        old = self.config
+        try:
+            # In a thread: a large file takes milliseconds to check, the data path none.
+            new = await loop.run_in_executor(None, load_server_config, old.path)
+        except ConfigError as error:
+            raise control.RequestError(str(error), 2) from None
+        refused = fixed_setting_changed(old, new)
+        if refused:
+            raise control.RequestError(refused, 2)
+        wanted = set(client_routes(new))
+        added: list[Network] = []
+        try:
+            for network in sorted(wanted - self.routes, key=lambda n: (n.version, n)):
+                await self._run(_route_command("replace", network, self.interface))
+                added.append(network)
+        except control.RequestError:
+            for network in added:
+                await self._run(_route_command("delete", network, self.interface), check=False)
+            raise
+        try:
+            self.core.update_clients(new.clients, self.clock())
+        except ValueError as error:  # the config check finds these first
+            raise control.RequestError(f"{new.path}: {error}", 2) from None
+        self.core.time_window = new.time_window
+        self.core.client_to_client = new.client_to_client
+        self.watch.time_window = new.time_window
+        self.routes.update(added)
+        for network in sorted(self.routes - wanted, key=lambda n: (n.version, n)):
+            # A route that will not go only sends packets to a client that is
+            # gone, which counts them as no_route: warn, and forget it.
+            await self._run(_route_command("delete", network, self.interface), check=False)
+            self.routes.discard(network)
+        self.config = new
+        self.reloaded = self.clock()
+        return describe_changes(old, new)
+
+    async def _run(self, command: list[str], check: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(None, self.run, command)
+        except netconfig.NetconfigError as error:
+            failure = str(error)
+        else:
+            if result.returncode == 0:
+                return
+            failure = f"{shlex.join(command)}: {result.stderr.strip() or 'failed'}"
+        if check:
+            raise control.RequestError(failure, 1)
+        log.warning("%s", failure)
+
+    # --- events -------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        lines = self.watch.tick(now, self.core.peers.values(), send_errors=self.daemon.transport.send_errors,
+                                tun_refused=self.daemon.tun_refused)
+        for level, line in lines:
+            log.log(level, "%s", line)
+
+
+def control_name(config: ServerConfig) -> str:
+    """The daemon's name for the control socket and ``vpncrypt show NAME``: the config's stem."""
+    return config.path.stem
 
 
 def run_server(config: ServerConfig) -> int:
-    """Serve until SIGINT or SIGTERM; the TUN device goes away with the process's hold on it."""
-    core = build_core(config, time.time())
-    listen = functools.partial(open_server_transport, config.listen_address, config.port)
-    with tunnel_and_transport(tunnel_spec(config), config.offload, listen) as (tun, transport):
-        daemon = Daemon(tun, transport, core, status=lambda: server_status(core))
-        log.info(
-            "server %d listening on UDP port %d, interface %s, %d clients",
-            config.server_id, config.port, tun.name, len(config.clients),
-        )
-        run_until_signalled(daemon)
+    """Serve until SIGINT or SIGTERM; the TUN device goes away with the process's hold on it.
+    Raises ControlError (an OSError) if another daemon of the same name runs."""
+    # A SIGHUP before the loop takes it over must not end the server.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    name = control_name(config)
+    # Before the device: a second server from the same config stops here.
+    control_server = control.ControlServer.bind(control.socket_path(name))
+    try:
+        store = RestartStore(config.state_directory, config.path.stem)
+        store.prepare()
+        core = build_core(config, time.time(), store.load())
+        listen = functools.partial(open_server_transport, config.listen_address, config.port)
+        with tunnel_and_transport(tunnel_spec(config), config.offload, listen) as (tun, transport):
+            daemon = Daemon(tun, transport, core, status=lambda: server_status(core), control=control_server,
+                            restart_store=store)
+            live = LiveServer(config, core, daemon, name=name, interface=tun.name)
+            control_server.handlers = live.handlers()
+            log.info(
+                "server %d listening on UDP port %d, interface %s, %d clients; control socket %s",
+                config.server_id, config.port, tun.name, len(config.clients), control_server.path,
+            )
+            run_until_signalled(daemon)
+    finally:
+        control_server.discard()
     return 0

@@ -38,9 +38,9 @@ class LabError(Exception):
     pass
 
 
-def run(command: list[str], *, check: bool = True, timeout: float = 30, input: str | None = None
-        ) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, input=input)
+def run(command: list[str], *, check: bool = True, timeout: float = 30, input: str | None = None,
+        env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, input=input, env=env)
     if check and result.returncode != 0:
         raise LabError(f"{' '.join(command)}: {result.stderr.strip() or result.stdout.strip()}")
     return result
@@ -190,34 +190,42 @@ class VpnLab:
     venv_bin: Path
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    def keygen(self, *args: str) -> None:
-        run([str(self.venv_bin / "vpncrypt-keygen"), *args])
+    @property
+    def run_dir(self) -> Path:
+        """The daemons' control sockets: the lab's own, never this machine's /run/vpncrypt."""
+        return self.lab.workdir / "run"
 
-    def start_server(self) -> subprocess.Popen:
-        command = [str(self.venv_bin / "vpncrypt-server"), "--config", str(self.configs / "server.toml")]
-        self.processes["server"] = self.lab.spawn(self.server_ns, command, "server.log")
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, VPNCRYPT_RUN_DIR=str(self.run_dir))
+
+    def keygen(self, *args: str) -> subprocess.CompletedProcess:
+        return run([str(self.venv_bin / "vpncrypt-keygen"), *args], env=self.env())
+
+    def vpncrypt(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """The ``vpncrypt`` command (show, reload) against the lab's daemons."""
+        return run([str(self.venv_bin / "vpncrypt"), *args], check=check, env=self.env())
+
+    def start_server(self, config: str = "server") -> subprocess.Popen:
+        command = [str(self.venv_bin / "vpncrypt-server"), "--config", str(self.configs / f"{config}.toml")]
+        self.processes["server"] = self.lab.spawn(self.server_ns, command, "server.log", env=self.env())
         wait_for_interface(self.lab, self.server_ns, "vpncrypt0", self.processes["server"], self.lab.workdir / "server.log")
         return self.processes["server"]
 
-    def start_client(self, name: str) -> subprocess.Popen:
-        command = [str(self.venv_bin / "vpncrypt-client"), "--config", str(self.configs / f"{name}.toml")]
-        process = self.lab.spawn(self.client_ns[name], command, f"client-{name}.log")
+    def start_client(self, name: str, ns: str | None = None, config: str | None = None, env: dict | None = None
+                     ) -> subprocess.Popen:
+        """Client ``name`` from configs/CONFIG.toml (default: NAME.toml) in namespace ``ns``
+        (default: its own), with ``env`` added to the environment."""
+        config_path = self.configs / f"{config or name}.toml"
+        command = [str(self.venv_bin / "vpncrypt-client"), "--config", str(config_path)]
+        ns = ns or self.client_ns[name]
+        process = self.lab.spawn(ns, command, f"client-{name}.log", env={**self.env(), **(env or {})})
         self.processes[f"client-{name}"] = process
-        wait_for_interface(self.lab, self.client_ns[name], "vpncrypt0", process, self.lab.workdir / f"client-{name}.log")
+        wait_for_interface(self.lab, ns, "vpncrypt0", process, self.lab.workdir / f"client-{name}.log")
         return process
 
-    def server_status(self, timeout: float = 5) -> dict:
-        """Ask the running server for its status (SIGUSR1) and read it from its log."""
-        log = self.lab.workdir / "server.log"
-        seen = log.read_text().count(" status {")
-        os.kill(self.processes["server"].pid, signal.SIGUSR1)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            lines = [line for line in log.read_text().splitlines() if " status {" in line]
-            if len(lines) > seen:
-                return json.loads(lines[-1].split(" status ", 1)[1])
-            time.sleep(0.05)
-        raise LabError("the server did not report its status")
+    def server_status(self, name: str = "server") -> dict:
+        """The running server's status, as ``vpncrypt show NAME --json`` gives it."""
+        return json.loads(self.vpncrypt("show", name, "--json").stdout)
 
     def snat(self, address: str, port: int) -> None:
         """Client a's UDP traffic leaves the router from address:port; replaces the rule atomically

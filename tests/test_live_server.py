@@ -1,0 +1,306 @@
+"""A running server through its control socket, without root: ``vpncrypt show`` and
+live reload (``vpncrypt reload``, SIGHUP) of a server Daemon over loopback UDP with
+a fake TUN device, route commands recorded instead of run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vpncrypt import control
+from vpncrypt.cli import keygen
+from vpncrypt.config import ConfigError, load_client_config, load_server_config
+from vpncrypt.core.client import ClientCore
+from vpncrypt.core.server import ServerCore
+from vpncrypt.daemon import Daemon
+from vpncrypt.server import LiveServer, client_routes, tunnel_spec
+from vpncrypt.transport.udp import open_client_transport, open_server_transport
+from vpncrypt.tun.memory import MemoryTun
+
+from tests.builders import ipv4_packet
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch) -> Path:
+    directory = tmp_path / "run"
+    monkeypatch.setenv(control.RUN_DIR_VARIABLE, str(directory))
+    return directory
+
+
+@pytest.fixture
+def configs(tmp_path) -> Path:
+    directory = tmp_path / "etc"
+    directory.mkdir()
+    server = directory / "server.toml"
+    assert keygen.main(["server", "--endpoint", "127.0.0.1:51820", "--tunnel", "203.0.113.1/24",
+                        "--out", str(server), "--server-id", "7"]) == 0
+    for name in ("a", "b"):
+        assert keygen.main(["client", "--server-config", str(server), "--name", name,
+                            "--out", str(directory / f"{name}.toml")]) == 0
+    return directory
+
+
+class Runs:
+    """Records route commands instead of running them; fails those containing ``fail``."""
+
+    def __init__(self):
+        self.commands: list[str] = []
+        self.fail: str | None = None
+
+    def __call__(self, command):
+        text = " ".join(command)
+        self.commands.append(text)
+        failed = self.fail is not None and self.fail in text
+        return subprocess.CompletedProcess(command, 2 if failed else 0, "", "RTNETLINK answers: refused")
+
+
+async def with_server(configs: Path, body, runs: Runs | None = None):
+    """A live server from configs/server.toml with client a connected; ``body(live, client_daemon)``
+    runs in the loop (a coroutine)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    edit(configs / "server.toml", "port = 51820", f'port = {port}\nlisten_address = "127.0.0.1"')
+    config = load_server_config(configs / "server.toml")
+    now = time.time()
+    core = ServerCore(config.server_id, config.clients, now, time_window=config.time_window,
+                      client_to_client=config.client_to_client)
+    transport = open_server_transport("127.0.0.1", port)
+    tun = MemoryTun("s")
+    server_control = control.ControlServer.bind(control.socket_path("server"))
+    daemon = Daemon(tun, transport, core, control=server_control)
+    live = LiveServer(config, core, daemon, name="server", interface="vpncrypt0", run=runs or Runs())
+    server_control.handlers = live.handlers()
+    a = load_client_config(configs / "a.toml")
+    client_core = ClientCore(a.client_id, a.key, server_id=7, server_endpoint=("127.0.0.1", port),
+                             routes=a.allowed_sources, now=now)
+    client_tun = MemoryTun("c")
+    client_transport = open_client_transport(socket.AF_INET)
+    client = Daemon(client_tun, client_transport, client_core)
+    # The client first: the server's signal handlers (SIGHUP) are the ones that stay.
+    tasks = [asyncio.create_task(client.run()), asyncio.create_task(daemon.run())]
+    try:
+        deadline = time.monotonic() + 5
+        while core.peers[a.client_id].endpoint is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return await body(live, client)
+    finally:
+        daemon.stop()
+        client.stop()
+        await asyncio.gather(*tasks)
+        for closable in (transport, client_transport, tun, client_tun):
+            closable.close()
+
+
+async def in_thread(function, *args):
+    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+
+def vpncrypt(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "vpncrypt"), *args], capture_output=True, text=True, timeout=30)
+
+
+def test_show_reports_each_client_and_never_a_key(configs, run_dir):
+    async def body(live, client):
+        for i in range(5):
+            client.tun.peer.send(ipv4_packet("203.0.113.2", "203.0.113.1", bytes(100)))
+        deadline = time.monotonic() + 5
+        while live.core.peers[1].rx_packets < 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return [await in_thread(vpncrypt, "show", "server", "--json"), await in_thread(vpncrypt, "show"),
+                await in_thread(vpncrypt, "show", "--prometheus"), await in_thread(vpncrypt, "show", "--json")]
+
+    as_json, text, prometheus, every = asyncio.run(with_server(configs, body))
+    assert as_json.returncode == 0, as_json.stderr
+    status = json.loads(as_json.stdout)
+    assert status["format"] == 1 and status["role"] == "server" and status["server_id"] == 7
+    a, b = status["clients"]
+    assert (a["name"], a["client_id"], a["addresses"]) == ("a", 1, ["203.0.113.2/32"])
+    assert a["rx_packets"] == 5 and a["rx_bytes"] == 5 * 120
+    assert a["endpoint"].startswith("127.0.0.1:") and abs(a["last_datagram"] - time.time()) < 5
+    assert b["endpoint"] is None and b["last_datagram"] is None
+    assert status["totals"]["rx_packets"] == 5 and set(status["drops"]) >= {"auth_failed", "no_route"}
+    every = json.loads(every.stdout)
+    assert list(every) == ["server"] and every["server"]["clients"][0]["rx_packets"] == 5
+    assert "client: a" in text.stdout and "last datagram: " in text.stdout and "600 B received (5 packets)" in text.stdout
+    assert "endpoint: (not heard from yet)" in text.stdout
+    assert 'vpncrypt_client_receive_packets_total{daemon="server",name="a",client_id="1"} 5' in prometheus.stdout
+    for done in (as_json, text, prometheus):
+        for name in ("a", "b"):
+            key_text = load_client_config(configs / f"{name}.toml").key
+            assert keygen.encode_key(key_text) not in done.stdout
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_a_broken_config_is_refused_with_the_line_a_start_gives_and_the_old_one_stays(configs, run_dir):
+    path = configs / "server.toml"
+
+    async def body(live, client):
+        edit(path, "client_to_client = false", "client_to_client = no")
+        with pytest.raises(ConfigError) as start_error:
+            load_server_config(path)
+        done = await in_thread(vpncrypt, "reload", "server")
+        again = await in_thread(vpncrypt, "reload")  # the one daemon running: no name needed
+        return start_error.value, done, again, sorted(live.core.peers), live.config.client_to_client
+
+    error, done, again, peers, client_to_client = asyncio.run(with_server(configs, body))
+    assert done.returncode == 2 and again.returncode == 2
+    assert done.stderr == again.stderr == f"vpncrypt: error: {error}\n"
+    assert "server.toml: not valid TOML" in done.stderr
+    assert peers == [1, 2] and client_to_client is False
+
+
+@pytest.mark.parametrize("old, new, key", [
+    ("server_id = 7", "server_id = 8", "server_id"),
+    ('tunnel = ["203.0.113.1/24"]', 'tunnel = ["203.0.113.1/25"]', "tunnel"),
+    ('interface = "vpncrypt0"', 'interface = "vpn1"', "interface"),
+    ("mtu = 1420", "mtu = 1400", "mtu"),
+])
+def test_settings_that_cannot_change_live_are_refused_by_name(configs, run_dir, old, new, key):
+    path = configs / "server.toml"
+
+    async def body(live, client):
+        edit(path, old, new)
+        with pytest.raises(control.RequestError) as refused:
+            await live.reload()
+        return str(refused.value), refused.value.status, live.config
+
+    message, status, config = asyncio.run(with_server(configs, body))
+    assert f"[server] {key} cannot change while the server runs" in message and status == 2
+    assert config.server_id == 7 and config.mtu == 1420
+
+
+def test_the_port_cannot_change_live(configs, run_dir):
+    async def body(live, client):
+        edit(configs / "server.toml", f"port = {live.config.port}", f"port = {live.config.port + 1}")
+        with pytest.raises(control.RequestError, match=r"\[server\] port cannot change"):
+            await live.reload()
+
+    asyncio.run(with_server(configs, body))
+
+
+def test_clients_added_removed_and_rekeyed_live(configs, run_dir):
+    path = configs / "server.toml"
+
+    async def body(live, client):
+        kept = live.core.peers[1]
+        assert keygen.main(["client", "--server-config", str(path), "--name", "c",
+                            "--out", str(configs / "c.toml")]) == 0
+        added = await live.reload()
+        after_add = dict(live.core.peers)
+        text = path.read_text()
+        b_key = load_client_config(configs / "b.toml").key
+        path.write_text(text.replace(keygen.encode_key(b_key), keygen.encode_key(os.urandom(64))))
+        rekeyed = await live.reload()
+        after_rekey = dict(live.core.peers)
+        time_window = live.core.time_window
+        edit(path, "time_window = 128", "time_window = 60")
+        changed = await live.reload()
+        return added, rekeyed, changed, kept, after_add, after_rekey, time_window, live
+
+    added, rekeyed, changed, kept, after_add, after_rekey, window_before, live = asyncio.run(
+        with_server(configs, body))
+    c_id = load_client_config(configs / "c.toml").client_id
+    assert "3 clients" in added and "added 'c'" in added
+    assert sorted(after_add) == sorted([1, 2, c_id]) and after_add[1] is kept  # untouched: the same peer
+    assert "re-keyed 'b'" in rekeyed and after_rekey[1] is kept and after_rekey[2] is not after_add[2]
+    assert window_before == 128 and live.core.time_window == 60 and "time_window now 60" in changed
+    assert live.reloaded is not None
+
+
+def test_a_removed_client_is_gone_at_once(configs, run_dir):
+    path = configs / "server.toml"
+
+    async def body(live, client):
+        text = path.read_text()
+        start = text.index("[[client]]")
+        b_block = text.index("[[client]]", start + 1)
+        path.write_text(text[:b_block])  # b removed by hand
+        message = await live.reload()
+        return message, sorted(live.core.peers)
+
+    message, peers = asyncio.run(with_server(configs, body))
+    assert "removed 'b'" in message and peers == [1]
+
+
+def test_routes_to_networks_behind_clients_follow_reloads(configs, run_dir):
+    path = configs / "server.toml"
+    runs = Runs()
+
+    async def body(live, client):
+        edit(path, 'addresses = ["203.0.113.3/32"]', 'addresses = ["203.0.113.3/32", "2001:db8:5::/64"]')
+        await live.reload()
+        routes_added = list(runs.commands)
+        await live.reload()  # nothing new: no command
+        unchanged = list(runs.commands)
+        edit(path, '"203.0.113.3/32", "2001:db8:5::/64"', '"203.0.113.3/32", "2001:db8:6::/64"')
+        runs.fail = "2001:db8:6::"
+        with pytest.raises(control.RequestError, match="RTNETLINK answers: refused") as refused:
+            await live.reload()
+        assert refused.value.status == 1
+        failed = list(runs.commands)
+        runs.fail = None
+        await live.reload()
+        return routes_added, unchanged, failed, list(runs.commands), set(live.routes), live.config
+
+    added, unchanged, failed, moved, routes, config = asyncio.run(with_server(configs, body, runs))
+    assert added == ["ip -6 route replace 2001:db8:5::/64 dev vpncrypt0"] and unchanged == added
+    # The refused route changed nothing: the old client table and route stay.
+    assert failed == added + ["ip -6 route replace 2001:db8:6::/64 dev vpncrypt0"]
+    assert moved == failed + ["ip -6 route replace 2001:db8:6::/64 dev vpncrypt0",
+                              "ip -6 route delete 2001:db8:5::/64 dev vpncrypt0"]
+    assert [str(r) for r in routes] == ["2001:db8:6::/64"]
+    assert [str(a) for a in config.clients[1].addresses] == ["203.0.113.3/32", "2001:db8:6::/64"]
+
+
+def test_the_servers_tunnel_spec_routes_only_what_the_tunnel_prefix_does_not_cover(configs):
+    path = configs / "server.toml"
+    edit(path, 'addresses = ["203.0.113.3/32"]', 'addresses = ["203.0.113.3/32", "203.0.113.128/25",'
+         ' "192.0.2.0/26", "2001:db8:5::/64"]')
+    config = load_server_config(path)
+    assert [str(n) for n in client_routes(config)] == ["192.0.2.0/26", "2001:db8:5::/64"]
+    assert tunnel_spec(config).routes == client_routes(config)
+    done = subprocess.run([str(BIN / "vpncrypt-server"), "--config", str(path), "--dry-run"],
+                          capture_output=True, text=True, timeout=30)
+    assert "ip -4 route replace 192.0.2.0/26 dev vpncrypt0" in done.stdout
+    assert "203.0.113.128/25" not in done.stdout
+
+
+def test_sighup_reloads_and_a_broken_config_on_sighup_keeps_the_old_one(configs, run_dir, caplog):
+    path = configs / "server.toml"
+
+    async def body(live, client):
+        edit(path, "time_window = 128", "time_window = 100")
+        os.kill(os.getpid(), signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while live.core.time_window != 100 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        edit(path, "time_window = 100", "time_window = 1000")
+        os.kill(os.getpid(), signal.SIGHUP)
+        await asyncio.sleep(0.3)
+        return live.core.time_window
+
+    with caplog.at_level("INFO"):
+        window = asyncio.run(with_server(configs, body))
+    assert window == 100
+    assert "reloaded" in caplog.text and "time_window now 100" in caplog.text
+    assert "reload refused, still running on the config as it was" in caplog.text
+    assert "time_window: must be from 1 to 511, not 1000" in caplog.text
+
+
