@@ -46,7 +46,7 @@ class ClientCore:
     ) -> None:
         self.server = Peer(
             client_id, key, server_id=server_id, send_direction=TO_SERVER,
-            now=now, name="server", endpoint=server_endpoint,
+            now=now, name="server", endpoint=server_endpoint, time_window=time_window,
         )
         self.restart = RestartBounds(restart_bounds, restart_state_lost)
         self.restart.start_peer(self.server, now)

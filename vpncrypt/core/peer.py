@@ -16,7 +16,8 @@ from .inner import PartialChecksumPacket
 from .replay import NO_TIMESTAMP, ReplayWindow
 from .restart import UNTRACKED
 from .wire import (
-    AD_SUFFIX, COUNTER_MASK, HEADER, KEY_LEN, KIND_DATA, KIND_DATA_PARTIAL, TIMESTAMP_BITS, TIMESTAMP_MASK,
+    AD_SUFFIX, COUNTER_MASK, DEFAULT_TIME_WINDOW, HEADER, KEY_LEN, KIND_DATA, KIND_DATA_PARTIAL, TIMESTAMP_BITS,
+    TIMESTAMP_MASK,
 )
 
 
@@ -63,7 +64,7 @@ class Peer:
         "client_id", "name", "server_id", "send_direction", "key", "budget",
         "aead", "window", "endpoint", "counter", "last_ts",
         "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "roams", "auth_failures", "time_drops",
-        "durable_bound", "save_at", "wanted_bound",
+        "durable_bound", "save_at", "wanted_bound", "time_window",
     )
 
     def __init__(
@@ -78,6 +79,7 @@ class Peer:
         endpoint: Any = None,
         initial_counter: int | None = None,
         budget: CipherBudget | None = None,
+        time_window: int = DEFAULT_TIME_WINDOW,
     ) -> None:
         if len(key) != KEY_LEN:
             raise ValueError(f"a key is {KEY_LEN} bytes, not {len(key)}")
@@ -105,6 +107,7 @@ class Peer:
         # a higher one is wanted, and the highest wanted.
         self.durable_bound = self.save_at = UNTRACKED
         self.wanted_bound = 0
+        self.time_window = time_window  # how far a stamp may run ahead of the clock
 
     def seal(self, kind: int, payloads: list[bytes], now: float) -> list[bytes]:
         """Seal a batch of payloads into datagrams, consuming one counter each.
@@ -115,13 +118,16 @@ class Peer:
         most wire.MAX_PAYLOAD bytes."""
         # Never older than what was sent before, nor than the newest timestamp
         # accepted from the peer: that one is at or above the peer's replay
-        # floor, so a peer that has just started hears us at once.
+        # floor, so a peer that has just started hears us at once. But never
+        # more than the time window ahead of the clock: after a clock stepped
+        # forward and back, stamps go back to the clock at once instead of
+        # staying where the step left them, which no receiver would take.
         ts = int(now)
         floor = self.last_ts
         heard = self.window.newest_ts
         if heard != NO_TIMESTAMP and heard > floor:
             floor = heard
-        if ts < floor:
+        if ts < floor <= ts + self.time_window:
             ts = floor
         self.last_ts = ts
         suffix = AD_SUFFIX.pack(self.send_direction, self.server_id, ts)

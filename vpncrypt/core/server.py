@@ -89,7 +89,7 @@ class ServerCore:
             else:
                 peers[entry.client_id] = peer = Peer(
                     entry.client_id, entry.key, server_id=self.server_id, send_direction=TO_CLIENT,
-                    now=now, name=entry.name, budget=self.cipher_budget,
+                    now=now, name=entry.name, budget=self.cipher_budget, time_window=self.time_window,
                 )
                 self.restart.start_peer(peer, now)
         routes: PrefixTable[Peer] = PrefixTable()
