@@ -1,5 +1,5 @@
 """What every TUN backend promises (vpncrypt.tun.TunDevice), checked on each one that
-runs here. A new backend (FreeBSD, macOS) is one more entry in BACKENDS: a function that
+runs here. A new backend (Windows, say) is one more entry in BACKENDS: a function that
 opens it and returns a Harness, the test's stand-in for the kernel on the other side."""
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ from tests.builders import kernel_view, make_partial, tcp_packet
 from vpncrypt.tun import TunDevice
 from vpncrypt.tun.memory import MemoryTun
 
-from .fake_kernel import drain, linux_over_socketpair
+from .fake_kernel import (
+    DARWIN_INET6, FREEBSD_INET6, darwin_over_socketpair, drain, framed, freebsd_over_socketpair,
+    linux_over_socketpair, unframed,
+)
 
 
 @dataclass
@@ -49,7 +52,23 @@ def linux(offload: bool) -> Callable[[], Harness]:
     return open_
 
 
-BACKENDS = {"memory": memory, "linux-offload": linux(True), "linux-plain": linux(False)}
+def family_header(over_socketpair: Callable, inet6: bytes) -> Callable[[], Harness]:
+    """FreeBSD's or macOS's device over a socket pair, its kernel faked
+    (test_freebsd.py, test_darwin.py): every packet carries its address family."""
+
+    def open_() -> Harness:
+        tun, peer, _ = over_socketpair()
+        return Harness(tun, lambda packet: peer.send(framed(packet, inet6)), lambda: unframed(drain(peer), inet6),
+                       peer.close, lambda: (tun.close(), peer.close()))
+
+    return open_
+
+
+BACKENDS = {
+    "memory": memory, "linux-offload": linux(True), "linux-plain": linux(False),
+    "freebsd": family_header(freebsd_over_socketpair, FREEBSD_INET6),
+    "darwin": family_header(darwin_over_socketpair, DARWIN_INET6),
+}
 
 
 def blocked(*_) -> None:
@@ -68,8 +87,8 @@ def tun(request):
 
 
 def packets(count: int) -> list[bytes]:
-    """Packets of different flows, so that no backend may merge them."""
-    return [tcp_packet(index, b"c" * (index + 1), src_port=6000 + index) for index in range(count)]
+    """Packets of different flows, so that no backend may merge them; IPv4 and IPv6 in turn."""
+    return [tcp_packet(index, b"c" * (index + 1), src_port=6000 + index, v6=index % 2 == 1) for index in range(count)]
 
 
 def test_written_packets_reach_the_kernel_in_order(tun):
