@@ -70,7 +70,15 @@ def plan(spec: TunnelSpec, platform: str = sys.platform) -> NetworkPlan:
         from . import linux
 
         return linux.plan(spec)
-    raise NetconfigError(f"no network configuration for {platform} yet (Linux is supported)")
+    if platform.startswith("freebsd"):
+        from . import freebsd
+
+        return freebsd.plan(spec)
+    if platform.startswith("darwin"):
+        from . import darwin
+
+        return darwin.plan(spec)
+    raise NetconfigError(f"no network configuration for {platform} yet (Linux, FreeBSD and macOS are supported)")
 
 
 def describe(network_plan: NetworkPlan) -> str:
