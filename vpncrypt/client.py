@@ -178,7 +178,7 @@ def run_client(config: ClientConfig) -> int:
     core = ClientCore(
         config.client_id, config.key, server_id=config.server_id, server_endpoint=endpoint,
         routes=config.allowed_sources, now=time.time(), time_window=config.time_window,
-        keepalive_interval=config.keepalive,
+        keepalive_interval=config.keepalive, mtu=config.mtu,
         restart_bounds=saved if saved is not None else {}, restart_state_lost=saved is None,
     )
     spec = tunnel_spec(config, endpoint)

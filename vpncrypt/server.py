@@ -39,7 +39,7 @@ def build_core(config: ServerConfig, now: float, restart_bounds: dict[int, int] 
     bounds read back from disk (None: none were there)."""
     return ServerCore(
         config.server_id, config.clients, now, time_window=config.time_window,
-        client_to_client=config.client_to_client,
+        client_to_client=config.client_to_client, mtu=config.mtu,
         restart_bounds=restart_bounds if restart_bounds is not None else {},
         restart_state_lost=restart_bounds is None,
     )

@@ -16,7 +16,7 @@ from .inner import Network, PrefixTable
 from .peer import Peer
 from .receive import open_datagrams
 from .restart import RestartBounds
-from .wire import DEFAULT_TIME_WINDOW, KIND_DATA, KIND_KEEPALIVE, TO_CLIENT, TO_SERVER
+from .wire import DEFAULT_TIME_WINDOW, KIND_DATA, KIND_KEEPALIVE, MAX_PAYLOAD, OVERHEAD, TO_CLIENT, TO_SERVER
 
 
 class ClientCore:
@@ -25,8 +25,8 @@ class ClientCore:
     ``server_endpoint`` is the socket address to send to (from the config or
     a lookup, never from a received datagram's source); ``routes`` the
     networks the server may send from; ``keepalive_interval`` seconds, 0 for
-    only the first keepalive; ``restart_bounds`` and ``restart_state_lost``
-    as for ServerCore. Raises
+    only the first keepalive; ``restart_bounds``, ``restart_state_lost`` and
+    ``mtu`` as for ServerCore. Raises
     ValueError for a key of the wrong length.
     """
 
@@ -43,6 +43,7 @@ class ClientCore:
         keepalive_interval: float = 25.0,
         restart_bounds: Mapping[int, int] | None = None,
         restart_state_lost: bool = False,
+        mtu: int = MAX_PAYLOAD,
     ) -> None:
         self.server = Peer(
             client_id, key, server_id=server_id, send_direction=TO_SERVER,
@@ -51,6 +52,7 @@ class ClientCore:
         self.restart = RestartBounds(restart_bounds, restart_state_lost)
         self.restart.start_peer(self.server, now)
         self.time_window = time_window
+        self.max_datagram = mtu + OVERHEAD
         self.keepalive_interval = keepalive_interval
         self.drops = reasons.new_counters()
         self.sources: PrefixTable[Peer] = PrefixTable()
@@ -66,7 +68,7 @@ class ClientCore:
             find_peer={server.client_id: server}.get,
             sources=self.sources, time_window=self.time_window, drops=self.drops,
             follow_source=False,  # an observer's copy from elsewhere must not move us
-            unsaved=self.restart.unsaved, held=self.restart.held,
+            unsaved=self.restart.unsaved, held=self.restart.held, max_datagram=self.max_datagram,
         )
         return Delivery([packet for _, packet in opened], [])
 

@@ -19,6 +19,10 @@ SUPERSEDED = "superseded"
 # Datagrams that failed authentication: forged, corrupted, wrong key, wrong
 # server ID or direction.
 AUTH_FAILED = "auth_failed"
+# Naming a client whose datagrams failed authentication faster than
+# FAILURE_RATE a second (after a burst of FAILURE_BURST): refused before the
+# cipher, so a flood aimed at one client ID costs that client only.
+AUTH_FAILURES_LIMITED = "auth_failures_limited"
 # Authentic, but stamped above the restart bound saved so far (restart.py):
 # dropped until a higher one is saved, a fraction of a second.
 PENDING_RESTART_STATE = "pending_restart_state"
@@ -32,7 +36,7 @@ NO_ENDPOINT = "no_endpoint"
 
 ALL = (
     BAD_LENGTH, UNKNOWN_KIND, UNKNOWN_CLIENT, OUTSIDE_TIME_WINDOW, REPLAYED,
-    COUNTER_TOO_OLD, SUPERSEDED, AUTH_FAILED, PENDING_RESTART_STATE, INNER_MALFORMED,
+    COUNTER_TOO_OLD, SUPERSEDED, AUTH_FAILED, AUTH_FAILURES_LIMITED, PENDING_RESTART_STATE, INNER_MALFORMED,
     INNER_SOURCE_NOT_ALLOWED, CLIENT_TO_CLIENT_DENIED, NO_ROUTE, NO_ENDPOINT,
 )
 

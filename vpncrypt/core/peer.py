@@ -21,6 +21,12 @@ from .wire import (
 )
 
 
+# Authentication failures one client ID may cost before datagrams naming it
+# are refused unopened, and how many a second it may cost after that.
+FAILURE_BURST = 64
+FAILURE_RATE = 16.0
+
+
 class CipherBudget:
     """At most ``limit`` peers hold a ready AES-SIV context at once.
 
@@ -36,16 +42,20 @@ class CipherBudget:
         self.live: list[Peer] = []
 
     def activate(self, peer: "Peer") -> AESSIV:
-        """Make ``peer``'s context, first taking theirs from the idlest half if full."""
+        """Make ``peer``'s context and keep it."""
+        return self.adopt(peer, AESSIV(peer.key))
+
+    def adopt(self, peer: "Peer", context: AESSIV) -> AESSIV:
+        """Keep ``context`` as ``peer``'s, first taking theirs from the idlest half if full."""
         if len(self.live) >= self.limit:
             self.live.sort(key=Peer.recency)
             half = len(self.live) // 2
             for idle in self.live[:half]:
                 idle.aead = None
             del self.live[:half]
-        peer.aead = AESSIV(peer.key)
+        peer.aead = context
         self.live.append(peer)
-        return peer.aead
+        return context
 
     def retain(self, peers) -> None:
         """Keep contexts only for ``peers`` (the client table after a reload):
@@ -65,6 +75,7 @@ class Peer:
         "aead", "window", "endpoint", "counter", "last_ts",
         "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "roams", "auth_failures", "time_drops",
         "durable_bound", "save_at", "wanted_bound", "time_window",
+        "failure_credit", "credit_time", "_context",
     )
 
     def __init__(
@@ -108,6 +119,11 @@ class Peer:
         self.durable_bound = self.save_at = UNTRACKED
         self.wanted_bound = 0
         self.time_window = time_window  # how far a stamp may run ahead of the clock
+        # Authentication failures this peer's ID may still cost (a token
+        # bucket, refilled only when empty), and when it was last refilled.
+        self.failure_credit = float(FAILURE_BURST)
+        self.credit_time = now
+        self._context: AESSIV | None = None  # made for one datagram, kept only if it authenticates
 
     def seal(self, kind: int, payloads: list[bytes], now: float) -> list[bytes]:
         """Seal a batch of payloads into datagrams, consuming one counter each.
@@ -154,6 +170,23 @@ class Peer:
     def activate(self) -> AESSIV:
         """The AES-SIV context, made again if the budget took it."""
         return self.budget.activate(self)  # type: ignore[union-attr]  # aead is only None with a budget
+
+    def new_context(self) -> AESSIV:
+        """A context for one datagram, not yet kept (see ``keep_context``)."""
+        self._context = AESSIV(self.key)
+        return self._context
+
+    def keep_context(self) -> None:
+        """The datagram opened with ``new_context`` authenticated: keep its context."""
+        self.budget.adopt(self, self._context)  # type: ignore[union-attr, arg-type]
+        self._context = None
+
+    def refill_failure_credit(self, now: float) -> bool:
+        """Refill the failure credit for the time since the last refill; True if
+        at least one failure may be spent again."""
+        self.failure_credit = min(float(FAILURE_BURST), self.failure_credit + (now - self.credit_time) * FAILURE_RATE)
+        self.credit_time = now
+        return self.failure_credit >= 1
 
     def recency(self) -> int:
         """The newest second this peer was heard from or sent to."""

@@ -39,6 +39,7 @@ def open_datagrams(
     follow_source: bool = True,
     unsaved: set | None = None,
     held: list | None = None,
+    max_datagram: int = MAX_DATAGRAM,
 ) -> list[tuple[Peer, bytes]]:
     """Authenticate, decrypt and filter; return (peer, inner packet) for each data packet.
 
@@ -65,7 +66,7 @@ def open_datagrams(
     opened: list[tuple[Peer, bytes]] = []
     for datagram, address in datagrams:
         size = len(datagram)
-        if size < OVERHEAD or size > MAX_DATAGRAM:
+        if size < OVERHEAD or size > max_datagram:
             drops[reasons.BAD_LENGTH] += 1
             continue
         word0, client_id, counter = unpack(datagram)
@@ -102,15 +103,24 @@ def open_datagrams(
         suffix = suffixes.get(ts)
         if suffix is None:
             suffix = suffixes[ts] = AD_SUFFIX.pack(direction, server_id, ts)
+        if peer.failure_credit < 1 and not peer.refill_failure_credit(now):
+            # Datagrams naming this client fail authentication faster than any
+            # real one would: spend no more cipher work on its ID for now.
+            drops[reasons.AUTH_FAILURES_LIMITED] += 1
+            continue
         aead = peer.aead
-        if aead is None:
-            aead = peer.activate()
         try:
-            packet = aead.decrypt(datagram[HEADER_LEN:], [datagram[:HEADER_LEN] + suffix])
+            # A context is kept only for a datagram that authenticates, so
+            # garbage never pushes real peers' contexts out of the budget.
+            packet = (aead or peer.new_context()).decrypt(datagram[HEADER_LEN:], [datagram[:HEADER_LEN] + suffix])
         except InvalidTag:
             drops[reasons.AUTH_FAILED] += 1
             peer.auth_failures += 1
+            peer.refill_failure_credit(now)  # what the time since the last refill earned, at most a burst
+            peer.failure_credit -= 1
             continue
+        if aead is None:
+            peer.keep_context()
         if ts >= peer.save_at:
             # Near or past the saved restart bound: ask for a higher one, and
             # past it accept nothing until it is saved.

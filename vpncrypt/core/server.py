@@ -17,7 +17,7 @@ from .inner import Network, PrefixTable, destination_address
 from .peer import CipherBudget, Peer
 from .receive import open_datagrams
 from .restart import RestartBounds
-from .wire import DEFAULT_TIME_WINDOW, KIND_DATA, TO_CLIENT, TO_SERVER
+from .wire import DEFAULT_TIME_WINDOW, KIND_DATA, MAX_PAYLOAD, OVERHEAD, TO_CLIENT, TO_SERVER
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,9 @@ class ServerCore:
     ``now`` is Unix seconds (see ``vpncrypt.core``); ``time_window`` seconds a
     timestamp may differ from it; ``restart_bounds`` the bounds saved by the
     previous run (restart.py), or None to keep none, and
-    ``restart_state_lost`` that they should exist but do not. Raises ValueError for a client ID given
+    ``restart_state_lost`` that they should exist but do not; ``mtu`` the
+    largest inner packet, so a datagram longer than ``mtu`` + 24 bytes is
+    dropped (bad_length) before any cipher work. Raises ValueError for a client ID given
     twice or a key of the wrong length; everything after construction is
     counted in ``drops``, never raised.
     """
@@ -55,9 +57,11 @@ class ServerCore:
         cipher_budget: CipherBudget | None = None,
         restart_bounds: Mapping[int, int] | None = None,
         restart_state_lost: bool = False,
+        mtu: int = MAX_PAYLOAD,
     ) -> None:
         self.server_id = server_id
         self.time_window = time_window
+        self.max_datagram = mtu + OVERHEAD  # longer ones are refused before any cipher work
         self.client_to_client = client_to_client
         self.drops = reasons.new_counters()
         self.peers: dict[int, Peer] = {}
@@ -107,6 +111,7 @@ class ServerCore:
             datagrams, now, direction=TO_SERVER, server_id=self.server_id,
             find_peer=self.peers.get, sources=self.routes,
             time_window=self.time_window, drops=self.drops, unsaved=self.restart.unsaved, held=self.restart.held,
+            max_datagram=self.max_datagram,
         )
         to_tun: list[bytes] = []
         forward: list[bytes] = []
