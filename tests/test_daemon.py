@@ -156,3 +156,47 @@ def test_sighup_does_not_end_a_daemon_and_the_tick_runs_each_second(caplog):
         ended, ticks = asyncio.run(scenario())
     assert not ended and "SIGHUP: nothing to reload here" in caplog.text
     assert len(ticks) == 1 and abs(ticks[0] - time.time()) < 5
+
+
+def test_keepalives_keep_their_pace_when_the_wall_clock_is_stepped_back():
+    """Issue 10: the keepalive deadline is on the wall clock, the loop's timer on the
+    monotonic one; a clock stepped back 60 s used to silence keepalives for a minute."""
+    step = [0.0]
+
+    def clock() -> float:
+        return time.time() + step[0]
+
+    async def scenario() -> int:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.setblocking(False)
+        core = ClientCore(1, KEY, server_id=3, server_endpoint=listener.getsockname(),
+                          routes=[ipaddress.ip_network("203.0.113.0/24")], now=clock(), keepalive_interval=0.2)
+        transport = open_client_transport(socket.AF_INET)
+        tun = MemoryTun("k")
+        daemon = Daemon(tun, transport, core, clock=clock)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await asyncio.sleep(0.5)  # the first keepalive and a couple more
+            step[0] = -60.0
+            received = 0
+            await asyncio.sleep(0.05)
+            while True:
+                try:
+                    listener.recv(100)
+                except BlockingIOError:
+                    break
+            await asyncio.sleep(1.0)
+            while True:
+                try:
+                    listener.recv(100)
+                    received += 1
+                except BlockingIOError:
+                    return received
+        finally:
+            daemon.stop()
+            await task
+            for closable in (transport, tun, listener):
+                closable.close()
+
+    assert asyncio.run(scenario()) >= 3  # about 5 in the second after the step; none without the fix

@@ -35,6 +35,7 @@ MAX_BATCHES_PER_WAKEUP = 16
 DROP_SUMMARY_INTERVAL = 60.0
 TICK_INTERVAL = 1.0  # seconds between looks at the core's state for events
 SAVE_INTERVAL = 0.2  # seconds at least between two writes of the restart state
+CLOCK_STEP = 1.0  # a change of the wall clock against the monotonic one taken as a step, seconds
 SAVE_RETRY = 5.0  # seconds before trying again a write that failed
 
 
@@ -117,6 +118,7 @@ class Daemon:
         self._last_drops: dict[str, int] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
+        self._clock_offset: float | None = None  # wall clock minus monotonic clock, seconds
         self.control = control
         self.reload = reload
         self.tick = tick
@@ -197,7 +199,14 @@ class Daemon:
 
     def _timer_fired(self) -> None:
         self._timer = None
-        to_network = self.core.handle_timer(self.clock())
+        now = self.clock()
+        # The loop's timers run on the monotonic clock, the core's deadlines on
+        # the wall clock: tell the core when the wall clock was stepped.
+        offset = now - time.monotonic()
+        if self._clock_offset is not None and abs(offset - self._clock_offset) > CLOCK_STEP:
+            self.core.clock_stepped(offset - self._clock_offset)
+        self._clock_offset = offset
+        to_network = self.core.handle_timer(now)
         if to_network:
             self.transport.send(to_network)
         self._arm_timer(self.core.next_timer())

@@ -45,6 +45,11 @@ class Core(Protocol):
     def handle_timer(self, now: float) -> Datagrams:
         """Do what is due at ``now``; nothing if called early."""
 
+    def clock_stepped(self, delta: float) -> None:
+        """The wall clock jumped by ``delta`` seconds (NTP, an operator): move
+        the timer's deadlines with it, so a clock stepped back does not delay
+        them by the step. Timestamps on the wire are not touched."""
+
     def bounds_to_save(self) -> dict[int, int] | None:
         """Restart bounds (core/restart.py) the shell must write durably, then
         report with ``bounds_saved``; None when nothing needs writing."""

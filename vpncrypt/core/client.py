@@ -107,6 +107,12 @@ class ClientCore:
             return None
         return self._last_sent + self.keepalive_interval
 
+    def clock_stepped(self, delta: float) -> None:
+        """Move the last send with the clock, so the next keepalive stays due
+        ``keepalive_interval`` of real time after it."""
+        if self._last_sent is not None:
+            self._last_sent += delta
+
     def handle_timer(self, now: float) -> Datagrams:
         """A keepalive if one is due at ``now``, else nothing."""
         deadline = self.next_timer()

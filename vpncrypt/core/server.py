@@ -171,6 +171,9 @@ class ServerCore:
         """Nothing is ever due."""
         return []
 
+    def clock_stepped(self, delta: float) -> None:
+        """No deadlines to move."""
+
     def status(self) -> dict[str, Any]:
         """Per client its counters and raw endpoint, and the drops; no key material."""
         return {
