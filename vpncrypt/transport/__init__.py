@@ -4,12 +4,14 @@ A transport moves batches of ``(datagram, endpoint)`` pairs. An endpoint is
 whatever the transport hands out with a received datagram and takes back to
 send to the same place: the cores only compare and store it, never look
 inside. ``udp.py`` is the one transport today (TCP comes later); which socket
-options exist is the OS module's business (``linux.py``), chosen here by
-platform, so nothing outside this package knows which OS it runs on.
+options exist is the OS module's business (``linux.py``, ``freebsd.py``,
+``darwin.py``), chosen here by platform, so nothing outside this package
+knows which OS it runs on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any, Protocol
 
@@ -41,7 +43,16 @@ def socket_options(platform: str = sys.platform) -> SocketOptions:
     if platform.startswith("linux"):
         from .linux import LINUX
 
-        return LINUX
+        # linux/in6.h; these two belong in linux.py with the others (its owner moves them).
+        return dataclasses.replace(LINUX, ipv6_recvpktinfo=49, ipv6_pktinfo=50)
+    if platform.startswith("freebsd"):
+        from .freebsd import FREEBSD
+
+        return FREEBSD
+    if platform.startswith("darwin"):
+        from .darwin import DARWIN
+
+        return DARWIN
     return NO_OPTIONS
 
 

@@ -25,8 +25,7 @@ GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS in linux/udp.h
 GSO_MAX_BYTES = 65000  # under IPv4's 65,507-byte UDP payload limit
 _GSO_REFUSED = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EIO}
 _GRO_ANCILLARY = socket.CMSG_SPACE(4)
-_PKTINFO_ANCILLARY = socket.CMSG_SPACE(20)  # struct in6_pktinfo; in_pktinfo is 12 bytes
-_NO_INTERFACE = bytes(4)
+_PKTINFO_ANCILLARY = socket.CMSG_SPACE(20)  # struct in6_pktinfo; in_pktinfo is 12 bytes, in_addr 4
 _missing_said = False
 
 
@@ -125,7 +124,7 @@ class UdpTransport:
         self.send_errors = 0
         self._udp_segment = options.udp_segment
         self._udp_gro = options.udp_gro
-        self._ip_pktinfo = options.ip_pktinfo
+        self._reply_source = options.reply_source
         self.gso = offload and self._udp_segment is not None
         self.gro = False
         if offload and self._udp_gro is not None:
@@ -136,11 +135,10 @@ class UdpTransport:
                 pass
         self.sticky = False
         if reply_from_destination:
-            if sock.family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)  # IPv4-mapped ones too (RFC 3542)
-                self.sticky = True
-            elif self._ip_pktinfo is not None:
-                sock.setsockopt(socket.IPPROTO_IP, self._ip_pktinfo, 1)
+            # On Linux IPV6_RECVPKTINFO covers IPv4-mapped datagrams too (RFC 3542).
+            option = options.destination_option(ipv6=sock.family == socket.AF_INET6)
+            if option is not None:
+                sock.setsockopt(*option, 1)
                 self.sticky = True
         self._ancillary = (_GRO_ANCILLARY if self.gro else 0) + (_PKTINFO_ANCILLARY if self.sticky else 0)
 
@@ -156,7 +154,7 @@ class UdpTransport:
         """Up to ``limit`` (datagram, endpoint) pairs; a coalesced read may add
         up to 63 more. With ``reply_from_destination`` the endpoint is
         (address, local address it came to)."""
-        udp_gro, ip_pktinfo = self._udp_gro, self._ip_pktinfo
+        udp_gro, sticky, reply_source = self._udp_gro, self.sticky, self._reply_source
         datagrams: list[tuple[bytes, Any]] = []
         view = self._view
         while len(datagrams) < limit:
@@ -178,12 +176,10 @@ class UdpTransport:
             for level, kind, data in ancillary:
                 if level == SOL_UDP and kind == udp_gro:
                     segment = int.from_bytes(data[:4], sys.byteorder) or size
-                elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
-                    # Sent back as it came, but with no interface: the route picks it.
-                    source = (level, kind, data[:16] + _NO_INTERFACE)
-                elif level == socket.IPPROTO_IP and kind == ip_pktinfo:
-                    source = (level, kind, _NO_INTERFACE + data[8:12] + bytes(4))  # spec_dst = the address it came to
-            if self.sticky:
+                elif sticky:
+                    # The address it came to, as the platform sends from it (see SocketOptions).
+                    source = reply_source(level, kind, data) or source
+            if sticky:
                 address = (address, source)
             if segment >= size:
                 datagrams.append((bytes(view[:size]), address))
