@@ -141,3 +141,25 @@ def test_wrong_key_fails_authentication():
     datagram = _sealed(AESSIV(os.urandom(64)))
     with pytest.raises(Rejected, match="auth_failed"):
         open_datagram(AESSIV(os.urandom(64)), datagram, direction=TO_SERVER, server_id=SERVER_ID, now=NOW)
+
+
+def test_a_cipher_that_refuses_an_empty_payload_is_named_in_one_line():
+    from vpncrypt.core.wire import CipherUnusable, check_cipher
+
+    class Refusing:
+        """What cryptography 44 and 45 do with an empty payload."""
+
+        def __init__(self, key):
+            pass
+
+        def encrypt(self, data, associated_data):
+            if not data:
+                raise ValueError("data must not be zero length")
+            return data
+
+        decrypt = encrypt
+
+    check_cipher()  # the installed one works
+    with pytest.raises(CipherUnusable, match=r"^cryptography \S+ cannot seal an empty payload "
+                                             r"\(data must not be zero length\); vpncrypt needs cryptography 46"):
+        check_cipher(Refusing)

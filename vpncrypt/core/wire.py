@@ -101,6 +101,29 @@ def rebuild_timestamp(timestamp_low: int, now_seconds: int) -> int:
     return low + ((timestamp_low - low) & TIMESTAMP_MASK)
 
 
+class CipherUnusable(Exception):
+    """The installed AES-SIV cannot do what the protocol needs; the message says what to install."""
+
+
+def check_cipher(aead_class=None) -> None:
+    """Seal and open an empty payload once, as every keepalive does:
+    cryptography 45 and older refuse it ("data must not be zero length"),
+    which would only show when the first keepalive is sent. Raises
+    CipherUnusable with one line naming the version."""
+    if aead_class is None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESSIV as aead_class
+    try:
+        aead = aead_class(bytes(KEY_LEN))
+        if aead.decrypt(aead.encrypt(b"", [b"vpncrypt"]), [b"vpncrypt"]) != b"":
+            raise ValueError("an empty payload did not come back empty")
+    except Exception as error:  # whatever the library raises, the answer is the same
+        import cryptography
+
+        raise CipherUnusable(
+            f"cryptography {cryptography.__version__} cannot seal an empty payload ({error}); "
+            "vpncrypt needs cryptography 46 or newer") from None
+
+
 class Rejected(Exception):
     """A datagram that ``open_datagram`` refuses; ``reason`` is a drops.* name."""
 
