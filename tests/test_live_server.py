@@ -45,9 +45,9 @@ def configs(tmp_path) -> Path:
     server = directory / "server.toml"
     assert keygen.main(["server", "--endpoint", "127.0.0.1:51820", "--tunnel", "203.0.113.1/24",
                         "--out", str(server), "--server-id", "7"]) == 0
-    for name in ("a", "b"):
+    for client_id, name in ((1, "a"), (2, "b")):
         assert keygen.main(["client", "--server-config", str(server), "--name", name,
-                            "--out", str(directory / f"{name}.toml")]) == 0
+                            "--out", str(directory / f"{name}.toml"), "--client-id", str(client_id)]) == 0
     return directory
 
 
@@ -236,7 +236,7 @@ def test_a_removed_client_is_gone_at_once(configs, run_dir):
         return message, sorted(live.core.peers)
 
     message, peers = asyncio.run(with_server(configs, body))
-    assert "removed 'b'" in message and peers == [1]
+    assert message == "1 client; removed 'b'" and peers == [1]
 
 
 def test_routes_to_networks_behind_clients_follow_reloads(configs, run_dir):
@@ -304,3 +304,29 @@ def test_sighup_reloads_and_a_broken_config_on_sighup_keeps_the_old_one(configs,
     assert "time_window: must be from 1 to 511, not 1000" in caplog.text
 
 
+
+
+def test_keygen_changes_reach_the_running_server_in_one_step(configs, run_dir):
+    path = configs / "server.toml"
+
+    def keygen_reload(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "vpncrypt-keygen"), *args, "--server-config", str(path), "--reload"],
+                              capture_output=True, text=True, timeout=30)
+
+    async def body(live, client):
+        added = await in_thread(keygen_reload, "client", "--name", "c", "--out", str(configs / "c.toml"))
+        c_id = load_client_config(configs / "c.toml").client_id
+        with_c = sorted(live.core.peers)
+        a_peer = live.core.peers[1]
+        rotated = await in_thread(keygen_reload, "rotate", "--name", "a", "--out", str(configs / "a.toml"))
+        rotated_peer = live.core.peers[1]
+        removed = await in_thread(keygen_reload, "remove", "--name", "c")
+        return added, c_id, with_c, a_peer, rotated, rotated_peer, removed, sorted(live.core.peers)
+
+    added, c_id, with_c, a_peer, rotated, rotated_peer, removed, after = asyncio.run(with_server(configs, body))
+    for done in (added, rotated, removed):
+        assert done.returncode == 0, done.stderr
+        assert "server 'server' reloaded: " in done.stdout
+    assert with_c == sorted([1, 2, c_id]) and after == [1, 2]
+    assert rotated_peer is not a_peer and rotated_peer.key == load_client_config(configs / "a.toml").key
+    assert "re-keyed 'a'" in rotated.stdout and "removed 'c'" in removed.stdout

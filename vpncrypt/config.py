@@ -50,6 +50,10 @@ class ServerConfig:
     offload: bool
     clients: tuple[ClientEntry, ...]  # as the core takes them
     state_directory: Path = Path(DEFAULT_STATE_DIRECTORY)
+    # Client IDs and addresses of removed clients, which keygen gives to no new
+    # client until the operator deletes them from [retired]; the server ignores them.
+    retired_client_ids: frozenset[int] = frozenset()
+    retired_addresses: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -211,7 +215,7 @@ def _check_overlaps(path: Path, owners: list[tuple[Network, str]]) -> None:
 def load_server_config(path: str | os.PathLike) -> ServerConfig:
     path = Path(path)
     data = read_toml(path)
-    top = _Section(path, "file", data, {"server", "client"})
+    top = _Section(path, "file", data, {"server", "client", "retired"})
     server = _Section(path, "[server]", top.get("server", dict), {
         "server_id", "port", "listen_address", "endpoint", "tunnel", "interface", "mtu",
         "time_window", "client_to_client", "offload", "state_directory",
@@ -262,8 +266,18 @@ def load_server_config(path: str | os.PathLike) -> ServerConfig:
         client_to_client=server.get("client_to_client", bool, False),
         offload=server.get("offload", bool, True),
         clients=tuple(clients),
+        **_retired(path, top),
         state_directory=server.directory("state_directory"),
     )
+
+
+def _retired(path: Path, top: _Section) -> dict[str, Any]:
+    """The optional [retired] table: ``client_ids`` and ``addresses`` keygen must not hand out again."""
+    retired = _Section(path, "[retired]", top.get("retired", dict, {}), {"client_ids", "addresses"})
+    ids = retired.get("client_ids", list, [])
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= MAX_CLIENT_ID for i in ids):
+        raise retired.fail("client_ids", f"must be a list of client IDs (0 to {MAX_CLIENT_ID})")
+    return {"retired_client_ids": frozenset(ids), "retired_addresses": retired.networks("addresses", [])}
 
 
 def load_client_config(path: str | os.PathLike) -> ClientConfig:

@@ -100,7 +100,8 @@ def describe_changes(old: ServerConfig, new: ServerConfig) -> str:
     for key in ("time_window", "client_to_client", "endpoint"):
         if getattr(old, key) != getattr(new, key):
             parts.append(f"{key} now {getattr(new, key)!r}")
-    return f"{len(new.clients)} clients; " + ("; ".join(parts) if parts else "nothing changed")
+    count = f"{len(new.clients)} client{'' if len(new.clients) == 1 else 's'}"
+    return f"{count}; " + ("; ".join(parts) if parts else "nothing changed")
 
 
 def _route_command(action: str, network: Network, interface: str) -> list[str]:

@@ -27,9 +27,9 @@ def run(command: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 def configs(tmp_path) -> Path:
     assert run("vpncrypt-keygen", "server", "--endpoint", "192.0.2.1:51820", "--tunnel", "203.0.113.1/24",
                "--tunnel", "2001:db8::1/64", "--out", "server.toml", "--server-id", "9", cwd=tmp_path).returncode == 0
-    for name in ("alice", "bob"):
+    for client_id, name in ((1, "alice"), (2, "bob")):  # IDs named: keygen's own choice is random
         done = run("vpncrypt-keygen", "client", "--server-config", "server.toml", "--name", name,
-                   "--out", f"{name}.toml", cwd=tmp_path)
+                   "--out", f"{name}.toml", "--client-id", str(client_id), cwd=tmp_path)
         assert done.returncode == 0, done.stderr
     return tmp_path
 

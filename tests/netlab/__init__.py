@@ -292,8 +292,9 @@ def build_vpn_lab(lab: Lab, venv_bin: Path | None = None, clients=("a", "b"), cl
     vpn.keygen(*args)
     if client_to_client:
         server_toml.write_text(server_toml.read_text().replace("client_to_client = false", "client_to_client = true"))
-    for name in clients:
-        vpn.keygen("client", "--server-config", str(server_toml), "--name", name, "--out", str(configs / f"{name}.toml"))
+    for client_id, name in enumerate(clients, 1):  # IDs 1, 2 ... named: keygen's own choice is random
+        vpn.keygen("client", "--server-config", str(server_toml), "--name", name, "--out", str(configs / f"{name}.toml"),
+                   "--client-id", str(client_id))
     for path, table in [(server_toml, "[server]\n"), *((configs / f"{n}.toml", "[client]\n") for n in clients)]:
         # Restart state in the lab, never in this machine's /var/lib/vpncrypt.
         settings = f'state_directory = "{lab.workdir / "state"}"\n' + ("" if offload else "offload = false\n")

@@ -1,42 +1,76 @@
-"""vpncrypt-keygen: write a new server config, or add a client to one and write its config."""
+"""vpncrypt-keygen: write a server config, and add, remove, re-key and list its clients.
+
+Every change to an existing server.toml is made under a lock (a ``flock`` on
+``server.toml.lock`` beside it), so two runs at once cannot lose a client,
+and leaves every other line as the operator wrote it: new text is appended,
+a removed client's lines are cut out (with the comment lines just above
+them), and a re-keyed client's key is replaced in place (tomlkit, which
+round-trips comments and layout). The result is checked as the server
+would check it before it replaces the file, atomically, keeping its mode
+and owner. IDs and addresses of removed clients go into ``[retired]`` and
+are handed to no new client until the operator deletes them there.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import fcntl
 import ipaddress
-import json
 import os
 import secrets
 import tempfile
+import time
+import unicodedata
 from pathlib import Path
+from typing import Iterator
 
+import tomlkit
+
+from .. import control
 from ..config import (
-    DEFAULT_INTERFACE, DEFAULT_KEEPALIVE, DEFAULT_MTU, ConfigError, load_server_config, parse_endpoint,
+    DEFAULT_INTERFACE, DEFAULT_KEEPALIVE, DEFAULT_MTU, ConfigError, ServerConfig, load_client_config,
+    load_server_config, parse_endpoint,
 )
-from ..core.keys import encode_key, new_key
+from ..core.keys import decode_key, encode_key, new_key
+from ..core.server import ClientEntry
 from ..core.wire import MAX_CLIENT_ID
-from .common import error_exit
+from .common import RUNTIME_ERROR, error_exit
 
 PROGRAM = "vpncrypt-keygen"
+MAX_NAME = 64
+LOCK_WAIT = 10.0  # seconds to wait for another keygen run to finish with the file
 
 
-def toml_string(text: str) -> str:
-    return json.dumps(text)  # a JSON string is a valid TOML basic string
+class ReloadError(Exception):
+    """The file was written, but the running server did not take it; ``status`` is the exit status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
-def toml_list(items) -> str:
-    return "[" + ", ".join(toml_string(str(item)) for item in items) + "]"
+# --- files --------------------------------------------------------------------------------
 
 
-def write_private(path: Path, text: str, *, mode: int = 0o600, replace: bool = False) -> None:
-    """Write atomically (temporary file, fsync, rename) with ``mode``; never clobber unless asked."""
+def write_private(path: Path, text: str, *, mode: int = 0o600, replace: bool = False,
+                  owner: tuple[int, int] | None = None) -> None:
+    """Write atomically (temporary file, fsync, rename, fsync of the directory)
+    with ``mode`` and ``owner`` (uid, gid); never clobber unless asked."""
     if path.exists() and not replace:
         raise ConfigError(f"{path}: already exists; remove it first or choose another --out")
     directory = path.parent if str(path.parent) else Path(".")
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot write there: {error.strerror}") from None
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as file:
+        if owner is not None and owner != (os.geteuid(), os.getegid()):
+            with contextlib.suppress(PermissionError):  # only root may give a file away
+                os.fchown(fd, *owner)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
@@ -44,6 +78,242 @@ def write_private(path: Path, text: str, *, mode: int = 0o600, replace: bool = F
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    with contextlib.suppress(OSError):  # the rename itself made durable
+        directory_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(directory_fd)
+        finally:
+            os.close(directory_fd)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``.lock for a read-change-write of ``path``."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as error:
+        raise ConfigError(f"{lock_path}: cannot make the lock file: {error.strerror}") from None
+    try:
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as error:
+                if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or time.monotonic() > deadline:
+                    raise ConfigError(f"{path}: another vpncrypt-keygen is changing it (waited"
+                                      f" {LOCK_WAIT:g} s for {lock_path})") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def rewrite_server_file(path: Path, text: str, before: ServerConfig, clients: list[ClientEntry]) -> ServerConfig:
+    """Check ``text`` as the server would, and that it holds ``before``'s
+    settings with ``clients`` as its clients, then put it in place of
+    ``path`` keeping its mode and owner. Returns the config it holds."""
+    if not text.endswith("\n"):
+        text += "\n"
+    info = path.stat()
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, probe = tempfile.mkstemp(prefix=f".{path.name}.check.", suffix=".toml", dir=directory)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        try:
+            config = load_server_config(probe)
+        except ConfigError as error:  # a bug here, never the operator's: say so, change nothing
+            raise ConfigError(f"{path}: the change would not load ({error}); left the file as it was") from None
+    finally:
+        Path(probe).unlink(missing_ok=True)
+    unchanged = ("server_id", "port", "listen_address", "endpoint", "tunnel", "interface", "mtu", "time_window",
+                 "client_to_client", "offload")
+    if list(config.clients) != clients or any(getattr(config, k) != getattr(before, k) for k in unchanged):
+        raise ConfigError(f"{path}: keygen could not make this change without touching other lines;"
+                          " left the file as it was (edit it by hand)")
+    write_private(path, text, mode=info.st_mode & 0o777, replace=True, owner=(info.st_uid, info.st_gid))
+    return config
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: {error.strerror}") from None
+
+
+# --- values -------------------------------------------------------------------------------
+
+
+def check_name(name: str) -> str:
+    """A client name the server will take and a log line can show: text, no
+    control or invisible characters, 1 to 64 of them."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError("--name is not valid UTF-8 text (the shell passed other bytes)") from None
+    if not name or len(name) > MAX_NAME:
+        raise ConfigError(f"--name must be 1 to {MAX_NAME} characters")
+    if name != name.strip():
+        raise ConfigError(f"--name {name!r}: no spaces at the start or end")
+    odd = next((c for c in name if unicodedata.category(c)[0] in "CZ" and c != " "), None)
+    if odd is not None:
+        raise ConfigError(f"--name {name!r}: no control, invisible or separator characters"
+                          f" (U+{ord(odd):04X} {unicodedata.name(odd, '')})".replace(" )", ")"))
+    return name
+
+
+def toml_value(value) -> str:
+    """A value as TOML text (tomlkit escapes what needs escaping)."""
+    return tomlkit.item(value).as_string()
+
+
+def free_address(network, taken: list) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    for host in network.hosts():
+        if not any(host in used for used in taken):
+            return host
+    raise ConfigError(f"no free address left in {network}")
+
+
+def taken_networks(server: ServerConfig) -> list:
+    """Every address a new client may not have: the server's, the clients', the retired ones."""
+    taken = [ipaddress.ip_network(i.ip) for i in server.tunnel]
+    for client in server.clients:
+        taken.extend(client.addresses)
+    taken.extend(server.retired_addresses)
+    return taken
+
+
+def choose_client_id(server: ServerConfig, path: Path, wanted: int | None) -> int:
+    """``wanted`` if it is free, else one at random among the free ones, so that
+    IDs say nothing about when or in which order clients came."""
+    used = {c.client_id: c.name for c in server.clients}
+    if wanted is not None:
+        if not 0 <= wanted <= MAX_CLIENT_ID:
+            raise ConfigError(f"--client-id must be from 0 to {MAX_CLIENT_ID}")
+        if wanted in used:
+            raise ConfigError(f"--client-id: {wanted} is used by client {used[wanted]!r}")
+        if wanted in server.retired_client_ids:
+            raise ConfigError(f"--client-id: {wanted} is retired (a removed client had it);"
+                              f" delete it from [retired] in {path} to use it again")
+        return wanted
+    free = [i for i in range(1, MAX_CLIENT_ID + 1) if i not in used and i not in server.retired_client_ids]
+    if not free:
+        raise ConfigError(f"{path}: all client IDs are used or retired")
+    return secrets.choice(free)
+
+
+def client_file_text(server: ServerConfig, name: str, client_id: int, key: str, addresses) -> str:
+    lines = [
+        "# vpncrypt client configuration. Keep it secret: it holds this client's key.",
+        "[client]",
+        f"name = {toml_value(name)}",
+        f"client_id = {client_id}",
+        f"key = {toml_value(key)}",
+        f"server = {toml_value(server.endpoint)}",
+        f"server_id = {server.server_id}",
+        f"addresses = {toml_value([str(a) for a in addresses])}",
+        "routes = []  # more networks to reach through the tunnel",
+        f"interface = {toml_value(DEFAULT_INTERFACE)}",
+        f"mtu = {server.mtu}",
+        f"keepalive = {DEFAULT_KEEPALIVE}",
+        f"time_window = {server.time_window}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def client_addresses(server: ServerConfig, networks) -> list:
+    """A client's own tunnel addresses (with the tunnel's prefix) from its server entry:
+    the host addresses inside a tunnel network; networks behind it are not its own."""
+    result = []
+    for interface in server.tunnel:
+        for network in networks:
+            if network.version == interface.version and network.num_addresses == 1 and \
+                    network.network_address in interface.network:
+                result.append(ipaddress.ip_interface(f"{network.network_address}/{interface.network.prefixlen}"))
+    return result
+
+
+# --- where each [[client]] is in the text ---------------------------------------------------
+
+
+def _comment_run_start(text: str, end: int) -> int:
+    """Where the comment lines that end right at ``end`` (a line start) begin."""
+    start = end
+    while start > 0:
+        line_start = text.rfind("\n", 0, start - 1) + 1
+        if not text[line_start:start].lstrip().startswith("#"):
+            break
+        start = line_start
+    return start
+
+
+def client_spans(text: str) -> list[tuple[int, int, int]]:
+    """For each [[client]] table, in order: (where its lines start, counting
+    the comment lines just above its header; where its header starts; where
+    its lines end, before the comment lines that lead into the next table).
+    tomlkit finds the tables (it knows strings and arrays that span lines);
+    each table's text is found again in ``text``, which it reproduces exactly."""
+    document = tomlkit.parse(text)
+    tables = document.get("client") or []
+    spans: list[tuple[int, int, int]] = []
+    position = 0
+    for table in tables:
+        body = table.as_string()
+        body_start = text.find(body, position)
+        if body_start < 0:
+            raise ConfigError("cannot find a [[client]] table in the file again; edit it by hand")
+        header_start = text.rfind("\n", 0, body_start - 1) + 1
+        if not text[header_start:body_start].lstrip().startswith("[["):
+            raise ConfigError("a [[client]] table is laid out in a way keygen does not edit; edit it by hand")
+        end = body_start + len(body)
+        # Comment lines at the end of its text lead into what follows (the
+        # next table's, or the file's closing words): they stay.
+        spans.append((_comment_run_start(text, header_start), header_start, _comment_run_start(text, end)))
+        position = end
+    return spans
+
+
+def client_index(server: ServerConfig, name: str, path: Path) -> int:
+    for index, client in enumerate(server.clients):
+        if client.name == name:
+            return index
+    names = ", ".join(repr(c.name) for c in server.clients) or "none"
+    raise ConfigError(f"{path}: no client named {name!r} (clients: {names})")
+
+
+# --- reload ---------------------------------------------------------------------------------
+
+
+def reload_server(server_path: Path) -> str:
+    """Ask the server running from ``server_path`` to reload; raises ReloadError."""
+    name = server_path.stem
+    try:
+        answer = control.request(control.socket_path(name), "reload")
+    except control.ControlError as error:
+        raise ReloadError(f"cannot reload: {error}; the change takes effect when it starts", RUNTIME_ERROR) from None
+    if not answer.get("ok"):
+        raise ReloadError(f"the running server refused the reload: {answer.get('error')}",
+                          answer.get("status", RUNTIME_ERROR))
+    return f"server {name!r} reloaded: {answer.get('message')}"
+
+
+def finish(args: argparse.Namespace, message: str) -> int:
+    print(message)
+    if getattr(args, "reload", False):
+        try:
+            print(reload_server(Path(args.server_config)))
+        except ReloadError as error:
+            return error_exit(PROGRAM, error, error.status)
+    return 0
+
+
+# --- commands -------------------------------------------------------------------------------
 
 
 def make_server(args: argparse.Namespace) -> int:
@@ -68,9 +338,9 @@ def make_server(args: argparse.Namespace) -> int:
         "[server]\n"
         f"server_id = {server_id}\n"
         f"port = {port}\n"
-        f"endpoint = {toml_string(args.endpoint)}  # what clients are told to send to\n"
-        f"tunnel = {toml_list(tunnel)}\n"
-        f"interface = {toml_string(DEFAULT_INTERFACE)}\n"
+        f"endpoint = {toml_value(args.endpoint)}  # what clients are told to send to\n"
+        f"tunnel = {toml_value([str(t) for t in tunnel])}\n"
+        f"interface = {toml_value(DEFAULT_INTERFACE)}\n"
         f"mtu = {DEFAULT_MTU}\n"
         "time_window = 128\n"
         "client_to_client = false\n"
@@ -80,82 +350,164 @@ def make_server(args: argparse.Namespace) -> int:
     return 0
 
 
-def free_address(network, taken: set) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    for host in network.hosts():
-        if host not in taken:
-            return host
-    raise ConfigError(f"no free address left in {network}")
-
-
 def make_client(args: argparse.Namespace) -> int:
+    name = check_name(args.name)
+    server_path = Path(args.server_config)
+    out = Path(args.out)
+    with locked(server_path):
+        server = load_server_config(server_path)
+        if not server.endpoint:
+            raise ConfigError(f"{server_path}: [server] endpoint is not set; clients need it")
+        if out.exists():
+            raise ConfigError(f"{out}: already exists; remove it first or choose another --out")
+        if any(c.name == name for c in server.clients):
+            raise ConfigError(f"{server_path}: a client named {name!r} exists already")
+        client_id = choose_client_id(server, server_path, args.client_id)
+        taken = taken_networks(server)
+        requested = {}
+        for text in args.address or []:
+            try:
+                address = ipaddress.ip_address(text)
+            except ValueError:
+                raise ConfigError(f"--address: {text!r} is not an IP address") from None
+            requested[address.version] = address
+        chosen = []
+        for interface in server.tunnel:
+            address = requested.pop(interface.version, None) or free_address(interface.network, taken)
+            if address not in interface.network:
+                raise ConfigError(f"--address: {address} is not inside the tunnel network {interface.network}")
+            if any(address in network for network in server.retired_addresses):
+                raise ConfigError(f"--address: {address} is retired (a removed client had it);"
+                                  f" delete it from [retired] in {server_path} to use it again")
+            if any(address in network for network in taken):
+                raise ConfigError(f"--address: {address} is already used")
+            chosen.append(ipaddress.ip_interface(f"{address}/{interface.network.prefixlen}"))
+        if requested:
+            raise ConfigError(f"--address: the server has no IPv{next(iter(requested))} tunnel network")
+        key = encode_key(new_key())
+        hosts = [str(ipaddress.ip_network(i.ip)) for i in chosen]
+        block = (
+            "[[client]]\n"
+            f"name = {toml_value(name)}\n"
+            f"client_id = {client_id}\n"
+            f"key = {toml_value(key)}\n"
+            f"addresses = {toml_value(hosts)}\n"
+        )
+        text = read_text(server_path)
+        spans = client_spans(text)
+        # After the last client (keeping [retired] and anything else below), else at the end.
+        at = spans[-1][2] if spans else len(text)
+        before = text[:at]
+        if before and not before.endswith("\n"):
+            before += "\n"
+        if before and not before.endswith("\n\n"):
+            before += "\n"
+        after = text[at:]
+        new_text = before + block + ("\n" + after if after.strip() and not after.startswith("\n") else after)
+        # The client file first: if it cannot be written, the server file is untouched.
+        write_private(out, client_file_text(server, name, client_id, key, chosen))
+        entry = ClientEntry(client_id, decode_key(key), tuple(ipaddress.ip_network(h) for h in hosts), name)
+        try:
+            rewrite_server_file(server_path, new_text, server, [*server.clients, entry])
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
+    return finish(args, f"wrote {out}: client {name!r}, ID {client_id}, addresses {', '.join(map(str, chosen))};"
+                        f" added it to {server_path}")
+
+
+def remove_client(args: argparse.Namespace) -> int:
+    server_path = Path(args.server_config)
+    with locked(server_path):
+        server = load_server_config(server_path)
+        index = client_index(server, args.name, server_path)
+        removed = server.clients[index]
+        text = read_text(server_path)
+        start, _, end = client_spans(text)[index]
+        new_text = text[:start] + text[end:]
+        if not args.reuse:
+            document = tomlkit.parse(new_text)
+            if "retired" not in document:
+                retired = tomlkit.table()
+                retired.add(tomlkit.comment("Removed clients' IDs and addresses: keygen gives them to no new"
+                                            " client. Delete entries to allow that."))
+                retired.add("client_ids", tomlkit.array())
+                retired.add("addresses", tomlkit.array())
+                document.add("retired", retired)
+            retired = document["retired"]
+            for key, values in (("client_ids", [removed.client_id]),
+                                ("addresses", [str(n) for n in removed.addresses])):
+                if key not in retired:
+                    retired.add(key, tomlkit.array())
+                for value in values:
+                    if value not in retired[key]:
+                        retired[key].append(value)
+            new_text = tomlkit.dumps(document)
+        rewrite_server_file(server_path, new_text, server, [c for c in server.clients if c is not removed])
+    kept = "" if args.reuse else f"; its ID and addresses are retired (see [retired] in {server_path})"
+    return finish(args, f"removed client {removed.name!r} (ID {removed.client_id}) from {server_path}{kept}")
+
+
+def rotate_client(args: argparse.Namespace) -> int:
+    """A new key for a client, same ID and addresses. The server's entry gets the
+    new key; the client's file too: ``--out`` of this client is changed in place
+    (its other settings kept), a new ``--out`` is written afresh."""
+    server_path = Path(args.server_config)
+    out = Path(args.out)
+    with locked(server_path):
+        server = load_server_config(server_path)
+        index = client_index(server, args.name, server_path)
+        entry = server.clients[index]
+        key = encode_key(new_key())
+        if out.exists():
+            existing = load_client_config(out)
+            if existing.client_id != entry.client_id or existing.server_id != server.server_id:
+                raise ConfigError(f"{out}: is not the config of client {entry.name!r} (ID {entry.client_id}) of"
+                                  " this server; choose another --out")
+            client_document = tomlkit.parse(read_text(out))
+            client_document["client"]["key"] = key
+            client_text = tomlkit.dumps(client_document)
+            out_mode = out.stat().st_mode & 0o777
+        else:
+            if not server.endpoint:
+                raise ConfigError(f"{server_path}: [server] endpoint is not set; clients need it")
+            client_text = client_file_text(server, entry.name, entry.client_id, key,
+                                           client_addresses(server, entry.addresses))
+            out_mode = 0o600
+        document = tomlkit.parse(read_text(server_path))
+        document["client"][index]["key"] = key
+        old_client_text = out.read_bytes() if out.exists() else None
+        write_private(out, client_text, mode=out_mode, replace=True)
+        try:
+            clients = list(server.clients)
+            clients[index] = ClientEntry(entry.client_id, decode_key(key), entry.addresses, entry.name)
+            rewrite_server_file(server_path, tomlkit.dumps(document), server, clients)
+        except BaseException:
+            if old_client_text is None:
+                out.unlink(missing_ok=True)
+            else:
+                write_private(out, old_client_text.decode("utf-8"), mode=out_mode, replace=True)
+            raise
+    return finish(args, f"new key for client {entry.name!r} (ID {entry.client_id}) in {server_path} and {out};"
+                        " its old key stops working when the server reloads")
+
+
+def list_clients(args: argparse.Namespace) -> int:
     server_path = Path(args.server_config)
     server = load_server_config(server_path)
-    if not server.endpoint:
-        raise ConfigError(f"{server_path}: [server] endpoint is not set; clients need it")
-    out = Path(args.out)
-    if out.exists():
-        raise ConfigError(f"{out}: already exists; remove it first or choose another --out")
-    if any(c.name == args.name for c in server.clients):
-        raise ConfigError(f"{server_path}: a client named {args.name!r} exists already")
-    used_ids = {c.client_id for c in server.clients}
-    client_id = next((i for i in range(1, MAX_CLIENT_ID + 1) if i not in used_ids), None)
-    if client_id is None:
-        raise ConfigError(f"{server_path}: all {MAX_CLIENT_ID} client IDs are taken")
-    taken = {i.ip for i in server.tunnel}
-    for client in server.clients:
-        taken.update(n.network_address for n in client.addresses)
-    chosen = []
-    requested = {}
-    for text in args.address or []:
-        try:
-            address = ipaddress.ip_address(text)
-        except ValueError:
-            raise ConfigError(f"--address: {text!r} is not an IP address") from None
-        requested[address.version] = address
-    for interface in server.tunnel:
-        address = requested.pop(interface.version, None) or free_address(interface.network, taken)
-        if address not in interface.network:
-            raise ConfigError(f"--address: {address} is not inside the tunnel network {interface.network}")
-        if address in taken:
-            raise ConfigError(f"--address: {address} is already used")
-        chosen.append(ipaddress.ip_interface(f"{address}/{interface.network.prefixlen}"))
-    if requested:
-        raise ConfigError(f"--address: the server has no IPv{next(iter(requested))} tunnel network")
-    key = encode_key(new_key())
-    hosts = [str(ipaddress.ip_network(i.ip)) for i in chosen]
-    block = (
-        "\n[[client]]\n"
-        f"name = {toml_string(args.name)}\n"
-        f"client_id = {client_id}\n"
-        f"key = {toml_string(key)}\n"
-        f"addresses = {toml_list(hosts)}\n"
-    )
-    client_text = (
-        "# vpncrypt client configuration. Keep it secret: it holds this client's key.\n"
-        "[client]\n"
-        f"name = {toml_string(args.name)}\n"
-        f"client_id = {client_id}\n"
-        f"key = {toml_string(key)}\n"
-        f"server = {toml_string(server.endpoint)}\n"
-        f"server_id = {server.server_id}\n"
-        f"addresses = {toml_list(chosen)}\n"
-        "routes = []  # more networks to reach through the tunnel\n"
-        f"interface = {toml_string(DEFAULT_INTERFACE)}\n"
-        f"mtu = {server.mtu}\n"
-        f"keepalive = {DEFAULT_KEEPALIVE}\n"
-        f"time_window = {server.time_window}\n"
-    )
-    # The client file first: if it cannot be written, the server file is untouched.
-    write_private(out, client_text)
-    mode = server_path.stat().st_mode & 0o777
-    write_private(server_path, server_path.read_text() + block, mode=mode, replace=True)
-    print(f"wrote {out}: client {args.name!r}, ID {client_id}, addresses {', '.join(map(str, chosen))};"
-          f" added it to {server_path}")
+    rows = [("NAME", "ID", "ADDRESSES")]
+    rows += [(c.name, str(c.client_id), ", ".join(map(str, c.addresses))) for c in server.clients]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    for row in rows:
+        print(f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]}")
+    if server.retired_client_ids or server.retired_addresses:
+        print(f"retired (not handed out again): IDs {', '.join(map(str, sorted(server.retired_client_ids))) or '-'};"
+              f" addresses {', '.join(map(str, server.retired_addresses)) or '-'}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__)
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     server = commands.add_parser("server", help="write a new server config with no clients")
     server.add_argument("--endpoint", required=True, metavar="HOST:PORT",
@@ -164,14 +516,32 @@ def main(argv: list[str] | None = None) -> int:
                         help="the server's tunnel address and prefix, e.g. 203.0.113.1/24 (repeat for IPv6)")
     server.add_argument("--out", required=True, metavar="FILE")
     server.add_argument("--server-id", type=int, metavar="N", help="default: random")
+
+    def changes_server(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--server-config", required=True, metavar="FILE")
+        command.add_argument("--name", required=True)
+        command.add_argument("--reload", action="store_true",
+                             help="then make the server running from that file take the change (vpncrypt reload)")
+
     client = commands.add_parser("client", help="add a client to a server config and write its config")
-    client.add_argument("--server-config", required=True, metavar="FILE")
-    client.add_argument("--name", required=True)
+    changes_server(client)
     client.add_argument("--out", required=True, metavar="FILE")
     client.add_argument("--address", action="append", metavar="IP",
                         help="tunnel address to give the client (default: the next free one)")
+    client.add_argument("--client-id", type=int, metavar="N", help="default: a free one at random")
+    remove = commands.add_parser("remove", help="remove a client from a server config")
+    changes_server(remove)
+    remove.add_argument("--reuse", action="store_true",
+                        help="do not retire its ID and addresses: let new clients have them")
+    rotate = commands.add_parser("rotate", help="give a client a new key (same ID and addresses)")
+    changes_server(rotate)
+    rotate.add_argument("--out", required=True, metavar="FILE",
+                        help="the client's config: changed in place if it is this client's, else written anew")
+    listing = commands.add_parser("list", help="list a server config's clients (never their keys)")
+    listing.add_argument("--server-config", required=True, metavar="FILE")
     args = parser.parse_args(argv)
-    action = make_server if args.command == "server" else make_client
+    action = {"server": make_server, "client": make_client, "remove": remove_client, "rotate": rotate_client,
+              "list": list_clients}[args.command]
     try:
         return action(args)
     except ConfigError as error:

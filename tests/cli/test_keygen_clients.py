@@ -1,0 +1,254 @@
+"""vpncrypt-keygen managing a live server.toml: add, remove, rotate, list; comments and
+layout kept, IDs chosen at random and never reused, a lock against two runs at once,
+odd names refused or written as valid TOML. No root needed (one owner check uses it)."""
+
+from __future__ import annotations
+
+import difflib
+import fcntl
+import os
+import stat
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from vpncrypt import control
+from vpncrypt.cli import keygen
+from vpncrypt.config import load_client_config, load_server_config
+from vpncrypt.core.keys import encode_key
+
+BIN = Path(sys.executable).parent
+HAND_EDITED = """# vpncrypt server configuration, kept by hand as well.
+[server]
+server_id = 9   # do not change: every client names it
+port = 51820
+endpoint = "192.0.2.1:51820"
+tunnel = [
+    "203.0.113.1/24",  # IPv4
+    "2001:db8::1/64",
+]
+client_to_client = false
+"""
+
+
+def keygen_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "vpncrypt-keygen"), *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=60)
+
+
+def add(directory: Path, name: str, *extra: str) -> int:
+    assert keygen.main(["client", "--server-config", str(directory / "server.toml"), "--name", name,
+                        "--out", str(directory / f"{name}.toml"), *extra]) == 0
+    return load_client_config(directory / f"{name}.toml").client_id
+
+
+@pytest.fixture
+def server(tmp_path) -> Path:
+    path = tmp_path / "server.toml"
+    path.write_text(HAND_EDITED)
+    path.chmod(0o600)
+    return path
+
+
+def changed_lines(before: str, after: str) -> list[str]:
+    return [line for line in difflib.ndiff(before.splitlines(), after.splitlines()) if line[:1] in "+-"]
+
+
+def test_adding_a_client_appends_and_leaves_every_line_as_it_was(server):
+    add(server.parent, "laptop")
+    text = server.read_text()
+    assert text.startswith(HAND_EDITED)
+    assert tomllib.loads(text)["client"][0]["name"] == "laptop"
+    assert [c.name for c in load_server_config(server).clients] == ["laptop"]
+
+
+def test_client_ids_are_random_among_the_free_ones(server, monkeypatch):
+    ids = [add(server.parent, f"c{i}") for i in range(6)]
+    assert len(set(ids)) == 6 and all(1 <= i <= 65535 for i in ids)
+    assert sorted(ids) != list(range(1, 7)) and sorted(ids) != list(range(min(ids), min(ids) + 6))
+    chosen_from = []
+    monkeypatch.setattr(keygen.secrets, "choice", lambda free: chosen_from.append(free) or free[0])
+    add(server.parent, "next")
+    assert set(chosen_from[0]).isdisjoint(ids) and len(chosen_from[0]) == 65535 - 6
+
+
+def test_removing_a_client_takes_its_lines_and_its_comment_and_retires_its_id(server):
+    directory = server.parent
+    a, b, c = (add(directory, name) for name in ("a", "b", "c"))
+    text = server.read_text()
+    text = text.replace('[[client]]\nname = "b"', "# Bob's phone, since May\n[[client]]\nname = \"b\"  # Bob")
+    text = text.replace('[[client]]\nname = "c"', "# Carol\n[[client]]\nname = \"c\"")
+    server.write_text(text + "# the end\n")
+    before = server.read_text()
+    assert keygen.main(["remove", "--server-config", str(server), "--name", "b"]) == 0
+    after = server.read_text()
+    removed = [line for line in changed_lines(before, after) if line.startswith("-")]
+    assert removed[0] == "- # Bob's phone, since May" and '- name = "b"  # Bob' in removed
+    assert len(removed) == 7 and removed[-1] == "- "  # comment, header, four keys, the blank line after them
+    assert "# Carol\n[[client]]\nname = \"c\"" in after and after.rstrip().endswith("]")
+    assert "# the end" in after
+    config = load_server_config(server)
+    assert [c.name for c in config.clients] == ["a", "c"]
+    assert config.retired_client_ids == {b}
+    assert [str(n) for n in config.retired_addresses] == ["203.0.113.3/32", "2001:db8::3/128"]
+    # Neither the ID nor the addresses go to the next client ...
+    d = load_client_config(directory / "d.toml") if add(directory, "d") else None
+    assert d.client_id not in (a, b, c) and str(d.addresses[0]) == "203.0.113.5/24"
+    done = keygen_run("client", "--server-config", server, "--name", "e", "--out", "e.toml",
+                      "--client-id", b, cwd=directory)
+    assert done.returncode == 2 and "is retired" in done.stderr
+    done = keygen_run("client", "--server-config", server, "--name", "e", "--out", "e.toml",
+                      "--address", "203.0.113.3", cwd=directory)
+    assert done.returncode == 2 and "is retired" in done.stderr
+    # ... until the operator deletes them from [retired].
+    server.write_text(server.read_text().replace(f"client_ids = [{b}]", "client_ids = []"))
+    assert add(directory, "e", "--client-id", str(b)) == b
+
+
+def test_remove_with_reuse_retires_nothing(server):
+    add(server.parent, "a")
+    assert keygen.main(["remove", "--server-config", str(server), "--name", "a", "--reuse"]) == 0
+    assert "retired" not in server.read_text() and load_server_config(server).clients == ()
+
+
+def test_rotate_changes_the_key_line_only_and_keeps_the_clients_own_settings(server):
+    directory = server.parent
+    client_id = add(directory, "laptop")
+    add(directory, "phone")
+    client_file = directory / "laptop.toml"
+    client_file.write_text(client_file.read_text().replace("routes = []", 'routes = ["192.0.2.0/24"]  # office'))
+    old_key = load_client_config(client_file).key
+    before = server.read_text()
+    assert keygen.main(["rotate", "--server-config", str(server), "--name", "laptop", "--out", str(client_file)]) == 0
+    changes = changed_lines(before, server.read_text())
+    assert len(changes) == 2 and all(line[2:].startswith("key = ") for line in changes)
+    rotated = load_client_config(client_file)
+    assert rotated.key != old_key and rotated.client_id == client_id
+    assert 'routes = ["192.0.2.0/24"]  # office' in client_file.read_text()
+    entry = next(c for c in load_server_config(server).clients if c.name == "laptop")
+    assert entry.key == rotated.key and entry.client_id == client_id
+    assert stat.S_IMODE(client_file.stat().st_mode) == 0o600
+    # A new file for it, written afresh: same ID and addresses, with the tunnel prefix.
+    assert keygen.main(["rotate", "--server-config", str(server), "--name", "laptop",
+                        "--out", str(directory / "laptop-new.toml")]) == 0
+    fresh = load_client_config(directory / "laptop-new.toml")
+    assert fresh.client_id == client_id and fresh.key != rotated.key
+    assert [str(a) for a in fresh.addresses] == [str(a) for a in rotated.addresses] == [
+        "203.0.113.2/24", "2001:db8::2/64"]
+
+
+def test_rotate_refuses_another_clients_file(server):
+    add(server.parent, "laptop")
+    add(server.parent, "phone")
+    before = server.read_text()
+    done = keygen_run("rotate", "--server-config", server, "--name", "laptop", "--out", "phone.toml",
+                      cwd=server.parent)
+    assert done.returncode == 2 and "is not the config of client 'laptop'" in done.stderr
+    assert server.read_text() == before
+
+
+def test_list_names_clients_and_never_a_key(server):
+    add(server.parent, "laptop")
+    add(server.parent, "phone")
+    keygen.main(["remove", "--server-config", str(server), "--name", "phone"])
+    done = keygen_run("list", "--server-config", server, cwd=server.parent)
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "ID", "ADDRESSES"] and lines[1].startswith("laptop ")
+    assert "retired" in lines[2] and "203.0.113.3/32" in lines[2]
+    key = encode_key(load_client_config(server.parent / "laptop.toml").key)
+    assert key not in done.stdout and key[:20] not in done.stdout
+
+
+@pytest.mark.parametrize("name", ['quote " and \\ backslash', "José's laptop", "日本", "a#b = [c]"])
+def test_odd_names_make_valid_toml_the_server_takes(server, name):
+    add_args = ["client", "--server-config", str(server), "--name", name, "--out", str(server.parent / "x.toml")]
+    assert keygen.main(add_args) == 0
+    assert load_server_config(server).clients[0].name == name
+    assert load_client_config(server.parent / "x.toml").name == name
+
+
+@pytest.mark.parametrize("name, message", [
+    (b"caf\xe9", "not valid UTF-8"),
+    (b"two\nlines", "control"),
+    (b"tab\there", "control"),
+    (b"zero\xe2\x80\x8bwidth", "invisible"),
+    (b" padded", "no spaces at the start or end"),
+    (b"x" * 65, "1 to 64 characters"),
+])
+def test_names_the_server_would_refuse_or_a_log_would_garble_are_refused(server, name, message):
+    before = server.read_text()
+    done = subprocess.run([os.fsencode(BIN / "vpncrypt-keygen"), b"client", b"--server-config", bytes(server),
+                           b"--name", name, b"--out", b"x.toml"], capture_output=True, cwd=server.parent, timeout=60)
+    assert done.returncode == 2 and message in done.stderr.decode() and b"Traceback" not in done.stderr
+    assert server.read_text() == before and not (server.parent / "x.toml").exists()
+
+
+def test_the_server_file_keeps_its_mode_and_owner(server):
+    server.chmod(0o400)
+    if os.geteuid() == 0:
+        os.chown(server, 65534, 65534)
+    add(server.parent, "laptop")
+    keygen.main(["rotate", "--server-config", str(server), "--name", "laptop", "--out", str(server.parent / "l.toml")])
+    keygen.main(["remove", "--server-config", str(server), "--name", "laptop"])
+    info = server.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o400
+    if os.geteuid() == 0:
+        assert (info.st_uid, info.st_gid) == (65534, 65534)
+    assert [p.name for p in server.parent.iterdir() if p.name.startswith(".")] == []  # no temporary files left
+
+
+def test_two_runs_at_once_lose_no_client(server):
+    directory = server.parent
+    runs = [subprocess.Popen([str(BIN / "vpncrypt-keygen"), "client", "--server-config", str(server),
+                              "--name", f"c{i}", "--out", str(directory / f"c{i}.toml")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(8)]
+    for run in runs:
+        _, error = run.communicate(timeout=60)
+        assert run.returncode == 0, error
+    config = load_server_config(server)
+    assert sorted(c.name for c in config.clients) == sorted(f"c{i}" for i in range(8))
+    assert len({c.client_id for c in config.clients}) == 8
+    for i in range(8):
+        own = load_client_config(directory / f"c{i}.toml")
+        assert next(c for c in config.clients if c.name == f"c{i}").key == own.key
+
+
+def test_a_held_lock_makes_a_second_run_wait_then_give_up(server, monkeypatch):
+    monkeypatch.setattr(keygen, "LOCK_WAIT", 0.3)
+    with open(str(server) + ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(keygen.ConfigError, match="another vpncrypt-keygen is changing it"):
+            keygen.make_client(keygen_args(server, "laptop"))
+    assert "laptop" not in server.read_text()
+
+
+def keygen_args(server: Path, name: str):
+    return type("Args", (), {"server_config": str(server), "name": name, "out": str(server.parent / f"{name}.toml"),
+                             "address": None, "client_id": None, "reload": False})()
+
+
+def test_reload_without_a_running_server_says_so_and_keeps_the_change(server, tmp_path, monkeypatch):
+    monkeypatch.setenv(control.RUN_DIR_VARIABLE, str(tmp_path / "run"))
+    done = keygen_run("client", "--server-config", server, "--name", "laptop", "--out", "laptop.toml", "--reload",
+                      cwd=server.parent)
+    assert done.returncode == 1 and "no daemon named 'server' is running" in done.stderr
+    assert "the change takes effect when it starts" in done.stderr
+    assert [c.name for c in load_server_config(server).clients] == ["laptop"]
+
+
+def test_a_removed_client_in_a_file_with_multiline_values_and_lookalike_text(server):
+    add(server.parent, "a")
+    add(server.parent, "b")
+    text = server.read_text().replace('[[client]]\nname = "a"', '[[client]]\nname = "a"\n# [[client]] in a comment')
+    text = text.replace('addresses = ["203.0.113.3/32", "2001:db8::3/128"]',
+                        'addresses = [\n    "203.0.113.3/32",\n    "2001:db8::3/128",\n]')
+    server.write_text(text)
+    assert keygen.main(["remove", "--server-config", str(server), "--name", "a"]) == 0
+    after = server.read_text()
+    assert "# [[client]] in a comment" not in after
+    assert 'addresses = [\n    "203.0.113.3/32",\n    "2001:db8::3/128",\n]' in after
+    assert [c.name for c in load_server_config(server).clients] == ["b"]
