@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from ..client import ResolveError, run_client, tunnel_spec as client_spec
-from ..config import ConfigError, load_client_config, load_server_config
-from ..netconfig import NetconfigError, describe, plan
+from ..client import ResolveError, resolve, run_client, tunnel_spec as client_spec
+from ..config import ClientConfig, ConfigError, load_client_config, load_server_config, parse_endpoint
+from ..netconfig import NetconfigError, TunnelSpec, describe, plan
 from ..server import run_server, tunnel_spec as server_spec
 from ..tun import TunError
 from .common import RUNTIME_ERROR, error_exit, setup_logging
+
+PLATFORMS = ("linux", "freebsd", "darwin")  # the OSes a dry run can print the commands of
 
 
 def _main(program: str, argv, load, spec, run) -> int:
@@ -18,13 +21,17 @@ def _main(program: str, argv, load, spec, run) -> int:
     parser.add_argument("--config", required=True, metavar="FILE")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the config and print the network commands it would run, then exit")
+    parser.add_argument("--platform", choices=PLATFORMS,
+                        help="with --dry-run: print the commands for this OS instead of this one's")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    if args.platform and not args.dry_run:
+        return error_exit(program, "--platform only goes with --dry-run (a tunnel runs on the OS it is on)")
     setup_logging(args.verbose)
     try:
         config = load(args.config)
         if args.dry_run:
-            print(describe(plan(spec(config))))
+            print(describe(plan(spec(config), args.platform or sys.platform)))
             return 0
         return run(config)
     except ConfigError as error:
@@ -33,9 +40,20 @@ def _main(program: str, argv, load, spec, run) -> int:
         return error_exit(program, error, RUNTIME_ERROR)
 
 
+def client_dry_run_spec(config: ClientConfig) -> TunnelSpec:
+    """The client's tunnel as its start would plan it. A full tunnel on the
+    BSDs routes the server's address outside it, so the server is looked up
+    then (a name, as at start; a literal without a lookup)."""
+    spec = client_spec(config)
+    if not spec.full_tunnel:
+        return spec
+    _, address = resolve(*parse_endpoint(config.server))
+    return client_spec(config, address)
+
+
 def server_main(argv: list[str] | None = None) -> int:
     return _main("vpncrypt-server", argv, load_server_config, server_spec, run_server)
 
 
 def client_main(argv: list[str] | None = None) -> int:
-    return _main("vpncrypt-client", argv, load_client_config, client_spec, run_client)
+    return _main("vpncrypt-client", argv, load_client_config, client_dry_run_spec, run_client)
