@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..client import ResolveError, resolve, run_client, tunnel_spec as client_spec
+from ..core.wire import CipherUnusable, check_cipher
 from ..config import ClientConfig, ConfigError, load_client_config, load_server_config, parse_endpoint
 from ..netconfig import NetconfigError, TunnelSpec, describe, plan
 from ..server import run_server, tunnel_spec as server_spec
@@ -33,10 +34,11 @@ def _main(program: str, argv, load, spec, run) -> int:
         if args.dry_run:
             print(describe(plan(spec(config), args.platform or sys.platform)))
             return 0
+        check_cipher()
         return run(config)
     except ConfigError as error:
         return error_exit(program, error)
-    except (TunError, NetconfigError, ResolveError, OSError) as error:
+    except (TunError, NetconfigError, ResolveError, OSError, CipherUnusable) as error:
         return error_exit(program, error, RUNTIME_ERROR)
 
 
