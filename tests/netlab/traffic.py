@@ -15,6 +15,10 @@ Every mode is bounded in bytes, datagrams and time, and prints one JSON line.
   udp-flood ADDR PORT SECONDS SIZE  send SIZE-byte datagrams flat out for SECONDS, 32 per sendmsg
                               with UDP_SEGMENT (a benchmark's sender)
   udp-count ADDR PORT         count datagrams and bytes until 2 s of silence, with UDP_GRO
+  garbage-flood ADDR PORT KIND CLIENT_ID RATE SECONDS SIZE MAX  send at most MAX vpncrypt-shaped
+                              garbage datagrams of SIZE bytes at RATE a second for SECONDS: KIND,
+                              the current time, CLIENT_ID, random counters, random bytes after;
+                              batched with UDP_SEGMENT (a benchmark's attacker)
   capture IFACE PORT COUNT    capture COUNT UDP payloads to PORT on IFACE (hex)
   hostile ADDR PORT FILE      send the hostile datagrams listed in FILE (hex), report any reply
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import socket
 import struct
@@ -205,6 +210,73 @@ def udp_flood(address: str, port: int, seconds: float, size: int) -> dict:
     return {"sent": sent, "seconds": time.monotonic() - start}
 
 
+GARBAGE_POOL = 4096  # distinct garbage datagrams, sent round
+
+
+def garbage_flood(address: str, port: int, kind: int, client_id: int, rate: float, seconds: float, size: int,
+                  most: int) -> dict:
+    """Datagrams that pass every check a receiver makes before its cipher
+    (length, kind, client ID, time) and then fail authentication: the
+    header names ``kind`` (the receiver's data kind), ``client_id`` and the
+    current second, the counter and the rest are random. A pool of
+    GARBAGE_POOL of them is made once and sent round (their timestamps
+    rewritten when the second changes), as many per sendmsg as UDP_SEGMENT
+    allows, paced to ``rate`` a second (what the kernel refuses counts as
+    offered). Bounded by ``most`` datagrams, ``seconds`` and DEADLINE."""
+    if not 24 <= size <= 65507 or rate <= 0:
+        raise SystemExit("garbage-flood: SIZE must be 24 to 65507 bytes, RATE above 0")
+    sock = socket.socket(family(address), socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    sock.connect((address, port))
+    per_call = max(1, min(64, 65507 // size))  # the kernel's limits for one UDP_SEGMENT send
+    segment = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+    calls = -(-GARBAGE_POOL // per_call)
+    rng = random.SystemRandom()
+    batches = [bytearray(rng.randbytes(size * per_call)) for _ in range(calls)]
+    header = struct.Struct("!HHI")
+
+    def stamp(second: int) -> None:
+        word0 = (kind << 10) | (second & 1023)
+        for batch in batches:
+            for offset in range(0, len(batch), size):
+                header.pack_into(batch, offset, word0, client_id, rng.getrandbits(32))
+
+    second = int(time.time())
+    stamp(second)
+    print(json.dumps({"flooding": rate}), flush=True)
+    sent = refused = 0
+    index = 0
+    start = time.monotonic()
+    end = start + min(seconds, DEADLINE)
+    while sent + refused < most:
+        now = time.monotonic()
+        if now >= end:
+            break
+        due = int(rate * (now - start)) - sent - refused
+        if due < per_call:
+            time.sleep((per_call - due) / rate)
+            continue
+        if int(time.time()) != second:
+            second = int(time.time())
+            stamp(second)
+        count = min(per_call, most - sent - refused)
+        batch = batches[index]
+        index = (index + 1) % calls
+        try:
+            if count == per_call:
+                sock.sendmsg([batch], segment if count > 1 else [])
+            else:
+                sock.sendmsg([memoryview(batch)[:size * count]], segment if count > 1 else [])
+            sent += count
+        except OSError:  # ENOBUFS from a full queue: counted, not retried
+            refused += count
+            time.sleep(0.0005)
+    elapsed = time.monotonic() - start
+    used = os.times()
+    return {"sent": sent, "refused": refused, "seconds": elapsed, "rate": sent / elapsed if elapsed else 0.0,
+            "per_call": per_call, "size": size, "cpu_seconds": used.user + used.system}
+
+
 def udp_count(address: str, port: int) -> dict:
     """Datagrams that arrive, counted cheaply: with UDP_GRO one read may hold many."""
     sock = udp_receiver(address, port)
@@ -296,6 +368,9 @@ def main(argv: list[str]) -> None:
         result = udp_flood(args[0], int(args[1]), float(args[2]), int(args[3]))
     elif mode == "udp-count":
         result = udp_count(args[0], int(args[1]))
+    elif mode == "garbage-flood":
+        result = garbage_flood(args[0], int(args[1]), int(args[2], 0), int(args[3]), float(args[4]), float(args[5]),
+                               int(args[6]), int(args[7]))
     elif mode == "capture":
         result = capture(args[0], int(args[1]), int(args[2]))
     elif mode == "hostile":
