@@ -1,0 +1,593 @@
+"""The batch opener against the reference, datagram by datagram.
+
+``vpncrypt.core.receive.open_datagrams``, as ServerCore and ClientCore call it (their
+own call, watched), inlines its checks for speed; here it must decide exactly what
+docs/PROTOCOL.md section 5 decides, as assembled from the reference parts:
+``wire.open_datagram`` for length, kind, time and authentication, a
+``replay.ReplayWindow`` driven only through ``check`` and ``commit``, and the checks on
+the inner packet (step 8) written out with ``ipaddress``. The same datagrams go to
+both: each must be accepted with the same payload (and the same partial-checksum mark)
+or dropped for the same reason, and endpoints must move alike.
+
+Single datagrams go to fresh receivers, started long before, so that their replay
+windows accept whatever the time window lets through; sequences go to one receiver,
+with a clock that does not go back (a clock stepped back is test_clock_steps.py's).
+The cores keep no restart state here, and no client ID fails authentication often
+enough to be limited (FAILURE_BURST): those drops are not the reference's.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import struct
+from collections import Counter
+from typing import Any
+from unittest import mock
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vpncrypt.core import client as client_module
+from vpncrypt.core import drops as reasons
+from vpncrypt.core import server as server_module
+from vpncrypt.core.client import ClientCore
+from vpncrypt.core.inner import PartialChecksumPacket
+from vpncrypt.core.receive import open_datagrams
+from vpncrypt.core.replay import REORDERED, REPLAYED, SUPERSEDED, TOO_OLD, WINDOW, ReplayWindow
+from vpncrypt.core.server import ClientEntry, ServerCore
+from vpncrypt.core.wire import (
+    DEFAULT_TIME_WINDOW, KIND_DATA, KIND_DATA_PARTIAL, KIND_KEEPALIVE, MAX_DATAGRAM, OVERHEAD, TIMESTAMP_MOD,
+    TO_CLIENT, TO_SERVER, Rejected, decode_header, open_datagram, seal_datagram,
+)
+
+from tests.builders import (
+    A_ADDR, B_ADDR, KEY_A, KEY_B, LATE_ARRIVALS, MASK, NOW, SERVER_ADDR, SERVER_EP, SERVER_ID, ipv4_packet,
+    ipv6_packet, long_run_with_late_arrivals, net, sender, spec_vectors,
+)
+
+START = NOW - 1000  # receivers start long before: their floor refuses nothing the time window lets in
+CLIENTS = (
+    ClientEntry(1, KEY_A, (net(A_ADDR + "/32"), net("2001:db8::2/128")), "a"),
+    ClientEntry(2, KEY_B, (net(B_ADDR + "/32"), net("2001:db8:b::/64")), "b"),
+)
+ROUTES = (net("203.0.113.0/24"), net("2001:db8::/32"))  # where a client lets its server send from
+OTHER_KEY = os.urandom(64)
+SOURCE = ("192.0.2.10", 40000)
+DIRECTIONS = pytest.mark.parametrize("direction", [TO_SERVER, TO_CLIENT], ids=["to server", "to client"])
+
+ACCEPTED, DROPPED = "accepted", "dropped"
+WINDOW_DROPS = {REPLAYED: reasons.REPLAYED, TOO_OLD: reasons.COUNTER_TOO_OLD, SUPERSEDED: reasons.SUPERSEDED}
+
+
+class CipherReached(Exception):
+    """The reference passed every check before the cipher; carries the AD it built."""
+
+
+class NoCipher:
+    def decrypt(self, data, associated_data):
+        raise CipherReached(associated_data[0])
+
+
+class Reference:
+    """A receiver as docs/PROTOCOL.md section 5 lists its checks, from the reference parts.
+
+    ``owned``: client ID -> (key, networks it may send from). A server moves a
+    client's endpoint to where its newest datagram came from; a client keeps its
+    server's address from the config (``follow_source``). ``max_datagram``: the
+    cores refuse datagrams longer than their MTU + 24 as bad_length too."""
+
+    def __init__(self, direction: int, server_id: int, owned: dict, start: float, time_window: int,
+                 endpoints: dict, max_datagram: int) -> None:
+        self.direction, self.server_id, self.time_window = direction, server_id, time_window
+        self.follow_source, self.max_datagram = direction == TO_SERVER, max_datagram
+        self.ciphers = {client_id: AESSIV(key) for client_id, (key, _) in owned.items()}
+        self.windows = {client_id: ReplayWindow(floor=int(start) + 1) for client_id in owned}
+        self.sources = [(network, client_id) for client_id, (_, networks) in owned.items() for network in networks]
+        self.endpoints = dict(endpoints)
+
+    def _open(self, cipher, datagram: bytes, now: float, time_window: int):
+        return open_datagram(cipher, datagram, direction=self.direction, server_id=self.server_id, now=now,
+                             time_window=time_window)
+
+    def offer(self, datagram: bytes, address: Any, now: float) -> tuple:
+        # 1, 2: length and kind. The reference checks time next, but the client ID
+        # comes first (3): ask it with a window no rebuilt timestamp is outside of
+        # (they lie within 512 s of now) and a cipher it must not get to.
+        try:
+            self._open(NoCipher(), datagram, now, TIMESTAMP_MOD // 2)
+        except Rejected as rejected:
+            return DROPPED, rejected.reason
+        except CipherReached:
+            pass
+        if len(datagram) > self.max_datagram:
+            return DROPPED, reasons.BAD_LENGTH
+        header = decode_header(datagram)
+        cipher = self.ciphers.get(header.client_id)
+        if cipher is None:
+            return DROPPED, reasons.UNKNOWN_CLIENT
+        # 4: time, still without the cipher; the AD it would have used holds the full timestamp.
+        try:
+            self._open(NoCipher(), datagram, now, self.time_window)
+        except Rejected as rejected:
+            return DROPPED, rejected.reason
+        except CipherReached as reached:
+            ts = int.from_bytes(reached.args[0][13:21], "big")
+        # 5: the replay window, checked without changing it.
+        window = self.windows[header.client_id]
+        verdict = window.check(ts, header.counter)
+        if verdict < 0:
+            return DROPPED, WINDOW_DROPS[verdict]
+        # 6: authenticate and decrypt.
+        try:
+            _, opened_ts, payload = self._open(cipher, datagram, now, self.time_window)
+        except Rejected as rejected:
+            return DROPPED, rejected.reason
+        assert opened_ts == ts
+        # 7: only now, state; the newest datagram moves the endpoint.
+        window.commit(ts, header.counter, verdict)
+        if verdict != REORDERED and self.follow_source:
+            self.endpoints[header.client_id] = address
+        if header.kind == KIND_KEEPALIVE:
+            return ACCEPTED, b"", False
+        partial = header.kind == KIND_DATA_PARTIAL
+        reason = self.inner_reason(payload, header.client_id, partial)
+        return (DROPPED, reason) if reason else (ACCEPTED, payload, partial)
+
+    def inner_reason(self, packet: bytes, client_id: int, partial: bool) -> str | None:
+        """8: an IPv4 or IPv6 packet from an address the sender owns (the longest prefix
+        decides). For the partial-checksum kind (section 2, and inner.checksum_location),
+        TCP or UDP right after an IP header of at least 20 bytes, whole: not a fragment,
+        the IP length no more than what arrived, and past the checksum field."""
+        version = packet[0] >> 4 if packet else 0
+        if version == 4 and len(packet) >= 20:
+            source, start, protocol = ipaddress.IPv4Address(packet[12:16]), (packet[0] & 0x0F) * 4, packet[9]
+        elif version == 6 and len(packet) >= 40:
+            source, start, protocol = ipaddress.IPv6Address(packet[8:24]), 40, packet[6]
+        else:
+            return reasons.INNER_MALFORMED
+        owners = sorted((network.prefixlen, owner) for network, owner in self.sources if source in network)
+        if not owners or owners[-1][1] != client_id:
+            return reasons.INNER_SOURCE_NOT_ALLOWED
+        if partial:
+            field = {6: 16, 17: 6}.get(protocol)
+            if version == 4:
+                length, fragment = int.from_bytes(packet[2:4], "big"), int.from_bytes(packet[6:8], "big") & 0x3FFF
+            else:
+                length, fragment = 40 + int.from_bytes(packet[4:6], "big"), 0
+            if field is None or start < 20 or fragment or length > len(packet) or start + field + 2 > length:
+                return reasons.INNER_MALFORMED
+        return None
+
+
+CALLS: list[tuple[list, Counter]] = []  # what open_datagrams delivered and counted, per call
+
+
+def watched_open_datagrams(*args: Any, **kwargs: Any) -> list:
+    drops = kwargs["drops"]
+    before = Counter(drops)
+    opened = open_datagrams(*args, **kwargs)
+    CALLS.append(([(bytes(packet), type(packet) is PartialChecksumPacket) for _, packet in opened], drops - before))
+    return opened
+
+
+@pytest.fixture(scope="module", autouse=True)
+def watch_the_cores():
+    """Both cores call open_datagrams through the watcher while this module's tests run."""
+    with mock.patch.object(server_module, "open_datagrams", watched_open_datagrams), \
+            mock.patch.object(client_module, "open_datagrams", watched_open_datagrams):
+        yield
+
+
+class Receivers:
+    """A core, whose call of open_datagrams is watched, and the reference, configured
+    alike. To the server: ``clients``; to a client: the one entry of ``clients`` is
+    that client, and its server may send from ROUTES."""
+
+    def __init__(self, direction: int, *, clients: tuple = (), server_id: int = SERVER_ID, start: float = START,
+                 time_window: int = DEFAULT_TIME_WINDOW, **options: Any) -> None:
+        if direction == TO_SERVER:
+            clients = clients or CLIENTS
+            self.core = ServerCore(server_id, clients, start, time_window=time_window, **options)
+            owned = {entry.client_id: (entry.key, entry.addresses) for entry in clients}
+        else:
+            [entry] = clients or CLIENTS[:1]
+            self.core = ClientCore(entry.client_id, entry.key, server_id=server_id, server_endpoint=SERVER_EP,
+                                   routes=ROUTES, now=start, time_window=time_window, **options)
+            owned = {entry.client_id: (entry.key, ROUTES)}
+        self.reference = Reference(direction, server_id, owned, start, time_window, self.endpoints(),
+                                   self.core.max_datagram)
+
+    def endpoints(self) -> dict:
+        core = self.core
+        peers = core.peers if isinstance(core, ServerCore) else {core.server.client_id: core.server}
+        return {client_id: peer.endpoint for client_id, peer in peers.items()}
+
+    def batch(self, datagrams: list, now: float) -> tuple[list, Counter]:
+        """What the core's one call of open_datagrams delivered, (payload, partial mark)
+        in order, and what it counted; what the core does with them after (routing) is
+        not looked at."""
+        CALLS.clear()
+        self.core.datagrams_received(datagrams, now)
+        [call] = CALLS
+        return call
+
+    def reference_batch(self, datagrams: list, now: float) -> tuple[list, Counter]:
+        delivered, counted = [], Counter()
+        for datagram, address in datagrams:
+            verdict = self.reference.offer(datagram, address, now)
+            if verdict[0] == DROPPED:
+                counted[verdict[1]] += 1
+            elif decode_header(datagram).kind != KIND_KEEPALIVE:
+                delivered.append(verdict[1:])
+        return delivered, counted
+
+    def same_verdict(self, datagram: bytes, now: float = NOW, address: Any = SOURCE) -> tuple:
+        """Offer one datagram to both; they must agree. Returns the verdict."""
+        delivered, counted = self.batch([(datagram, address)], now)
+        assert len(delivered) + sum(counted.values()) <= 1
+        if counted:
+            [reason] = counted
+            verdict = (DROPPED, reason)
+        elif delivered:
+            verdict = (ACCEPTED, *delivered[0])
+        else:
+            verdict = (ACCEPTED, b"", False)  # a keepalive: nothing to deliver, nothing counted
+        expected = self.reference.offer(datagram, address, now)
+        assert verdict == expected, (datagram.hex(), now)
+        assert self.endpoints() == self.reference.endpoints
+        return verdict
+
+
+def seal(kind: int = KIND_DATA, payload: bytes = b"", *, client_id: int = 1, key: bytes = KEY_A, counter: int = 1000,
+         ts: int = int(NOW), direction: int = TO_SERVER, server_id: int = SERVER_ID) -> bytes:
+    return seal_datagram(AESSIV(key), kind, client_id, counter, ts, direction, server_id, payload)
+
+
+def tcp(source: str, destination: str, body: bytes = b"data") -> bytes:
+    make = ipv6_packet if ":" in source else ipv4_packet
+    return make(source, destination, bytes(20) + body, 6)
+
+
+def udp(source: str, destination: str, body: bytes = b"data") -> bytes:
+    make = ipv6_packet if ":" in source else ipv4_packet
+    return make(source, destination, bytes(8) + body, 17)
+
+
+INNER = [  # what client 1 might send, or its server send to it
+    ipv4_packet(A_ADDR, SERVER_ADDR, b"hello"),
+    ipv6_packet("2001:db8::2", "2001:db8::1", b"hello"),
+    tcp(A_ADDR, SERVER_ADDR),
+    PartialChecksumPacket(tcp(A_ADDR, SERVER_ADDR)),
+    PartialChecksumPacket(udp(A_ADDR, SERVER_ADDR)),
+    PartialChecksumPacket(tcp("2001:db8::2", "2001:db8::1")),
+    PartialChecksumPacket(udp("2001:db8::2", "2001:db8::1", b"")),
+    PartialChecksumPacket(ipv4_packet(A_ADDR, SERVER_ADDR, b"ping", proto=1)),  # no checksum to finish
+    PartialChecksumPacket(ipv4_packet(A_ADDR, SERVER_ADDR, bytes(15), proto=6)),  # TCP header cut short
+    PartialChecksumPacket(bytes([0x46]) + udp(A_ADDR, SERVER_ADDR, b"")[1:]),  # options claimed, not there
+    PartialChecksumPacket(bytes([0x44]) + tcp(A_ADDR, SERVER_ADDR)[1:]),  # a header shorter than 20 bytes
+    PartialChecksumPacket(tcp(A_ADDR, SERVER_ADDR)[:6] + b"\x20\x00" + tcp(A_ADDR, SERVER_ADDR)[8:]),  # a fragment
+    PartialChecksumPacket(tcp(A_ADDR, SERVER_ADDR)[:-2]),  # shorter than its IP length
+    PartialChecksumPacket(udp(A_ADDR, SERVER_ADDR) + bytes(6)),  # padded after its IP length
+    ipv4_packet(B_ADDR, SERVER_ADDR),  # client 2's address
+    ipv6_packet("2001:db8:b::5", "2001:db8::1"),  # in client 2's prefix
+    ipv4_packet("198.51.100.7", SERVER_ADDR),  # nobody's
+    ipv6_packet("2001:db9::1", "2001:db8::1"),  # nobody's
+    b"", b"\x45" + bytes(10), b"\x60" + bytes(30), b"\x15" + bytes(40), bytes(19) + b"\x45",
+]
+
+
+# --- what the cores seal ----------------------------------------------------------------
+
+@DIRECTIONS
+def test_data_and_keepalives_as_the_cores_seal_them(direction):
+    peer = sender(direction=direction, now=START)
+    seen = set()
+    for payload in INNER:
+        [datagram] = peer.seal(KIND_DATA, [payload], NOW)
+        seen.add(Receivers(direction).same_verdict(datagram)[:2])
+    [keepalive] = peer.seal(KIND_KEEPALIVE, [b""], NOW)
+    assert Receivers(direction).same_verdict(keepalive) == (ACCEPTED, b"", False)
+    # Both kinds of inner drop come up, and accepted packets.
+    assert {verdict[0] for verdict in seen} == {ACCEPTED, DROPPED}
+    assert {reasons.INNER_MALFORMED, reasons.INNER_SOURCE_NOT_ALLOWED} <= {verdict[1] for verdict in seen}
+
+
+@pytest.mark.parametrize("vector", spec_vectors(), ids=lambda vector: vector["name"])
+def test_every_vector_of_the_spec(vector):
+    key, payload = bytes.fromhex(vector["key"]), bytes.fromhex(vector["payload"])
+    client_id, ts = int(vector["client_id"]), int(vector["timestamp"])
+    direction, server_id = int(vector["direction"], 16), int(vector["server_id"])
+    datagram = bytes.fromhex(vector["datagram"])
+    now = ts + 0.5
+
+    def receivers(direction=direction, server_id=server_id, client_id=client_id, time_window=DEFAULT_TIME_WINDOW):
+        clients = (ClientEntry(client_id, key, (net(A_ADDR + "/32"), net("2001:db8::2/128"))),)
+        return Receivers(direction, clients=clients, server_id=server_id, start=now - 1000, time_window=time_window)
+
+    verdict = receivers().same_verdict(datagram, now)
+    if payload:
+        assert verdict == (ACCEPTED, payload, int(vector["kind"], 16) == KIND_DATA_PARTIAL)
+    elif int(vector["kind"], 16) == KIND_KEEPALIVE:
+        assert verdict == (ACCEPTED, b"", False)
+    else:
+        assert verdict == (DROPPED, reasons.INNER_MALFORMED)  # an empty data packet
+    for time_window in (1, DEFAULT_TIME_WINDOW):
+        for late in (time_window, time_window + 1):
+            receivers(time_window=time_window).same_verdict(datagram, now + late)
+            receivers(time_window=time_window).same_verdict(datagram, now - late)
+    assert receivers(server_id=server_id ^ 1).same_verdict(datagram, now) == (DROPPED, reasons.AUTH_FAILED)
+    reflected = TO_CLIENT if direction == TO_SERVER else TO_SERVER
+    assert receivers(direction=reflected).same_verdict(datagram, now) == (DROPPED, reasons.AUTH_FAILED)
+    other_id = (client_id + 1) & 0xFFFF
+    assert receivers(client_id=other_id).same_verdict(datagram, now) == (DROPPED, reasons.UNKNOWN_CLIENT)
+
+
+# --- what the network brings --------------------------------------------------------------
+
+@DIRECTIONS
+def test_truncated_extended_and_the_longest(direction):
+    data = seal(KIND_DATA, INNER[0], direction=direction)
+    keepalive = seal(KIND_KEEPALIVE, direction=direction)
+    for datagram in (data, keepalive):
+        for size in range(len(datagram)):
+            Receivers(direction).same_verdict(datagram[:size])
+        for extra in (b"\0", b"\x45" * 7, os.urandom(100)):
+            Receivers(direction).same_verdict(datagram + extra)
+    longest = seal(KIND_DATA, ipv4_packet(A_ADDR, SERVER_ADDR, bytes(65515)), direction=direction)
+    assert len(longest) == MAX_DATAGRAM
+    assert Receivers(direction).same_verdict(longest)[0] == ACCEPTED
+    assert Receivers(direction).same_verdict(longest + b"\0") == (DROPPED, reasons.BAD_LENGTH)
+    assert Receivers(direction).same_verdict(bytes(OVERHEAD - 1)) == (DROPPED, reasons.BAD_LENGTH)
+    # A core with an MTU refuses what is longer than MTU + 24, as bad_length.
+    for mtu in (1420, 1400):
+        fits = seal(KIND_DATA, ipv4_packet(A_ADDR, SERVER_ADDR, bytes(1400)), direction=direction)
+        assert Receivers(direction, mtu=mtu).same_verdict(fits)[0] == (ACCEPTED if mtu == 1420 else DROPPED)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([TO_SERVER, TO_CLIENT]), st.binary(max_size=200), st.integers(0, 0xFFFF))
+def test_garbage(direction, garbage, word0):
+    Receivers(direction).same_verdict(garbage)
+    # ... and garbage behind a header of every kind, for a known client at the right time.
+    header = struct.pack("!HHI", (word0 & 0xFC00) | (int(NOW) & 0x3FF), 1, 5)
+    Receivers(direction).same_verdict(header + garbage)
+
+
+@DIRECTIONS
+def test_every_bit_flipped(direction):
+    for kind, payload in ((KIND_DATA, INNER[0]), (KIND_KEEPALIVE, b""), (KIND_DATA_PARTIAL, INNER[3])):
+        datagram = seal(kind, payload, direction=direction)
+        for bit in range(len(datagram) * 8):
+            flipped = bytearray(datagram)
+            flipped[bit // 8] ^= 1 << (bit % 8)
+            assert Receivers(direction).same_verdict(bytes(flipped))[0] == DROPPED
+
+
+@DIRECTIONS
+def test_every_kind(direction):
+    data, keepalive = seal(KIND_DATA, INNER[0], direction=direction), seal(KIND_KEEPALIVE, direction=direction)
+    for kind in range(64):
+        for datagram in (data, keepalive):
+            relabelled = struct.pack("!H", kind << 10 | struct.unpack("!H", datagram[:2])[0] & 0x3FF) + datagram[2:]
+            Receivers(direction).same_verdict(relabelled)
+        # Sealed with that kind: authentic, so only the kind can refuse it.
+        for payload in (INNER[2], b""):
+            Receivers(direction).same_verdict(seal(kind, payload, direction=direction))
+
+
+@DIRECTIONS
+@pytest.mark.parametrize("change", [
+    dict(server_id=SERVER_ID + 1), dict(server_id=0), dict(key=OTHER_KEY), dict(key=KEY_B),
+    dict(client_id=2), dict(client_id=3), dict(client_id=0xFFFF), dict(counter=0), dict(counter=MASK),
+], ids=["other server", "server 0", "other key", "client 2's key", "client 2", "client 3", "client 65535",
+        "counter 0", "counter 2**32 - 1"])
+def test_other_servers_keys_and_clients(direction, change):
+    # A keepalive with a body and an unknown kind too: the cheap checks come in their order.
+    for kind, payload in ((KIND_DATA, INNER[0]), (KIND_KEEPALIVE, b""), (KIND_KEEPALIVE, b"x"), (0x14, INNER[0])):
+        Receivers(direction).same_verdict(seal(kind, payload, direction=direction, **change))
+    reflected = TO_CLIENT if direction == TO_SERVER else TO_SERVER
+    Receivers(direction).same_verdict(seal(KIND_DATA, INNER[0], direction=reflected, **change))
+
+
+@DIRECTIONS
+@pytest.mark.parametrize("time_window", [1, 2, DEFAULT_TIME_WINDOW, 511])
+def test_timestamps_inside_and_outside_the_time_window(direction, time_window):
+    edges = {0, time_window - 1, time_window, time_window + 1, 511, 512, 513, 600}
+    offsets = sorted({sign * edge for edge in edges for sign in (1, -1)} | {-300, -7, 7, 300})
+    verdicts = Counter()
+    for fraction in (0.0, 0.5, 0.999):
+        now = NOW + fraction
+        for offset in offsets:
+            datagram = seal(KIND_DATA, INNER[0], ts=int(now) + offset, direction=direction)
+            verdicts[Receivers(direction, time_window=time_window).same_verdict(datagram, now)[:2]] += 1
+    # A timestamp 512 s or more away is rebuilt a period off: outside the window, or
+    # inside it (a window near 511 s) with the wrong full timestamp in the AD.
+    assert {(ACCEPTED, INNER[0]), (DROPPED, reasons.OUTSIDE_TIME_WINDOW)} <= verdicts.keys()
+    assert verdicts.keys() <= {(ACCEPTED, INNER[0]), (DROPPED, reasons.OUTSIDE_TIME_WINDOW),
+                               (DROPPED, reasons.AUTH_FAILED)}
+
+
+# --- hypothesis: anything a sender might seal, then changed on the way ----------------------
+
+@st.composite
+def inner_packets(draw) -> bytes:
+    source = draw(st.sampled_from([
+        A_ADDR, B_ADDR, "203.0.113.200", "198.51.100.7", "2001:db8::2", "2001:db8:b::5", "2001:db8:ff::1", "2001:db9::1",
+    ]))
+    make, destination = (ipv6_packet, "2001:db8::1") if ":" in source else (ipv4_packet, SERVER_ADDR)
+    packet = make(source, destination, draw(st.binary(max_size=40)), draw(st.sampled_from([1, 6, 17, 58, 0])))
+    shape = draw(st.integers(0, 3))
+    if shape == 1:
+        packet = packet[:draw(st.integers(0, len(packet)))]
+    elif shape == 2:
+        packet = draw(st.binary(max_size=60))
+    elif shape == 3 and packet[0] >> 4 == 4:
+        packet = bytes([0x40 | draw(st.integers(0, 15))]) + packet[1:]  # any header length
+    return packet
+
+
+CHANGE = st.tuples(st.sampled_from(["flip", "set", "cut", "extend", "header"]), st.integers(0, MASK),
+                   st.integers(0, MASK))
+
+
+def changed(datagram: bytes, changes: list) -> bytes:
+    data = bytearray(datagram)
+    for what, position, value in changes:
+        if what == "flip" and data:
+            data[position % len(data)] ^= 1 << value % 8
+        elif what == "set" and data:
+            data[position % len(data)] = value & 0xFF
+        elif what == "cut":
+            del data[position % (len(data) + 1):]
+        elif what == "extend":
+            data += value.to_bytes(4, "big") * (position % 20 + 1)
+        elif what == "header" and len(data) >= 8:
+            word0, client_id, counter = struct.unpack_from("!HHI", data)
+            field = position % 4
+            if field == 0:
+                word0 = (value & 0x3F) << 10 | word0 & 0x3FF  # the kind
+            elif field == 1:
+                word0 = word0 & 0xFC00 | value & 0x3FF  # the timestamp's low bits
+            elif field == 2:
+                client_id = value & 0xFFFF
+            else:
+                counter = value
+            data[:8] = struct.pack("!HHI", word0, client_id, counter)
+    return bytes(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    direction=st.sampled_from([TO_SERVER, TO_CLIENT]),
+    kind=st.sampled_from([KIND_DATA] * 4 + [KIND_DATA_PARTIAL] * 2 + [KIND_KEEPALIVE] * 2 + [None]),
+    other_kind=st.integers(0, 63),
+    payload=inner_packets() | st.just(b""),
+    client_id=st.sampled_from([1, 1, 1, 2, 7]),
+    wrong=st.sampled_from([None] * 6 + ["key", "server", "direction"]),
+    counter=st.integers(0, MASK),
+    offset=st.integers(-3, 3) | st.integers(-600, 600),
+    fraction=st.floats(0, 0.999),
+    time_window=st.sampled_from([DEFAULT_TIME_WINDOW, 1, 511]) | st.integers(1, 511),
+    changes=st.just([]) | st.lists(CHANGE, min_size=1, max_size=3),
+)
+def test_any_datagram_changed_any_way(direction, kind, other_kind, payload, client_id, wrong, counter, offset,
+                                      fraction, time_window, changes):
+    now = NOW + fraction
+    kind = other_kind if kind is None else kind
+    key = OTHER_KEY if wrong == "key" else {1: KEY_A, 2: KEY_B}.get(client_id, KEY_A)
+    server_id = SERVER_ID + 1 if wrong == "server" else SERVER_ID
+    sealed_for = (TO_CLIENT if direction == TO_SERVER else TO_SERVER) if wrong == "direction" else direction
+    datagram = seal(kind, payload, client_id=client_id, key=key, counter=counter, ts=int(now) + offset,
+                    direction=sealed_for, server_id=server_id)
+    Receivers(direction, time_window=time_window).same_verdict(changed(datagram, changes), now)
+
+
+# --- replays: the reference with a ReplayWindow, over sequences ------------------------------
+
+@DIRECTIONS
+def test_a_sequence_that_meets_every_window_verdict(direction):
+    t0 = int(NOW)
+
+    def data(index: int, ts: int, counter: int | None = None) -> bytes:
+        counter = (MASK - 5 + index) & MASK if counter is None else counter  # across the wrap
+        return seal(KIND_DATA, ipv4_packet(A_ADDR, SERVER_ADDR, index.to_bytes(2, "big")), counter=counter, ts=ts,
+                    direction=direction)
+
+    sent = [data(index, t0 if index < 6 else t0 + 1) for index in range(12)]
+    ahead_but_older = data(12, t0)
+    next_one = data(13, t0 + 1)
+    far = data(14 + WINDOW, t0 + 1)
+    restarted = [data(20 + index, t0 + 2, counter=100 + index) for index in range(3)]  # new counter, later clock
+    restarted_keepalive = seal(KIND_KEEPALIVE, counter=103, ts=t0 + 2, direction=direction)
+    stale = seal(KIND_KEEPALIVE, counter=7, ts=t0 - 3, direction=direction)  # before the receiver started
+    sequence = [
+        stale, *sent[:6], sent[5], sent[3], sent[8], sent[7], sent[6], sent[7], *sent[9:], ahead_but_older, sent[0],
+        next_one, far, sent[11], sent[2], *restarted, far, sent[10], restarted_keepalive, restarted[1],
+    ]
+    receivers = Receivers(direction, start=t0 - 0.5)  # floor: t0
+    seen = Counter()
+    for index, datagram in enumerate(sequence):
+        verdict = receivers.same_verdict(datagram, t0 + 1.5, ("192.0.2.10", 1000 + index))
+        seen[verdict[0] if verdict[0] == ACCEPTED else verdict[1]] += 1
+    assert seen.keys() == {ACCEPTED, reasons.REPLAYED, reasons.COUNTER_TOO_OLD, reasons.SUPERSEDED}
+    # The same as one batch.
+    receivers = Receivers(direction, start=t0 - 0.5)
+    pairs = [(datagram, ("192.0.2.10", 1000 + index)) for index, datagram in enumerate(sequence)]
+    assert receivers.batch(pairs, t0 + 1.5) == receivers.reference_batch(pairs, t0 + 1.5)
+    assert receivers.endpoints() == receivers.reference.endpoints
+
+
+@DIRECTIONS
+def test_a_long_run_with_late_arrivals(direction):
+    """10,000 counters in order across the wrap, every 97th late by 1,000: the batch
+    opener's own sliding of the ring, against ReplayWindow.commit's."""
+    receivers = Receivers(direction)
+    payload = ipv4_packet(A_ADDR, SERVER_ADDR)
+
+    def offer(counter, index):
+        datagram = seal(KIND_DATA, payload, counter=counter, direction=direction)
+        return receivers.same_verdict(datagram, NOW, ("192.0.2.10", 1000 + index % 50))[0] == ACCEPTED
+
+    assert long_run_with_late_arrivals(offer, MASK - 5000) == LATE_ARRIVALS
+
+
+@st.composite
+def sequences(draw):
+    """One or two instances of a sender (the second restarted with a new counter and a
+    later clock); their datagrams delivered in order or not, with loss, with duplicates
+    of what went before, some corrupted, in batches, each batch at its own time."""
+    count = draw(st.integers(1, 6000))
+    start = draw(st.integers(0, MASK) | st.integers(MASK - 3000, MASK))
+    per_second = draw(st.integers(1, 20) | st.integers(WINDOW, 10_000))  # or a window's worth in one second
+    picks = draw(st.lists(st.integers(0, count - 1), min_size=1, max_size=150))
+    if draw(st.booleans()):
+        picks.sort()  # as a network mostly delivers: in order, with loss
+    order = list(picks)
+    repeats = draw(st.lists(st.tuples(st.integers(0, len(picks)), st.integers(0, len(picks) - 1)), max_size=40))
+    for at, which in sorted(repeats, reverse=True):
+        order.insert(at, picks[which])
+    restart = draw(st.none() | st.integers(0, count - 1))
+    second_start = draw(st.integers(0, MASK))
+    corrupt = draw(st.sets(st.integers(0, len(order) - 1), max_size=5))
+    sizes = draw(st.lists(st.integers(1, 6), min_size=len(order), max_size=len(order)))
+    jitter = draw(st.lists(st.integers(-3, 3), min_size=len(order), max_size=len(order)))
+    receiver_start = draw(st.integers(-2, 1))
+    return start, per_second, order, restart, second_start, corrupt, sizes, jitter, receiver_start
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([TO_SERVER, TO_CLIENT]), sequences())
+def test_replays_and_reordering_as_the_reference_with_a_window(direction, case):
+    start, per_second, order, restart, second_start, corrupt, sizes, jitter, receiver_start = case
+    t0 = int(NOW)
+    receivers_start = t0 + receiver_start - 0.5
+    receivers = Receivers(direction, start=receivers_start)
+
+    def datagram(index: int) -> tuple[bytes, int]:
+        instance = 1 if restart is not None and index >= restart else 0
+        counter = ((second_start if instance else start) + index) & MASK
+        ts = t0 + index // per_second + instance
+        if index % 7 == 3:
+            return seal(KIND_KEEPALIVE, counter=counter, ts=ts, direction=direction), ts
+        payload = ipv4_packet(A_ADDR, SERVER_ADDR, index.to_bytes(4, "big"))
+        return seal(KIND_DATA, payload, counter=counter, ts=ts, direction=direction), ts
+
+    deliveries_made = []
+    for position, index in enumerate(order):
+        sealed, ts = datagram(index)
+        if position in corrupt:
+            sealed = changed(sealed, [("flip", position * 7919, index)])
+        deliveries_made.append((sealed, ("192.0.2.10", 1000 + position), ts))
+    position, now = 0, receivers_start
+    for size in sizes:
+        batch = deliveries_made[position:position + size]
+        if not batch:
+            break
+        now = max(now, batch[0][2] + jitter[position] + 0.25)
+        pairs = [(sealed, address) for sealed, address, _ in batch]
+        assert receivers.batch(pairs, now) == receivers.reference_batch(pairs, now), position
+        assert receivers.endpoints() == receivers.reference.endpoints
+        position += size
