@@ -27,7 +27,7 @@ RATE_INTERVAL = 60.0  # at most one line per client and kind in this many second
 # client with keepalives off goes silent whenever it is idle.
 SILENT_AFTER = 75.0
 FLAP_WINDOW = 30.0  # seconds over which endpoint changes are counted ...
-FLAP_MOVES = 4  # ... and this many mean a client alternates between places
+FLAP_MOVES = 3  # ... and this many, with a return to a place, mean a client alternates between places
 AUTH_FAILURES_REPORTED = 5  # failed authentications for one client ID within RATE_INTERVAL
 TIME_DROPS_REPORTED = 3  # datagrams outside the time window for one client ID within RATE_INTERVAL
 CLOCK_OFF = 10  # seconds of clock offset worth a line
@@ -39,8 +39,8 @@ INFO, WARNING = logging.INFO, logging.WARNING
 
 
 def duration(seconds: float) -> str:
-    """'45 s', '3 min 20 s', '2 h 5 min', '3 days': for silences and ages."""
-    seconds = int(seconds)
+    """'45 s', '3 min 20 s', '2 h 5 min', '3 days': for silences and ages (at least '1 s')."""
+    seconds = max(int(seconds), 1)
     if seconds < 60:
         return f"{seconds} s"
     if seconds < 3600:
@@ -214,7 +214,10 @@ class EventWatch:
         if moved <= 0:
             return
         recent = sum(count for _, count, _, _ in seen.moves)
-        if recent >= FLAP_MOVES:
+        left = [before for _, _, before, _ in seen.moves]
+        # Back where it was: within a second (two moves or more between ticks), or later.
+        returned = any(count > 1 or after in left[:i] for i, (_, count, _, after) in enumerate(seen.moves))
+        if recent >= FLAP_MOVES and returned:
             if self._allow(peer, "flap", now):
                 places = []
                 for _, _, before, after in seen.moves:
