@@ -3,9 +3,13 @@ the clocks agree, and time drops are counted as time drops (issue 10)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from tests.builders import A_ADDR, A_EP, NOW, SERVER_ADDR, SERVER_EP, ipv4_packet, make_client, make_server
+from vpncrypt.core.wire import KIND_DATA
+
+from tests.builders import A_ADDR, A_EP, NOW, SERVER_ADDR, SERVER_EP, ipv4_packet, make_client, make_server, sender
 
 
 def up(client, server, client_clock, server_clock):
@@ -55,3 +59,17 @@ def test_steps_within_the_rebuildable_range_are_time_drops_not_authentication_fa
     assert not up(client, server, NOW + 2 + step, NOW + 2)
     assert server.drops["outside_time_window"] == 1 and server.drops["auth_failed"] == 0
     assert server.peers[1].time_drops == 1
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug: Peer.refill_failure_credit counts a clock stepped back as negative time, so one failed "
+    "authentication leaves the client ID's credit far below zero, and its genuine datagrams are "
+    "refused (auth_failures_limited) for about as long as the step"))
+@pytest.mark.parametrize("step", [-10, -60, -120])
+def test_one_forged_datagram_after_the_server_clock_stepped_back_shuts_no_client_out(step):
+    server, client = connected()
+    [forged] = sender(key=os.urandom(64)).seal(KIND_DATA, [ipv4_packet(A_ADDR, SERVER_ADDR, b"forged")], NOW + 2)
+    server.datagrams_received([(forged, ("198.51.100.9", 9))], NOW + 2 + step)
+    assert server.drops["auth_failed"] == 1
+    assert up(client, server, NOW + 3, NOW + 3 + step)
+    assert server.drops["auth_failures_limited"] == 0
