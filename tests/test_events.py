@@ -91,7 +91,7 @@ def test_a_config_on_two_machines_is_named_once():
             peer.heard(T0 + second, "192.0.2.2:2")
         said += texts(events.tick(T0 + second, [peer]))
     flapping = [line for line in said if "two machines" in line]
-    assert len(flapping) == 1 and "between 192.0.2.1:1 and 192.0.2.2:2" in flapping[0]
+    assert len(flapping) == 1 and "back and forth (seen at 192.0.2.1:1 and 192.0.2.2:2)" in flapping[0]
     assert len(said) == 1  # no roam lines besides
 
 

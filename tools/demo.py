@@ -86,6 +86,17 @@ def demo(lab: Lab) -> None:
     say("new source address: server now sees", wait_endpoint(vpn, "a", f"{ROUTER_SECOND_ADDRESS}:40002"))
     say("the transfer (paced at 32 Mbit/s)", verdict(source, sink))
 
+    print("\nOperating the running server (vpncrypt show --json, keygen --reload):")
+    client_a = next(c for c in vpn.server_status()["clients"] if c["name"] == "a")
+    say("vpncrypt show: client a", f"{client_a['rx_packets']} packets in, {client_a['tx_packets']} out,"
+                                   f" {client_a['roams']} roams")
+    source, sink = transfer(vpn, a, vpn.server_ns, SERVER, 5005, 8 * MIB, 4 * MIB)
+    vpn.add_client("c", "--reload")
+    say("client c added, server reloaded", f"{len(vpn.server_status()['clients'])} clients")
+    vpn.remove_client("c", "--reload")
+    say("client c removed, server reloaded", f"{len(vpn.server_status()['clients'])} clients")
+    say("a's transfer through both reloads (paced)", verdict(source, sink))
+
     print("\nServer restarts (the clients are left alone):")
     source, sink = transfer(vpn, a, vpn.server_ns, SERVER, 5004, 12 * MIB, 3 * MIB)
     time.sleep(0.8)

@@ -224,10 +224,11 @@ class EventWatch:
                     for place in (before, after):
                         if place is not None and place not in places:
                             places.append(place)
-                listed = " and ".join(places[:3]) + (" and elsewhere" if len(places) < 2 else "")
-                lines.append((WARNING, f"{who} moved {recent} times in {FLAP_WINDOW:.0f} s between {listed}:"
-                             " is its config in use on two machines at once? Each takes the other's place,"
-                             " and most of their traffic is lost"))
+                # Seen once a second only: the other place may never have been caught.
+                seen_at = " and ".join(places[:3])
+                lines.append((WARNING, f"{who} moved {recent} times in {FLAP_WINDOW:.0f} s, back and forth"
+                              f" (seen at {seen_at}): is its config in use on two machines at once? Each takes"
+                              " the other's place, and most of their traffic is lost"))
             return
         if old_endpoint is not None and show(old_endpoint) != show(peer.endpoint) and self._allow(peer, "roam", now):
             held = self.limiter.take_held((peer, "roam"))

@@ -201,6 +201,19 @@ class VpnLab:
     def keygen(self, *args: str) -> subprocess.CompletedProcess:
         return run([str(self.venv_bin / "vpncrypt-keygen"), *args], env=self.env())
 
+    def add_client(self, name: str, *extra: str) -> subprocess.CompletedProcess:
+        """``vpncrypt-keygen client`` for configs/NAME.toml with the server running (``extra``: --reload ...)."""
+        return self.keygen("client", "--server-config", str(self.configs / "server.toml"), "--name", name,
+                           "--out", str(self.configs / f"{name}.toml"), *extra)
+
+    def rotate_client(self, name: str, *extra: str) -> subprocess.CompletedProcess:
+        """A new key for client NAME, into configs/NAME.toml (and its key file)."""
+        return self.keygen("rotate", "--server-config", str(self.configs / "server.toml"), "--name", name,
+                           "--out", str(self.configs / f"{name}.toml"), *extra)
+
+    def remove_client(self, name: str, *extra: str) -> subprocess.CompletedProcess:
+        return self.keygen("remove", "--server-config", str(self.configs / "server.toml"), "--name", name, *extra)
+
     def vpncrypt(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """The ``vpncrypt`` command (show, reload) against the lab's daemons."""
         return run([str(self.venv_bin / "vpncrypt"), *args], check=check, env=self.env())
