@@ -111,6 +111,10 @@ def test_show_and_reloads_with_traffic_running(vpn):
                      prometheus)
     status = vpn.server_status()
     assert sorted(c["name"] for c in status["clients"]) == ["a", "b", "c"]
+    own = json.loads(vpn.vpncrypt("show", "a", "--json").stdout)  # a client daemon answers too
+    assert own["role"] == "client" and own["client_id"] == 1 and own["server"]["endpoint"] == f"{SERVER_UNDERLAY}:{PORT}"
+    assert own["server"]["rx_packets"] >= 300 and own["server"]["last_datagram"] is not None
+    assert "client: a\n  ID: 1, server ID 7" in text  # vpncrypt show: every daemon here
     for name in ("a", "b", "c"):
         key = encode_key(load_client_config(vpn.configs / f"{name}.toml").key)
         assert key not in json.dumps(status) and key not in text and key not in log(vpn)
