@@ -117,6 +117,17 @@ def test_the_directory_is_closed_to_others_and_must_be_ours(run_dir):
             control.bind(control.socket_path("x"))
 
 
+def test_not_root(run_dir):
+    """As another user, the 0700 directory is closed: one line that says what to do."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a directory another user cannot read")
+    run_dir.mkdir(mode=0o700)
+    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(BIN / "vpncrypt"),
+                           "show"], capture_output=True, text=True, timeout=30,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("COVERAGE")})
+    assert done.returncode == 1 and "permission denied (run as root)" in done.stderr, done.stderr
+
+
 def test_nothing_running(run_dir):
     done = subprocess.run([str(BIN / "vpncrypt"), "show"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 1 and "no vpncrypt daemon is running" in done.stderr

@@ -72,6 +72,8 @@ def daemon_names(directory: Path | None = None) -> list[str]:
         entries = list(directory.iterdir())
     except FileNotFoundError:
         return []
+    except PermissionError:
+        raise ControlError(f"{directory}: permission denied (run as root)") from None
     except OSError as error:
         raise ControlError(f"{directory}: {error.strerror}") from None
     return sorted(p.name[: -len(SUFFIX)] for p in entries if p.name.endswith(SUFFIX) and p.is_socket())
