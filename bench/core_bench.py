@@ -27,11 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV  # noqa: E402
 
 from vpncrypt.core.server import ClientEntry, ServerCore  # noqa: E402
+from vpncrypt.core.epochs import DEFAULT_EPOCH_SECONDS, epoch_key  # noqa: E402
 from vpncrypt.core.peer import Peer  # noqa: E402
 from vpncrypt.core.wire import KIND_DATA, TO_SERVER, ad_suffix, encode_header  # noqa: E402
 
 BATCH = 64
 NOW = 1_700_000_000.0
+KEY_EPOCH = int(NOW) // DEFAULT_EPOCH_SECONDS - 1  # the keys are the previous epoch's: one step to derive
 CLIENT_ADDRESS = ipaddress.ip_network("203.0.113.2/32")
 
 
@@ -57,9 +59,9 @@ def measure(size: int, repeats: int, loops: int) -> dict[str, float]:
     packet = inner_packet(size)
     payloads = [packet] * BATCH
     ad = os.urandom(21)
-    bare = AESSIV(key)
+    bare = AESSIV(epoch_key(key, KEY_EPOCH, int(NOW) // DEFAULT_EPOCH_SECONDS))  # the key the peers use at NOW
 
-    client_side = Peer(9, key, server_id=1, send_direction=TO_SERVER, now=NOW)
+    client_side = Peer(9, key, key_epoch=KEY_EPOCH, server_id=1, send_direction=TO_SERVER, now=NOW)
     state = {"now": NOW + 2}
 
     def bare_encrypt() -> list[bytes]:
@@ -68,7 +70,7 @@ def measure(size: int, repeats: int, loops: int) -> dict[str, float]:
     def make_bare_decrypt():
         # The same number of distinct datagrams as the core opens, pre-split
         # into body and AD, so both sides touch the same amount of memory.
-        sender = Peer(9, key, server_id=1, send_direction=TO_SERVER, now=NOW)
+        sender = Peer(9, key, key_epoch=KEY_EPOCH, server_id=1, send_direction=TO_SERVER, now=NOW)
         suffix = ad_suffix(TO_SERVER, 1, int(NOW + 2))
         batches = [[(d[8:], [d[:8] + suffix]) for d in sender.seal(KIND_DATA, payloads, NOW + 2)]
                    for _ in range(loops)]
@@ -84,8 +86,8 @@ def measure(size: int, repeats: int, loops: int) -> dict[str, float]:
     # Open needs fresh counters every loop, so pre-seal enough batches and feed
     # a new server each repeat (a server's replay window accepts each once).
     def make_open():
-        server = ServerCore(1, [ClientEntry(9, key, (CLIENT_ADDRESS,))], NOW)
-        sender = Peer(9, key, server_id=1, send_direction=TO_SERVER, now=NOW)
+        server = ServerCore(1, [ClientEntry(9, key, KEY_EPOCH, (CLIENT_ADDRESS,))], NOW)
+        sender = Peer(9, key, key_epoch=KEY_EPOCH, server_id=1, send_direction=TO_SERVER, now=NOW)
         batches = [[(d, ("192.0.2.2", 5000)) for d in sender.seal(KIND_DATA, payloads, NOW + 2)] for _ in range(loops)]
         it = iter(batches)
         return lambda: server.datagrams_received(next(it), NOW + 2)
@@ -100,7 +102,7 @@ def measure(size: int, repeats: int, loops: int) -> dict[str, float]:
             best = min(best, time.perf_counter() - start)
         return best / (loops * BATCH) * 1e6
 
-    garbage_server = ServerCore(1, [ClientEntry(9, key, (CLIENT_ADDRESS,))], NOW)
+    garbage_server = ServerCore(1, [ClientEntry(9, key, KEY_EPOCH, (CLIENT_ADDRESS,))], NOW)
     real = client_side.seal(KIND_DATA, [packet], NOW + 2)[0]
     garbage = {
         "unknown_client": [(encode_header(KIND_DATA, int(NOW), 4242, 1) + real[8:], None)] * BATCH,

@@ -31,11 +31,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from vpncrypt.core.epochs import DEFAULT_EPOCH_SECONDS  # noqa: E402
 from vpncrypt.core.peer import Peer  # noqa: E402
 from vpncrypt.core.server import ClientEntry, ServerCore  # noqa: E402
 from vpncrypt.core.wire import KIND_DATA, TO_SERVER, encode_header  # noqa: E402
 
 NOW = 1_800_000_000.0
+KEY_EPOCH = int(NOW) // DEFAULT_EPOCH_SECONDS - 1  # the keys are the previous epoch's: one step to derive
 BATCH = 64
 SAMPLE = 4096
 PREFIX = ipaddress.IPv6Address("2001:db8:7::")
@@ -60,7 +62,7 @@ def best(fn, repeats: int = 5) -> float:
 
 
 def measure(clients: int, keys: list[bytes]) -> dict:
-    entries = [ClientEntry(i, keys[i], (ipaddress.ip_network(f"{address(i)}/128"),)) for i in range(clients)]
+    entries = [ClientEntry(i, keys[i], KEY_EPOCH, (ipaddress.ip_network(f"{address(i)}/128"),)) for i in range(clients)]
     gc.collect()
     tracemalloc.start()
     server = ServerCore(1, entries, NOW)
@@ -71,7 +73,7 @@ def measure(clients: int, keys: list[bytes]) -> dict:
     picks = [rng.randrange(clients) for _ in range(SAMPLE)]
     # Every client sends a first keepalive (so the server knows its endpoint
     # and has its replay window allocated), from a sender of its own.
-    senders = {i: Peer(i, keys[i], server_id=1, send_direction=TO_SERVER, now=NOW) for i in set(picks)}
+    senders = {i: Peer(i, keys[i], key_epoch=KEY_EPOCH, server_id=1, send_direction=TO_SERVER, now=NOW) for i in set(picks)}
     server.datagrams_received([(d, ("192.0.2.9", 4000 + i)) for i, s in senders.items()
                                for d in s.seal(0x12, [b""], NOW + 2)], NOW + 2)
     rounds = []
@@ -124,7 +126,7 @@ def reject_cost(server: ServerCore, batch: list) -> float:
 
 
 def garbage(server: ServerCore, keys: list[bytes]) -> dict:
-    peer = Peer(5, keys[5], server_id=1, send_direction=TO_SERVER, now=NOW)
+    peer = Peer(5, keys[5], key_epoch=KEY_EPOCH, server_id=1, send_direction=TO_SERVER, now=NOW)
     real = peer.seal(KIND_DATA, [packet_from(5)], NOW + 2)[0]
     cases = {
         "stale_time": encode_header(KIND_DATA, int(NOW) - 300, 5, 1) + real[8:],
@@ -150,7 +152,7 @@ def main() -> int:
         del server
         rows.append(row)
     # Unknown client: a table with one ID free.
-    entries = [ClientEntry(i, keys[i], (ipaddress.ip_network(f"{address(i)}/128"),)) for i in range(1, 65536)]
+    entries = [ClientEntry(i, keys[i], KEY_EPOCH, (ipaddress.ip_network(f"{address(i)}/128"),)) for i in range(1, 65536)]
     almost_full = ServerCore(1, entries, NOW)
     unknown = [(encode_header(KIND_DATA, int(NOW), 0, 1) + bytes(100), ("192.0.2.9", 1))] * BATCH
     rows[-1]["reject_unknown_client_us"] = reject_cost(almost_full, unknown)

@@ -13,9 +13,11 @@ import re
 import struct
 from pathlib import Path
 
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from hypothesis import strategies as st
 
 from vpncrypt.core.client import ClientCore
+from vpncrypt.core.epochs import DEFAULT_EPOCH_SECONDS, epoch_key
 from vpncrypt.core.inner import PartialChecksumPacket
 from vpncrypt.core.peer import Peer
 from vpncrypt.core.replay import WINDOW
@@ -25,6 +27,8 @@ from vpncrypt.tun.offload import F_NEEDS_CSUM, VNET_HEADER, ipv4_header_checksum
 
 NOW = 1_800_000_000.0  # a fixed clock: the core never reads the real one
 SERVER_ID = 0x5EC0_0001
+# The epoch the test keys belong to: the one before NOW's, so every core derives a step.
+KEY_EPOCH = int(NOW) // 3600 - 1
 MASK = 2**32 - 1  # the 32-bit counter
 
 
@@ -107,21 +111,28 @@ KEY_A, KEY_B = os.urandom(64), os.urandom(64)
 
 def make_server(now=NOW, **options) -> ServerCore:
     clients = [
-        ClientEntry(1, KEY_A, (net(A_ADDR + "/32"), net("2001:db8::2/128")), "a"),
-        ClientEntry(2, KEY_B, (net(B_ADDR + "/32"), net("2001:db8:b::/64")), "b"),
+        ClientEntry(1, KEY_A, KEY_EPOCH, (net(A_ADDR + "/32"), net("2001:db8::2/128")), "a"),
+        ClientEntry(2, KEY_B, KEY_EPOCH, (net(B_ADDR + "/32"), net("2001:db8:b::/64")), "b"),
     ]
     return ServerCore(SERVER_ID, clients, now, **options)
 
 
 def make_client(client_id=1, key=KEY_A, now=NOW, **options) -> ClientCore:
     return ClientCore(
-        client_id, key, server_id=SERVER_ID, server_endpoint=SERVER_EP,
+        client_id, key, key_epoch=KEY_EPOCH, server_id=SERVER_ID, server_endpoint=SERVER_EP,
         routes=[net("203.0.113.0/24"), net("2001:db8::/32")], now=now, **options,
     )
 
 
 def sender(client_id=1, key=KEY_A, now=NOW, direction=TO_SERVER, server_id=SERVER_ID, counter=None) -> Peer:
-    return Peer(client_id, key, server_id=server_id, send_direction=direction, now=now, initial_counter=counter)
+    return Peer(client_id, key, key_epoch=KEY_EPOCH, server_id=server_id, send_direction=direction, now=now,
+                initial_counter=counter)
+
+
+def epoch_aead(key: bytes, timestamp: float) -> AESSIV:
+    """The AES-SIV context that opens what a Peer built on ``key`` (of KEY_EPOCH)
+    sealed at ``timestamp``."""
+    return AESSIV(epoch_key(key, KEY_EPOCH, int(timestamp) // DEFAULT_EPOCH_SECONDS))
 
 
 def seal_from_a(payloads, now=NOW + 5, peer=None):
@@ -254,3 +265,12 @@ def make_partial(packet: bytes) -> PartialChecksumPacket:
     partial[field:field + 2] = pseudo_header_sum(packet, 4 if v4 else 6, len(packet) - ip_len, packet[9 if v4 else 6]
                                                  ).to_bytes(2, "big")
     return PartialChecksumPacket(bytes(partial))
+
+
+def install_client_keys(directory) -> None:
+    """Move the client key files keygen wrote beside the configs in ``directory``
+    into this machine's state directory ($STATE_DIRECTORY, set per test), as an
+    operator copies them onto each client."""
+    target = Path(os.environ["STATE_DIRECTORY"])
+    for key_file in Path(directory).glob("*.keys.json"):
+        key_file.replace(target / key_file.name)

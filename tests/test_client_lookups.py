@@ -14,7 +14,7 @@ SERVER_EP = ("192.0.2.1", 51820)
 
 
 def client_core() -> ClientCore:
-    return ClientCore(1, bytes(64), server_id=7, server_endpoint=SERVER_EP, routes=[], now=1.8e9)
+    return ClientCore(1, bytes(64), key_epoch=500_000, server_id=7, server_endpoint=SERVER_EP, routes=[], now=1.8e9)
 
 
 def run_lookups(core: ClientCore, answers: list) -> ServerLookups:

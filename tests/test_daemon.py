@@ -21,14 +21,15 @@ from vpncrypt.tun.memory import MemoryTun
 from tests.builders import ipv4_packet
 
 KEY = os.urandom(64)
+KEY_EPOCH = int(time.time()) // 3600 - 1  # the key of the previous hour: a step to derive
 
 
 async def exchange(count: int) -> tuple[list[bytes], list[bytes], dict, dict]:
     now = time.time()
-    server_core = ServerCore(3, [ClientEntry(1, KEY, (ipaddress.ip_network("203.0.113.2/32"),), "a")], now)
+    server_core = ServerCore(3, [ClientEntry(1, KEY, KEY_EPOCH, (ipaddress.ip_network("203.0.113.2/32"),), "a")], now)
     server_transport = open_server_transport("127.0.0.1", 0)
     port = server_transport.sock.getsockname()[1]
-    client_core = ClientCore(1, KEY, server_id=3, server_endpoint=("127.0.0.1", port),
+    client_core = ClientCore(1, KEY, key_epoch=KEY_EPOCH, server_id=3, server_endpoint=("127.0.0.1", port),
                              routes=[ipaddress.ip_network("203.0.113.0/24")], now=now)
     server_tun, client_tun = MemoryTun("s"), MemoryTun("c")
     server = Daemon(server_tun, server_transport, server_core)
@@ -170,7 +171,7 @@ def test_keepalives_keep_their_pace_when_the_wall_clock_is_stepped_back():
         listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         listener.bind(("127.0.0.1", 0))
         listener.setblocking(False)
-        core = ClientCore(1, KEY, server_id=3, server_endpoint=listener.getsockname(),
+        core = ClientCore(1, KEY, key_epoch=KEY_EPOCH, server_id=3, server_endpoint=listener.getsockname(),
                           routes=[ipaddress.ip_network("203.0.113.0/24")], now=clock(), keepalive_interval=0.2)
         transport = open_client_transport(socket.AF_INET)
         tun = MemoryTun("k")

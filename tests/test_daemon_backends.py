@@ -26,6 +26,7 @@ from vpncrypt.transport.options import NO_OPTIONS
 from vpncrypt.transport.udp import open_client_transport, open_server_transport
 
 KEY = os.urandom(64)
+KEY_EPOCH = int(time.time()) // 3600 - 1  # the key of the previous hour: a step to derive
 BACKENDS = {  # opens the device with its fake kernel; that OS's AF_INET6 header
     "freebsd": (lambda: freebsd_over_socketpair("vc0"), FREEBSD_INET6),
     "darwin": (lambda: darwin_over_socketpair("utun"), DARWIN_INET6),
@@ -56,10 +57,10 @@ async def frames_from(peer: socket.socket, deadline: float) -> list[bytes]:
 async def ping_through(server_os: str, client_os: str, version: int):
     now = time.time()
     addresses = tuple(ipaddress.ip_network(CLIENT[v]) for v in (4, 6))
-    server_core = ServerCore(3, [ClientEntry(1, KEY, addresses, "a")], now)
+    server_core = ServerCore(3, [ClientEntry(1, KEY, KEY_EPOCH, addresses, "a")], now)
     server_transport = open_server_transport("127.0.0.1", 0, options=NO_OPTIONS)
     port = server_transport.sock.getsockname()[1]
-    client_core = ClientCore(1, KEY, server_id=3, server_endpoint=("127.0.0.1", port), now=now,
+    client_core = ClientCore(1, KEY, key_epoch=KEY_EPOCH, server_id=3, server_endpoint=("127.0.0.1", port), now=now,
                              routes=[ipaddress.ip_network("203.0.113.0/24"), ipaddress.ip_network("2001:db8:7::/64")])
     client_transport = open_client_transport(socket.AF_INET, options=NO_OPTIONS)
     (server_tun, server_kernel, _), server_inet6 = BACKENDS[server_os][0](), BACKENDS[server_os][1]

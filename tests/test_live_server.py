@@ -16,17 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from vpncrypt import control
+from vpncrypt import control, key_store
 from vpncrypt.cli import keygen
 from vpncrypt.config import ConfigError, load_client_config, load_server_config
 from vpncrypt.core.client import ClientCore
+from vpncrypt.core.keys import encode_key
 from vpncrypt.core.server import ServerCore
 from vpncrypt.daemon import Daemon
 from vpncrypt.server import LiveServer, client_routes, tunnel_spec
 from vpncrypt.transport.udp import open_client_transport, open_server_transport
 from vpncrypt.tun.memory import MemoryTun
 
-from tests.builders import ipv4_packet
+from tests.builders import install_client_keys, ipv4_packet
 
 BIN = Path(sys.executable).parent
 
@@ -48,6 +49,7 @@ def configs(tmp_path) -> Path:
     for client_id, name in ((1, "a"), (2, "b")):
         assert keygen.main(["client", "--server-config", str(server), "--name", name,
                             "--out", str(directory / f"{name}.toml"), "--client-id", str(client_id)]) == 0
+    install_client_keys(directory)
     return directory
 
 
@@ -83,7 +85,8 @@ async def with_server(configs: Path, body, runs: Runs | None = None):
     live = LiveServer(config, core, daemon, name="server", interface="vpncrypt0", run=runs or Runs())
     server_control.handlers = live.handlers()
     a = load_client_config(configs / "a.toml")
-    client_core = ClientCore(a.client_id, a.key, server_id=7, server_endpoint=("127.0.0.1", port),
+    client_core = ClientCore(a.client_id, a.key, key_epoch=a.key_epoch, epoch_seconds=a.epoch_seconds, server_id=7,
+                             server_endpoint=("127.0.0.1", port),
                              routes=a.allowed_sources, now=now)
     client_tun = MemoryTun("c")
     client_transport = open_client_transport(socket.AF_INET)
@@ -139,7 +142,7 @@ def test_show_reports_each_client_and_never_a_key(configs, run_dir):
     for done in (as_json, text, prometheus):
         for name in ("a", "b"):
             key_text = load_client_config(configs / f"{name}.toml").key
-            assert keygen.encode_key(key_text) not in done.stdout
+            assert encode_key(key_text) not in done.stdout
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -202,11 +205,13 @@ def test_clients_added_removed_and_rekeyed_live(configs, run_dir):
         kept = live.core.peers[1]
         assert keygen.main(["client", "--server-config", str(path), "--name", "c",
                             "--out", str(configs / "c.toml")]) == 0
+        install_client_keys(configs)
         added = await live.reload()
         after_add = dict(live.core.peers)
-        text = path.read_text()
-        b_key = load_client_config(configs / "b.toml").key
-        path.write_text(text.replace(keygen.encode_key(b_key), keygen.encode_key(os.urandom(64))))
+        store = key_store.store_path(live.config.state_directory, "server")
+        table = key_store.load(store)
+        table.keys[2] = (table.keys[2][0], os.urandom(64))  # client b re-keyed in the store, as rotate does
+        key_store.write(store, table)
         rekeyed = await live.reload()
         after_rekey = dict(live.core.peers)
         time_window = live.core.time_window
@@ -315,6 +320,7 @@ def test_keygen_changes_reach_the_running_server_in_one_step(configs, run_dir):
 
     async def body(live, client):
         added = await in_thread(keygen_reload, "client", "--name", "c", "--out", str(configs / "c.toml"))
+        install_client_keys(configs)
         c_id = load_client_config(configs / "c.toml").client_id
         with_c = sorted(live.core.peers)
         a_peer = live.core.peers[1]
@@ -328,5 +334,7 @@ def test_keygen_changes_reach_the_running_server_in_one_step(configs, run_dir):
         assert done.returncode == 0, done.stderr
         assert "server 'server' reloaded: " in done.stdout
     assert with_c == sorted([1, 2, c_id]) and after == [1, 2]
-    assert rotated_peer is not a_peer and rotated_peer.key == load_client_config(configs / "a.toml").key
+    install_client_keys(configs)
+    a_config = load_client_config(configs / "a.toml")
+    assert rotated_peer is not a_peer and rotated_peer.keys.same_chain(a_config.key, a_config.key_epoch)
     assert "re-keyed 'a'" in rotated.stdout and "removed 'c'" in removed.stdout

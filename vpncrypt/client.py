@@ -12,13 +12,13 @@ import socket
 import time
 from typing import Any
 
-from . import control, netconfig
+from . import control, key_store, netconfig
 from .config import ClientConfig, parse_endpoint
 from .core.client import ClientCore
-from .restart_state import RestartStore
 from .daemon import Daemon, run_until_signalled, tunnel_and_transport
 from .events import EventWatch
-from .transport import format_endpoint
+from .restart_state import RestartStore
+from .transport import format_endpoint, socket_options
 from .transport.udp import open_client_transport
 
 log = logging.getLogger("vpncrypt.client")
@@ -179,17 +179,23 @@ def run_client(config: ClientConfig) -> int:
         config.client_id, config.key, server_id=config.server_id, server_endpoint=endpoint,
         routes=config.allowed_sources, now=time.time(), time_window=config.time_window,
         keepalive_interval=config.keepalive, mtu=config.mtu,
+        key_epoch=config.key_epoch, epoch_seconds=config.epoch_seconds,
         restart_bounds=saved if saved is not None else {}, restart_state_lost=saved is None,
     )
     spec = tunnel_spec(config, endpoint)
     # With the default route in the tunnel, the tunnel's own datagrams are marked to keep the main table's.
-    open_transport = functools.partial(open_client_transport, family, fwmark=config.fwmark if spec.full_tunnel else 0)
+    # Where the platform marks packets (SO_MARK), a full tunnel's own datagrams
+    # carry the mark that keeps them on the main table's routes; elsewhere the
+    # plan keeps a host route to the server outside the tunnel instead.
+    marked = spec.full_tunnel and socket_options().mark is not None
+    open_transport = functools.partial(open_client_transport, family, fwmark=config.fwmark if marked else 0)
     name = config.path.stem
     control_server = control.ControlServer.bind(control.socket_path(name))
     try:
         with tunnel_and_transport(spec, config.offload, open_transport) as (tun, transport):
             daemon = Daemon(tun, transport, core, status=lambda: client_status(core), control=control_server,
-                            restart_store=store)
+                            restart_store=store,
+                            key_store_path=key_store.store_path(config.state_directory, config.path.stem))
             control_server.handlers = LiveClient(config, core, daemon, name=name, interface=tun.name).handlers()
             log.info("client %r (ID %d) to server %s, interface %s",
                      config.name, config.client_id, format_endpoint(endpoint), tun.name)

@@ -1,8 +1,10 @@
 """Server and client configuration: TOML files, checked strictly, with one-line errors.
 
 Every mistake an operator can make in a file (unknown key, wrong type, bad
-address, duplicate ID or address, wrong key length, loose permissions) raises
-ConfigError with a message naming the file and the field, never the key.
+address, duplicate ID or address, loose permissions, a client without a key
+in the key store) raises ConfigError with a message naming the file and the
+field, never the key. The keys themselves are not in the config files but in
+the key store (key_store.py), which the loaders read beside them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from .core.inner import Network
 from .core.server import ClientEntry
-from .core.keys import decode_key
+from . import key_store
 from .core.wire import DEFAULT_TIME_WINDOW, MAX_CLIENT_ID, MAX_TIME_WINDOW
 
 DEFAULT_PORT = 51820
@@ -28,7 +30,16 @@ DEFAULT_KEEPALIVE = 25
 # numbers the routing table that route goes into ("vc"; wg-quick uses 51820).
 DEFAULT_FWMARK = 0x7663
 DEFAULT_RESOLVE_INTERVAL = 60  # seconds between lookups of a server given by name
-DEFAULT_STATE_DIRECTORY = "/var/lib/vpncrypt"  # restart bounds (restart_state.py), no keys
+DEFAULT_STATE_DIRECTORY = "/var/lib/vpncrypt"
+
+
+def default_state_directory() -> str:
+    """Where the restart bounds (restart_state.py) and the key store
+    (key_store.py) go unless the config says: systemd's StateDirectory= names
+    it in $STATE_DIRECTORY (the first, if several), else DEFAULT_STATE_DIRECTORY."""
+    return (os.environ.get("STATE_DIRECTORY") or DEFAULT_STATE_DIRECTORY).split(":")[0]
+VERSION_1_KEY = ("keys are no longer in config files (protocol version 2): delete this line and give the client"
+                 " a new key with: vpncrypt-keygen rotate --name NAME")
 
 
 class ConfigError(Exception):
@@ -49,11 +60,12 @@ class ServerConfig:
     client_to_client: bool
     offload: bool
     clients: tuple[ClientEntry, ...]  # as the core takes them
-    state_directory: Path = Path(DEFAULT_STATE_DIRECTORY)
+    state_directory: Path = field(default_factory=lambda: Path(default_state_directory()))
     # Client IDs and addresses of removed clients, which keygen gives to no new
     # client until the operator deletes them from [retired]; the server ignores them.
     retired_client_ids: frozenset[int] = frozenset()
     retired_addresses: tuple[Network, ...] = ()
+    epoch_seconds: int = 3600  # from the key store: the length of a key epoch
 
 
 @dataclass(frozen=True)
@@ -61,7 +73,9 @@ class ClientConfig:
     path: Path
     name: str
     client_id: int
-    key: bytes = field(repr=False)
+    key: bytes = field(repr=False)  # from the key store: the key of epoch key_epoch
+    key_epoch: int
+    epoch_seconds: int
     server: str
     server_id: int
     addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]
@@ -73,7 +87,7 @@ class ClientConfig:
     offload: bool
     fwmark: int
     resolve_interval: float
-    state_directory: Path = Path(DEFAULT_STATE_DIRECTORY)
+    state_directory: Path = field(default_factory=lambda: Path(default_state_directory()))
 
     @property
     def allowed_sources(self) -> tuple[Network, ...]:
@@ -118,7 +132,7 @@ class _Section:
 
     def directory(self, key: str) -> Path:
         """An absolute directory path (it need not exist yet)."""
-        text = self.get(key, str, DEFAULT_STATE_DIRECTORY)
+        text = self.get(key, str, default_state_directory())
         if not text.startswith("/"):
             raise self.fail(key, f"must be an absolute path, not {text!r}")
         return Path(text)
@@ -151,11 +165,10 @@ class _Section:
             raise self.fail(key, "must be a list of strings")
         return values
 
-    def key(self) -> bytes:
-        try:
-            return decode_key(self.get("key", str))
-        except ValueError as error:
-            raise self.fail("key", str(error)) from None
+    def refuse_key(self) -> None:
+        """A version-1 ``key`` line: say where keys are now."""
+        if "key" in self.table:
+            raise self.fail("key", VERSION_1_KEY)
 
     def interfaces(self, key: str) -> tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]:
         result = []
@@ -212,7 +225,17 @@ def _check_overlaps(path: Path, owners: list[tuple[Network, str]]) -> None:
                 raise ConfigError(f"{path}: address {network} of {owner} overlaps {other} of {other_owner}")
 
 
-def load_server_config(path: str | os.PathLike) -> ServerConfig:
+def read_keys(path: Path, state_directory: Path) -> key_store.KeyTable:
+    """The key store of the daemon configured by ``path``; raises ConfigError."""
+    try:
+        return key_store.load(key_store.store_path(state_directory, path.stem))
+    except key_store.KeyStoreError as error:
+        raise ConfigError(str(error)) from None
+
+
+def load_server_config(path: str | os.PathLike, keys: key_store.KeyTable | None = None) -> ServerConfig:
+    """The server's config with each client's key from ``keys``, or from the key
+    store in its state directory if None. Raises ConfigError."""
     path = Path(path)
     data = read_toml(path)
     top = _Section(path, "file", data, {"server", "client", "retired"})
@@ -232,6 +255,8 @@ def load_server_config(path: str | os.PathLike) -> ServerConfig:
     except ValueError:
         raise server.fail("listen_address", f"{listen_address!r} is not an IP address") from None
     tunnel = server.interfaces("tunnel")
+    state_directory = server.directory("state_directory")
+    key_table = keys if keys is not None else read_keys(path, state_directory)
     clients: list[ClientEntry] = []
     seen_ids: dict[int, str] = {}
     seen_names: set[str] = set()
@@ -251,7 +276,12 @@ def load_server_config(path: str | os.PathLike) -> ServerConfig:
         if not addresses:
             raise section.fail("addresses", "needs at least one address")
         owners.extend((network, f"client {name!r}") for network in addresses)
-        clients.append(ClientEntry(client_id, section.key(), addresses, name))
+        section.refuse_key()
+        if client_id not in key_table.keys:
+            raise section.fail("client_id", f"has no key in the key store of {path.name} (in {state_directory}):"
+                                            f" give it one with: vpncrypt-keygen rotate --name {name}")
+        key_epoch, key = key_table.keys[client_id]
+        clients.append(ClientEntry(client_id, key, key_epoch, addresses, name))
     _check_overlaps(path, owners)
     return ServerConfig(
         path=path,
@@ -267,7 +297,8 @@ def load_server_config(path: str | os.PathLike) -> ServerConfig:
         offload=server.get("offload", bool, True),
         clients=tuple(clients),
         **_retired(path, top),
-        state_directory=server.directory("state_directory"),
+        state_directory=state_directory,
+        epoch_seconds=key_table.epoch_seconds,
     )
 
 
@@ -280,7 +311,9 @@ def _retired(path: Path, top: _Section) -> dict[str, Any]:
     return {"retired_client_ids": frozenset(ids), "retired_addresses": retired.networks("addresses", [])}
 
 
-def load_client_config(path: str | os.PathLike) -> ClientConfig:
+def load_client_config(path: str | os.PathLike, keys: key_store.KeyTable | None = None) -> ClientConfig:
+    """The client's config with its key from ``keys``, or from the key store
+    in its state directory if None. Raises ConfigError."""
     path = Path(path)
     data = read_toml(path)
     top = _Section(path, "file", data, {"client"})
@@ -299,11 +332,21 @@ def load_client_config(path: str | os.PathLike) -> ClientConfig:
     resolve_interval = client.get("resolve_interval", float, float(DEFAULT_RESOLVE_INTERVAL))
     if not (resolve_interval == 0 or 1 <= resolve_interval <= 86400):
         raise client.fail("resolve_interval", f"must be 0 (never) or from 1 to 86400 seconds, not {resolve_interval:g}")
+    client.refuse_key()
+    client_id = client.integer("client_id", 0, MAX_CLIENT_ID)
+    state_directory = client.directory("state_directory")
+    table = keys if keys is not None else read_keys(path, state_directory)
+    if client_id not in table.keys:
+        raise ConfigError(f"{path}: the key store of {path.name} (in {state_directory}) has no key for client ID"
+                          f" {client_id}: copy this client's .keys.json from its server's operator there")
+    key_epoch, key = table.keys[client_id]
     return ClientConfig(
         path=path,
         name=client.get("name", str, path.stem),
-        client_id=client.integer("client_id", 0, MAX_CLIENT_ID),
-        key=client.key(),
+        client_id=client_id,
+        key=key,
+        key_epoch=key_epoch,
+        epoch_seconds=table.epoch_seconds,
         server=server,
         server_id=client.integer("server_id", 0, 2**32 - 1),
         addresses=client.interfaces("addresses"),
@@ -315,5 +358,5 @@ def load_client_config(path: str | os.PathLike) -> ClientConfig:
         offload=client.get("offload", bool, True),
         fwmark=client.integer("fwmark", 1, 2**32 - 1, DEFAULT_FWMARK),
         resolve_interval=resolve_interval,
-        state_directory=client.directory("state_directory"),
+        state_directory=state_directory,
     )

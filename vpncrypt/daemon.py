@@ -19,9 +19,10 @@ import json
 import logging
 import signal
 import time
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
 
-from . import netconfig
+from . import key_store, netconfig
 from .control import ControlServer, RequestError
 from .core import Core
 from .restart_state import RestartStore
@@ -107,6 +108,7 @@ class Daemon:
         reload: Callable[[], Awaitable[Any]] | None = None,
         tick: Callable[[float], None] | None = None,
         restart_store: RestartStore | None = None,
+        key_store_path: Path | None = None,
     ) -> None:
         self.tun = tun
         self.transport = transport
@@ -123,6 +125,7 @@ class Daemon:
         self.reload = reload
         self.tick = tick
         self.restart_store = restart_store
+        self.key_store_path = key_store_path
         self._save_due: asyncio.TimerHandle | None = None
         self._last_save = float("-inf")  # monotonic seconds
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -142,28 +145,42 @@ class Daemon:
                 self.transport.send(to_network)
             if len(datagrams) < BATCH:
                 break
-        if self.restart_store is not None and self._save_due is None and self.core.bounds_to_save() is not None:
-            # Coalesced: one write serves every peer that asked in the meantime.
-            delay = max(0.0, self._last_save + SAVE_INTERVAL - time.monotonic())
-            self._save_due = asyncio.get_running_loop().call_later(delay, self._save_restart_bounds)
+        self._schedule_save()
         self._arm_timer_if_earlier()
 
-    def _save_restart_bounds(self) -> None:
-        """Write the bounds the core asked for, then let it rely on them and
-        deliver what waited (core/restart.py). A failed write is logged and retried."""
-        self._save_due = None
-        table = self.core.bounds_to_save()
-        if table is None or self.restart_store is None:
+    def _schedule_save(self) -> None:
+        """Coalesced: one write serves everything asked for in the meantime."""
+        if self._save_due is not None:
             return
+        wanted = (self.restart_store is not None and self.core.bounds_to_save() is not None) or (
+            self.key_store_path is not None and self.core.keys_to_save() is not None)
+        if wanted:
+            delay = max(0.0, self._last_save + SAVE_INTERVAL - time.monotonic())
+            self._save_due = asyncio.get_running_loop().call_later(delay, self._save_state)
+
+    def _save_state(self) -> None:
+        """Write what the core asked for: the keys that moved forward (erasing
+        the old ones from disk, key_store.py), and the restart bounds, then let
+        it rely on them and deliver what waited (core/restart.py). A failed
+        write is logged and retried."""
+        self._save_due = None
         self._last_save = time.monotonic()
         try:
-            self.restart_store.save(table)
-        except OSError as error:
-            log.warning("cannot save the restart state to %s (%s); retrying in %gs",
-                        self.restart_store.path, error.strerror, SAVE_RETRY)
-            self._save_due = asyncio.get_running_loop().call_later(SAVE_RETRY, self._save_restart_bounds)
+            keys = self.core.keys_to_save() if self.key_store_path is not None else None
+            if keys is not None:
+                key_store.advance(self.key_store_path, keys)  # type: ignore[arg-type]
+                self.core.keys_saved()
+            bounds = self.core.bounds_to_save() if self.restart_store is not None else None
+            if bounds is not None:
+                self.restart_store.save(bounds)  # type: ignore[union-attr]
+        except (OSError, key_store.KeyStoreError) as error:
+            log.warning("cannot save the state (%s); retrying in %gs", getattr(error, "strerror", None) or error,
+                        SAVE_RETRY)
+            self._save_due = asyncio.get_running_loop().call_later(SAVE_RETRY, self._save_state)
             return
-        to_tun, to_network = self.core.bounds_saved(table, self.clock())
+        if bounds is None:
+            return
+        to_tun, to_network = self.core.bounds_saved(bounds, self.clock())
         if to_tun:
             self.tun_refused += self.tun.write_batch(to_tun)
         if to_network:
@@ -209,6 +226,7 @@ class Daemon:
         to_network = self.core.handle_timer(now)
         if to_network:
             self.transport.send(to_network)
+        self._schedule_save()
         self._arm_timer(self.core.next_timer())
 
     def status(self) -> dict[str, Any]:
@@ -274,6 +292,7 @@ class Daemon:
         self._drop_summary = loop.call_later(DROP_SUMMARY_INTERVAL, self._summarize_drops, loop)
         self._tick_handle = loop.call_later(TICK_INTERVAL, self._ticked)
         self._arm_timer(self.core.next_timer())
+        self._schedule_save()  # what the core moved on at start (keys) is written at once
         try:
             if self.control is not None:
                 await self.control.start()

@@ -16,13 +16,14 @@ import signal
 import time
 from typing import Any, Callable
 
-from . import control, netconfig
+from . import control, key_store, netconfig
 from .config import ConfigError, ServerConfig, load_server_config
+from .core.epochs import same_chain
 from .core.inner import Network
 from .core.server import ServerCore
-from .restart_state import RestartStore
 from .daemon import Daemon, run_until_signalled, tunnel_and_transport
 from .events import EventWatch
+from .restart_state import RestartStore
 from .transport import format_endpoint
 from .transport.udp import open_server_transport
 
@@ -39,7 +40,7 @@ def build_core(config: ServerConfig, now: float, restart_bounds: dict[int, int] 
     bounds read back from disk (None: none were there)."""
     return ServerCore(
         config.server_id, config.clients, now, time_window=config.time_window,
-        client_to_client=config.client_to_client, mtu=config.mtu,
+        client_to_client=config.client_to_client, mtu=config.mtu, epoch_seconds=config.epoch_seconds,
         restart_bounds=restart_bounds if restart_bounds is not None else {},
         restart_state_lost=restart_bounds is None,
     )
@@ -88,7 +89,8 @@ def describe_changes(old: ServerConfig, new: ServerConfig) -> str:
     parts = []
     added = [after[i].name for i in after if i not in before]
     removed = [before[i].name for i in before if i not in after]
-    rekeyed = [after[i].name for i in after if i in before and after[i].key != before[i].key]
+    rekeyed = [after[i].name for i in after if i in before and not same_chain(
+        after[i].key, after[i].key_epoch, before[i].key, before[i].key_epoch)]
     moved = [after[i].name for i in after if i in before and after[i].addresses != before[i].addresses]
     renamed = [f"{before[i].name!r} to {after[i].name!r}" for i in after
                if i in before and after[i].name != before[i].name]
@@ -289,7 +291,8 @@ def run_server(config: ServerConfig) -> int:
         listen = functools.partial(open_server_transport, config.listen_address, config.port)
         with tunnel_and_transport(tunnel_spec(config), config.offload, listen) as (tun, transport):
             daemon = Daemon(tun, transport, core, status=lambda: server_status(core), control=control_server,
-                            restart_store=store)
+                            restart_store=store,
+                            key_store_path=key_store.store_path(config.state_directory, config.path.stem))
             live = LiveServer(config, core, daemon, name=name, interface=tun.name)
             control_server.handlers = live.handlers()
             log.info(

@@ -3,6 +3,7 @@ for every configuration mistake (no root needed: configs are checked before any 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -15,6 +16,8 @@ import pytest
 
 from vpncrypt.config import load_client_config, load_server_config
 from vpncrypt.core.keys import encode_key
+
+from tests.builders import install_client_keys
 
 BIN = Path(sys.executable).parent
 
@@ -31,6 +34,7 @@ def configs(tmp_path) -> Path:
         done = run("vpncrypt-keygen", "client", "--server-config", "server.toml", "--name", name,
                    "--out", f"{name}.toml", "--client-id", str(client_id), cwd=tmp_path)
         assert done.returncode == 0, done.stderr
+    install_client_keys(tmp_path)
     return tmp_path
 
 
@@ -53,6 +57,7 @@ def test_keygen_keeps_the_server_file_mode_and_takes_a_given_address(configs):
     os.chmod(configs / "server.toml", 0o400)
     done = run("vpncrypt-keygen", "client", "--server-config", "server.toml", "--name", "carol",
                "--out", "carol.toml", "--address", "203.0.113.77", cwd=configs)
+    install_client_keys(configs)
     assert done.returncode == 0, done.stderr
     assert stat.S_IMODE((configs / "server.toml").stat().st_mode) == 0o400
     assert str(load_client_config(configs / "carol.toml").addresses[0]) == "203.0.113.77/24"
@@ -127,17 +132,26 @@ def test_broken_server_config(configs, old, new, message):
     assert "Traceback" not in done.stderr
 
 
-def test_wrong_key_length_does_not_show_the_key(configs):
+def test_a_broken_key_store_is_named_and_never_shows_the_key(configs):
+    store = Path(os.environ["STATE_DIRECTORY"]) / "alice.keys.json"
+    text = store.read_text()
+    key = json.loads(text)["keys"]["1"]["key"]
     short = encode_key(b"k" * 32)
+    for broken in (short, "not base64!"):
+        store.write_text(text.replace(key, broken))
+        done = run("vpncrypt-client", "--config", "alice.toml", "--dry-run", cwd=configs)
+        assert done.returncode == 2 and f"{store}: not a valid key store" in done.stderr
+        assert broken not in done.stderr and key not in done.stderr and "Traceback" not in done.stderr
+    store.chmod(0o644)
+    done = run("vpncrypt-client", "--config", "alice.toml", "--dry-run", cwd=configs)
+    assert done.returncode == 2 and "chmod 600" in done.stderr
+
+
+def test_a_version_1_config_with_a_key_line_says_where_keys_are_now(configs):
     text = (configs / "alice.toml").read_text()
-    key_line = next(line for line in text.splitlines() if line.startswith("key = "))
-    (configs / "alice.toml").write_text(text.replace(key_line, f'key = "{short}"'))
+    (configs / "alice.toml").write_text(text.replace("[client]\n", '[client]\nkey = "old"\n'))
     done = run("vpncrypt-client", "--config", "alice.toml", "--dry-run", cwd=configs)
-    assert done.returncode == 2 and "key must be 64 bytes" in done.stderr
-    assert short not in done.stderr
-    (configs / "alice.toml").write_text(text.replace(key_line, 'key = "not base64!"'))
-    done = run("vpncrypt-client", "--config", "alice.toml", "--dry-run", cwd=configs)
-    assert done.returncode == 2 and "not valid base64" in done.stderr
+    assert done.returncode == 2 and "keys are no longer in config files" in done.stderr
 
 
 @pytest.mark.parametrize("old, new, message", [
@@ -174,15 +188,20 @@ def test_missing_privileges_are_explained(configs):
         # As root: run as nobody, with a config nobody owns (and so may read).
         home = Path(tempfile.mkdtemp())
         try:
-            shutil.copy(configs / "server.toml", home / "server.toml")
-            for path in (home, home / "server.toml"):
+            text = (configs / "server.toml").read_text().replace(os.environ["STATE_DIRECTORY"], str(home / "state"))
+            (home / "server.toml").write_text(text)
+            os.chmod(home / "server.toml", 0o600)
+            shutil.copytree(os.environ["STATE_DIRECTORY"], home / "state")  # its key store
+            for path in (home, home / "server.toml", home / "state", *(home / "state").iterdir()):
                 os.chown(path, 65534, 65534)
+            environment = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE")}
+            environment["STATE_DIRECTORY"] = str(home / "state")
             done = subprocess.run(
                 ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
                  str(BIN / "vpncrypt-server"), "--config", "server.toml"],
                 capture_output=True, text=True, cwd=home, timeout=60,
                 # nobody cannot write coverage data: measure nothing in this child.
-                env={k: v for k, v in os.environ.items() if not k.startswith("COVERAGE")},
+                env=environment,
             )
         finally:
             shutil.rmtree(home)

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from vpncrypt import control
+from vpncrypt import control, key_store
 from vpncrypt.cli import keygen
 from vpncrypt.config import load_client_config, load_server_config
 from vpncrypt.core.keys import encode_key
+
+from tests.builders import install_client_keys
 
 BIN = Path(sys.executable).parent
 HAND_EDITED = """# vpncrypt server configuration, kept by hand as well.
@@ -42,14 +44,16 @@ def keygen_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def add(directory: Path, name: str, *extra: str) -> int:
     assert keygen.main(["client", "--server-config", str(directory / "server.toml"), "--name", name,
                         "--out", str(directory / f"{name}.toml"), *extra]) == 0
+    install_client_keys(directory)
     return load_client_config(directory / f"{name}.toml").client_id
 
 
 @pytest.fixture
-def server(tmp_path) -> Path:
+def server(tmp_path, state_directory) -> Path:
     path = tmp_path / "server.toml"
     path.write_text(HAND_EDITED)
     path.chmod(0o600)
+    key_store.write(key_store.store_path(state_directory, "server"), key_store.KeyTable(3600))  # as keygen server does
     return path
 
 
@@ -87,7 +91,8 @@ def test_removing_a_client_takes_its_lines_and_its_comment_and_retires_its_id(se
     after = server.read_text()
     removed = [line for line in changed_lines(before, after) if line.startswith("-")]
     assert removed[0] == "- # Bob's phone, since May" and '- name = "b"  # Bob' in removed
-    assert len(removed) == 7 and removed[-1] == "- "  # comment, header, four keys, the blank line after them
+    assert len(removed) == 6 and removed[-1] == "- "  # comment, header, three keys, the blank line after them
+    assert b not in key_store.load(key_store.store_path(directory / "state", "server")).keys  # nor its key
     assert "# Carol\n[[client]]\nname = \"c\"" in after and after.rstrip().endswith("]")
     assert "# the end" in after
     config = load_server_config(server)
@@ -114,26 +119,27 @@ def test_remove_with_reuse_retires_nothing(server):
     assert "retired" not in server.read_text() and load_server_config(server).clients == ()
 
 
-def test_rotate_changes_the_key_line_only_and_keeps_the_clients_own_settings(server):
+def test_rotate_changes_the_key_only_and_keeps_every_file_line(server):
     directory = server.parent
     client_id = add(directory, "laptop")
     add(directory, "phone")
     client_file = directory / "laptop.toml"
     client_file.write_text(client_file.read_text().replace("routes = []", 'routes = ["192.0.2.0/24"]  # office'))
     old_key = load_client_config(client_file).key
-    before = server.read_text()
+    before, client_before = server.read_text(), client_file.read_text()
     assert keygen.main(["rotate", "--server-config", str(server), "--name", "laptop", "--out", str(client_file)]) == 0
-    changes = changed_lines(before, server.read_text())
-    assert len(changes) == 2 and all(line[2:].startswith("key = ") for line in changes)
+    # The keys are in the key stores, so neither config changes at all.
+    assert server.read_text() == before and client_file.read_text() == client_before
+    assert stat.S_IMODE((directory / "laptop.keys.json").stat().st_mode) == 0o600
+    install_client_keys(directory)
     rotated = load_client_config(client_file)
     assert rotated.key != old_key and rotated.client_id == client_id
-    assert 'routes = ["192.0.2.0/24"]  # office' in client_file.read_text()
     entry = next(c for c in load_server_config(server).clients if c.name == "laptop")
-    assert entry.key == rotated.key and entry.client_id == client_id
-    assert stat.S_IMODE(client_file.stat().st_mode) == 0o600
+    assert entry.key == rotated.key and entry.key_epoch == rotated.key_epoch and entry.client_id == client_id
     # A new file for it, written afresh: same ID and addresses, with the tunnel prefix.
     assert keygen.main(["rotate", "--server-config", str(server), "--name", "laptop",
                         "--out", str(directory / "laptop-new.toml")]) == 0
+    install_client_keys(directory)
     fresh = load_client_config(directory / "laptop-new.toml")
     assert fresh.client_id == client_id and fresh.key != rotated.key
     assert [str(a) for a in fresh.addresses] == [str(a) for a in rotated.addresses] == [
@@ -167,6 +173,7 @@ def test_list_names_clients_and_never_a_key(server):
 def test_odd_names_make_valid_toml_the_server_takes(server, name):
     add_args = ["client", "--server-config", str(server), "--name", name, "--out", str(server.parent / "x.toml")]
     assert keygen.main(add_args) == 0
+    install_client_keys(server.parent)
     assert load_server_config(server).clients[0].name == name
     assert load_client_config(server.parent / "x.toml").name == name
 
@@ -212,6 +219,7 @@ def test_two_runs_at_once_lose_no_client(server):
     config = load_server_config(server)
     assert sorted(c.name for c in config.clients) == sorted(f"c{i}" for i in range(8))
     assert len({c.client_id for c in config.clients}) == 8
+    install_client_keys(directory)
     for i in range(8):
         own = load_client_config(directory / f"c{i}.toml")
         assert next(c for c in config.clients if c.name == f"c{i}").key == own.key
@@ -228,7 +236,8 @@ def test_a_held_lock_makes_a_second_run_wait_then_give_up(server, monkeypatch):
 
 def keygen_args(server: Path, name: str):
     return type("Args", (), {"server_config": str(server), "name": name, "out": str(server.parent / f"{name}.toml"),
-                             "address": None, "client_id": None, "reload": False})()
+                             "address": None, "client_id": None, "reload": False, "key_out": None,
+                             "client_state_directory": None})()
 
 
 def test_reload_without_a_running_server_says_so_and_keeps_the_change(server, tmp_path, monkeypatch):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.builders import install_client_keys
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RC_SCRIPTS = [ROOT / "freebsd" / "vpncrypt_server", ROOT / "freebsd" / "vpncrypt_client"]
@@ -29,9 +31,13 @@ def configs(tmp_path) -> Path:
     done = run("vpncrypt-keygen", "client", "--server-config", "server.toml", "--name", "alice",
                "--out", "alice.toml", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    install_client_keys(tmp_path)
     text = (tmp_path / "alice.toml").read_text()
     assert "routes = []" in text
     (tmp_path / "full.toml").write_text(text.replace("routes = []", 'routes = ["0.0.0.0/0", "::/0"]'))
+    state = Path(os.environ["STATE_DIRECTORY"])
+    (state / "full.keys.json").write_bytes((state / "alice.keys.json").read_bytes())
+    os.chmod(state / "full.keys.json", 0o600)
     os.chmod(tmp_path / "full.toml", 0o600)
     return tmp_path
 

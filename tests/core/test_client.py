@@ -6,6 +6,7 @@ from __future__ import annotations
 from vpncrypt.core.client import ClientCore
 
 from tests.builders import (
+    KEY_EPOCH,
     A_ADDR, A_EP, KEY_A, NOW, SERVER_ADDR, SERVER_EP, SERVER_ID, ipv4_packet, make_client, make_server, net,
     seal_from_a,
 )
@@ -15,7 +16,7 @@ def test_datagram_from_server_is_not_accepted_by_the_client_of_another_server():
     server = make_server()
     server.datagrams_received([(seal_from_a([ipv4_packet(A_ADDR, SERVER_ADDR)])[0], A_EP)], NOW + 5)
     [(datagram, _)] = server.tun_packets_received([ipv4_packet(SERVER_ADDR, A_ADDR)], NOW + 5)
-    other = ClientCore(1, KEY_A, server_id=SERVER_ID + 1, server_endpoint=SERVER_EP,
+    other = ClientCore(1, KEY_A, key_epoch=KEY_EPOCH, server_id=SERVER_ID + 1, server_endpoint=SERVER_EP,
                        routes=[net("203.0.113.0/24")], now=NOW)
     assert other.datagrams_received([(datagram, SERVER_EP)], NOW + 5).to_tun == []
     assert other.drops["auth_failed"] == 1 and other.server.auth_failures == 1
@@ -52,7 +53,8 @@ def test_client_keepalive_timer():
 def test_client_keepalive_off():
     client = make_client(keepalive_interval=0)
     assert len(client.handle_timer(NOW)) == 1  # one at start, even so
-    assert client.next_timer() is None and client.handle_timer(NOW + 1000) == []
+    # Only the keys' next step is due, and it sends nothing.
+    assert client.next_timer() == client.key_timer.due and client.handle_timer(NOW + 1000) == []
 
 
 def test_a_server_looked_up_again_moves_only_when_its_address_is_gone():

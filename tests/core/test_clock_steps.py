@@ -61,10 +61,6 @@ def test_steps_within_the_rebuildable_range_are_time_drops_not_authentication_fa
     assert server.peers[1].time_drops == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: Peer.refill_failure_credit counts a clock stepped back as negative time, so one failed "
-    "authentication leaves the client ID's credit far below zero, and its genuine datagrams are "
-    "refused (auth_failures_limited) for about as long as the step"))
 @pytest.mark.parametrize("step", [-10, -60, -120])
 def test_one_forged_datagram_after_the_server_clock_stepped_back_shuts_no_client_out(step):
     server, client = connected()

@@ -2,27 +2,48 @@
 
 ``vpncrypt.core.receive.open_datagrams``, as ServerCore and ClientCore call it (their
 own call, watched), inlines its checks for speed; here it must decide exactly what
-docs/PROTOCOL.md section 5 decides, as assembled from the reference parts:
-``wire.open_datagram`` for length, kind, time and authentication, a
-``replay.ReplayWindow`` driven only through ``check`` and ``commit``, and the checks on
-the inner packet (step 8) written out with ``ipaddress``. The same datagrams go to
-both: each must be accepted with the same payload (and the same partial-checksum mark)
-or dropped for the same reason, and endpoints must move alike.
+docs/PROTOCOL.md (version 2) section 5 decides, as assembled from the reference parts:
+``wire.open_datagram`` for length, kind, time and authentication, with the key of the
+timestamp's epoch from ``epochs.epoch_key`` (section 1.1), a ``replay.ReplayWindow``
+driven only through ``check`` and ``commit``, and the checks on the inner packet
+(step 10) written out with ``ipaddress``. The same datagrams go to both: each must be
+accepted with the same payload (and the same partial-checksum mark) or dropped for the
+same reason, endpoints must move alike, and a server must pick the same datagrams to
+answer with its time.
+
+Version 2's rules that are not in ``wire.open_datagram`` the reference states itself:
+
+- A client takes time answers (kind 0x24) aside before any check (sections 5, 7.1):
+  they never reach open_datagrams. What the client makes of them is
+  test_time_answer.py's; here it must only count each, once.
+- Step 4 on a server (section 7.1): a datagram from a known client outside the time
+  window, whose epoch's key the server holds, is authenticated at most once per
+  TIME_ANSWER_INTERVAL per client, and only with failure credit left. If authentic it
+  is answered (and still dropped, outside_time_window, the endpoint unmoved); if not,
+  it counts as auth_failed and spends credit.
+- Step 6, the failure budget: a token bucket per client ID, FAILURE_BURST failures at
+  once, then FAILURE_RATE a second, spent by every authentication failure, the time
+  answer's too. An ID without credit has its datagrams refused unopened
+  (auth_failures_limited), after the replay window and before the cipher.
+- Step 7: an epoch whose key the receiver no longer holds (its configured key is of a
+  later epoch, or the key of ``start - 512``'s epoch replaced it) is
+  outside_time_window.
 
 Single datagrams go to fresh receivers, started long before, so that their replay
 windows accept whatever the time window lets through; sequences go to one receiver,
-with a clock that does not go back (a clock stepped back is test_clock_steps.py's).
-The cores keep no restart state here, and no client ID fails authentication often
-enough to be limited (FAILURE_BURST): those drops are not the reference's.
+with a clock that does not go back (a clock stepped back is test_clock_steps.py's,
+and the budget's refill across one too). The cores keep no restart state here, and
+no key timer runs: a receiver holds the keys it started with.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import struct
 from collections import Counter
-from typing import Any
+from typing import Any, NamedTuple
 from unittest import mock
 
 import pytest
@@ -34,24 +55,27 @@ from vpncrypt.core import client as client_module
 from vpncrypt.core import drops as reasons
 from vpncrypt.core import server as server_module
 from vpncrypt.core.client import ClientCore
+from vpncrypt.core.epochs import DEFAULT_EPOCH_SECONDS, epoch_key, next_epoch_key
 from vpncrypt.core.inner import PartialChecksumPacket
-from vpncrypt.core.receive import open_datagrams
+from vpncrypt.core.peer import FAILURE_BURST, FAILURE_RATE
+from vpncrypt.core.receive import TIME_ANSWER_INTERVAL, open_datagrams
 from vpncrypt.core.replay import REORDERED, REPLAYED, SUPERSEDED, TOO_OLD, WINDOW, ReplayWindow
 from vpncrypt.core.server import ClientEntry, ServerCore
 from vpncrypt.core.wire import (
-    DEFAULT_TIME_WINDOW, KIND_DATA, KIND_DATA_PARTIAL, KIND_KEEPALIVE, MAX_DATAGRAM, OVERHEAD, TIMESTAMP_MOD,
-    TO_CLIENT, TO_SERVER, Rejected, decode_header, open_datagram, seal_datagram,
+    DEFAULT_TIME_WINDOW, KIND_DATA, KIND_DATA_PARTIAL, KIND_KEEPALIVE, KIND_TIME_ANSWER, KINDS, MAX_DATAGRAM,
+    OVERHEAD, TIME_ANSWER_PAYLOAD, TIMESTAMP_MOD, TO_CLIENT, TO_SERVER, VERSION_1_KINDS, Rejected, decode_header,
+    open_datagram, seal_datagram,
 )
 
 from tests.builders import (
-    A_ADDR, B_ADDR, KEY_A, KEY_B, LATE_ARRIVALS, MASK, NOW, SERVER_ADDR, SERVER_EP, SERVER_ID, ipv4_packet,
-    ipv6_packet, long_run_with_late_arrivals, net, sender, spec_vectors,
+    A_ADDR, B_ADDR, KEY_A, KEY_B, KEY_EPOCH, LATE_ARRIVALS, MASK, NOW, SERVER_ADDR, SERVER_EP, SERVER_ID,
+    ipv4_packet, ipv6_packet, long_run_with_late_arrivals, net, sender, spec_vectors,
 )
 
 START = NOW - 1000  # receivers start long before: their floor refuses nothing the time window lets in
 CLIENTS = (
-    ClientEntry(1, KEY_A, (net(A_ADDR + "/32"), net("2001:db8::2/128")), "a"),
-    ClientEntry(2, KEY_B, (net(B_ADDR + "/32"), net("2001:db8:b::/64")), "b"),
+    ClientEntry(1, KEY_A, KEY_EPOCH, (net(A_ADDR + "/32"), net("2001:db8::2/128")), "a"),
+    ClientEntry(2, KEY_B, KEY_EPOCH, (net(B_ADDR + "/32"), net("2001:db8:b::/64")), "b"),
 )
 ROUTES = (net("203.0.113.0/24"), net("2001:db8::/32"))  # where a client lets its server send from
 OTHER_KEY = os.urandom(64)
@@ -59,7 +83,14 @@ SOURCE = ("192.0.2.10", 40000)
 DIRECTIONS = pytest.mark.parametrize("direction", [TO_SERVER, TO_CLIENT], ids=["to server", "to client"])
 
 ACCEPTED, DROPPED = "accepted", "dropped"
+ASIDE = ("aside",)  # the verdict on a time answer to a client: taken aside, never opened here
 WINDOW_DROPS = {REPLAYED: reasons.REPLAYED, TOO_OLD: reasons.COUNTER_TOO_OLD, SUPERSEDED: reasons.SUPERSEDED}
+
+
+@functools.lru_cache(maxsize=None)
+def epoch_cipher(key: bytes, key_epoch: int, epoch: int) -> AESSIV:
+    """The AES-SIV context of ``epoch``, from ``key``, the key of ``key_epoch`` (section 1.1)."""
+    return AESSIV(epoch_key(key, key_epoch, epoch))
 
 
 class CipherReached(Exception):
@@ -74,70 +105,131 @@ class NoCipher:
 class Reference:
     """A receiver as docs/PROTOCOL.md section 5 lists its checks, from the reference parts.
 
-    ``owned``: client ID -> (key, networks it may send from). A server moves a
-    client's endpoint to where its newest datagram came from; a client keeps its
-    server's address from the config (``follow_source``). ``max_datagram``: the
-    cores refuse datagrams longer than their MTU + 24 as bad_length too."""
+    ``owned``: client ID -> (key, the epoch of that key, networks it may send from). A
+    server moves a client's endpoint to where its newest datagram came from, and
+    answers a client whose clock is off; a client keeps its server's address from the
+    config (``follow_source``) and takes time answers aside. ``max_datagram``: the
+    cores refuse datagrams longer than their MTU + 24 as bad_length too.
+    ``answers``: (client ID, timestamp, counter, address) of each datagram a server
+    answered with its time, in order."""
 
     def __init__(self, direction: int, server_id: int, owned: dict, start: float, time_window: int,
-                 endpoints: dict, max_datagram: int) -> None:
+                 endpoints: dict, max_datagram: int, epoch_seconds: int) -> None:
         self.direction, self.server_id, self.time_window = direction, server_id, time_window
-        self.follow_source, self.max_datagram = direction == TO_SERVER, max_datagram
-        self.ciphers = {client_id: AESSIV(key) for client_id, (key, _) in owned.items()}
+        self.is_server = self.follow_source = direction == TO_SERVER
+        self.max_datagram, self.epoch_seconds = max_datagram, epoch_seconds
+        self.keys = {client_id: (key, key_epoch) for client_id, (key, key_epoch, _) in owned.items()}
+        # 1.1: an end holds the key of the epoch of now - 512 (at start) and derives later ones;
+        # a key configured for a later epoch is all it has.
+        erased_before = (int(start) - TIMESTAMP_MOD // 2) // epoch_seconds
+        self.oldest = {client_id: max(key_epoch, erased_before) for client_id, (_, key_epoch) in self.keys.items()}
         self.windows = {client_id: ReplayWindow(floor=int(start) + 1) for client_id in owned}
-        self.sources = [(network, client_id) for client_id, (_, networks) in owned.items() for network in networks]
+        self.sources = [(network, client_id) for client_id, (_, _, networks) in owned.items() for network in networks]
         self.endpoints = dict(endpoints)
+        self.credit = {client_id: float(FAILURE_BURST) for client_id in owned}
+        self.credit_time = {client_id: start for client_id in owned}
+        self.answer_due = {client_id: float("-inf") for client_id in owned}
+        self.answers: list[tuple] = []
 
     def _open(self, cipher, datagram: bytes, now: float, time_window: int):
         return open_datagram(cipher, datagram, direction=self.direction, server_id=self.server_id, now=now,
                              time_window=time_window)
 
+    def cipher(self, client_id: int, ts: int) -> AESSIV | None:
+        """The context of ``ts``'s epoch, or None if this receiver has erased its key."""
+        epoch = ts // self.epoch_seconds
+        if epoch < self.oldest[client_id]:
+            return None
+        return epoch_cipher(*self.keys[client_id], epoch)
+
+    def credit_left(self, client_id: int, now: float) -> bool:
+        """6: the bucket, refilled for the time since it was last looked at, holds a failure."""
+        earned = max(0.0, now - self.credit_time[client_id]) * FAILURE_RATE
+        self.credit[client_id] = min(float(FAILURE_BURST), self.credit[client_id] + earned)
+        self.credit_time[client_id] = now
+        return self.credit[client_id] >= 1
+
     def offer(self, datagram: bytes, address: Any, now: float) -> tuple:
-        # 1, 2: length and kind. The reference checks time next, but the client ID
-        # comes first (3): ask it with a window no rebuilt timestamp is outside of
-        # (they lie within 512 s of now) and a cipher it must not get to.
+        # 0: a client takes time answers aside first, whatever their length.
+        if not self.is_server and datagram and datagram[0] >> 2 == KIND_TIME_ANSWER:
+            return ASIDE
+        # 1: length, the MTU's bound included.
+        if len(datagram) > self.max_datagram:
+            return DROPPED, reasons.BAD_LENGTH
+        # 1, 2: length and kind (old_version for version 1's). The reference checks time
+        # next, but the client ID comes first (3): ask it with a window no rebuilt
+        # timestamp is outside of (they lie within 512 s of now) and a cipher it must
+        # not get to; the AD it would have used holds the full timestamp.
         try:
             self._open(NoCipher(), datagram, now, TIMESTAMP_MOD // 2)
         except Rejected as rejected:
             return DROPPED, rejected.reason
-        except CipherReached:
-            pass
-        if len(datagram) > self.max_datagram:
-            return DROPPED, reasons.BAD_LENGTH
+        except CipherReached as reached:
+            ts = int.from_bytes(reached.args[0][13:21], "big")
         header = decode_header(datagram)
-        cipher = self.ciphers.get(header.client_id)
-        if cipher is None:
+        client_id = header.client_id
+        if client_id not in self.windows:
             return DROPPED, reasons.UNKNOWN_CLIENT
-        # 4: time, still without the cipher; the AD it would have used holds the full timestamp.
+        # 4: time, still without the cipher.
         try:
             self._open(NoCipher(), datagram, now, self.time_window)
         except Rejected as rejected:
-            return DROPPED, rejected.reason
-        except CipherReached as reached:
-            ts = int.from_bytes(reached.args[0][13:21], "big")
+            assert rejected.reason == reasons.OUTSIDE_TIME_WINDOW
+            return DROPPED, self.time_answer(datagram, ts, address, now)
+        except CipherReached:
+            pass
         # 5: the replay window, checked without changing it.
-        window = self.windows[header.client_id]
+        window = self.windows[client_id]
         verdict = window.check(ts, header.counter)
         if verdict < 0:
             return DROPPED, WINDOW_DROPS[verdict]
-        # 6: authenticate and decrypt.
+        # 6: the failure budget.
+        if not self.credit_left(client_id, now):
+            return DROPPED, reasons.AUTH_FAILURES_LIMITED
+        # 7: authenticate and decrypt, with the key of the timestamp's epoch.
+        cipher = self.cipher(client_id, ts)
+        if cipher is None:
+            return DROPPED, reasons.OUTSIDE_TIME_WINDOW
         try:
             _, opened_ts, payload = self._open(cipher, datagram, now, self.time_window)
         except Rejected as rejected:
+            assert rejected.reason == reasons.AUTH_FAILED
+            self.credit[client_id] -= 1
             return DROPPED, rejected.reason
         assert opened_ts == ts
-        # 7: only now, state; the newest datagram moves the endpoint.
+        # 8: no restart state here. 9: only now, state; the newest datagram moves the endpoint.
         window.commit(ts, header.counter, verdict)
         if verdict != REORDERED and self.follow_source:
-            self.endpoints[header.client_id] = address
+            self.endpoints[client_id] = address
         if header.kind == KIND_KEEPALIVE:
             return ACCEPTED, b"", False
         partial = header.kind == KIND_DATA_PARTIAL
-        reason = self.inner_reason(payload, header.client_id, partial)
+        reason = self.inner_reason(payload, client_id, partial)
         return (DROPPED, reason) if reason else (ACCEPTED, payload, partial)
 
+    def time_answer(self, datagram: bytes, ts: int, address: Any, now: float) -> str:
+        """4, on a server (section 7.1): the drop reason of a datagram outside the time
+        window, perhaps authenticated first, and answered if authentic."""
+        header = decode_header(datagram)
+        client_id = header.client_id
+        if not self.is_server or now < self.answer_due[client_id]:
+            return reasons.OUTSIDE_TIME_WINDOW
+        cipher = self.cipher(client_id, ts)
+        if cipher is None or not self.credit_left(client_id, now):
+            return reasons.OUTSIDE_TIME_WINDOW
+        self.answer_due[client_id] = now + TIME_ANSWER_INTERVAL
+        try:
+            # As a receiver whose clock read ts would open it: the rebuilt timestamp in the AD.
+            self._open(cipher, datagram, ts, 0)
+        except Rejected as rejected:
+            assert rejected.reason == reasons.AUTH_FAILED
+            self.credit[client_id] -= 1
+            return reasons.AUTH_FAILED
+        self.answers.append((client_id, ts, header.counter, address))
+        return reasons.OUTSIDE_TIME_WINDOW
+
     def inner_reason(self, packet: bytes, client_id: int, partial: bool) -> str | None:
-        """8: an IPv4 or IPv6 packet from an address the sender owns (the longest prefix
+        """10: an IPv4 or IPv6 packet from an address the sender owns (the longest prefix
         decides). For the partial-checksum kind (section 2, and inner.checksum_location),
         TCP or UDP right after an IP header of at least 20 bytes, whole: not a fragment,
         the IP length no more than what arrived, and past the checksum field."""
@@ -162,14 +254,29 @@ class Reference:
         return None
 
 
-CALLS: list[tuple[list, Counter]] = []  # what open_datagrams delivered and counted, per call
+class Opened(NamedTuple):
+    """One call of open_datagrams: how many datagrams it was given, what it delivered,
+    (payload, partial mark) in order, what it counted, and which datagrams it picked to
+    answer with the server's time, (client ID, timestamp, counter, address)."""
+
+    offered: int
+    delivered: list
+    counted: Counter
+    answered: list
 
 
-def watched_open_datagrams(*args: Any, **kwargs: Any) -> list:
-    drops = kwargs["drops"]
-    before = Counter(drops)
-    opened = open_datagrams(*args, **kwargs)
-    CALLS.append(([(bytes(packet), type(packet) is PartialChecksumPacket) for _, packet in opened], drops - before))
+CALLS: list[Opened] = []
+
+
+def watched_open_datagrams(datagrams: Any, *args: Any, **kwargs: Any) -> list:
+    datagrams = list(datagrams)
+    drops, skewed = kwargs["drops"], kwargs.get("skewed")
+    before, answers_before = Counter(drops), len(skewed) if skewed is not None else 0
+    opened = open_datagrams(datagrams, *args, **kwargs)
+    answered = [(peer.client_id, ts, counter, address)
+                for peer, ts, counter, address in (skewed or [])[answers_before:]]
+    delivered = [(bytes(packet), type(packet) is PartialChecksumPacket) for _, packet in opened]
+    CALLS.append(Opened(len(datagrams), delivered, drops - before, answered))
     return opened
 
 
@@ -187,63 +294,85 @@ class Receivers:
     that client, and its server may send from ROUTES."""
 
     def __init__(self, direction: int, *, clients: tuple = (), server_id: int = SERVER_ID, start: float = START,
-                 time_window: int = DEFAULT_TIME_WINDOW, **options: Any) -> None:
+                 time_window: int = DEFAULT_TIME_WINDOW, epoch_seconds: int = DEFAULT_EPOCH_SECONDS,
+                 **options: Any) -> None:
         if direction == TO_SERVER:
             clients = clients or CLIENTS
-            self.core = ServerCore(server_id, clients, start, time_window=time_window, **options)
-            owned = {entry.client_id: (entry.key, entry.addresses) for entry in clients}
+            self.core = ServerCore(server_id, clients, start, time_window=time_window, epoch_seconds=epoch_seconds,
+                                   **options)
+            owned = {entry.client_id: (entry.key, entry.key_epoch, entry.addresses) for entry in clients}
         else:
             [entry] = clients or CLIENTS[:1]
-            self.core = ClientCore(entry.client_id, entry.key, server_id=server_id, server_endpoint=SERVER_EP,
-                                   routes=ROUTES, now=start, time_window=time_window, **options)
-            owned = {entry.client_id: (entry.key, ROUTES)}
+            self.core = ClientCore(entry.client_id, entry.key, key_epoch=entry.key_epoch, server_id=server_id,
+                                   server_endpoint=SERVER_EP, routes=ROUTES, now=start, time_window=time_window,
+                                   epoch_seconds=epoch_seconds, **options)
+            owned = {entry.client_id: (entry.key, entry.key_epoch, ROUTES)}
         self.reference = Reference(direction, server_id, owned, start, time_window, self.endpoints(),
-                                   self.core.max_datagram)
+                                   self.core.max_datagram, epoch_seconds)
+        self.answered: list = []  # what the last same_verdict was answered with
 
     def endpoints(self) -> dict:
         core = self.core
         peers = core.peers if isinstance(core, ServerCore) else {core.server.client_id: core.server}
         return {client_id: peer.endpoint for client_id, peer in peers.items()}
 
-    def batch(self, datagrams: list, now: float) -> tuple[list, Counter]:
-        """What the core's one call of open_datagrams delivered, (payload, partial mark)
-        in order, and what it counted; what the core does with them after (routing) is
-        not looked at."""
+    def batch(self, datagrams: list, now: float) -> Opened:
+        """What the core's one call of open_datagrams was given, delivered, counted and
+        picked to answer; what the core does with them after (routing, sealing the
+        answers) is not looked at."""
         CALLS.clear()
         self.core.datagrams_received(datagrams, now)
         [call] = CALLS
         return call
 
-    def reference_batch(self, datagrams: list, now: float) -> tuple[list, Counter]:
-        delivered, counted = [], Counter()
+    def reference_batch(self, datagrams: list, now: float) -> Opened:
+        offered, delivered, counted, answers = 0, [], Counter(), len(self.reference.answers)
         for datagram, address in datagrams:
             verdict = self.reference.offer(datagram, address, now)
+            if verdict == ASIDE:
+                continue
+            offered += 1
             if verdict[0] == DROPPED:
                 counted[verdict[1]] += 1
             elif decode_header(datagram).kind != KIND_KEEPALIVE:
                 delivered.append(verdict[1:])
-        return delivered, counted
+        return Opened(offered, delivered, counted, self.reference.answers[answers:])
 
     def same_verdict(self, datagram: bytes, now: float = NOW, address: Any = SOURCE) -> tuple:
-        """Offer one datagram to both; they must agree. Returns the verdict."""
-        delivered, counted = self.batch([(datagram, address)], now)
-        assert len(delivered) + sum(counted.values()) <= 1
-        if counted:
+        """Offer one datagram to both; they must agree, and pick it for a time answer
+        alike (``answered``). Returns the verdict."""
+        drops_before = Counter(self.core.drops)
+        offered, delivered, counted, self.answered = self.batch([(datagram, address)], now)
+        assert len(delivered) + sum(counted.values()) <= offered <= 1
+        if not offered:
+            verdict = ASIDE
+            # The client counts it, once: too long or short for an answer, or one to nothing it sent.
+            assert Counter(self.core.drops) - drops_before == Counter(
+                {reasons.BAD_LENGTH if len(datagram) != OVERHEAD + TIME_ANSWER_PAYLOAD
+                 else reasons.UNEXPECTED_TIME_ANSWER: 1})
+        elif counted:
             [reason] = counted
             verdict = (DROPPED, reason)
         elif delivered:
             verdict = (ACCEPTED, *delivered[0])
         else:
             verdict = (ACCEPTED, b"", False)  # a keepalive: nothing to deliver, nothing counted
+        answers = len(self.reference.answers)
         expected = self.reference.offer(datagram, address, now)
         assert verdict == expected, (datagram.hex(), now)
+        assert self.answered == self.reference.answers[answers:], (datagram.hex(), now)
         assert self.endpoints() == self.reference.endpoints
         return verdict
 
 
 def seal(kind: int = KIND_DATA, payload: bytes = b"", *, client_id: int = 1, key: bytes = KEY_A, counter: int = 1000,
-         ts: int = int(NOW), direction: int = TO_SERVER, server_id: int = SERVER_ID) -> bytes:
-    return seal_datagram(AESSIV(key), kind, client_id, counter, ts, direction, server_id, payload)
+         ts: int = int(NOW), direction: int = TO_SERVER, server_id: int = SERVER_ID, key_epoch: int = KEY_EPOCH,
+         epoch_seconds: int = DEFAULT_EPOCH_SECONDS, epoch: int | None = None) -> bytes:
+    """A datagram as the reference seals it: with the key of its timestamp's epoch (or
+    of ``epoch``, to forge), derived from ``key``, the key of ``key_epoch``."""
+    epoch = ts // epoch_seconds if epoch is None else epoch
+    return seal_datagram(epoch_cipher(key, key_epoch, epoch), kind, client_id, counter, ts, direction, server_id,
+                         payload)
 
 
 def tcp(source: str, destination: str, body: bytes = b"data") -> bytes:
@@ -283,13 +412,16 @@ INNER = [  # what client 1 might send, or its server send to it
 
 @DIRECTIONS
 def test_data_and_keepalives_as_the_cores_seal_them(direction):
+    # NOW begins an epoch: a second before it the sender seals with its key as
+    # configured (KEY_EPOCH), from NOW with the next one, derived.
     peer = sender(direction=direction, now=START)
     seen = set()
-    for payload in INNER:
-        [datagram] = peer.seal(KIND_DATA, [payload], NOW)
-        seen.add(Receivers(direction).same_verdict(datagram)[:2])
-    [keepalive] = peer.seal(KIND_KEEPALIVE, [b""], NOW)
-    assert Receivers(direction).same_verdict(keepalive) == (ACCEPTED, b"", False)
+    for when in (NOW - 1, NOW):
+        for payload in INNER:
+            [datagram] = peer.seal(KIND_DATA, [payload], when)
+            seen.add(Receivers(direction).same_verdict(datagram)[:2])
+        [keepalive] = peer.seal(KIND_KEEPALIVE, [b""], when)
+        assert Receivers(direction).same_verdict(keepalive) == (ACCEPTED, b"", False)
     # Both kinds of inner drop come up, and accepted packets.
     assert {verdict[0] for verdict in seen} == {ACCEPTED, DROPPED}
     assert {reasons.INNER_MALFORMED, reasons.INNER_SOURCE_NOT_ALLOWED} <= {verdict[1] for verdict in seen}
@@ -297,29 +429,45 @@ def test_data_and_keepalives_as_the_cores_seal_them(direction):
 
 @pytest.mark.parametrize("vector", spec_vectors(), ids=lambda vector: vector["name"])
 def test_every_vector_of_the_spec(vector):
-    key, payload = bytes.fromhex(vector["key"]), bytes.fromhex(vector["payload"])
+    payload, kind = bytes.fromhex(vector["payload"]), int(vector["kind"], 16)
     client_id, ts = int(vector["client_id"]), int(vector["timestamp"])
     direction, server_id = int(vector["direction"], 16), int(vector["server_id"])
+    epoch, epoch_seconds = int(vector["epoch"]), int(vector["epoch_seconds"])
     datagram = bytes.fromhex(vector["datagram"])
     now = ts + 0.5
+    # The receiver may hold the key the vector's is derived from, or the vector's own.
+    root = (bytes.fromhex(vector["root_key"]), int(vector["root_epoch"]))
+    own = (bytes.fromhex(vector["key"]), epoch)
 
-    def receivers(direction=direction, server_id=server_id, client_id=client_id, time_window=DEFAULT_TIME_WINDOW):
-        clients = (ClientEntry(client_id, key, (net(A_ADDR + "/32"), net("2001:db8::2/128"))),)
-        return Receivers(direction, clients=clients, server_id=server_id, start=now - 1000, time_window=time_window)
+    def receivers(direction=direction, server_id=server_id, client_id=client_id, time_window=DEFAULT_TIME_WINDOW,
+                  key=root):
+        clients = (ClientEntry(client_id, *key, (net(A_ADDR + "/32"), net("2001:db8::2/128"))),)
+        return Receivers(direction, clients=clients, server_id=server_id, start=now - 1000, time_window=time_window,
+                         epoch_seconds=epoch_seconds)
 
-    verdict = receivers().same_verdict(datagram, now)
-    if payload:
-        assert verdict == (ACCEPTED, payload, int(vector["kind"], 16) == KIND_DATA_PARTIAL)
-    elif int(vector["kind"], 16) == KIND_KEEPALIVE:
-        assert verdict == (ACCEPTED, b"", False)
-    else:
-        assert verdict == (DROPPED, reasons.INNER_MALFORMED)  # an empty data packet
+    reflected = TO_CLIENT if direction == TO_SERVER else TO_SERVER
+    if kind == KIND_TIME_ANSWER:
+        # A client takes it aside, unopened (test_time_answer.py opens it); a server takes no such kind.
+        assert receivers().same_verdict(datagram, now) == ASIDE
+        assert receivers(direction=reflected).same_verdict(datagram, now) == (DROPPED, reasons.UNKNOWN_KIND)
+        return
+    for key in (root, own):
+        verdict = receivers(key=key).same_verdict(datagram, now)
+        if payload:
+            assert verdict == (ACCEPTED, payload, kind == KIND_DATA_PARTIAL)
+        elif kind == KIND_KEEPALIVE:
+            assert verdict == (ACCEPTED, b"", False)
+        else:
+            assert verdict == (DROPPED, reasons.INNER_MALFORMED)  # an empty data packet
+    # A receiver whose key has moved past the vector's epoch cannot open it.
+    later = (next_epoch_key(own[0], epoch + 1), epoch + 1)
+    assert receivers(key=later).same_verdict(datagram, now) == (DROPPED, reasons.OUTSIDE_TIME_WINDOW)
+    # Outside the window (a server authenticates it, to answer with its time).
     for time_window in (1, DEFAULT_TIME_WINDOW):
         for late in (time_window, time_window + 1):
             receivers(time_window=time_window).same_verdict(datagram, now + late)
             receivers(time_window=time_window).same_verdict(datagram, now - late)
     assert receivers(server_id=server_id ^ 1).same_verdict(datagram, now) == (DROPPED, reasons.AUTH_FAILED)
-    reflected = TO_CLIENT if direction == TO_SERVER else TO_SERVER
     assert receivers(direction=reflected).same_verdict(datagram, now) == (DROPPED, reasons.AUTH_FAILED)
     other_id = (client_id + 1) & 0xFFFF
     assert receivers(client_id=other_id).same_verdict(datagram, now) == (DROPPED, reasons.UNKNOWN_CLIENT)
@@ -345,6 +493,10 @@ def test_truncated_extended_and_the_longest(direction):
     for mtu in (1420, 1400):
         fits = seal(KIND_DATA, ipv4_packet(A_ADDR, SERVER_ADDR, bytes(1400)), direction=direction)
         assert Receivers(direction, mtu=mtu).same_verdict(fits)[0] == (ACCEPTED if mtu == 1420 else DROPPED)
+    # Length comes before the kind, an old one or an unknown one.
+    for kind in (0x11, 0x25):
+        too_long = seal(kind, ipv4_packet(A_ADDR, SERVER_ADDR, bytes(1400)), direction=direction)
+        assert Receivers(direction, mtu=1400).same_verdict(too_long) == (DROPPED, reasons.BAD_LENGTH)
 
 
 @settings(max_examples=200, deadline=None)
@@ -370,23 +522,37 @@ def test_every_bit_flipped(direction):
 def test_every_kind(direction):
     data, keepalive = seal(KIND_DATA, INNER[0], direction=direction), seal(KIND_KEEPALIVE, direction=direction)
     for kind in range(64):
+        verdicts = set()
         for datagram in (data, keepalive):
             relabelled = struct.pack("!H", kind << 10 | struct.unpack("!H", datagram[:2])[0] & 0x3FF) + datagram[2:]
-            Receivers(direction).same_verdict(relabelled)
+            verdicts.add(Receivers(direction).same_verdict(relabelled)[:2])
         # Sealed with that kind: authentic, so only the kind can refuse it.
         for payload in (INNER[2], b""):
-            Receivers(direction).same_verdict(seal(kind, payload, direction=direction))
+            verdicts.add(Receivers(direction).same_verdict(seal(kind, payload, direction=direction))[:2])
+        if kind in VERSION_1_KINDS:
+            # As a version-1 peer seals them, with no epochs: refused as old before any cipher.
+            old = seal_datagram(AESSIV(KEY_A), kind, 1, 1000, int(NOW), direction, SERVER_ID, INNER[2])
+            verdicts.add(Receivers(direction).same_verdict(old)[:2])
+            assert verdicts == {(DROPPED, reasons.OLD_VERSION)}, hex(kind)
+        elif kind == KIND_TIME_ANSWER:
+            # Not opened by a server; taken aside by a client.
+            assert verdicts == {(DROPPED, reasons.UNKNOWN_KIND) if direction == TO_SERVER else ASIDE}
+        elif kind not in KINDS:
+            assert verdicts == {(DROPPED, reasons.UNKNOWN_KIND)}, hex(kind)
 
 
 @DIRECTIONS
 @pytest.mark.parametrize("change", [
     dict(server_id=SERVER_ID + 1), dict(server_id=0), dict(key=OTHER_KEY), dict(key=KEY_B),
+    dict(epoch=KEY_EPOCH), dict(epoch=KEY_EPOCH + 2), dict(key_epoch=KEY_EPOCH + 1),
     dict(client_id=2), dict(client_id=3), dict(client_id=0xFFFF), dict(counter=0), dict(counter=MASK),
-], ids=["other server", "server 0", "other key", "client 2's key", "client 2", "client 3", "client 65535",
+], ids=["other server", "server 0", "other key", "client 2's key", "the previous epoch's key",
+        "the next epoch's key", "the key taken as a later epoch's", "client 2", "client 3", "client 65535",
         "counter 0", "counter 2**32 - 1"])
 def test_other_servers_keys_and_clients(direction, change):
-    # A keepalive with a body and an unknown kind too: the cheap checks come in their order.
-    for kind, payload in ((KIND_DATA, INNER[0]), (KIND_KEEPALIVE, b""), (KIND_KEEPALIVE, b"x"), (0x14, INNER[0])):
+    # A keepalive with a body, an unknown kind and an old one too: the cheap checks come in their order.
+    for kind, payload in ((KIND_DATA, INNER[0]), (KIND_KEEPALIVE, b""), (KIND_KEEPALIVE, b"x"), (0x25, INNER[0]),
+                          (0x11, INNER[0])):
         Receivers(direction).same_verdict(seal(kind, payload, direction=direction, **change))
     reflected = TO_CLIENT if direction == TO_SERVER else TO_SERVER
     Receivers(direction).same_verdict(seal(KIND_DATA, INNER[0], direction=reflected, **change))
@@ -397,17 +563,62 @@ def test_other_servers_keys_and_clients(direction, change):
 def test_timestamps_inside_and_outside_the_time_window(direction, time_window):
     edges = {0, time_window - 1, time_window, time_window + 1, 511, 512, 513, 600}
     offsets = sorted({sign * edge for edge in edges for sign in (1, -1)} | {-300, -7, 7, 300})
-    verdicts = Counter()
+    verdicts, answered = Counter(), 0
     for fraction in (0.0, 0.5, 0.999):
         now = NOW + fraction
         for offset in offsets:
             datagram = seal(KIND_DATA, INNER[0], ts=int(now) + offset, direction=direction)
-            verdicts[Receivers(direction, time_window=time_window).same_verdict(datagram, now)[:2]] += 1
+            receivers = Receivers(direction, time_window=time_window)
+            verdicts[receivers.same_verdict(datagram, now)[:2]] += 1
+            answered += len(receivers.answered)
     # A timestamp 512 s or more away is rebuilt a period off: outside the window, or
     # inside it (a window near 511 s) with the wrong full timestamp in the AD.
     assert {(ACCEPTED, INNER[0]), (DROPPED, reasons.OUTSIDE_TIME_WINDOW)} <= verdicts.keys()
     assert verdicts.keys() <= {(ACCEPTED, INNER[0]), (DROPPED, reasons.OUTSIDE_TIME_WINDOW),
                                (DROPPED, reasons.AUTH_FAILED)}
+    if direction == TO_SERVER:
+        # A server authenticates what is outside the window: what was rebuilt right is
+        # answered, what was rebuilt a period off fails authentication.
+        assert answered and (DROPPED, reasons.AUTH_FAILED) in verdicts
+    else:
+        assert not answered
+
+
+@DIRECTIONS
+@pytest.mark.parametrize("epoch_seconds", [DEFAULT_EPOCH_SECONDS, 60])
+@pytest.mark.parametrize("held", [-30, -1, 0, 1], ids=["older key", "last epoch's key", "this epoch's key",
+                                                     "next epoch's key"])
+def test_the_key_of_each_timestamps_epoch(direction, epoch_seconds, held):
+    """Timestamps around NOW, an epoch boundary for both epoch lengths, sealed with
+    keys derived from one of 30 epochs before; the receiver is given the key of NOW's
+    epoch + ``held`` (an older one it steps forward at start to that of START - 512).
+    Inside the window a datagram is accepted if the receiver holds its epoch's key,
+    else dropped as outside_time_window (step 7); outside, a server authenticates
+    (and answers) only what it holds the key for."""
+    now_epoch = int(NOW) // epoch_seconds
+    root_epoch = now_epoch - 30
+    key = epoch_key(KEY_A, root_epoch, now_epoch + held)
+    clients = (ClientEntry(1, key, now_epoch + held, CLIENTS[0].addresses),)
+    oldest = max(now_epoch + held, (int(START) - 512) // epoch_seconds)
+    now = NOW + 0.5
+    offsets = sorted(set(range(-510, 511, 30)) | {-61, -60, -59, -1, 1, 59, 60, 61})
+    for time_window in (DEFAULT_TIME_WINDOW, 511):
+        pairs = []
+        for index, offset in enumerate(offsets):
+            ts = int(now) + offset
+            datagram = seal(KIND_DATA, INNER[0], counter=1000 + index, ts=ts, direction=direction, key_epoch=root_epoch,
+                            epoch_seconds=epoch_seconds)
+            receivers = Receivers(direction, clients=clients, time_window=time_window, epoch_seconds=epoch_seconds)
+            verdict = receivers.same_verdict(datagram, now)
+            inside, held_key = abs(offset) <= time_window, ts // epoch_seconds >= oldest
+            assert verdict[:2] == ((ACCEPTED, INNER[0]) if inside and held_key
+                                   else (DROPPED, reasons.OUTSIDE_TIME_WINDOW)), offset
+            assert len(receivers.answered) == (direction == TO_SERVER and not inside and held_key), offset
+            pairs.append((datagram, SOURCE))
+        # All in one batch, to one receiver: a context per epoch, answers at most one per interval.
+        receivers = Receivers(direction, clients=clients, time_window=time_window, epoch_seconds=epoch_seconds)
+        assert receivers.batch(pairs, now) == receivers.reference_batch(pairs, now)
+        assert receivers.endpoints() == receivers.reference.endpoints
 
 
 # --- hypothesis: anything a sender might seal, then changed on the way ----------------------
@@ -466,7 +677,7 @@ def changed(datagram: bytes, changes: list) -> bytes:
     other_kind=st.integers(0, 63),
     payload=inner_packets() | st.just(b""),
     client_id=st.sampled_from([1, 1, 1, 2, 7]),
-    wrong=st.sampled_from([None] * 6 + ["key", "server", "direction"]),
+    wrong=st.sampled_from([None] * 6 + ["key", "server", "direction", "epoch"]),
     counter=st.integers(0, MASK),
     offset=st.integers(-3, 3) | st.integers(-600, 600),
     fraction=st.floats(0, 0.999),
@@ -480,8 +691,10 @@ def test_any_datagram_changed_any_way(direction, kind, other_kind, payload, clie
     key = OTHER_KEY if wrong == "key" else {1: KEY_A, 2: KEY_B}.get(client_id, KEY_A)
     server_id = SERVER_ID + 1 if wrong == "server" else SERVER_ID
     sealed_for = (TO_CLIENT if direction == TO_SERVER else TO_SERVER) if wrong == "direction" else direction
-    datagram = seal(kind, payload, client_id=client_id, key=key, counter=counter, ts=int(now) + offset,
-                    direction=sealed_for, server_id=server_id)
+    ts = int(now) + offset
+    epoch = ts // DEFAULT_EPOCH_SECONDS + 1 if wrong == "epoch" else None  # the next epoch's key
+    datagram = seal(kind, payload, client_id=client_id, key=key, counter=counter, ts=ts, direction=sealed_for,
+                    server_id=server_id, epoch=epoch)
     Receivers(direction, time_window=time_window).same_verdict(changed(datagram, changes), now)
 
 
@@ -591,3 +804,58 @@ def test_replays_and_reordering_as_the_reference_with_a_window(direction, case):
         assert receivers.batch(pairs, now) == receivers.reference_batch(pairs, now), position
         assert receivers.endpoints() == receivers.reference.endpoints
         position += size
+
+
+# --- the failure budget, and the time answer's share of it -----------------------------------
+
+@DIRECTIONS
+def test_forgeries_spend_the_failure_budget_of_the_id_they_name(direction):
+    """Datagrams naming client 1 that fail authentication cost that ID FAILURE_BURST
+    at once, then FAILURE_RATE a second; without credit nothing naming it is opened,
+    authentic or not, but the cheaper checks still come first (a replay is still
+    replayed), and client 2 (to the server) keeps its own budget. On a server the
+    time answer's authentication spends credit too, and is not tried without it."""
+    t0 = int(NOW)
+    receivers = Receivers(direction, start=t0 - 0.5)
+    counters = iter(range(5000, 10_000))
+    far = t0 - 300  # outside the window: a server tries it for a time answer
+
+    def authentic(client_id: int = 1) -> bytes:
+        packet = ipv4_packet(A_ADDR if client_id == 1 else B_ADDR, SERVER_ADDR, b"real")
+        return seal(KIND_DATA, packet, client_id=client_id, key=KEY_A if client_id == 1 else KEY_B,
+                    counter=next(counters), ts=t0, direction=direction)
+
+    def forged(count: int, ts: int = t0, client_id: int = 1) -> list[bytes]:
+        return [seal(KIND_DATA, INNER[0], client_id=client_id, key=OTHER_KEY, counter=next(counters), ts=ts,
+                     direction=direction) for _ in range(count)]
+
+    first, late = authentic(), authentic()
+    theirs = [authentic(2), *forged(1, client_id=2), authentic(2)] if direction == TO_SERVER else []
+    batches = [
+        (t0 + 0.25, [first, *forged(40), *theirs, *forged(30), first, late, *forged(2, far), *forged(3)]),
+        (t0 + 0.5, [*forged(6), first, late]),  # a quarter of a second's worth
+        # A datagram that looks at the bucket first, then time answers (one per interval) and a flood.
+        (t0 + 10, [late, *forged(2, far), *forged(70), authentic(), *forged(1, far)]),
+    ]
+    failed = []
+    for index, (now, datagrams) in enumerate(batches):
+        pairs = [(datagram, ("192.0.2.10", 1000 + index)) for datagram in datagrams]
+        opened = receivers.batch(pairs, now)
+        assert opened == receivers.reference_batch(pairs, now), index
+        assert receivers.endpoints() == receivers.reference.endpoints
+        assert opened.counted[reasons.AUTH_FAILURES_LIMITED] > 0
+        failed.append(opened.counted[reasons.AUTH_FAILED])
+    extra = 1 if direction == TO_SERVER else 0  # client 2's forgery
+    assert failed == [FAILURE_BURST + extra, 0.25 * FAILURE_RATE, FAILURE_BURST]
+    assert receivers.reference.answers == []
+
+
+def test_a_forged_request_for_the_time_counts_against_a_full_budget():
+    """Section 7.1: authenticating for a time answer counts against the failure budget
+    (section 5, step 6: FAILURE_BURST at once). A forged datagram outside the window,
+    then a flood inside it, all at one instant, to a server idle since its start."""
+    receivers = Receivers(TO_SERVER)
+    datagrams = [seal(KIND_DATA, INNER[0], key=OTHER_KEY, counter=1, ts=int(NOW) - 300)]
+    datagrams += [seal(KIND_DATA, INNER[0], key=OTHER_KEY, counter=100 + index) for index in range(FAILURE_BURST + 8)]
+    pairs = [(datagram, SOURCE) for datagram in datagrams]
+    assert receivers.batch(pairs, NOW) == receivers.reference_batch(pairs, NOW)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +14,8 @@ from vpncrypt.core.server import ClientEntry, ServerCore
 from vpncrypt.core.wire import KIND_DATA, MAX_PAYLOAD, TO_CLIENT, TO_SERVER, open_datagram, seal_datagram
 
 from tests.builders import (
+    epoch_aead,
+    KEY_EPOCH,
     A_ADDR, A_EP, NOW, SERVER_ADDR, SERVER_EP, SERVER_ID, ipv4_packet, ipv6_packet, make_client, make_server, net,
     sender,
 )
@@ -27,17 +28,19 @@ from tests.builders import (
 def test_batch_seal_is_the_reference_seal(payload, counter, client_id):
     """Peer.seal produces exactly what the spec's reference function does, any payload 0..65535."""
     key = os.urandom(64)
-    peer = Peer(client_id, key, server_id=SERVER_ID, send_direction=TO_SERVER, now=NOW, initial_counter=counter)
+    peer = Peer(client_id, key, key_epoch=KEY_EPOCH, server_id=SERVER_ID, send_direction=TO_SERVER, now=NOW,
+                initial_counter=counter)
     [datagram] = peer.seal(KIND_DATA, [payload], NOW + 3)
-    expected = seal_datagram(AESSIV(key), KIND_DATA, client_id, (counter + 1) % 2**32, int(NOW) + 3,
+    aead = epoch_aead(key, NOW + 3)  # the key of NOW's epoch, one step from KEY_EPOCH's
+    expected = seal_datagram(aead, KIND_DATA, client_id, (counter + 1) % 2**32, int(NOW) + 3,
                              TO_SERVER, SERVER_ID, payload)
     assert datagram == expected
-    assert open_datagram(AESSIV(key), datagram, direction=TO_SERVER, server_id=SERVER_ID, now=NOW + 3)[2] == payload
+    assert open_datagram(aead, datagram, direction=TO_SERVER, server_id=SERVER_ID, now=NOW + 3)[2] == payload
 
 
 def test_key_length_is_checked():
     with pytest.raises(ValueError, match="64 bytes"):
-        Peer(1, b"short", server_id=1, send_direction=TO_SERVER, now=NOW)
+        Peer(1, b"short", key_epoch=KEY_EPOCH, server_id=1, send_direction=TO_SERVER, now=NOW)
 
 
 def test_client_sends_non_decreasing_timestamps_when_its_clock_steps_back():
@@ -65,7 +68,7 @@ def test_cipher_contexts_stay_within_their_budget_and_come_back_when_needed():
     from vpncrypt.core.peer import CipherBudget
 
     keys = {i: os.urandom(64) for i in range(10)}
-    entries = [ClientEntry(i, keys[i], (net(f"2001:db8:5::{i + 2}/128"),)) for i in range(10)]
+    entries = [ClientEntry(i, keys[i], KEY_EPOCH, (net(f"2001:db8:5::{i + 2}/128"),)) for i in range(10)]
     server = ServerCore(SERVER_ID, entries, NOW, cipher_budget=CipherBudget(limit=4))
     senders = {i: sender(i, keys[i]) for i in range(10)}
     for rounds in range(3):
@@ -73,9 +76,9 @@ def test_cipher_contexts_stay_within_their_budget_and_come_back_when_needed():
             packet = ipv6_packet(f"2001:db8:5::{i + 2}", "2001:db8:5::1", bytes([i]))
             [datagram] = senders[i].seal(KIND_DATA, [packet], NOW + 5 + rounds)
             assert server.datagrams_received([(datagram, A_EP)], NOW + 5 + rounds).to_tun == [packet]
-            live = [p for p in server.peers.values() if p.aead is not None]
-            assert len(live) <= 4 and server.peers[i].aead is not None
+            live = [p for p in server.peers.values() if p.contexts != {}]
+            assert len(live) <= 4 and server.peers[i].contexts != {}
     # Sealing for a client whose context was given up makes it again.
     [(datagram, _)] = server.tun_packets_received([ipv6_packet("2001:db8:5::1", "2001:db8:5::2")], NOW + 9)
-    assert open_datagram(AESSIV(keys[0]), datagram, direction=TO_CLIENT, server_id=SERVER_ID, now=NOW + 9)
-    assert sum(p.aead is not None for p in server.peers.values()) <= 4
+    assert open_datagram(epoch_aead(keys[0], NOW + 9), datagram, direction=TO_CLIENT, server_id=SERVER_ID, now=NOW + 9)
+    assert sum(p.contexts != {} for p in server.peers.values()) <= 4

@@ -4,7 +4,6 @@ client, status, configuration."""
 from __future__ import annotations
 
 import pytest
-from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,6 +11,8 @@ from vpncrypt.core.server import ClientEntry, ServerCore
 from vpncrypt.core.wire import KIND_DATA, MAX_PAYLOAD, TO_CLIENT, open_datagram
 
 from tests.builders import (
+    epoch_aead,
+    KEY_EPOCH,
     A_ADDR, A_EP, B_ADDR, B_EP, KEY_A, KEY_B, NOW, SERVER_ADDR, SERVER_EP, SERVER_ID, ipv4_packet, ipv6_packet,
     make_client, make_server, seal_from_a, sender,
 )
@@ -37,7 +38,7 @@ def test_ipv6_round_trip_and_routing():
     reply = ipv6_packet("2001:db8::1", "2001:db8:b::77", b"back")
     [(out, endpoint)] = server.tun_packets_received([reply], NOW + 6)
     assert endpoint == B_EP
-    assert open_datagram(AESSIV(KEY_B), out, direction=TO_CLIENT, server_id=SERVER_ID, now=NOW + 6)[2] == reply
+    assert open_datagram(epoch_aead(KEY_B, NOW + 6), out, direction=TO_CLIENT, server_id=SERVER_ID, now=NOW + 6)[2] == reply
 
 
 def test_server_restart_accepts_new_traffic_and_refuses_old():
@@ -102,4 +103,4 @@ def test_status_has_no_secrets():
 
 def test_duplicate_client_ids_are_refused():
     with pytest.raises(ValueError, match="client ID 1 is configured twice"):
-        ServerCore(SERVER_ID, [ClientEntry(1, KEY_A, ()), ClientEntry(1, KEY_B, ())], NOW)
+        ServerCore(SERVER_ID, [ClientEntry(1, KEY_A, KEY_EPOCH, ()), ClientEntry(1, KEY_B, KEY_EPOCH, ())], NOW)

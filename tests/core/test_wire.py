@@ -25,9 +25,11 @@ def test_overhead_is_at_most_24_bytes():
         assert len(datagram) - size == OVERHEAD == 24
 
 
-def test_kinds_carry_version_one():
-    assert KIND_DATA == 0x11 and KIND_KEEPALIVE == 0x12 and wire.KIND_DATA_PARTIAL == 0x13
+def test_kinds_carry_version_two():
+    assert KIND_DATA == 0x21 and KIND_KEEPALIVE == 0x22 and wire.KIND_DATA_PARTIAL == 0x23
+    assert wire.KIND_TIME_ANSWER == 0x24
     assert wire.KINDS == {KIND_DATA, KIND_KEEPALIVE, wire.KIND_DATA_PARTIAL}
+    assert wire.VERSION_1_KINDS == {0x11, 0x12, 0x13}
 
 
 @given(

@@ -204,12 +204,17 @@ class VpnLab:
     def add_client(self, name: str, *extra: str) -> subprocess.CompletedProcess:
         """``vpncrypt-keygen client`` for configs/NAME.toml with the server running (``extra``: --reload ...)."""
         return self.keygen("client", "--server-config", str(self.configs / "server.toml"), "--name", name,
-                           "--out", str(self.configs / f"{name}.toml"), *extra)
+                           "--out", str(self.configs / f"{name}.toml"), *self.client_key_args(name), *extra)
+
+    def client_key_args(self, name: str) -> list[str]:
+        """Client NAME runs on this machine: its key file and state go into the lab's state directory."""
+        state = self.lab.workdir / "state"
+        return ["--key-out", str(state / f"{name}.keys.json"), "--client-state-directory", str(state)]
 
     def rotate_client(self, name: str, *extra: str) -> subprocess.CompletedProcess:
         """A new key for client NAME, into configs/NAME.toml (and its key file)."""
         return self.keygen("rotate", "--server-config", str(self.configs / "server.toml"), "--name", name,
-                           "--out", str(self.configs / f"{name}.toml"), *extra)
+                           "--out", str(self.configs / f"{name}.toml"), *self.client_key_args(name), *extra)
 
     def remove_client(self, name: str, *extra: str) -> subprocess.CompletedProcess:
         return self.keygen("remove", "--server-config", str(self.configs / "server.toml"), "--name", name, *extra)
@@ -299,7 +304,10 @@ def build_vpn_lab(lab: Lab, venv_bin: Path | None = None, clients=("a", "b"), cl
     vpn = VpnLab(lab, server, router, client_ns, outsider, s_if, configs, venv_bin)
     vpn.snat(ROUTER_UNDERLAY, 40000)
     server_toml = configs / "server.toml"
-    args = ["server", "--endpoint", f"{SERVER_UNDERLAY}:{PORT}", "--out", str(server_toml), "--server-id", "7"]
+    # Restart state and key stores in the lab, never in this machine's /var/lib/vpncrypt.
+    state = lab.workdir / "state"
+    args = ["server", "--endpoint", f"{SERVER_UNDERLAY}:{PORT}", "--out", str(server_toml), "--server-id", "7",
+            "--state-directory", str(state)]
     for cidr in TUNNEL:
         args += ["--tunnel", cidr]
     vpn.keygen(*args)
@@ -307,10 +315,10 @@ def build_vpn_lab(lab: Lab, venv_bin: Path | None = None, clients=("a", "b"), cl
         server_toml.write_text(server_toml.read_text().replace("client_to_client = false", "client_to_client = true"))
     for client_id, name in enumerate(clients, 1):  # IDs 1, 2 ... named: keygen's own choice is random
         vpn.keygen("client", "--server-config", str(server_toml), "--name", name, "--out", str(configs / f"{name}.toml"),
-                   "--client-id", str(client_id))
+                   "--client-id", str(client_id), "--key-out", str(state / f"{name}.keys.json"))
     for path, table in [(server_toml, "[server]\n"), *((configs / f"{n}.toml", "[client]\n") for n in clients)]:
-        # Restart state in the lab, never in this machine's /var/lib/vpncrypt.
-        settings = f'state_directory = "{lab.workdir / "state"}"\n' + ("" if offload else "offload = false\n")
+        settings = "" if table == "[server]\n" else f'state_directory = "{state}"\n'
+        settings += "" if offload else "offload = false\n"
         path.write_text(path.read_text().replace(table, table + settings, 1))
     if "b" in clients:
         b_toml = configs / "b.toml"

@@ -262,11 +262,12 @@ def hostile_datagrams(captured: list[bytes]) -> list[bytes]:
     # Valid client ID, wrong key. Stamped 5 s ahead (inside the window), so that
     # the replay window cannot turn them away before the cipher does: a random
     # counter behind client a's, in the same second, would be "too old" first.
-    forger = Peer(1, os.urandom(64), server_id=7, send_direction=TO_SERVER, now=time.time())
+    forger = Peer(1, os.urandom(64), key_epoch=int(time.time()) // 3600 - 1, server_id=7, send_direction=TO_SERVER,
+                  now=time.time())
     inner = bytes.fromhex("45000054000040004001" "0000") + bytes([203, 0, 113, 2, 203, 0, 113, 1]) + bytes(64)
     out += forger.seal(KIND_DATA, [inner] * 300, time.time() + 5)
     for client_id in (0, 3, 999, 65535):
-        out.append(bytes([0x44, 0, client_id >> 8, client_id & 255]) + os.urandom(60))
+        out.append(bytes([KIND_DATA << 2, 0, client_id >> 8, client_id & 255]) + os.urandom(60))
     rng.shuffle(out)
     return out
 

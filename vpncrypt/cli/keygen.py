@@ -9,6 +9,11 @@ round-trips comments and layout). The result is checked as the server
 would check it before it replaces the file, atomically, keeping its mode
 and owner. IDs and addresses of removed clients go into ``[retired]`` and
 are handed to no new client until the operator deletes them there.
+
+Keys are not in the config files (protocol version 2): a new or re-keyed
+client's key goes into the server's key store (key_store.py, under its own
+lock) and into a key file for the client, ``NAME.keys.json`` beside its
+config, which the operator copies into the client's state directory.
 """
 
 from __future__ import annotations
@@ -28,12 +33,14 @@ from typing import Iterator
 
 import tomlkit
 
-from .. import control
+from .. import control, key_store
 from ..config import (
-    DEFAULT_INTERFACE, DEFAULT_KEEPALIVE, DEFAULT_MTU, ConfigError, ServerConfig, load_client_config,
+    DEFAULT_INTERFACE, DEFAULT_KEEPALIVE, DEFAULT_MTU, DEFAULT_STATE_DIRECTORY, ConfigError, ServerConfig,
+    default_state_directory,
     load_server_config, parse_endpoint,
 )
-from ..core.keys import decode_key, encode_key, new_key
+from ..core.epochs import DEFAULT_EPOCH_SECONDS, MAX_EPOCH_SECONDS, MIN_EPOCH_SECONDS, oldest_needed_epoch
+from ..core.keys import new_key
 from ..core.server import ClientEntry
 from ..core.wire import MAX_CLIENT_ID
 from .common import RUNTIME_ERROR, error_exit
@@ -110,10 +117,12 @@ def locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def rewrite_server_file(path: Path, text: str, before: ServerConfig, clients: list[ClientEntry]) -> ServerConfig:
-    """Check ``text`` as the server would, and that it holds ``before``'s
-    settings with ``clients`` as its clients, then put it in place of
-    ``path`` keeping its mode and owner. Returns the config it holds."""
+def rewrite_server_file(path: Path, text: str, before: ServerConfig, clients: list[ClientEntry],
+                        keys: key_store.KeyTable) -> ServerConfig:
+    """Check ``text`` as the server would with ``keys`` as its key store, and
+    that it holds ``before``'s settings with ``clients`` as its clients, then
+    put it in place of ``path`` keeping its mode and owner. Returns the config
+    it holds."""
     if not text.endswith("\n"):
         text += "\n"
     info = path.stat()
@@ -124,7 +133,7 @@ def rewrite_server_file(path: Path, text: str, before: ServerConfig, clients: li
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(text)
         try:
-            config = load_server_config(probe)
+            config = load_server_config(probe, keys)
         except ConfigError as error:  # a bug here, never the operator's: say so, change nothing
             raise ConfigError(f"{path}: the change would not load ({error}); left the file as it was") from None
     finally:
@@ -208,13 +217,14 @@ def choose_client_id(server: ServerConfig, path: Path, wanted: int | None) -> in
     return secrets.choice(free)
 
 
-def client_file_text(server: ServerConfig, name: str, client_id: int, key: str, addresses) -> str:
+def client_file_text(server: ServerConfig, name: str, client_id: int, addresses, state_directory: str | None) -> str:
     lines = [
-        "# vpncrypt client configuration. Keep it secret: it holds this client's key.",
+        "# vpncrypt client configuration. Its key is not here but in its key store,",
+        f"# {state_directory or DEFAULT_STATE_DIRECTORY}/NAME.keys.json (NAME: this file's name without .toml).",
         "[client]",
+        *([f"state_directory = {toml_value(state_directory)}"] if state_directory else []),
         f"name = {toml_value(name)}",
         f"client_id = {client_id}",
-        f"key = {toml_value(key)}",
         f"server = {toml_value(server.endpoint)}",
         f"server_id = {server.server_id}",
         f"addresses = {toml_value([str(a) for a in addresses])}",
@@ -313,6 +323,49 @@ def finish(args: argparse.Namespace, message: str) -> int:
     return 0
 
 
+# --- keys ---------------------------------------------------------------------------------
+
+
+def server_store(server: ServerConfig) -> Path:
+    return key_store.store_path(server.state_directory, server.path.stem)
+
+
+def client_key_file(out: Path, given: str | None) -> Path:
+    """Where the client's key file goes: ``--key-out``, else NAME.keys.json beside its config."""
+    return Path(given) if given else out.with_name(f"{out.stem}.keys.json")
+
+
+def fresh_key(epoch_seconds: int) -> tuple[int, bytes]:
+    """A new random key, labelled with the oldest epoch an end still needs now."""
+    return oldest_needed_epoch(time.time(), epoch_seconds), new_key()
+
+
+def write_client_keys(path: Path, epoch_seconds: int, client_id: int, epoch: int, key: bytes) -> None:
+    """The client's own key store, to be copied into its state directory."""
+    if path.exists():
+        raise ConfigError(f"{path}: already exists; remove it first or choose another --key-out")
+    try:
+        key_store.write(path, key_store.KeyTable(epoch_seconds, {client_id: (epoch, key)}))
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot write there: {error.strerror}") from None
+
+
+@contextlib.contextmanager
+def locked_store(server: ServerConfig) -> Iterator[tuple[Path, key_store.KeyTable]]:
+    """The server's key store, read under its lock (a running server writes it too)."""
+    path = server_store(server)
+    try:
+        with key_store.locked(path):
+            yield path, key_store.load(path)
+    except key_store.KeyStoreError as error:
+        raise ConfigError(str(error)) from None
+
+
+def copy_instructions(out: Path, keys: Path) -> str:
+    return (f"; on the client, put {out.name} in /etc/vpncrypt and {keys.name} in its state directory"
+            f" ({DEFAULT_STATE_DIRECTORY}), both mode 0600, then delete them here")
+
+
 # --- commands -------------------------------------------------------------------------------
 
 
@@ -333,8 +386,17 @@ def make_server(args: argparse.Namespace) -> int:
     server_id = args.server_id if args.server_id is not None else secrets.randbits(32)
     if not 0 <= server_id < 2**32:
         raise ConfigError("--server-id must be from 0 to 4294967295")
+    if not MIN_EPOCH_SECONDS <= args.epoch <= MAX_EPOCH_SECONDS:
+        raise ConfigError(f"--epoch must be from {MIN_EPOCH_SECONDS} to {MAX_EPOCH_SECONDS} seconds")
+    state_directory = Path(args.state_directory)
+    if not state_directory.is_absolute():
+        raise ConfigError(f"--state-directory: must be an absolute path, not {args.state_directory!r}")
+    store = key_store.store_path(state_directory, Path(args.out).stem)
+    if store.exists():
+        raise ConfigError(f"{store}: a key store for a server of this name exists already; remove it first")
     text = (
-        "# vpncrypt server configuration. Keep it secret: it holds every client's key.\n"
+        "# vpncrypt server configuration. The clients' keys are not here but in the key store,\n"
+        f"# {store}.\n"
         "[server]\n"
         f"server_id = {server_id}\n"
         f"port = {port}\n"
@@ -344,9 +406,17 @@ def make_server(args: argparse.Namespace) -> int:
         f"mtu = {DEFAULT_MTU}\n"
         "time_window = 128\n"
         "client_to_client = false\n"
+        f"state_directory = {toml_value(str(state_directory))}  # restart state and the key store\n"
     )
     write_private(Path(args.out), text)
-    print(f"wrote {args.out}: server ID {server_id}, port {port}, tunnel {', '.join(map(str, tunnel))}")
+    try:
+        state_directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key_store.write(store, key_store.KeyTable(args.epoch))
+    except OSError as error:
+        Path(args.out).unlink(missing_ok=True)
+        raise ConfigError(f"{store}: cannot write the key store: {error.strerror}") from None
+    print(f"wrote {args.out}: server ID {server_id}, port {port}, tunnel {', '.join(map(str, tunnel))};"
+          f" key store {store} (epochs of {args.epoch} s)")
     return 0
 
 
@@ -354,6 +424,7 @@ def make_client(args: argparse.Namespace) -> int:
     name = check_name(args.name)
     server_path = Path(args.server_config)
     out = Path(args.out)
+    keys_out = client_key_file(out, args.key_out)
     with locked(server_path):
         server = load_server_config(server_path)
         if not server.endpoint:
@@ -384,13 +455,11 @@ def make_client(args: argparse.Namespace) -> int:
             chosen.append(ipaddress.ip_interface(f"{address}/{interface.network.prefixlen}"))
         if requested:
             raise ConfigError(f"--address: the server has no IPv{next(iter(requested))} tunnel network")
-        key = encode_key(new_key())
         hosts = [str(ipaddress.ip_network(i.ip)) for i in chosen]
         block = (
             "[[client]]\n"
             f"name = {toml_value(name)}\n"
             f"client_id = {client_id}\n"
-            f"key = {toml_value(key)}\n"
             f"addresses = {toml_value(hosts)}\n"
         )
         text = read_text(server_path)
@@ -404,16 +473,22 @@ def make_client(args: argparse.Namespace) -> int:
             before += "\n"
         after = text[at:]
         new_text = before + block + ("\n" + after if after.strip() and not after.startswith("\n") else after)
-        # The client file first: if it cannot be written, the server file is untouched.
-        write_private(out, client_file_text(server, name, client_id, key, chosen))
-        entry = ClientEntry(client_id, decode_key(key), tuple(ipaddress.ip_network(h) for h in hosts), name)
-        try:
-            rewrite_server_file(server_path, new_text, server, [*server.clients, entry])
-        except BaseException:
-            out.unlink(missing_ok=True)
-            raise
-    return finish(args, f"wrote {out}: client {name!r}, ID {client_id}, addresses {', '.join(map(str, chosen))};"
-                        f" added it to {server_path}")
+        with locked_store(server) as (store, table):
+            epoch, key = fresh_key(table.epoch_seconds)
+            table.keys[client_id] = (epoch, key)
+            entry = ClientEntry(client_id, key, epoch, tuple(ipaddress.ip_network(h) for h in hosts), name)
+            # The client's files first: if they cannot be written, the server's are untouched.
+            write_private(out, client_file_text(server, name, client_id, chosen, args.client_state_directory))
+            try:
+                write_client_keys(keys_out, table.epoch_seconds, client_id, epoch, key)
+                key_store.write(store, table)  # an unused key, should the next step fail
+                rewrite_server_file(server_path, new_text, server, [*server.clients, entry], table)
+            except BaseException:
+                out.unlink(missing_ok=True)
+                keys_out.unlink(missing_ok=True)
+                raise
+    return finish(args, f"wrote {out} and {keys_out}: client {name!r}, ID {client_id}, addresses"
+                        f" {', '.join(map(str, chosen))}; added it to {server_path}" + copy_instructions(out, keys_out))
 
 
 def remove_client(args: argparse.Namespace) -> int:
@@ -443,53 +518,52 @@ def remove_client(args: argparse.Namespace) -> int:
                     if value not in retired[key]:
                         retired[key].append(value)
             new_text = tomlkit.dumps(document)
-        rewrite_server_file(server_path, new_text, server, [c for c in server.clients if c is not removed])
+        with locked_store(server) as (store, table):
+            table.keys.pop(removed.client_id, None)
+            rewrite_server_file(server_path, new_text, server, [c for c in server.clients if c is not removed], table)
+            key_store.write(store, table)
     kept = "" if args.reuse else f"; its ID and addresses are retired (see [retired] in {server_path})"
     return finish(args, f"removed client {removed.name!r} (ID {removed.client_id}) from {server_path}{kept}")
 
 
 def rotate_client(args: argparse.Namespace) -> int:
-    """A new key for a client, same ID and addresses. The server's entry gets the
-    new key; the client's file too: ``--out`` of this client is changed in place
-    (its other settings kept), a new ``--out`` is written afresh."""
+    """A new key for a client, same ID and addresses: into the server's key store
+    and a new key file for the client. The client's config holds no key, so
+    ``--out`` is only written if it does not exist yet (else it is checked to
+    be this client's)."""
     server_path = Path(args.server_config)
     out = Path(args.out)
+    keys_out = client_key_file(out, args.key_out)
     with locked(server_path):
         server = load_server_config(server_path)
-        index = client_index(server, args.name, server_path)
-        entry = server.clients[index]
-        key = encode_key(new_key())
+        entry = server.clients[client_index(server, args.name, server_path)]
         if out.exists():
-            existing = load_client_config(out)
-            if existing.client_id != entry.client_id or existing.server_id != server.server_id:
+            existing = tomlkit.parse(read_text(out)).get("client", {})
+            if existing.get("client_id") != entry.client_id or existing.get("server_id") != server.server_id:
                 raise ConfigError(f"{out}: is not the config of client {entry.name!r} (ID {entry.client_id}) of"
                                   " this server; choose another --out")
-            client_document = tomlkit.parse(read_text(out))
-            client_document["client"]["key"] = key
-            client_text = tomlkit.dumps(client_document)
-            out_mode = out.stat().st_mode & 0o777
+            wrote_config = False
         else:
             if not server.endpoint:
                 raise ConfigError(f"{server_path}: [server] endpoint is not set; clients need it")
-            client_text = client_file_text(server, entry.name, entry.client_id, key,
-                                           client_addresses(server, entry.addresses))
-            out_mode = 0o600
-        document = tomlkit.parse(read_text(server_path))
-        document["client"][index]["key"] = key
-        old_client_text = out.read_bytes() if out.exists() else None
-        write_private(out, client_text, mode=out_mode, replace=True)
-        try:
-            clients = list(server.clients)
-            clients[index] = ClientEntry(entry.client_id, decode_key(key), entry.addresses, entry.name)
-            rewrite_server_file(server_path, tomlkit.dumps(document), server, clients)
-        except BaseException:
-            if old_client_text is None:
-                out.unlink(missing_ok=True)
-            else:
-                write_private(out, old_client_text.decode("utf-8"), mode=out_mode, replace=True)
-            raise
-    return finish(args, f"new key for client {entry.name!r} (ID {entry.client_id}) in {server_path} and {out};"
-                        " its old key stops working when the server reloads")
+            write_private(out, client_file_text(server, entry.name, entry.client_id,
+                                                client_addresses(server, entry.addresses), args.client_state_directory))
+            wrote_config = True
+        keys_out.unlink(missing_ok=True)  # the old key file is worthless now
+        with locked_store(server) as (store, table):
+            epoch, key = fresh_key(table.epoch_seconds)
+            table.keys[entry.client_id] = (epoch, key)
+            try:
+                write_client_keys(keys_out, table.epoch_seconds, entry.client_id, epoch, key)
+                key_store.write(store, table)
+            except BaseException:
+                if wrote_config:
+                    out.unlink(missing_ok=True)
+                keys_out.unlink(missing_ok=True)
+                raise
+    return finish(args, f"new key for client {entry.name!r} (ID {entry.client_id}) in {server_store(server)} and"
+                        f" {keys_out}; its old key stops working when the server reloads"
+                        + copy_instructions(out, keys_out))
 
 
 def list_clients(args: argparse.Namespace) -> int:
@@ -516,6 +590,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the server's tunnel address and prefix, e.g. 203.0.113.1/24 (repeat for IPv6)")
     server.add_argument("--out", required=True, metavar="FILE")
     server.add_argument("--server-id", type=int, metavar="N", help="default: random")
+    server.add_argument("--state-directory", default=default_state_directory(), metavar="DIR",
+                        help="where the server keeps its key store and restart state"
+                             f" (default: $STATE_DIRECTORY, else {DEFAULT_STATE_DIRECTORY})")
+    server.add_argument("--epoch", type=int, default=DEFAULT_EPOCH_SECONDS, metavar="SECONDS",
+                        help=f"how often keys move forward ({MIN_EPOCH_SECONDS} to {MAX_EPOCH_SECONDS};"
+                             f" default {DEFAULT_EPOCH_SECONDS})")
 
     def changes_server(command: argparse.ArgumentParser) -> None:
         command.add_argument("--server-config", required=True, metavar="FILE")
@@ -529,6 +609,9 @@ def main(argv: list[str] | None = None) -> int:
     client.add_argument("--address", action="append", metavar="IP",
                         help="tunnel address to give the client (default: the next free one)")
     client.add_argument("--client-id", type=int, metavar="N", help="default: a free one at random")
+    client.add_argument("--key-out", metavar="FILE", help="the client's key file (default: NAME.keys.json beside --out)")
+    client.add_argument("--client-state-directory", metavar="DIR",
+                        help=f"write state_directory = DIR into the client's config (default: {DEFAULT_STATE_DIRECTORY})")
     remove = commands.add_parser("remove", help="remove a client from a server config")
     changes_server(remove)
     remove.add_argument("--reuse", action="store_true",
@@ -536,7 +619,9 @@ def main(argv: list[str] | None = None) -> int:
     rotate = commands.add_parser("rotate", help="give a client a new key (same ID and addresses)")
     changes_server(rotate)
     rotate.add_argument("--out", required=True, metavar="FILE",
-                        help="the client's config: changed in place if it is this client's, else written anew")
+                        help="the client's config: checked if it exists, else written anew")
+    rotate.add_argument("--key-out", metavar="FILE", help="the client's new key file (default: beside --out)")
+    rotate.add_argument("--client-state-directory", metavar="DIR", help="as for client, if --out is written anew")
     listing = commands.add_parser("list", help="list a server config's clients (never their keys)")
     listing.add_argument("--server-config", required=True, metavar="FILE")
     args = parser.parse_args(argv)

@@ -4,19 +4,34 @@ Keepalives follow WireGuard's persistent keepalive: one at start, so the server
 learns the client's address at once, then one whenever nothing has been sent
 for ``keepalive_interval`` seconds, so NAT mappings stay open. Both come from
 the timer (``next_timer``, ``handle_timer``): a new core's timer is due at once.
+
+A client whose clock is off by more than the time window (but less than 512
+seconds) is answered by the server with the server's time (a time answer,
+docs/PROTOCOL.md section 7): from then on it stamps and checks timestamps in
+the server's time, ``now + clock_offset``.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Iterable, Mapping
+
+from cryptography.exceptions import InvalidTag
 
 from . import Datagrams, Delivery
 from . import drops as reasons
+from .epochs import DEFAULT_EPOCH_SECONDS, KeyTimer
 from .inner import Network, PrefixTable
 from .peer import Peer
 from .receive import open_datagrams
 from .restart import RestartBounds
-from .wire import DEFAULT_TIME_WINDOW, KIND_DATA, KIND_KEEPALIVE, MAX_PAYLOAD, OVERHEAD, TO_CLIENT, TO_SERVER
+from .wire import (
+    AD_SUFFIX, COUNTER_MASK, DEFAULT_TIME_WINDOW, HEADER, HEADER_LEN, KIND_DATA, KIND_KEEPALIVE, KIND_TIME_ANSWER,
+    MAX_PAYLOAD, OVERHEAD, TIME_ANSWER_PAYLOAD, TIMESTAMP_MASK, TO_CLIENT, TO_SERVER,
+)
+
+ANSWER_WAIT = 5.0  # seconds a time answer may take to echo one of our datagrams
+SENDS_REMEMBERED = 64  # batches of datagrams a time answer may echo
 
 
 class ClientCore:
@@ -25,9 +40,9 @@ class ClientCore:
     ``server_endpoint`` is the socket address to send to (from the config or
     a lookup, never from a received datagram's source); ``routes`` the
     networks the server may send from; ``keepalive_interval`` seconds, 0 for
-    only the first keepalive; ``restart_bounds``, ``restart_state_lost`` and
-    ``mtu`` as for ServerCore. Raises
-    ValueError for a key of the wrong length.
+    only the first keepalive; ``key`` is the key of epoch ``key_epoch``;
+    ``restart_bounds``, ``restart_state_lost``, ``mtu`` and ``epoch_seconds``
+    as for ServerCore. Raises ValueError for a key of the wrong length.
     """
 
     def __init__(
@@ -35,6 +50,7 @@ class ClientCore:
         client_id: int,
         key: bytes,
         *,
+        key_epoch: int,
         server_id: int,
         server_endpoint: Any,
         routes: Iterable[Network],
@@ -44,13 +60,23 @@ class ClientCore:
         restart_bounds: Mapping[int, int] | None = None,
         restart_state_lost: bool = False,
         mtu: int = MAX_PAYLOAD,
+        epoch_seconds: int = DEFAULT_EPOCH_SECONDS,
     ) -> None:
         self.server = Peer(
-            client_id, key, server_id=server_id, send_direction=TO_SERVER,
-            now=now, name="server", endpoint=server_endpoint, time_window=time_window,
+            client_id, key, key_epoch=key_epoch, server_id=server_id, send_direction=TO_SERVER,
+            now=now, name="server", endpoint=server_endpoint, time_window=time_window, epoch_seconds=epoch_seconds,
         )
+        self.key_timer = KeyTimer(now, epoch_seconds)
+        self.key_timer.unsaved = True  # the key as loaded may have moved on already
+        self.clock_offset = 0.0  # the server's time minus ours, from its last time answer (seconds)
+        # (first counter, count, timestamp, local time) of recent sends, for time answers.
+        self._sends: deque[tuple[int, int, int, float]] = deque(maxlen=SENDS_REMEMBERED)
         self.restart = RestartBounds(restart_bounds, restart_state_lost)
         self.restart.start_peer(self.server, now)
+        # A floor set from this end's own start is in its own clock: it moves
+        # with the offset a time answer brings (restart.py; a saved bound does not).
+        self._started = int(now)
+        self._start_floor = self.server.window.floor if self.server.window.floor == self._started + 1 else None
         self.time_window = time_window
         self.max_datagram = mtu + OVERHEAD
         self.keepalive_interval = keepalive_interval
@@ -61,16 +87,52 @@ class ClientCore:
 
     def datagrams_received(self, datagrams: Iterable[tuple[bytes, Any]], now: float) -> Delivery:
         """Inner packets for the TUN device; a client forwards nothing back out.
-        What fails a check is counted in ``drops``."""
+        What fails a check is counted in ``drops``; a time answer moves
+        ``clock_offset``."""
         server = self.server
+        answers = [d for d in datagrams if len(d[0]) >= 1 and d[0][0] >> 2 == KIND_TIME_ANSWER]
+        if answers:
+            for datagram, _ in answers:
+                self._time_answer(datagram, now)
+            datagrams = [d for d in datagrams if not (len(d[0]) >= 1 and d[0][0] >> 2 == KIND_TIME_ANSWER)]
         opened = open_datagrams(
-            datagrams, now, direction=TO_CLIENT, server_id=server.server_id,
+            datagrams, now + self.clock_offset, direction=TO_CLIENT, server_id=server.server_id,
             find_peer={server.client_id: server}.get,
             sources=self.sources, time_window=self.time_window, drops=self.drops,
             follow_source=False,  # an observer's copy from elsewhere must not move us
             unsaved=self.restart.unsaved, held=self.restart.held, max_datagram=self.max_datagram,
         )
         return Delivery([packet for _, packet in opened], [])
+
+    def _time_answer(self, datagram: bytes, now: float) -> None:
+        """Take the server's time from an authentic answer to one of our recent
+        datagrams; anything else is counted (unexpected_time_answer)."""
+        if len(datagram) != OVERHEAD + TIME_ANSWER_PAYLOAD:
+            self.drops[reasons.BAD_LENGTH] += 1
+            return
+        word0, client_id, counter = HEADER.unpack_from(datagram)
+        server = self.server
+        ts = None
+        for first, count, sent_ts, sent_at in self._sends:
+            if (counter - first) & COUNTER_MASK < count and sent_ts & TIMESTAMP_MASK == word0 & TIMESTAMP_MASK:
+                if now - sent_at <= ANSWER_WAIT:
+                    ts = sent_ts
+        if client_id != server.client_id or ts is None:
+            self.drops[reasons.UNEXPECTED_TIME_ANSWER] += 1
+            return
+        epoch = ts // server.epoch_seconds
+        aead = server.contexts.get(epoch) or server.context_for(epoch)
+        try:
+            payload = aead.decrypt(datagram[HEADER_LEN:], [datagram[:HEADER_LEN] +
+                                                           AD_SUFFIX.pack(TO_CLIENT, server.server_id, ts)])
+        except InvalidTag:
+            self.drops[reasons.UNEXPECTED_TIME_ANSWER] += 1
+            return
+        self.clock_offset = int.from_bytes(payload, "big") / 1000 - now
+        window = server.window
+        if self._start_floor is not None and window.floor == self._start_floor:
+            # This end started at (start + offset) in the server's time.
+            window.floor = self._start_floor = int(self._started + self.clock_offset) + 1
 
     def server_resolved(self, addresses: list[Any]) -> Any | None:
         """The server's name was looked up again, giving socket ``addresses``.
@@ -87,6 +149,15 @@ class ClientCore:
         """Seal IP packets for the server."""
         return self._send(KIND_DATA, packets, now) if packets else []
 
+    def keys_to_save(self) -> dict[int, tuple[int, bytes]] | None:
+        """This client's oldest kept key, {client ID: (epoch, key)}, to replace
+        its key file with; None if unchanged."""
+        return self.key_timer.to_save([self.server])
+
+    def keys_saved(self) -> None:
+        """The table from ``keys_to_save`` is durably written."""
+        self.key_timer.unsaved = False
+
     def bounds_to_save(self) -> dict[int, int] | None:
         """The server's restart bound to write (keyed by this client's ID), or None."""
         return self.restart.to_save([self.server])
@@ -99,13 +170,15 @@ class ClientCore:
         return self.datagrams_received(held, now) if held else Delivery([], [])
 
     def next_timer(self) -> float | None:
-        """Unix seconds of the next keepalive: at once (0.0) before anything was
-        sent, then ``keepalive_interval`` after the last send; None if they are off."""
+        """Unix seconds (this host's clock) of the next keepalive or key step: a
+        keepalive at once (0.0) before anything was sent, then
+        ``keepalive_interval`` after the last send (never, if they are off)."""
+        keys_due = self.key_timer.due - self.clock_offset
         if self._last_sent is None:
             return 0.0
         if self.keepalive_interval <= 0:
-            return None
-        return self._last_sent + self.keepalive_interval
+            return keys_due
+        return min(self._last_sent + self.keepalive_interval, keys_due)
 
     def clock_stepped(self, delta: float) -> None:
         """Move the last send with the clock, so the next keepalive stays due
@@ -114,17 +187,23 @@ class ClientCore:
             self._last_sent += delta
 
     def handle_timer(self, now: float) -> Datagrams:
-        """A keepalive if one is due at ``now``, else nothing."""
-        deadline = self.next_timer()
-        if deadline is None or now < deadline:
+        """A keepalive if one is due at ``now``, else nothing; keys that ``now``
+        no longer needs are erased."""
+        self.key_timer.advance([self.server], now + self.clock_offset)
+        if self._last_sent is not None and (self.keepalive_interval <= 0 or
+                                            now < self._last_sent + self.keepalive_interval):
             return []
         return self._send(KIND_KEEPALIVE, [b""], now)
 
     def _send(self, kind: int, payloads: list[bytes], now: float) -> Datagrams:
         self._last_sent = now
-        endpoint = self.server.endpoint
-        return [(datagram, endpoint) for datagram in self.server.seal(kind, payloads, now)]
+        server = self.server
+        first = (server.counter + 1) & COUNTER_MASK
+        datagrams = server.seal(kind, payloads, now + self.clock_offset)
+        self._sends.append((first, len(datagrams), server.last_ts, now))
+        endpoint = server.endpoint
+        return [(datagram, endpoint) for datagram in datagrams]
 
     def status(self) -> dict[str, Any]:
         """The server peer's counters and endpoint (raw), and the drops."""
-        return {"server": self.server.status(), "drops": dict(self.drops)}
+        return {"server": self.server.status(), "drops": dict(self.drops), "clock_offset": self.clock_offset}

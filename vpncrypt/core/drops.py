@@ -11,6 +11,7 @@ from collections import Counter
 # Datagrams from the network, rejected before any cipher work.
 BAD_LENGTH = "bad_length"
 UNKNOWN_KIND = "unknown_kind"
+OLD_VERSION = "old_version"  # a version-1 datagram: that peer must be upgraded
 UNKNOWN_CLIENT = "unknown_client"
 OUTSIDE_TIME_WINDOW = "outside_time_window"
 REPLAYED = "replayed"
@@ -33,11 +34,14 @@ CLIENT_TO_CLIENT_DENIED = "client_to_client_denied"
 # Packets read from the TUN device.
 NO_ROUTE = "no_route"
 NO_ENDPOINT = "no_endpoint"
+# Time answers (client): one that echoes no datagram this client sent in the
+# last few seconds, or that fails authentication.
+UNEXPECTED_TIME_ANSWER = "unexpected_time_answer"
 
 ALL = (
-    BAD_LENGTH, UNKNOWN_KIND, UNKNOWN_CLIENT, OUTSIDE_TIME_WINDOW, REPLAYED,
+    BAD_LENGTH, UNKNOWN_KIND, OLD_VERSION, UNKNOWN_CLIENT, OUTSIDE_TIME_WINDOW, REPLAYED,
     COUNTER_TOO_OLD, SUPERSEDED, AUTH_FAILED, AUTH_FAILURES_LIMITED, PENDING_RESTART_STATE, INNER_MALFORMED,
-    INNER_SOURCE_NOT_ALLOWED, CLIENT_TO_CLIENT_DENIED, NO_ROUTE, NO_ENDPOINT,
+    INNER_SOURCE_NOT_ALLOWED, CLIENT_TO_CLIENT_DENIED, NO_ROUTE, NO_ENDPOINT, UNEXPECTED_TIME_ANSWER,
 )
 
 

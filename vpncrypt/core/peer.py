@@ -1,8 +1,9 @@
-"""One end's view of the other: key, replay window, endpoint, send counter, statistics.
+"""One end's view of the other: keys, replay window, endpoint, send counter, statistics.
 
 The server keeps one Peer per client; a client keeps one Peer for its server.
 Sealing lives here because the send counter and timestamp are per peer and
-direction.
+direction. Keys move forward with time (epochs.py): a datagram is sealed and
+opened with the key of its timestamp's epoch.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
+from .epochs import DEFAULT_EPOCH_SECONDS, EpochKeys, oldest_needed_epoch
 from .inner import PartialChecksumPacket
 from .replay import NO_TIMESTAMP, ReplayWindow
 from .restart import UNTRACKED
 from .wire import (
-    AD_SUFFIX, COUNTER_MASK, DEFAULT_TIME_WINDOW, HEADER, KEY_LEN, KIND_DATA, KIND_DATA_PARTIAL, TIMESTAMP_BITS,
+    AD_SUFFIX, COUNTER_MASK, DEFAULT_TIME_WINDOW, HEADER, KIND_DATA, KIND_DATA_PARTIAL, TIMESTAMP_BITS,
     TIMESTAMP_MASK,
 )
 
@@ -31,30 +33,28 @@ class CipherBudget:
     """At most ``limit`` peers hold a ready AES-SIV context at once.
 
     A context (the key schedule) takes about 4 KB, 256 MiB for 65,536 clients;
-    a server's table should not. A peer gets its context when first used;
-    over the limit, the half least recently heard from or sent to give theirs
-    up, found by one sort, so nothing is tracked per packet. Making a context
-    again costs about 6 us, once.
+    a server's table should not. A peer gets its contexts (one per epoch in
+    use, two around an epoch's end) when first used; over the limit, the half
+    least recently heard from or sent to give theirs up, found by one sort, so
+    nothing is tracked per packet. Making a context again costs about 6 us.
     """
 
     def __init__(self, limit: int = 4096) -> None:
         self.limit = limit
         self.live: list[Peer] = []
 
-    def activate(self, peer: "Peer") -> AESSIV:
-        """Make ``peer``'s context and keep it."""
-        return self.adopt(peer, AESSIV(peer.key))
-
-    def adopt(self, peer: "Peer", context: AESSIV) -> AESSIV:
-        """Keep ``context`` as ``peer``'s, first taking theirs from the idlest half if full."""
-        if len(self.live) >= self.limit:
-            self.live.sort(key=Peer.recency)
-            half = len(self.live) // 2
-            for idle in self.live[:half]:
-                idle.aead = None
-            del self.live[:half]
-        peer.aead = context
-        self.live.append(peer)
+    def adopt(self, peer: "Peer", epoch: int, context: AESSIV) -> AESSIV:
+        """Keep ``context`` as ``peer``'s for ``epoch``, first taking theirs from
+        the idlest half if the budget is full."""
+        if not peer.contexts:
+            if len(self.live) >= self.limit:
+                self.live.sort(key=Peer.recency)
+                half = len(self.live) // 2
+                for idle in self.live[:half]:
+                    idle.contexts = {}
+                del self.live[:half]
+            self.live.append(peer)
+        peer.contexts[epoch] = context
         return context
 
     def retain(self, peers) -> None:
@@ -63,7 +63,7 @@ class CipherBudget:
         keep = {id(peer) for peer in peers}
         for peer in self.live:
             if id(peer) not in keep:
-                peer.aead = None
+                peer.contexts = {}
         self.live = [peer for peer in self.live if id(peer) in keep]
 
 
@@ -71,11 +71,11 @@ class Peer:
     """Key and state for one (client ID, server ID) pair, seen from one end."""
 
     __slots__ = (
-        "client_id", "name", "server_id", "send_direction", "key", "budget",
-        "aead", "window", "endpoint", "counter", "last_ts",
+        "client_id", "name", "server_id", "send_direction", "keys", "epoch_seconds", "budget",
+        "contexts", "window", "endpoint", "counter", "last_ts",
         "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "roams", "auth_failures", "time_drops",
         "durable_bound", "save_at", "wanted_bound", "time_window",
-        "failure_credit", "credit_time", "_context",
+        "failure_credit", "credit_time", "_context", "time_answer_due", "clock_offset",
     )
 
     def __init__(
@@ -83,6 +83,7 @@ class Peer:
         client_id: int,
         key: bytes,
         *,
+        key_epoch: int,
         server_id: int,
         send_direction: int,
         now: float,
@@ -91,18 +92,19 @@ class Peer:
         initial_counter: int | None = None,
         budget: CipherBudget | None = None,
         time_window: int = DEFAULT_TIME_WINDOW,
+        epoch_seconds: int = DEFAULT_EPOCH_SECONDS,
     ) -> None:
-        if len(key) != KEY_LEN:
-            raise ValueError(f"a key is {KEY_LEN} bytes, not {len(key)}")
         start = int(now) + 1
         self.client_id = client_id
         self.name = name
         self.server_id = server_id
         self.send_direction = send_direction
-        self.key = key
+        self.keys = EpochKeys(key, key_epoch)  # raises ValueError for a key of the wrong length
+        self.epoch_seconds = epoch_seconds
         self.budget = budget
-        # Without a budget the context is made now and kept.
-        self.aead: AESSIV | None = None if budget else AESSIV(key)
+        # AES-SIV contexts by epoch, made when first needed (kept within the
+        # budget, if any) and dropped with their epoch.
+        self.contexts: dict[int, AESSIV] = {}
         # Nothing sent before this end started can be accepted by it ...
         self.window = ReplayWindow(floor=start)
         self.endpoint = endpoint
@@ -124,6 +126,11 @@ class Peer:
         self.failure_credit = float(FAILURE_BURST)
         self.credit_time = now
         self._context: AESSIV | None = None  # made for one datagram, kept only if it authenticates
+        # Time answers (server): when this peer may earn the next one, and the
+        # offset of its clock from ours when it last did (seconds, + is ahead).
+        self.time_answer_due = 0.0
+        self.clock_offset: float | None = None
+        self.advance_keys(now)
 
     def seal(self, kind: int, payloads: list[bytes], now: float) -> list[bytes]:
         """Seal a batch of payloads into datagrams, consuming one counter each.
@@ -145,6 +152,12 @@ class Peer:
             floor = heard
         if ts < floor <= ts + self.time_window:
             ts = floor
+        epoch = ts // self.epoch_seconds
+        if epoch < self.keys.key_epoch:
+            # This clock was stepped back behind the keys already erased:
+            # stamp at the start of the oldest epoch whose key is left.
+            epoch = self.keys.key_epoch
+            ts = epoch * self.epoch_seconds
         self.last_ts = ts
         suffix = AD_SUFFIX.pack(self.send_direction, self.server_id, ts)
         word0 = (kind << TIMESTAMP_BITS) | (ts & TIMESTAMP_MASK)
@@ -153,7 +166,7 @@ class Peer:
         client_id = self.client_id
         counter = self.counter
         pack = HEADER.pack
-        encrypt = (self.aead or self.activate()).encrypt
+        encrypt = (self.contexts.get(epoch) or self.context_for(epoch)).encrypt
         datagrams = []
         append = datagrams.append
         size = 0
@@ -167,24 +180,45 @@ class Peer:
         self.tx_bytes += size
         return datagrams
 
-    def activate(self) -> AESSIV:
-        """The AES-SIV context, made again if the budget took it."""
-        return self.budget.activate(self)  # type: ignore[union-attr]  # aead is only None with a budget
+    def context_for(self, epoch: int) -> AESSIV:
+        """The AES-SIV context of ``epoch``, made and kept (within the budget).
+        Raises ValueError for an epoch whose key is erased."""
+        context = AESSIV(self.keys.for_epoch(epoch))
+        if self.budget is None:
+            self.contexts[epoch] = context
+            return context
+        return self.budget.adopt(self, epoch, context)
 
-    def new_context(self) -> AESSIV:
-        """A context for one datagram, not yet kept (see ``keep_context``)."""
-        self._context = AESSIV(self.key)
+    def new_context(self, epoch: int) -> AESSIV:
+        """A context for one datagram, not yet kept (see ``keep_context``).
+        Raises ValueError for an epoch whose key is erased."""
+        self._context = AESSIV(self.keys.for_epoch(epoch))
         return self._context
 
-    def keep_context(self) -> None:
+    def keep_context(self, epoch: int) -> None:
         """The datagram opened with ``new_context`` authenticated: keep its context."""
-        self.budget.adopt(self, self._context)  # type: ignore[union-attr, arg-type]
-        self._context = None
+        context, self._context = self._context, None
+        if self.budget is None:
+            self.contexts[epoch] = context  # type: ignore[assignment]
+        else:
+            self.budget.adopt(self, epoch, context)  # type: ignore[arg-type]
+
+    def advance_keys(self, now: float) -> bool:
+        """Erase the keys and contexts that ``now`` (Unix seconds) no longer
+        needs; True if the oldest key kept moved, so it must be saved."""
+        oldest = oldest_needed_epoch(now, self.epoch_seconds)
+        if not self.keys.advance(oldest):
+            return False
+        for epoch in [e for e in self.contexts if e < oldest]:
+            del self.contexts[epoch]
+        return True
 
     def refill_failure_credit(self, now: float) -> bool:
         """Refill the failure credit for the time since the last refill; True if
         at least one failure may be spent again."""
-        self.failure_credit = min(float(FAILURE_BURST), self.failure_credit + (now - self.credit_time) * FAILURE_RATE)
+        # A clock stepped back earns nothing (never a debt).
+        earned = max(0.0, now - self.credit_time) * FAILURE_RATE
+        self.failure_credit = min(float(FAILURE_BURST), self.failure_credit + earned)
         self.credit_time = now
         return self.failure_credit >= 1
 
@@ -208,4 +242,5 @@ class Peer:
             "roams": self.roams,
             "auth_failures": self.auth_failures,
             "time_drops": self.time_drops,
+            "clock_offset": self.clock_offset,
         }

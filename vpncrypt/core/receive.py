@@ -20,8 +20,10 @@ from .replay import NEWEST, REORDERED, REPLAYED, RING_INDEX_MASK, SUPERSEDED, TO
 from .restart import HELD_MAX, SAVE_LEAD
 from .wire import (
     AD_SUFFIX, COUNTER_MASK, HEADER, HEADER_LEN, KIND_DATA, KIND_DATA_PARTIAL, KIND_KEEPALIVE, MAX_DATAGRAM, OVERHEAD,
-    TIMESTAMP_BITS, TIMESTAMP_MASK, TIMESTAMP_MOD,
+    TIMESTAMP_BITS, TIMESTAMP_MASK, TIMESTAMP_MOD, VERSION_1_KINDS,
 )
+
+TIME_ANSWER_INTERVAL = 2.0  # seconds between two authentications of a peer's out-of-window datagrams
 
 _WINDOW_DROPS = {REPLAYED: reasons.REPLAYED, TOO_OLD: reasons.COUNTER_TOO_OLD, SUPERSEDED: reasons.SUPERSEDED}
 
@@ -40,6 +42,7 @@ def open_datagrams(
     unsaved: set | None = None,
     held: list | None = None,
     max_datagram: int = MAX_DATAGRAM,
+    skewed: list | None = None,
 ) -> list[tuple[Peer, bytes]]:
     """Authenticate, decrypt and filter; return (peer, inner packet) for each data packet.
 
@@ -53,7 +56,11 @@ def open_datagrams(
     moves that peer's endpoint to the address it came from; a client keeps
     the server address of its config, whatever a datagram's source. A peer
     whose restart bound must be raised (restart.py) is added to ``unsaved``,
-    and a datagram that must wait for it to ``held``.
+    and a datagram that must wait for it to ``held``. With ``skewed`` (the
+    server), an authentic datagram outside the time window (checked at most
+    once every TIME_ANSWER_INTERVAL seconds per peer, as a cipher call on
+    what may be garbage) adds (peer, timestamp, counter, endpoint) to it, to
+    be answered with the server's time; it is still dropped and counted.
     """
     now_s = int(now)
     ts_base = now_s - TIMESTAMP_MOD // 2
@@ -77,7 +84,7 @@ def open_datagrams(
                     drops[reasons.BAD_LENGTH] += 1
                     continue
             elif kind != KIND_DATA_PARTIAL:
-                drops[reasons.UNKNOWN_KIND] += 1
+                drops[reasons.OLD_VERSION if kind in VERSION_1_KINDS else reasons.UNKNOWN_KIND] += 1
                 continue
         peer = find_peer(client_id)
         if peer is None:
@@ -85,6 +92,20 @@ def open_datagrams(
             continue
         ts = ts_base + ((word0 - ts_base) & TIMESTAMP_MASK)
         if ts < ts_min or ts > ts_max:
+            if (skewed is not None and now >= peer.time_answer_due and ts // peer.epoch_seconds >= peer.keys.key_epoch
+                    and (peer.failure_credit >= 1 or peer.refill_failure_credit(now))):
+                # At most one a TIME_ANSWER_INTERVAL per peer: is it authentic?
+                peer.time_answer_due = now + TIME_ANSWER_INTERVAL
+                try:
+                    peer.new_context(ts // peer.epoch_seconds).decrypt(
+                        datagram[HEADER_LEN:], [datagram[:HEADER_LEN] + AD_SUFFIX.pack(direction, server_id, ts)])
+                except InvalidTag:
+                    drops[reasons.AUTH_FAILED] += 1
+                    peer.auth_failures += 1
+                    peer.refill_failure_credit(now)
+                    peer.failure_credit -= 1
+                    continue
+                skewed.append((peer, ts, counter, address))
             drops[reasons.OUTSIDE_TIME_WINDOW] += 1
             peer.time_drops += 1
             continue
@@ -108,11 +129,19 @@ def open_datagrams(
             # real one would: spend no more cipher work on its ID for now.
             drops[reasons.AUTH_FAILURES_LIMITED] += 1
             continue
-        aead = peer.aead
+        epoch = ts // peer.epoch_seconds
+        aead = peer.contexts.get(epoch)
+        if aead is None and epoch < peer.keys.key_epoch:
+            # Its key is erased: older than anything this end may still open
+            # (only after this end's clock was stepped back).
+            drops[reasons.OUTSIDE_TIME_WINDOW] += 1
+            peer.time_drops += 1
+            continue
         try:
             # A context is kept only for a datagram that authenticates, so
             # garbage never pushes real peers' contexts out of the budget.
-            packet = (aead or peer.new_context()).decrypt(datagram[HEADER_LEN:], [datagram[:HEADER_LEN] + suffix])
+            packet = (aead or peer.new_context(epoch)).decrypt(
+                datagram[HEADER_LEN:], [datagram[:HEADER_LEN] + suffix])
         except InvalidTag:
             drops[reasons.AUTH_FAILED] += 1
             peer.auth_failures += 1
@@ -120,7 +149,7 @@ def open_datagrams(
             peer.failure_credit -= 1
             continue
         if aead is None:
-            peer.keep_context()
+            peer.keep_context(epoch)
         if ts >= peer.save_at:
             # Near or past the saved restart bound: ask for a higher one, and
             # past it accept nothing until it is saved.

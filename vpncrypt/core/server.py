@@ -14,10 +14,11 @@ from typing import Any, Iterable, Mapping
 from . import Datagrams, Delivery
 from . import drops as reasons
 from .inner import Network, PrefixTable, destination_address
+from .epochs import DEFAULT_EPOCH_SECONDS, KeyTimer
 from .peer import CipherBudget, Peer
 from .receive import open_datagrams
 from .restart import RestartBounds
-from .wire import DEFAULT_TIME_WINDOW, KIND_DATA, MAX_PAYLOAD, OVERHEAD, TO_CLIENT, TO_SERVER
+from .wire import DEFAULT_TIME_WINDOW, KIND_DATA, MAX_PAYLOAD, OVERHEAD, TO_CLIENT, TO_SERVER, seal_time_answer
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ class ClientEntry:
     (host addresses, or prefixes for a network behind it)."""
 
     client_id: int
-    key: bytes = field(repr=False)
+    key: bytes = field(repr=False)  # the key of epoch ``key_epoch`` (epochs.py)
+    key_epoch: int
     addresses: tuple[Network, ...]
     name: str = ""
 
@@ -41,9 +43,10 @@ class ServerCore:
     previous run (restart.py), or None to keep none, and
     ``restart_state_lost`` that they should exist but do not; ``mtu`` the
     largest inner packet, so a datagram longer than ``mtu`` + 24 bytes is
-    dropped (bad_length) before any cipher work. Raises ValueError for a client ID given
-    twice or a key of the wrong length; everything after construction is
-    counted in ``drops``, never raised.
+    dropped (bad_length) before any cipher work; ``epoch_seconds`` the length
+    of a key epoch (epochs.py), as the clients have it. Raises ValueError for
+    a client ID given twice or a key of the wrong length; everything after
+    construction is counted in ``drops``, never raised.
     """
 
     def __init__(
@@ -58,8 +61,11 @@ class ServerCore:
         restart_bounds: Mapping[int, int] | None = None,
         restart_state_lost: bool = False,
         mtu: int = MAX_PAYLOAD,
+        epoch_seconds: int = DEFAULT_EPOCH_SECONDS,
     ) -> None:
         self.server_id = server_id
+        self.epoch_seconds = epoch_seconds
+        self.key_timer = KeyTimer(now, epoch_seconds)
         self.time_window = time_window
         self.max_datagram = mtu + OVERHEAD  # longer ones are refused before any cipher work
         self.client_to_client = client_to_client
@@ -87,14 +93,17 @@ class ServerCore:
             if entry.client_id in peers:
                 raise ValueError(f"client ID {entry.client_id} is configured twice")
             kept = self.peers.get(entry.client_id)
-            if kept is not None and kept.key == entry.key and self._addresses.get(entry.client_id) == entry.addresses:
+            if (kept is not None and self._addresses.get(entry.client_id) == entry.addresses
+                    and kept.keys.same_chain(entry.key, entry.key_epoch)):
                 kept.name = entry.name
                 peers[entry.client_id] = kept
             else:
                 peers[entry.client_id] = peer = Peer(
-                    entry.client_id, entry.key, server_id=self.server_id, send_direction=TO_CLIENT,
-                    now=now, name=entry.name, budget=self.cipher_budget, time_window=self.time_window,
+                    entry.client_id, entry.key, key_epoch=entry.key_epoch, server_id=self.server_id,
+                    send_direction=TO_CLIENT, now=now, name=entry.name, budget=self.cipher_budget,
+                    time_window=self.time_window, epoch_seconds=self.epoch_seconds,
                 )
+                self.key_timer.unsaved = True
                 self.restart.start_peer(peer, now)
         routes: PrefixTable[Peer] = PrefixTable()
         for entry in entries:
@@ -107,11 +116,12 @@ class ServerCore:
     def datagrams_received(self, datagrams: Iterable[tuple[bytes, Any]], now: float) -> Delivery:
         """Open datagrams from clients; inner packets go to TUN or, client to
         client, back out sealed. What fails a check is counted in ``drops``."""
+        skewed: list = []
         opened = open_datagrams(
             datagrams, now, direction=TO_SERVER, server_id=self.server_id,
             find_peer=self.peers.get, sources=self.routes,
             time_window=self.time_window, drops=self.drops, unsaved=self.restart.unsaved, held=self.restart.held,
-            max_datagram=self.max_datagram,
+            max_datagram=self.max_datagram, skewed=skewed,
         )
         to_tun: list[bytes] = []
         forward: list[bytes] = []
@@ -129,7 +139,22 @@ class ServerCore:
                 forward.append(packet)
             else:
                 self.drops[reasons.CLIENT_TO_CLIENT_DENIED] += 1
-        return Delivery(to_tun, self.tun_packets_received(forward, now) if forward else [])
+        to_network = self.tun_packets_received(forward, now) if forward else []
+        if skewed:
+            to_network += self._time_answers(skewed, now)
+        return Delivery(to_tun, to_network)
+
+    def _time_answers(self, skewed: list, now: float) -> Datagrams:
+        """Answer authentic datagrams from clients whose clocks are off with the
+        server's time, each to the address it came from (the endpoint does not move)."""
+        answers: Datagrams = []
+        for peer, ts, counter, address in skewed:
+            peer.clock_offset = ts - now
+            epoch = ts // peer.epoch_seconds
+            aead = peer.contexts.get(epoch) or peer.context_for(epoch)
+            answers.append((seal_time_answer(aead, peer.client_id, counter, ts, self.server_id, int(now * 1000)),
+                            address))
+        return answers
 
     def tun_packets_received(self, packets: Iterable[bytes], now: float) -> Datagrams:
         """Seal packets for the clients that own their destination addresses;
@@ -163,16 +188,26 @@ class ServerCore:
         held, self.restart.held = self.restart.held, []
         return self.datagrams_received(held, now) if held else Delivery([], [])
 
+    def keys_to_save(self) -> dict[int, tuple[int, bytes]] | None:
+        """Each client's oldest kept key, client ID -> (epoch, key), to replace
+        the key store with (erasing older keys from disk); None if unchanged."""
+        return self.key_timer.to_save(self.peers.values())
+
+    def keys_saved(self) -> None:
+        """The table from ``keys_to_save`` is durably written."""
+        self.key_timer.unsaved = False
+
     def next_timer(self) -> float | None:
-        """The server has nothing scheduled: it only answers."""
-        return None
+        """When the keys must next move forward (Unix seconds)."""
+        return self.key_timer.due
 
     def handle_timer(self, now: float) -> Datagrams:
-        """Nothing is ever due."""
+        """Erase the keys ``now`` no longer needs; the server sends nothing by itself."""
+        self.key_timer.advance(self.peers.values(), now)
         return []
 
     def clock_stepped(self, delta: float) -> None:
-        """No deadlines to move."""
+        """The key timer is on timestamps, which move with the clock: nothing to do."""
 
     def status(self) -> dict[str, Any]:
         """Per client its counters and raw endpoint, and the drops; no key material."""

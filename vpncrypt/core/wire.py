@@ -29,15 +29,19 @@ MAX_PAYLOAD = 65535
 MAX_DATAGRAM = OVERHEAD + MAX_PAYLOAD
 KEY_LEN = 64  # AES-256-SIV: two 256-bit halves (MAC key, CTR key)
 
-# Kind: 2 bits of version, 4 bits of type. Version 1 defines two types.
-VERSION = 1
+# Kind: 2 bits of version, 4 bits of type. Version 2 defines four types.
+VERSION = 2
 TYPE_DATA = 1
 TYPE_KEEPALIVE = 2
 TYPE_DATA_PARTIAL = 3  # data whose TCP/UDP checksum is left to the receiver to finish
-KIND_DATA = (VERSION << 4) | TYPE_DATA  # 0x11
-KIND_KEEPALIVE = (VERSION << 4) | TYPE_KEEPALIVE  # 0x12
-KIND_DATA_PARTIAL = (VERSION << 4) | TYPE_DATA_PARTIAL  # 0x13
-KINDS = frozenset({KIND_DATA, KIND_KEEPALIVE, KIND_DATA_PARTIAL})
+TYPE_TIME_ANSWER = 4  # server to client: the server's time, for a client whose clock is off
+KIND_DATA = (VERSION << 4) | TYPE_DATA  # 0x21
+KIND_KEEPALIVE = (VERSION << 4) | TYPE_KEEPALIVE  # 0x22
+KIND_DATA_PARTIAL = (VERSION << 4) | TYPE_DATA_PARTIAL  # 0x23
+KIND_TIME_ANSWER = (VERSION << 4) | TYPE_TIME_ANSWER  # 0x24
+KINDS = frozenset({KIND_DATA, KIND_KEEPALIVE, KIND_DATA_PARTIAL})  # what open_datagram takes
+VERSION_1_KINDS = frozenset({0x11, 0x12, 0x13})  # dropped as old_version: the peer must be upgraded
+TIME_ANSWER_PAYLOAD = 8  # the server's time in milliseconds since the Unix epoch
 
 TIMESTAMP_BITS = 10
 TIMESTAMP_MOD = 1 << TIMESTAMP_BITS
@@ -124,6 +128,14 @@ def check_cipher(aead_class=None) -> None:
             "vpncrypt needs cryptography 46 or newer") from None
 
 
+def seal_time_answer(aead, client_id: int, counter: int, timestamp: int, server_id: int, server_ms: int) -> bytes:
+    """Reference time answer: it echoes the client's datagram (its counter and
+    timestamp, so it fits that one datagram only) and carries the server's
+    clock in milliseconds. ``aead`` holds the key of the echoed timestamp's epoch."""
+    return seal_datagram(aead, KIND_TIME_ANSWER, client_id, counter, timestamp, TO_CLIENT, server_id,
+                         server_ms.to_bytes(TIME_ANSWER_PAYLOAD, "big"))
+
+
 class Rejected(Exception):
     """A datagram that ``open_datagram`` refuses; ``reason`` is a drops.* name."""
 
@@ -152,7 +164,7 @@ def open_datagram(
         raise Rejected("bad_length")
     header = decode_header(datagram)
     if header.kind not in KINDS:
-        raise Rejected("unknown_kind")
+        raise Rejected("old_version" if header.kind in VERSION_1_KINDS else "unknown_kind")
     if header.kind == KIND_KEEPALIVE and len(datagram) != OVERHEAD:
         raise Rejected("bad_length")
     now_seconds = int(now)

@@ -11,7 +11,6 @@ knows which OS it runs on.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from typing import Any, Protocol
 
@@ -43,8 +42,7 @@ def socket_options(platform: str = sys.platform) -> SocketOptions:
     if platform.startswith("linux"):
         from .linux import LINUX
 
-        # linux/in6.h; these two belong in linux.py with the others (its owner moves them).
-        return dataclasses.replace(LINUX, ipv6_recvpktinfo=49, ipv6_pktinfo=50)
+        return LINUX
     if platform.startswith("freebsd"):
         from .freebsd import FREEBSD
 

@@ -1,0 +1,65 @@
+"""The key ratchet (docs/PROTOCOL.md 1.1): deterministic, one way, and what is erased stays erased."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from vpncrypt.core.epochs import KEEP_SECONDS, EpochKeys, epoch_key, next_advance, next_epoch_key, oldest_needed_epoch
+
+from tests.builders import KEY_EPOCH, NOW, make_client, make_server
+
+
+def test_two_holders_of_one_key_agree_on_every_later_key_without_talking():
+    key = os.urandom(64)
+    a, b = EpochKeys(key, 100), EpochKeys(key, 100)
+    b.advance(103)
+    assert [a.for_epoch(e) for e in (103, 104, 110)] == [b.for_epoch(e) for e in (103, 104, 110)]
+    assert a.for_epoch(104) == epoch_key(key, 100, 104) == next_epoch_key(epoch_key(key, 100, 103), 104)
+    assert len({a.for_epoch(e) for e in range(100, 110)}) == 10  # every epoch its own key
+
+
+def test_after_advancing_nothing_kept_derives_an_erased_epochs_key():
+    key = os.urandom(64)
+    keys = EpochKeys(key, 100)
+    erased = {e: keys.for_epoch(e) for e in range(100, 105)}
+    keys.for_epoch(108)
+    assert keys.advance(105) and keys.key_epoch == 105
+    kept = list(keys._keys.items())
+    for epoch, secret in kept:  # derive forward from everything still held
+        for later in range(epoch, 112):
+            assert epoch_key(secret, epoch, later) not in erased.values()
+    with pytest.raises(ValueError, match="erased"):
+        keys.for_epoch(104)
+    assert not keys.advance(104)  # never back
+
+
+def test_same_chain_recognises_a_key_of_an_older_or_newer_epoch():
+    key = os.urandom(64)
+    keys = EpochKeys(key, 100)
+    keys.advance(102)
+    assert keys.same_chain(key, 100) and keys.same_chain(epoch_key(key, 100, 105), 105)
+    assert not keys.same_chain(os.urandom(64), 102)
+
+
+def test_keys_are_kept_back_to_the_oldest_rebuildable_timestamp():
+    assert KEEP_SECONDS == 512
+    assert oldest_needed_epoch(3600 * 10 + 511, 3600) == 9 and oldest_needed_epoch(3600 * 10 + 512, 3600) == 10
+    assert next_advance(3600 * 10 + 100, 3600) == 3600 * 10 + 512
+
+
+def test_the_cores_erase_old_keys_on_their_timer_and_ask_for_them_to_be_saved():
+    server, client = make_server(), make_client()
+    for core in (server, client):
+        assert core.keys_to_save() is not None  # the loaded key moved on at start already
+        core.keys_saved()
+        assert core.keys_to_save() is None
+    later = NOW + 3600 * 3 + 600
+    assert server.next_timer() <= later
+    server.handle_timer(later)
+    client.handle_timer(later)
+    saved = server.keys_to_save()
+    assert set(saved) == {1, 2} and all(epoch == oldest_needed_epoch(later, 3600) for epoch, _ in saved.values())
+    assert client.keys_to_save() == {1: saved[1]}  # both ends of client 1 agree
+    assert saved[1][0] > KEY_EPOCH

@@ -1,0 +1,81 @@
+"""Any client clock within 511 s works: the server answers an authentic datagram
+outside the window with its time, and the client stamps in server time from then on."""
+
+from __future__ import annotations
+
+import pytest
+
+from vpncrypt.core.receive import TIME_ANSWER_INTERVAL
+from vpncrypt.core.wire import HEADER, KIND_TIME_ANSWER, TIMESTAMP_BITS
+
+from tests.builders import (
+    A_ADDR, A_EP, NOW, SERVER_ADDR, SERVER_EP, ipv4_packet, make_client, make_server, spec_vectors,
+)
+
+ELSEWHERE = ("198.51.100.9", 7777)
+
+
+def answers_in(datagrams):
+    return [(d, e) for d, e in datagrams if HEADER.unpack_from(d)[0] >> TIMESTAMP_BITS == KIND_TIME_ANSWER]
+
+
+@pytest.mark.parametrize("offset", [-500, -200, 200, 500])
+def test_a_client_whose_clock_is_off_is_heard_after_one_answer(offset):
+    server, client = make_server(), make_client(now=NOW + offset)
+    first = client.handle_timer(NOW + 1 + offset)  # the keepalive at start, stamped by the wrong clock
+    out = server.datagrams_received([(d, A_EP) for d, _ in first], NOW + 1)
+    [(answer, to)] = answers_in(out.to_network)
+    assert to == A_EP and len(answer) == 32 and server.peers[1].endpoint is None  # answered, not accepted
+    assert server.drops["outside_time_window"] == 1 and server.peers[1].clock_offset == pytest.approx(offset, abs=1)
+    client.datagrams_received([(answer, SERVER_EP)], NOW + 1.01 + offset)
+    assert client.clock_offset == pytest.approx(-offset, abs=0.05)
+    # From now on both ways work.
+    up = client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR, b"up")], NOW + 2 + offset)
+    assert server.datagrams_received([(d, A_EP) for d, _ in up], NOW + 2).to_tun
+    down = server.tun_packets_received([ipv4_packet(SERVER_ADDR, A_ADDR, b"down")], NOW + 2)
+    assert client.datagrams_received([(d, SERVER_EP) for d, _ in down], NOW + 2 + offset).to_tun
+
+
+def test_answers_are_rate_limited_per_client_and_garbage_earns_none():
+    server, client = make_server(), make_client(now=NOW + 300)
+    batch = [(d, A_EP) for d, _ in client.tun_packets_received(
+        [ipv4_packet(A_ADDR, SERVER_ADDR, bytes([i])) for i in range(5)], NOW + 301)]
+    assert len(answers_in(server.datagrams_received(batch, NOW + 1).to_network)) == 1
+    more = [(d, A_EP) for d, _ in client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR)], NOW + 302)]
+    assert answers_in(server.datagrams_received(more, NOW + 1 + TIME_ANSWER_INTERVAL / 2).to_network) == []
+    assert len(answers_in(server.datagrams_received(more, NOW + 1 + TIME_ANSWER_INTERVAL).to_network)) == 1
+    # A forged datagram outside the window: authenticated once, never answered.
+    forged = bytearray(more[0][0])
+    forged[-1] ^= 1
+    out = server.datagrams_received([(bytes(forged), ELSEWHERE)], NOW + 10)
+    assert answers_in(out.to_network) == [] and server.drops["auth_failed"] == 1
+
+
+def test_an_answer_replayed_late_tampered_or_for_another_datagram_changes_nothing():
+    server, client = make_server(), make_client(now=NOW + 300)
+    out = server.datagrams_received([(d, A_EP) for d, _ in client.handle_timer(NOW + 301)], NOW + 1)
+    [(answer, _)] = answers_in(out.to_network)
+    tampered = bytearray(answer)
+    tampered[-1] ^= 1
+    client.datagrams_received([(bytes(tampered), SERVER_EP)], NOW + 301)
+    client.datagrams_received([(answer, SERVER_EP)], NOW + 301 + 6)  # echoes a datagram sent 6 s ago
+    other_counter = answer[:4] + ((int.from_bytes(answer[4:8], "big") + 7) % 2**32).to_bytes(4, "big") + answer[8:]
+    client.datagrams_received([(other_counter, SERVER_EP)], NOW + 301)
+    assert client.clock_offset == 0.0 and client.drops["unexpected_time_answer"] == 3
+    # The genuine one, in time, is taken.
+    client.datagrams_received([(answer, SERVER_EP)], NOW + 301.5)
+    assert client.clock_offset == pytest.approx(-300.5, abs=0.01)
+
+
+def test_the_time_answer_vector_of_the_spec_is_opened_by_the_client():
+    [vector] = [v for v in spec_vectors() if v["kind"] == "0x24"]
+    from vpncrypt.core.client import ClientCore
+
+    ts, counter, client_id = int(vector["timestamp"]), int(vector["counter"]), int(vector["client_id"])
+    client = ClientCore(client_id, bytes.fromhex(vector["root_key"]), key_epoch=int(vector["root_epoch"]),
+                        server_id=int(vector["server_id"]), server_endpoint=SERVER_EP, routes=[], now=ts - 1)
+    client.server.counter = counter - 1  # so the keepalive below carries the vector's counter ...
+    [(keepalive, _)] = client.handle_timer(ts)  # ... and its timestamp
+    assert HEADER.unpack_from(keepalive)[2] == counter
+    client.datagrams_received([(bytes.fromhex(vector["datagram"]), SERVER_EP)], ts)
+    assert client.clock_offset == pytest.approx(300.25, abs=1e-6)

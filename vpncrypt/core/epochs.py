@@ -1,0 +1,137 @@
+"""Forward secrecy without a handshake: keys that move forward with time.
+
+Time is cut into epochs of ``epoch_seconds`` (configured alike at both ends, 60
+to 86,400, one hour by default); a datagram's timestamp says its epoch,
+``ts // epoch_seconds``. Each epoch has its own 64-byte key, derived from the
+previous epoch's by HKDF-SHA256 (RFC 5869) with no salt and the info string
+"vpncrypt v2 epoch" followed by the new epoch's number (8 bytes): a one-way
+step, so a key stolen today opens nothing sent in an earlier epoch once that
+epoch's key is erased. The chain is deterministic: two servers holding copies
+of one key agree on every later key without talking to each other.
+
+An end keeps only the oldest key it still needs, for the epoch of
+``now - KEEP_SECONDS`` (it must open datagrams stamped that far back, and
+answer clocks that far off), and derives the later ones from it; older keys
+are erased from memory here and from disk by the shell.
+"""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .wire import KEY_LEN, TIMESTAMP_MOD
+
+EPOCH_INFO = b"vpncrypt v2 epoch"
+DEFAULT_EPOCH_SECONDS = 3600
+MIN_EPOCH_SECONDS = 60
+MAX_EPOCH_SECONDS = 86400
+# How far back a key is kept: the oldest timestamp a receiver can rebuild
+# (wire.rebuild_timestamp gives [now - 512, now + 511]).
+KEEP_SECONDS = TIMESTAMP_MOD // 2
+
+
+def next_epoch_key(key: bytes, epoch: int) -> bytes:
+    """The key of ``epoch`` from the key of ``epoch - 1``."""
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=None,
+                info=EPOCH_INFO + epoch.to_bytes(8, "big")).derive(key)
+
+
+def epoch_key(key: bytes, key_epoch: int, epoch: int) -> bytes:
+    """The key of ``epoch`` from ``key``, the key of ``key_epoch``; raises
+    ValueError for an epoch before ``key_epoch`` (that key is gone for good)."""
+    if epoch < key_epoch:
+        raise ValueError(f"the key of epoch {epoch} cannot be derived from that of epoch {key_epoch}")
+    for step in range(key_epoch + 1, epoch + 1):
+        key = next_epoch_key(key, step)
+    return key
+
+
+def same_chain(key: bytes, key_epoch: int, other: bytes, other_epoch: int) -> bool:
+    """True if the two keys give the same key for every epoch both reach
+    (one was derived from the other, or they are equal)."""
+    if key_epoch <= other_epoch:
+        return epoch_key(key, key_epoch, other_epoch) == other
+    return epoch_key(other, other_epoch, key_epoch) == key
+
+
+def oldest_needed_epoch(now: float, epoch_seconds: int) -> int:
+    """The epoch of the oldest timestamp an end may still have to open at ``now`` (Unix seconds)."""
+    return (int(now) - KEEP_SECONDS) // epoch_seconds
+
+
+def next_advance(now: float, epoch_seconds: int) -> float:
+    """When (Unix seconds) the oldest needed epoch next moves on, so keys must be erased."""
+    return float((oldest_needed_epoch(now, epoch_seconds) + 1) * epoch_seconds + KEEP_SECONDS)
+
+
+class KeyTimer:
+    """When a core's peers must next erase keys, and whether what moved is saved."""
+
+    def __init__(self, now: float, epoch_seconds: int) -> None:
+        self.epoch_seconds = epoch_seconds
+        self.due = next_advance(now, epoch_seconds)
+        self.unsaved = False
+
+    def advance(self, peers, now: float) -> None:
+        """Erase in every peer what ``now`` no longer needs, if it is time."""
+        if now < self.due:
+            return
+        for peer in peers:
+            self.unsaved |= peer.advance_keys(now)
+        self.due = next_advance(now, self.epoch_seconds)
+
+    def to_save(self, peers) -> dict[int, tuple[int, bytes]] | None:
+        """Client ID -> (epoch, key) of every peer's oldest kept key, or None if
+        nothing moved since the last save."""
+        if not self.unsaved:
+            return None
+        return {peer.client_id: (peer.keys.key_epoch, peer.keys.oldest) for peer in peers}
+
+
+class EpochKeys:
+    """One peer's chain: the oldest key kept and the later ones derived from it, on demand.
+
+    ``key`` is the key of epoch ``key_epoch``. ``for_epoch`` raises ValueError
+    for an epoch already erased; ``advance`` erases what ``now`` no longer needs.
+    """
+
+    __slots__ = ("key_epoch", "_keys")
+
+    def __init__(self, key: bytes, key_epoch: int) -> None:
+        if len(key) != KEY_LEN:
+            raise ValueError(f"a key is {KEY_LEN} bytes, not {len(key)}")
+        self.key_epoch = key_epoch
+        self._keys: dict[int, bytes] = {key_epoch: key}
+
+    @property
+    def oldest(self) -> bytes:
+        """The key of ``key_epoch``: what is stored, and all that is."""
+        return self._keys[self.key_epoch]
+
+    def for_epoch(self, epoch: int) -> bytes:
+        key = self._keys.get(epoch)
+        if key is None:
+            newest = max(self._keys)
+            if epoch < self.key_epoch:
+                raise ValueError(f"the key of epoch {epoch} was erased")
+            key = self._keys[newest]
+            for step in range(newest + 1, epoch + 1):
+                key = self._keys[step] = next_epoch_key(key, step)
+        return key
+
+    def same_chain(self, key: bytes, key_epoch: int) -> bool:
+        """True if ``key`` (of ``key_epoch``) and this chain give the same keys."""
+        if key_epoch >= self.key_epoch:
+            return self.for_epoch(key_epoch) == key
+        return epoch_key(key, key_epoch, self.key_epoch) == self.oldest
+
+    def advance(self, epoch: int) -> bool:
+        """Keep nothing older than ``epoch``; True if the oldest key moved (it must be saved)."""
+        if epoch <= self.key_epoch:
+            return False
+        key = self.for_epoch(epoch)
+        self._keys = {e: k for e, k in self._keys.items() if e >= epoch}
+        self._keys[epoch] = key
+        self.key_epoch = epoch
+        return True
