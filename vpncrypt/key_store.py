@@ -23,15 +23,15 @@ not keep old copies; to restore a lost store, give the client a new key
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import stat
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from . import files
+from .files import replace_durably
 from .core.epochs import MAX_EPOCH_SECONDS, MIN_EPOCH_SECONDS, epoch_key
 from .core.keys import decode_key, encode_key
 
@@ -101,43 +101,19 @@ def _text(table: KeyTable) -> str:
 
 
 def write(path: Path, table: KeyTable) -> None:
-    """Replace the store with ``table``: temporary file (0600), fsync, rename,
-    fsync of the directory. Raises OSError."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, _text(table).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    """Replace the store with ``table`` (mode 0600), durably. Raises OSError."""
+    replace_durably(path, _text(table).encode())
 
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold the store's lock (another keygen run or the daemon may be writing).
     Raises KeyStoreError if it is not free within LOCK_WAIT seconds."""
-    lock = path.with_name(f"{path.name}.lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        deadline = time.monotonic() + LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise KeyStoreError(f"{path}: another vpncrypt is writing it; try again") from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)
+        with files.locked(path, LOCK_WAIT):
+            yield
+    except files.LockTimeout as error:
+        raise KeyStoreError(str(error)) from None
 
 
 def advance(path: Path, moved: dict[int, tuple[int, bytes]]) -> None:

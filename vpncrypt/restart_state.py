@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
+
+from .files import replace_durably
 
 log = logging.getLogger("vpncrypt")
 
@@ -60,16 +61,4 @@ class RestartStore:
     def save(self, table: dict[int, int]) -> None:
         """Replace the file with ``table``, durably. Raises OSError."""
         text = json.dumps({"version": FORMAT_VERSION, "bounds": {str(k): v for k, v in sorted(table.items())}})
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, text.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, self.path)
-        directory = os.open(self.path.parent, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        replace_durably(self.path, text.encode())
