@@ -119,11 +119,14 @@ def address_point_to_point(pair: Pair, ns: str, device: str, side: str) -> None:
 def start_vpncrypt(pair: Pair, workdir: Path) -> None:
     venv = Path(sys.executable).parent
     server = workdir / "server.toml"
+    state = workdir / "state"  # key stores and restart state, never this machine's /var/lib/vpncrypt
     run([str(venv / "vpncrypt-keygen"), "server", "--endpoint", f"{LEFT_UNDERLAY}:{PORT}",
-         "--tunnel", f"{LEFT_TUNNEL}/24", "--tunnel", f"{LEFT_TUNNEL6}/64", "--out", str(server), "--server-id", "1"])
+         "--tunnel", f"{LEFT_TUNNEL}/24", "--tunnel", f"{LEFT_TUNNEL6}/64", "--out", str(server), "--server-id", "1",
+         "--state-directory", str(state)])
     client = workdir / "client.toml"
     run([str(venv / "vpncrypt-keygen"), "client", "--server-config", str(server), "--name", "right",
-         "--out", str(client), "--address", RIGHT_TUNNEL, "--address", RIGHT_TUNNEL6])
+         "--out", str(client), "--address", RIGHT_TUNNEL, "--address", RIGHT_TUNNEL6,
+         "--key-out", str(state / "client.keys.json"), "--client-state-directory", str(state)])
     pair.spawn("left", [str(venv / "vpncrypt-server"), "--config", str(server)], "vpncrypt-server.log")
     time.sleep(0.5)
     pair.spawn("right", [str(venv / "vpncrypt-client"), "--config", str(client)], "vpncrypt-client.log")
