@@ -96,27 +96,29 @@ class ClientConfig:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a config file after checking that only its owner can read it."""
+    """Parse a config file after checking that only its owner can read it and
+    that only root or this user could have written it (key_store.open_trusted:
+    owner, directory, no symbolic link, checked on the open file)."""
     try:
-        mode = path.stat().st_mode
+        file, info = key_store.open_trusted(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except key_store.UntrustedFile as error:
+        raise ConfigError(str(error)) from None
     except OSError as error:
         raise ConfigError(f"{path}: {error.strerror}") from None
-    if not stat.S_ISREG(mode):
-        raise ConfigError(f"{path}: not a regular file")
-    if mode & 0o077:
-        raise ConfigError(
-            f"{path}: holds secret keys but is readable by group or others "
-            f"(mode {stat.S_IMODE(mode):04o}); fix it with: chmod 600 {path}"
-        )
-    try:
-        with path.open("rb") as file:
+    with file:
+        if info.st_mode & 0o077:
+            raise ConfigError(
+                f"{path}: holds secret keys but is readable by group or others "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}); fix it with: chmod 600 {path}"
+            )
+        try:
             return tomllib.load(file)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    except OSError as error:
-        raise ConfigError(f"{path}: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML: {error}") from None
+        except OSError as error:
+            raise ConfigError(f"{path}: {error.strerror}") from None
 
 
 class _Section:

@@ -23,12 +23,14 @@ not keep old copies; to restore a lost store, give the client a new key
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import pwd
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from . import files
 from .files import replace_durably
@@ -51,19 +53,80 @@ class KeyTable:
     keys: dict[int, tuple[int, bytes]] = field(default_factory=dict, repr=False)
 
 
+class UntrustedFile(Exception):
+    """A config or key store someone other than root or this user could have written."""
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def open_trusted(path: Path) -> tuple[BinaryIO, os.stat_result]:
+    """Open ``path`` for reading, refusing it unless root or this user could
+    have written it: the file itself (never a symbolic link: ``O_NOFOLLOW``)
+    and its directory (which decides what the name points to) owned by root or
+    the effective user, the directory not writable by group or others. The
+    checks are made on what was opened (``fstat`` of the directory, then of the
+    file opened inside that very directory), so nobody can swap the file
+    between check and use. Returns the open file and its ``stat``.
+
+    Raises UntrustedFile with one line that says how to fix it, or OSError
+    (FileNotFoundError ...) as ``open`` would."""
+    path = Path(path)
+    trusted = {0, os.geteuid()}
+    owner = "root" if os.geteuid() == 0 else _user(os.geteuid())
+    directory = path.parent
+    directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(directory_fd)
+        if info.st_uid not in trusted:
+            raise UntrustedFile(f"{path}: its directory {directory} is owned by {_user(info.st_uid)}, who could"
+                                f" replace the file; fix it with: chown {owner} {directory}")
+        if info.st_mode & 0o022:
+            raise UntrustedFile(f"{path}: its directory {directory} is writable by group or others (mode"
+                                f" {stat.S_IMODE(info.st_mode):04o}), who could replace the file; fix it with:"
+                                f" chmod go-w {directory}")
+        try:
+            # O_NONBLOCK: a FIFO in its place must not hang the start (it is refused below).
+            fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory_fd)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise UntrustedFile(f"{path}: is a symbolic link, which vpncrypt does not follow (whoever can change"
+                                    " the link could point it elsewhere); fix it: replace the link by the file it"
+                                    f" points to, or name that file ({os.path.realpath(path)})") from None
+            raise
+    finally:
+        os.close(directory_fd)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UntrustedFile(f"{path}: not a regular file")
+        if info.st_uid not in trusted:
+            raise UntrustedFile(f"{path}: owned by {_user(info.st_uid)}, not by {owner}, so it may not be what"
+                                f" the operator wrote; fix it with: chown {owner} {path}")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), info
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def store_path(state_directory: Path, name: str) -> Path:
     """Where the daemon named ``name`` (its config's stem) keeps its keys."""
     return Path(state_directory) / f"{name}.keys.json"
 
 
 def load(path: Path) -> KeyTable:
-    """Read a store after checking that only its owner can read it. Raises
+    """Read a store after checking that only its owner can read it and that only
+    root or this user could have written it (open_trusted). Raises
     KeyStoreError with one line naming the file (never a key)."""
     try:
-        with open(path, "rb") as file:
-            mode = os.fstat(file.fileno()).st_mode
-            if not stat.S_ISREG(mode):
-                raise KeyStoreError(f"{path}: not a regular file")
+        file, info = open_trusted(path)
+        with file:
+            mode = info.st_mode
             if mode & 0o077:
                 raise KeyStoreError(f"{path}: holds secret keys but is readable by group or others "
                                     f"(mode {stat.S_IMODE(mode):04o}); fix it with: chmod 600 {path}")
@@ -71,6 +134,8 @@ def load(path: Path) -> KeyTable:
     except FileNotFoundError:
         raise KeyStoreError(f"{path}: no key store (vpncrypt-keygen writes it; a client's comes from "
                             "its server's operator)") from None
+    except UntrustedFile as error:
+        raise KeyStoreError(str(error)) from None
     except OSError as error:
         raise KeyStoreError(f"{path}: {error.strerror}") from None
     except ValueError:
