@@ -188,7 +188,8 @@ def run_client(config: ClientConfig) -> int:
     # carry the mark that keeps them on the main table's routes; elsewhere the
     # plan keeps a host route to the server outside the tunnel instead.
     marked = spec.full_tunnel and socket_options().mark is not None
-    open_transport = functools.partial(open_client_transport, family, fwmark=config.fwmark if marked else 0)
+    open_transport = functools.partial(open_client_transport, family, fwmark=config.fwmark if marked else 0,
+                                       offload=config.offload)
     name = config.path.stem
     control_server = control.ControlServer.bind(control.socket_path(name))
     try:

@@ -288,7 +288,8 @@ def run_server(config: ServerConfig) -> int:
         store = RestartStore(config.state_directory, config.path.stem)
         store.prepare()
         core = build_core(config, time.time(), store.load())
-        listen = functools.partial(open_server_transport, config.listen_address, config.port)
+        listen = functools.partial(open_server_transport, config.listen_address, config.port,
+                                   offload=config.offload)
         with tunnel_and_transport(tunnel_spec(config), config.offload, listen) as (tun, transport):
             daemon = Daemon(tun, transport, core, status=lambda: server_status(core), control=control_server,
                             restart_store=store,

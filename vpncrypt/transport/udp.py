@@ -10,9 +10,11 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import sys
-from typing import Any
+import time
+from typing import Any, Callable
 
 from . import socket_options
 from .options import SocketOptions
@@ -24,6 +26,14 @@ SOL_UDP = 17  # IPPROTO_UDP, the level of UDP_SEGMENT and UDP_GRO
 GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS in linux/udp.h
 GSO_MAX_BYTES = 65000  # under IPv4's 65,507-byte UDP payload limit
 _GSO_REFUSED = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EIO}
+# Linux's IP_MTU_DISCOVER (linux/in.h 10) set to IP_PMTUDISC_DONT (0): outer IPv4
+# datagrams leave without DF, so a router on a smaller path fragments them even
+# where ICMP is filtered. FreeBSD and macOS send UDP without DF already.
+_IP_MTU_DISCOVER = 10
+_IP_PMTUDISC_DONT = 0
+SEND_ERROR_LOG_INTERVAL = 60.0  # seconds at least between two log lines about one errno
+GSO_LIMITS_KEPT = 4096  # endpoints whose GSO size limit is remembered; then all are tried afresh
+GSO_RETRY_RUNS = 1 << 16  # segmented sends after which remembered limits are forgotten (a path may grow)
 _GRO_ANCILLARY = socket.CMSG_SPACE(4)
 _PKTINFO_ANCILLARY = socket.CMSG_SPACE(20)  # struct in6_pktinfo; in_pktinfo is 12 bytes, in_addr 4
 _missing_said = False
@@ -48,6 +58,19 @@ def _grow_buffers(sock: socket.socket, options: SocketOptions) -> None:
             sock.setsockopt(socket.SOL_SOCKET, plain, _BUFFER_BYTES)
 
 
+def _clear_df(sock: socket.socket, options: SocketOptions) -> None:
+    """IPv4 datagrams without DF (see ``_IP_MTU_DISCOVER``); also the IPv4 side
+    of a dual-stack IPv6 socket. IPv6 has no DF: its datagrams larger than the
+    path are fragmented by this host's kernel, at the path MTU an ICMPv6 Packet
+    Too Big told it."""
+    if options.name != "Linux":
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DONT)
+    except OSError:
+        pass  # an IPv6-only socket has no IPv4 side
+
+
 def open_server_transport(
     address: str, port: int, *, offload: bool = True, options: SocketOptions | None = None,
 ) -> "UdpTransport":
@@ -61,6 +84,7 @@ def open_server_transport(
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         _grow_buffers(sock, options)
+        _clear_df(sock, options)
         sock.bind((address, port))
     except OSError as error:
         sock.close()
@@ -83,6 +107,7 @@ def open_client_transport(
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         _grow_buffers(sock, options)
+        _clear_df(sock, options)
         if fwmark:
             if options.mark is None:
                 raise OSError(errno.EOPNOTSUPP, f"a fwmark needs SO_MARK, which {options.name} does not have")
@@ -102,7 +127,15 @@ class UdpTransport:
     split here: one system call for a batch instead of one per datagram. On
     the wire they stay separate datagrams, so a peer without offloads sees no
     difference. If the kernel refuses either, it is switched off for this
-    socket and the datagrams go one by one.
+    socket and the datagrams go one by one. A run larger than the path MTU to
+    its endpoint (EMSGSIZE: the kernel does not fragment a GSO send) goes one
+    by one instead, where the kernel fragments what does not fit, and so do
+    later runs of that size or larger to that endpoint. Whatever the kernel
+    refuses, each datagram of a run is tried: one refusal never loses a run.
+
+    Send errors are counted in ``send_errors`` and logged, at most one line a
+    ``SEND_ERROR_LOG_INTERVAL`` per errno, with the destination, the errno and
+    for EMSGSIZE its likely cause.
 
     With ``reply_from_destination`` (a server listening on every address),
     each received datagram's address is paired with the local address it was
@@ -114,11 +147,18 @@ class UdpTransport:
 
     def __init__(
         self, sock: socket.socket, *, offload: bool = True, reply_from_destination: bool = False,
-        options: SocketOptions | None = None,
+        options: SocketOptions | None = None, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         options = options or socket_options()
         _say_missing_once(options)
         self.sock = sock
+        self._clock = clock
+        self._logged: dict[tuple, float] = {}  # kind -> when a line about it was last logged
+        self._unlogged: dict[tuple, int] = {}  # kind -> errors since that line
+        # Endpoint -> the smallest datagram size a GSO send to it was refused
+        # for with EMSGSIZE: runs that large go one by one (fragmented by the kernel).
+        self.gso_limits: dict[Any, int] = {}
+        self._segmented_runs = 0
         self._buffer = bytearray(1 << 17)  # a coalesced read is at most 64 KiB
         self._view = memoryview(self._buffer)
         self.send_errors = 0
@@ -133,6 +173,8 @@ class UdpTransport:
                 self.gro = True
             except OSError:
                 pass
+        log.info("UDP offloads: GSO %s, GRO %s%s", "on" if self.gso else "off", "on" if self.gro else "off",
+                  "" if offload else " (offload = false)")
         self.sticky = False
         if reply_from_destination:
             # On Linux IPV6_RECVPKTINFO covers IPv4-mapped datagrams too (RFC 3542).
@@ -210,7 +252,7 @@ class UdpTransport:
                 end += 1
                 if length < size:
                     break
-            if end - first == 1 or not self.gso:
+            if end - first == 1 or not self.gso or size >= self.gso_limits.get(endpoint, GSO_MAX_BYTES):
                 self._send_each(datagrams[first:end])
             else:
                 self._send_segmented(datagrams[first:end], size, endpoint)
@@ -219,19 +261,35 @@ class UdpTransport:
     def _send_segmented(self, run: list[tuple[bytes, Any]], size: int, endpoint: Any) -> None:
         ancillary = [(SOL_UDP, self._udp_segment, size.to_bytes(2, sys.byteorder))]
         if self.sticky:
-            endpoint, source = endpoint
+            address, source = endpoint
             if source:
                 ancillary.append(source)
+        else:
+            address = endpoint
+        self._segmented_runs += 1
+        if self._segmented_runs >= GSO_RETRY_RUNS:
+            self._segmented_runs = 0
+            self.gso_limits.clear()  # the path may have grown again: find out
         try:
-            self.sock.sendmsg([d for d, _ in run], ancillary, 0, endpoint)
+            self.sock.sendmsg([d for d, _ in run], ancillary, 0, address)
         except OSError as error:
-            if error.errno in _GSO_REFUSED:
+            if error.errno == errno.EMSGSIZE:
+                # Larger than the path MTU to this endpoint (the route's, or one an
+                # ICMP message taught the kernel): the kernel will not fragment a
+                # GSO send, but it does one datagram at a time.
+                if len(self.gso_limits) >= GSO_LIMITS_KEPT:
+                    self.gso_limits.clear()
+                self.gso_limits[endpoint] = min(size, self.gso_limits.get(endpoint, size))
+                self._log_error(error, endpoint, size, segmented=True)
+                self._send_each(run)
+            elif error.errno in _GSO_REFUSED:
                 errors = self.send_errors
                 self._send_each(run)
                 if self.send_errors == errors:
                     self.gso = False  # one by one they went: this kernel or route will not segment
             else:
-                self.send_errors += len(run)
+                # Full buffer, no route ...: try each, so that what can go goes.
+                self._send_each(run)
 
     def _send_each(self, datagrams: list[tuple[bytes, Any]]) -> None:
         sendto, sendmsg, sticky = self.sock.sendto, self.sock.sendmsg, self.sticky
@@ -242,8 +300,45 @@ class UdpTransport:
                     sendmsg([datagram], [source] if source else [], 0, address)
                 else:
                     sendto(datagram, endpoint)
-            except OSError:
+            except OSError as error:
                 # Full buffer, network down, no route, a local address that
                 # has gone: lost like on any network, and the tunnel carries
                 # on when the network is back.
                 self.send_errors += 1
+                self._log_error(error, endpoint, len(datagram))
+
+    def _log_error(self, error: OSError, endpoint: Any, size: int, segmented: bool = False) -> None:
+        """One line per kind (errno, and whether a GSO run was refused) at most
+        every SEND_ERROR_LOG_INTERVAL seconds, saying how many since the last."""
+        number = error.errno or 0
+        kind = (number, segmented)
+        now = self._clock()
+        last = self._logged.get(kind)
+        if last is not None and now - last < SEND_ERROR_LOG_INTERVAL:
+            self._unlogged[kind] = self._unlogged.get(kind, 0) + 1
+            return
+        self._logged[kind] = now
+        since = self._unlogged.pop(kind, 0)
+        address = endpoint[0] if self.sticky else endpoint
+        cause = ""
+        if segmented:
+            cause = (f"; {size}-byte datagrams are larger than the path MTU to it (a small MTU on the way, or"
+                     " one learned from ICMP): they go one at a time now, fragmented by the kernel")
+        elif number == errno.EMSGSIZE:
+            cause = (f"; a {size}-byte datagram is larger than the path MTU to it allows"
+                     " and the kernel would not fragment it: lower mtu in the config")
+        elif number in (errno.ENOBUFS, errno.EAGAIN):
+            cause = "; the send queue is full"
+        elif number in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            cause = "; no route to it"
+        more = f" ({since} more since the last line)" if since else ""
+        log.warning("UDP send to %s failed: %s (%s)%s%s", _format(address), os.strerror(number),
+                    errno.errorcode.get(number, number), cause, more)
+
+
+def _format(address: Any) -> str:
+    try:
+        host, port = address[0], address[1]
+    except (TypeError, IndexError):
+        return str(address)
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
