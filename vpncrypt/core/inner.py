@@ -87,6 +87,135 @@ def complete_checksum(packet: bytes, location: tuple[int, int] | None = None) ->
     return packet[:field] + checksum.to_bytes(2, "big") + packet[field + 2:]
 
 
+TCP = 6
+TCP_SYN = 0x02
+TCP_OPTION_END, TCP_OPTION_NOP, TCP_OPTION_MSS = 0, 1, 2
+# RFC 6691: an MSS is the MTU less the fixed IP and TCP headers, options not counted.
+MSS_OVERHEAD = {4: 40, 6: 60}
+# IPv6 extension headers that carry (next header, length in 8-octet units less one).
+IPV6_EXTENSIONS = frozenset((0, 43, 60))  # hop-by-hop, routing, destination options
+IPV6_FRAGMENT = 44
+MAX_IPV6_EXTENSIONS = 8  # more is not a packet anyone sends (RFC 8200 limits each kind to one or two)
+
+
+def ipv6_upper_layer(packet: bytes) -> tuple[int, int, int] | None:
+    """(upper-layer protocol, where its header starts, fragment offset in bytes)
+    of an IPv6 packet, past hop-by-hop, routing, destination options and
+    fragment headers (RFC 8200, 4.1); or None if a header runs past the
+    packet or there are too many. A non-first fragment (offset > 0) carries
+    no upper-layer header: the protocol is then what its first fragment carries."""
+    size = len(packet)
+    if size < 40:
+        return None
+    protocol, start, fragment_offset = packet[6], 40, 0
+    for _ in range(MAX_IPV6_EXTENSIONS):
+        if protocol in IPV6_EXTENSIONS:
+            if start + 8 > size:
+                return None
+            protocol, start = packet[start], start + (packet[start + 1] + 1) * 8
+        elif protocol == IPV6_FRAGMENT:
+            if start + 8 > size:
+                return None
+            fragment_offset = int.from_bytes(packet[start + 2:start + 4], "big") & 0xFFF8
+            protocol, start = packet[start], start + 8
+        else:
+            return (protocol, start, fragment_offset) if start <= size else None
+    return None
+
+
+def _tcp_start(packet: bytes) -> int | None:
+    """Where the TCP header of an unfragmented (or first-fragment-free) TCP
+    packet starts, with 20 bytes of it there; None for anything else."""
+    size = len(packet)
+    if size < 40:
+        return None
+    version = packet[0] >> 4
+    if version == 4:
+        start = (packet[0] & 0x0F) * 4
+        if packet[9] != TCP or start < 20 or int.from_bytes(packet[6:8], "big") & 0x3FFF:
+            return None
+    elif version == 6:
+        if packet[6] == TCP:
+            start = 40
+        else:
+            walked = ipv6_upper_layer(packet)
+            if walked is None or walked[0] != TCP or walked[2]:
+                return None
+            start = walked[1]
+    else:
+        return None
+    return start if start + 20 <= size else None
+
+
+def _checksum_adjusted(checksum: int, old: bytes, new: bytes) -> int:
+    """RFC 1624 (eqn. 3): HC' = ~(~HC + ~m + m'), over the 16-bit words of
+    ``old`` replaced by ``new`` (even-aligned within the summed data)."""
+    total = ~checksum & 0xFFFF
+    for index in range(0, len(old), 2):
+        total += (~int.from_bytes(old[index:index + 2], "big") & 0xFFFF) + int.from_bytes(new[index:index + 2], "big")
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def clamp_mss(packet: bytes, mtu: int) -> bytes:
+    """``packet`` with the MSS option of a TCP SYN (or SYN-ACK) lowered to what
+    fits an ``mtu``-byte tunnel (``mtu`` less 40 for IPv4, 60 for IPv6), as
+    OpenVPN's mssfix does, so that neither end sends segments the tunnel must
+    fragment; anything else is returned as it is, and cheaply.
+
+    The TCP checksum is updated incrementally (RFC 1624), so a wrong one stays
+    wrong; a PartialChecksumPacket keeps its type and its field (the pseudo-
+    header sum there does not cover the options). IPv6 extension headers are
+    walked; fragments are left alone."""
+    if len(packet) < 40:
+        return packet
+    version = packet[0] >> 4
+    # The fast way out, for every packet that is not a plain SYN: protocol and flags.
+    if version == 4:
+        if packet[9] != TCP or packet[0] == 0x45 and not packet[33] & TCP_SYN:
+            return packet
+    elif version == 6:
+        if packet[6] == TCP and (len(packet) < 60 or not packet[53] & TCP_SYN):
+            return packet
+    else:
+        return packet
+    start = _tcp_start(packet)
+    if start is None or not packet[start + 13] & TCP_SYN:
+        return packet
+    end = min(start + (packet[start + 12] >> 4) * 4, len(packet))
+    limit = mtu - MSS_OVERHEAD[version]
+    option = start + 20
+    while option < end:
+        kind = packet[option]
+        if kind == TCP_OPTION_END:
+            break
+        if kind == TCP_OPTION_NOP:
+            option += 1
+            continue
+        if option + 1 >= end or packet[option + 1] < 2:
+            break  # a malformed option list: leave it
+        length = packet[option + 1]
+        if kind == TCP_OPTION_MSS and length == 4 and option + 4 <= end:
+            field = option + 2
+            if int.from_bytes(packet[field:field + 2], "big") <= limit:
+                return packet
+            clamped = bytearray(packet)
+            clamped[field:field + 2] = limit.to_bytes(2, "big")
+            if type(packet) is PartialChecksumPacket:
+                return PartialChecksumPacket(clamped)
+            # The words that changed, aligned to the TCP header (an option may start at an odd offset).
+            first = field - (field - start) % 2
+            last = field + 2 + (field + 2 - start) % 2
+            checksum_field = start + 16
+            checksum = _checksum_adjusted(int.from_bytes(packet[checksum_field:checksum_field + 2], "big"),
+                                          bytes(packet[first:last]), bytes(clamped[first:last]))
+            clamped[checksum_field:checksum_field + 2] = checksum.to_bytes(2, "big")
+            return bytes(clamped)
+        option += length
+    return packet
+
+
 REMEMBERED_ADDRESSES = 4096
 
 

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 
 from . import Datagrams, Delivery
 from . import drops as reasons
-from .inner import Network, PrefixTable, destination_address
+from .inner import Network, PrefixTable, clamp_mss, destination_address
 from .epochs import DEFAULT_EPOCH_SECONDS, KeyTimer
 from .peer import CipherBudget, Peer
 from .receive import open_datagrams
@@ -68,6 +68,7 @@ class ServerCore:
         self.key_timer = KeyTimer(now, epoch_seconds)
         self.time_window = time_window
         self.max_datagram = mtu + OVERHEAD  # longer ones are refused before any cipher work
+        self.mtu = mtu  # TCP SYNs both ways have their MSS clamped to it (every flow passes the server)
         self.client_to_client = client_to_client
         self.drops = reasons.new_counters()
         self.peers: dict[int, Peer] = {}
@@ -127,7 +128,9 @@ class ServerCore:
         forward: list[bytes] = []
         hosts_get = self.routes.hosts.get
         longest_match = self.routes.longest_match
+        mtu = self.mtu
         for sender, packet in opened:
+            packet = clamp_mss(packet, mtu)
             # open_datagrams checked the source, so the IP header is whole.
             destination = packet[16:20] if packet[0] >> 4 == 4 else packet[24:40]
             owner = hosts_get(destination)
@@ -161,7 +164,9 @@ class ServerCore:
         a destination nobody owns, or a client not heard from yet, is counted."""
         by_peer: dict[Peer, list[bytes]] = {}
         lookup = self.routes.lookup
+        mtu = self.mtu
         for packet in packets:
+            packet = clamp_mss(packet, mtu)
             destination = destination_address(packet)
             peer = lookup(destination) if destination is not None else None
             if peer is None:
