@@ -358,3 +358,83 @@ def test_split_refuses_what_the_kernel_does_not_hand_over():
     assert split(merged[:60], gso_type, mss) == []  # no payload
     assert split(merged, gso_type, 0) == []
     assert split_datagrams(udp_super_packet(datagrams(3, v6=True))[0], 0) == []
+
+
+# --- IPv6 extension headers (issue 13) -----------------------------------------------------
+
+DEST_OPTIONS = (60, b"\x00\x01\x04\x00\x00\x00\x00")  # 8 bytes: PadN
+HOP_BY_HOP = (0, b"\x00\x01\x04\x00\x00\x00\x00")
+ROUTING = (43, b"\x00\x00\x00\x00\x00\x00\x00")  # type 0, no segments left (walked, not acted on)
+FRAGMENT = (44, b"\x00\x00\x01\x12\x34\x56\x78")  # offset 0, more fragments
+CHAINS = [[DEST_OPTIONS], [HOP_BY_HOP], [HOP_BY_HOP, ROUTING, DEST_OPTIONS],
+          [(60, b"\x01" + b"\x01\x0c" + bytes(12))]]  # a 16-byte one
+
+
+def with_extensions(packet: bytes, headers: list[tuple[int, bytes]]) -> bytes:
+    """``packet`` (IPv6) with ``headers`` ((type, body after the next-header byte)
+    each) between its fixed header and its upper layer. The TCP/UDP checksum
+    stays right: the pseudo-header holds the upper-layer length."""
+    kinds = [kind for kind, _ in headers] + [packet[6]]
+    chain = b"".join(bytes([kinds[index + 1]]) + body for index, (_, body) in enumerate(headers))
+    header = bytearray(packet[:40])
+    header[6] = kinds[0]
+    header[4:6] = (len(chain) + len(packet) - 40).to_bytes(2, "big")
+    return bytes(header) + chain + packet[40:]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 40), st.integers(1, MSS), st.sampled_from(CHAINS))
+def test_split_walks_ipv6_extension_headers(count, last, chain):
+    """A TCP super-packet with destination options, hop-by-hop or routing headers:
+    every segment carries them, with the right payload length and checksum. Before,
+    the splitter took a 40-byte header and returned nothing: a silent drop."""
+    packets = flow(count, last=last, v6=True)
+    merged, gso_type, mss = super_packet(packets)
+    segments = split(with_extensions(merged, chain), gso_type, mss)
+    assert all(type(s) is PartialChecksumPacket for s in segments)
+    assert [complete_checksum(s) for s in segments] == [with_extensions(p, chain) for p in packets]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(1, DATAGRAM), st.sampled_from(CHAINS))
+def test_split_datagrams_walks_ipv6_extension_headers(count, last, chain):
+    packets = datagrams(count, last=last, v6=True)
+    merged, size = udp_super_packet(packets)
+    parts = split_datagrams(with_extensions(merged, chain), size)
+    assert [complete_checksum(part) for part in parts] == [with_extensions(p, chain) for p in packets]
+
+
+def test_splitters_refuse_a_fragment_header_or_a_broken_chain():
+    packets = flow(3, v6=True)
+    merged, gso_type, mss = super_packet(packets)
+    udp_merged, size = udp_super_packet(datagrams(3, v6=True))
+    for chain in ([FRAGMENT], [DEST_OPTIONS, FRAGMENT], [(60, b"\xff" + bytes(6))]):  # the last runs past the end
+        assert split(with_extensions(merged, chain)[:3000], gso_type, mss) == []
+        assert split_datagrams(with_extensions(udp_merged, chain)[:3000], size) == []
+
+
+def test_partial_checksums_are_found_past_extension_headers():
+    """A partial-checksum packet with extension headers (a split segment) is
+    finished where its TCP or UDP header is, by either end."""
+    from vpncrypt.core.inner import checksum_location
+
+    for packet in (flow(1, v6=True)[0], datagrams(1, v6=True)[0]):
+        for chain in CHAINS:
+            extended = with_extensions(packet, chain)
+            start = 40 + sum(8 * (1 + body[0]) for _, body in chain)
+            assert checksum_location(extended)[0] == start
+            assert complete_checksum(make_partial_at(extended, start)) == extended
+        assert checksum_location(with_extensions(packet, [FRAGMENT])) is None
+
+
+def make_partial_at(packet: bytes, start: int) -> PartialChecksumPacket:
+    """``packet`` with its TCP/UDP checksum field holding the pseudo-header sum only."""
+    from vpncrypt.core.inner import checksum_location
+
+    _, offset = checksum_location(packet)
+    protocol = 6 if offset == 16 else 17
+    length = len(packet) - start
+    pseudo = fold(ones_sum(packet[8:40]) + protocol + length)
+    partial = bytearray(packet)
+    partial[start + offset:start + offset + 2] = pseudo.to_bytes(2, "big")
+    return PartialChecksumPacket(bytes(partial))

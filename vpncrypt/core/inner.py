@@ -59,6 +59,11 @@ def checksum_location(packet: bytes) -> tuple[int, int] | None:
             return None
     elif version == 6 and size >= 40:
         start, protocol = 40, packet[6]
+        if protocol != 6 and protocol != 17:
+            walked = ipv6_upper_layer(packet)  # past extension headers
+            if walked is None or walked[2] or walked[1] > 40 and _has_fragment_header(packet):
+                return None  # malformed, or a fragment: no whole segment to sum
+            protocol, start, _ = walked
     else:
         return None
     offset = 16 if protocol == 6 else 6 if protocol == 17 else None
@@ -121,6 +126,19 @@ def ipv6_upper_layer(packet: bytes) -> tuple[int, int, int] | None:
         else:
             return (protocol, start, fragment_offset) if start <= size else None
     return None
+
+
+def _has_fragment_header(packet: bytes) -> bool:
+    """Whether an IPv6 packet's extension headers include a fragment header
+    with more fragments to follow (a first fragment)."""
+    protocol, start = packet[6], 40
+    for _ in range(MAX_IPV6_EXTENSIONS):
+        if protocol == IPV6_FRAGMENT:
+            return bool(packet[start + 3] & 1)
+        if protocol not in IPV6_EXTENSIONS:
+            return False
+        protocol, start = packet[start], start + (packet[start + 1] + 1) * 8
+    return False
 
 
 def _tcp_start(packet: bytes) -> int | None:

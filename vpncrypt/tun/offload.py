@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 
-from ..core.inner import PartialChecksumPacket, checksum_location
+from ..core.inner import IPV6_FRAGMENT, PartialChecksumPacket, checksum_location, ipv6_upper_layer
 
 VNET_HEADER = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 VNET_HEADER_LEN = VNET_HEADER.size
@@ -135,9 +135,8 @@ def pseudo_header_sum(header: bytes | bytearray, version: int, length: int, prot
 # The IP header of a segment: what changes per segment packed between the parts
 # that do not. IPv4: (version to TOS), total length, ID, (flags to protocol),
 # header checksum, (addresses and options). IPv6: (version to flow label),
-# payload length, (next header to addresses).
+# payload length, (next header to addresses and extension headers).
 _IPV4_LAYOUT = "!2sHH4sH"
-_IPV6_LAYOUT = "!4sH34s"
 
 
 def _segment_packer(header: bytes, version: int, ip_len: int, transport_layout: str) -> tuple:
@@ -145,8 +144,8 @@ def _segment_packer(header: bytes, version: int, ip_len: int, transport_layout: 
     ``transport_layout``), the unchanging parts of the IP header, and for IPv4
     its ID and the sum of its words without length, ID and checksum (each
     segment adds its own)."""
-    if version == 6:
-        return struct.Struct(f"{_IPV6_LAYOUT}{transport_layout}").pack, header[0:4], header[6:40], b"", 0, 0
+    if version == 6:  # ip_len is past any extension headers, which are copied as they are
+        return struct.Struct(f"!4sH{ip_len - 6}s{transport_layout}").pack, header[0:4], header[6:ip_len], b"", 0, 0
     ip_a, ip_b, ip_c = header[0:2], header[6:10], header[12:ip_len]
     ip_id0 = int.from_bytes(header[4:6], "big")
     ip_sum0 = sum(struct.unpack(f"!{ip_len // 2}H", ip_a + bytes(4) + ip_b + bytes(2) + ip_c))
@@ -159,15 +158,32 @@ def _ipv4_checksum(partial_sum: int) -> int:
     return ~((partial_sum & 0xFFFF) + (partial_sum >> 16)) & 0xFFFF
 
 
+def _ipv6_unfragmented(packet: bytes | memoryview) -> tuple[int, int] | None:
+    """(upper-layer protocol, where its header starts) past IPv6 extension
+    headers, or None for a malformed chain or one with a fragment header
+    (a super-packet is never a fragment)."""
+    head = bytes(packet[:min(len(packet), 2048)])  # the headers only: no copy of the payload
+    walked = ipv6_upper_layer(head)
+    if walked is None or walked[1] + 8 > len(head):
+        return None
+    protocol, start = head[6], 40
+    while start < walked[1]:  # a second walk, cheap and rare: is one of them a fragment header?
+        if protocol == IPV6_FRAGMENT:
+            return None
+        protocol, start = head[start], start + (8 if protocol == IPV6_FRAGMENT else (head[start + 1] + 1) * 8)
+    return walked[0], walked[1]
+
+
 def split(packet: bytes | memoryview, gso_type: int, gso_size: int) -> list[PartialChecksumPacket]:
     """MSS-sized segments of a TCP super-packet (GSO_TCPV4 or GSO_TCPV6), each a
     complete IP packet whose TCP checksum holds the pseudo-header sum only.
 
     Per segment: IP total length (IPv6 payload length), IPv4 ID + i with its
     header checksum, sequence number + i * MSS, FIN and PSH on the last
-    segment only, CWR on the first only. Returns [] for what is not plain TCP
-    over IPv4 or IPv6 (no IPv6 extension headers), which the kernel does not
-    hand over with the offloads asked for.
+    segment only, CWR on the first only. IPv6 extension headers (hop-by-hop,
+    routing, destination options) are walked and copied into every segment.
+    Returns [] for what is not TCP over IPv4 or IPv6, or a malformed or
+    fragmented header chain, which the kernel does not hand over.
 
     This runs for every packet sent, so each header is one struct.pack of the
     fields that change between the parts that do not.
@@ -180,7 +196,12 @@ def split(packet: bytes | memoryview, gso_type: int, gso_size: int) -> list[Part
     else:
         ip_len = 40
         if packet[6] != 6:
-            return []
+            walked = _ipv6_unfragmented(packet)
+            if walked is None or walked[0] != 6:
+                return []
+            ip_len = walked[1]
+    if ip_len + 20 > len(packet):
+        return []
     tcp_len = (packet[ip_len + 12] >> 4) * 4
     header = bytes(packet[:ip_len + tcp_len])
     payload = memoryview(packet)[ip_len + tcp_len:]
@@ -211,7 +232,7 @@ def split(packet: bytes | memoryview, gso_type: int, gso_size: int) -> list[Part
             header = pack(ip_a, ip_len + tcp_length, ip_id, ip_b, ip_sum, ip_c,
                           ports, seq, ack, flags[index], window, pseudo, rest)
         else:
-            header = pack(ip_a, tcp_length, ip_b, ports, seq, ack, flags[index], window, pseudo, rest)
+            header = pack(ip_a, ip_len - 40 + tcp_length, ip_b, ports, seq, ack, flags[index], window, pseudo, rest)
         segments.append(PartialChecksumPacket(header + chunk))
     return segments
 
@@ -222,8 +243,8 @@ def split_datagrams(packet: bytes | memoryview, gso_size: int) -> list[PartialCh
     (the last may be shorter) whose UDP checksum holds the pseudo-header sum only.
 
     Per datagram: IP total length (IPv6 payload length), IPv4 ID + i with its
-    header checksum, UDP length. Returns [] for what is not UDP over IPv4 or
-    IPv6 without extension headers.
+    header checksum, UDP length; IPv6 extension headers are walked and copied
+    into every datagram. Returns [] for what is not UDP over IPv4 or IPv6.
     """
     version = packet[0] >> 4
     if version == 4:
@@ -232,6 +253,11 @@ def split_datagrams(packet: bytes | memoryview, gso_size: int) -> list[PartialCh
     else:
         ip_len = 40
         protocol = packet[6]
+        if protocol != UDP:
+            walked = _ipv6_unfragmented(packet)
+            if walked is None:
+                return []
+            protocol, ip_len = walked
     payload = memoryview(packet)[ip_len + 8:]
     total_payload = len(payload)
     if protocol != UDP or gso_size <= 0 or total_payload <= 0:
@@ -251,7 +277,7 @@ def split_datagrams(packet: bytes | memoryview, gso_size: int) -> list[PartialCh
             ip_sum = _ipv4_checksum(ip_sum0 + ip_len + udp_length + ip_id)
             header = pack(ip_a, ip_len + udp_length, ip_id, ip_b, ip_sum, ip_c, ports, udp_length, pseudo)
         else:
-            header = pack(ip_a, udp_length, ip_b, ports, udp_length, pseudo)
+            header = pack(ip_a, ip_len - 40 + udp_length, ip_b, ports, udp_length, pseudo)
         datagrams.append(PartialChecksumPacket(header + chunk))
     return datagrams
 
