@@ -9,8 +9,12 @@ the key store (key_store.py), which the loaders read beside them.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import ipaddress
 import os
+import re
+import socket
 import stat
 import tomllib
 from dataclasses import dataclass, field
@@ -114,11 +118,81 @@ def read_toml(path: Path) -> dict[str, Any]:
                 f"(mode {stat.S_IMODE(info.st_mode):04o}); fix it with: chmod 600 {path}"
             )
         try:
-            return tomllib.load(file)
+            return parse_toml(file.read().decode())
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path}: not valid TOML: {error}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
         except OSError as error:
             raise ConfigError(f"{path}: {error.strerror}") from None
+
+
+# The [[client]] tables as keygen writes them, one line a key: read with these
+# instead of tomllib, which takes seconds for 65,536 of them. Anything else
+# (another key, an escape, a multi-line value, a line of any other form) sends
+# the whole file through tomllib, so this only ever gives what tomllib gives.
+_HEADER = re.compile(r"\s*\[\[?\s*[A-Za-z0-9_.-]+\s*\]\]?\s*(#[^\x00-\x08\x0a-\x1f\x7f]*)?")
+_COMMENT = r"\s*(?:#[^\x00-\x08\x0a-\x1f\x7f]*)?"
+_STRING = r'"([^"\\\x00-\x1f\x7f]*)"'
+_CLIENT_LINE = re.compile(
+    rf'[ \t]*(?:name[ \t]*=[ \t]*{_STRING}|client_id[ \t]*=[ \t]*(0|[1-9][0-9]{{0,8}})'
+    rf'|addresses[ \t]*=[ \t]*\[((?:[ \t]*"[^"\\\x00-\x1f\x7f]*"[ \t]*,)*(?:[ \t]*"[^"\\\x00-\x1f\x7f]*"[ \t]*)?)\])?'
+    rf"{_COMMENT}")
+_QUOTED = re.compile(r'"([^"]*)"')
+
+
+class _NotPlain(Exception):
+    """A [[client]] line the fast reading does not take: tomllib reads the file."""
+
+
+def parse_toml(text: str) -> dict[str, Any]:
+    """``tomllib.loads(text)``, fast for many [[client]] tables of keygen's form."""
+    if "[[client]]" not in text or "\r" in text or '"""' in text or "\'\'\'" in text:
+        return tomllib.loads(text)
+    try:
+        return _parse_clients_fast(text)
+    except (_NotPlain, tomllib.TOMLDecodeError):
+        return tomllib.loads(text)  # and its error, worded for the whole file
+
+
+def _parse_clients_fast(text: str) -> dict[str, Any]:
+    lines = text.split("\n")
+    rest: list[str] = []  # every line outside the [[client]] tables (theirs blank, so line numbers stay)
+    clients: list[dict[str, Any]] = []
+    current: dict[str, Any] | None = None
+    for line in lines:
+        if _HEADER.fullmatch(line):
+            if line.split("#", 1)[0].strip().replace(" ", "").replace("\t", "") == "[[client]]":
+                current = {}
+                clients.append(current)
+                rest.append("")
+                continue
+            current = None
+        if current is None:
+            rest.append(line)
+            continue
+        match = _CLIENT_LINE.fullmatch(line)
+        if match is None:
+            raise _NotPlain
+        name, client_id, addresses = match.groups()
+        if name is not None:
+            key, value = "name", name
+        elif client_id is not None:
+            key, value = "client_id", int(client_id)
+        elif addresses is not None:
+            key, value = "addresses", _QUOTED.findall(addresses)
+        else:
+            rest.append("")  # a blank or comment line
+            continue
+        if key in current:
+            raise _NotPlain  # tomllib says what is wrong
+        current[key] = value
+        rest.append("")
+    data = tomllib.loads("\n".join(rest))
+    if "client" in data:
+        raise _NotPlain  # a client table or key of another form besides
+    data["client"] = clients
+    return data
 
 
 class _Section:
@@ -187,7 +261,7 @@ class _Section:
         result = []
         for text in self.string_list(key, default):
             try:
-                network = ipaddress.ip_network(text, strict=False)
+                network = _host_network(text) or ipaddress.ip_network(text, strict=False)
             except ValueError:
                 raise self.fail(key, f"{text!r} is not an address or network") from None
             if network.prefixlen == 0 and not default_route:
@@ -200,6 +274,21 @@ class _Section:
         if not 0 < len(name) < 16 or "/" in name or any(c.isspace() for c in name):
             raise self.fail("interface", f"{name!r} is not a valid interface name (1-15 characters)")
         return name
+
+
+def _host_network(text: str) -> Network | None:
+    """``ip_network(text)`` for a host route (``A.B.C.D/32``, ``V6/128``), three
+    times faster for 65,536 clients; None for anything else (and for what
+    inet_pton refuses, such as a scope), which ip_network reads."""
+    host, _, prefix = text.partition("/")
+    try:
+        if prefix == "32" and ":" not in host:
+            return ipaddress.IPv4Network(int.from_bytes(socket.inet_pton(socket.AF_INET, host), "big"))
+        if prefix == "128":
+            return ipaddress.IPv6Network(int.from_bytes(socket.inet_pton(socket.AF_INET6, host), "big"))
+    except OSError:
+        pass
+    return None
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
@@ -221,10 +310,21 @@ def parse_endpoint(text: str) -> tuple[str, int]:
 
 
 def _check_overlaps(path: Path, owners: list[tuple[Network, str]]) -> None:
-    for i, (network, owner) in enumerate(owners):
-        for other, other_owner in owners[:i]:
-            if network.version == other.version and network.overlaps(other):
+    """Refuse two owners' networks that share an address, in O(n log n): 65,536
+    clients load in well under a second. Prefixes either nest or are apart, so
+    in order of first address a network overlaps an earlier one exactly when
+    it starts at or before the furthest end reached so far."""
+    for version in (4, 6):
+        spans = sorted((start := int(network.network_address), start + (1 << (bits - network.prefixlen)) - 1, index)
+                       for index, (network, _) in enumerate(owners)
+                       if (bits := network.max_prefixlen) == (32 if version == 4 else 128))
+        furthest_end, furthest = -1, -1
+        for start, end, index in spans:
+            if start <= furthest_end:
+                later, earlier = max(index, furthest), min(index, furthest)  # named as the file orders them
+                (network, owner), (other, other_owner) = owners[later], owners[earlier]
                 raise ConfigError(f"{path}: address {network} of {owner} overlaps {other} of {other_owner}")
+            furthest_end, furthest = end, index  # apart from all before it, so it reaches furthest
 
 
 def read_keys(path: Path, state_directory: Path) -> key_store.KeyTable:
@@ -235,10 +335,28 @@ def read_keys(path: Path, state_directory: Path) -> key_store.KeyTable:
         raise ConfigError(str(error)) from None
 
 
+@contextlib.contextmanager
+def _collector_paused():
+    """Reading 65,536 clients makes a million objects and no cycle: the cyclic
+    garbage collector would run hundreds of times over them for nothing (half
+    the time of a load). Reference counting still frees everything."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def load_server_config(path: str | os.PathLike, keys: key_store.KeyTable | None = None) -> ServerConfig:
     """The server's config with each client's key from ``keys``, or from the key
     store in its state directory if None. Raises ConfigError."""
-    path = Path(path)
+    with _collector_paused():
+        return _load_server_config(Path(path), keys)
+
+
+def _load_server_config(path: Path, keys: key_store.KeyTable | None) -> ServerConfig:
     data = read_toml(path)
     top = _Section(path, "file", data, {"server", "client", "retired"})
     server = _Section(path, "[server]", top.get("server", dict), {

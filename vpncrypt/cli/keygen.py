@@ -183,10 +183,22 @@ def toml_value(value) -> str:
 
 
 def free_address(network, taken: list) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    for host in network.hosts():
-        if not any(host in used for used in taken):
-            return host
-    raise ConfigError(f"no free address left in {network}")
+    """The lowest host address of ``network`` inside none of ``taken``: one pass
+    over the taken ranges in order, so 65,536 clients cost milliseconds."""
+    first, last = int(network.network_address), int(network.broadcast_address)
+    if network.num_addresses > 2:  # hosts(): not the network's own address (nor IPv4's broadcast)
+        first += 1
+        last -= network.version == 4
+    spans = sorted((int(used.network_address), int(used.broadcast_address)) for used in taken
+                   if used.version == network.version)
+    candidate = first
+    for start, end in spans:
+        if start > candidate:
+            break
+        candidate = max(candidate, end + 1)
+    if candidate > last:
+        raise ConfigError(f"no free address left in {network}")
+    return (ipaddress.IPv4Address if network.version == 4 else ipaddress.IPv6Address)(candidate)
 
 
 def taken_networks(server: ServerConfig) -> list:
