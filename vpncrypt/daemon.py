@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
 
-from . import key_store, netconfig
+from . import key_store, netconfig, sdnotify
 from .control import ControlServer, RequestError
 from .core import Core
 from .restart_state import RestartStore
@@ -131,6 +131,10 @@ class Daemon:
         self._tick_handle: asyncio.TimerHandle | None = None
         self._drop_summary: asyncio.TimerHandle | None = None
         self._reloads: set[asyncio.Task] = set()  # held: the loop keeps tasks only weakly
+        # systemd (Type=notify): READY once serving, RELOADING and READY around a
+        # SIGHUP reload, STOPPING, and WATCHDOG=1 if WatchdogSec= is set.
+        self.notifier = sdnotify.Notifier.from_environment()
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def network_readable(self) -> None:
         """Drain the transport: open, then write to TUN (and forward) batch by batch."""
@@ -265,10 +269,23 @@ class Daemon:
         task.add_done_callback(self._reloads.discard)
 
     async def _reload_quietly(self) -> None:
+        self.notifier.reloading()
         try:
-            await self.reload()  # type: ignore[misc]
-        except RequestError:
-            pass  # logged by the reload itself; the old config stays
+            message = await self.reload()  # type: ignore[misc]
+        except RequestError as error:
+            # logged by the reload itself; the old config stays
+            self.notifier.ready(f"{self._serving()}; reload refused: {error}")
+        else:
+            self.notifier.ready(f"{self._serving()}; reloaded: {message}")
+
+    def _serving(self) -> str:
+        return f"serving on {self.tun.name}"
+
+    def _watchdog_due(self) -> None:
+        """WATCHDOG=1 at half systemd's interval, from the loop: a loop that hangs stops it."""
+        self.notifier.watchdog()
+        interval = self.notifier.watchdog_interval
+        self._watchdog = asyncio.get_running_loop().call_later(interval / 2, self._watchdog_due)  # type: ignore[operator]
 
     def stop(self) -> None:
         """Make ``run`` return (SIGINT, SIGTERM)."""
@@ -298,10 +315,14 @@ class Daemon:
                 await self.control.start()
             if on_start is not None:
                 on_start()
+            self.notifier.ready(self._serving())
+            if self.notifier.watchdog_interval:
+                self._watchdog_due()
             await self._stopped.wait()
         finally:
+            self.notifier.stopping()
             self._arm_timer(None)
-            for handle in (self._drop_summary, self._tick_handle, self._save_due):
+            for handle in (self._drop_summary, self._tick_handle, self._save_due, self._watchdog):
                 if handle is not None:
                     handle.cancel()
             loop.remove_reader(self.transport.fileno())
