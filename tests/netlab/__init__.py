@@ -245,6 +245,37 @@ class VpnLab:
         """The running server's status, as ``vpncrypt show NAME --json`` gives it."""
         return json.loads(self.vpncrypt("show", name, "--json").stdout)
 
+    def start_with_stepped_clock(self, name: str, offset_file: Path, ns: str | None = None) -> subprocess.Popen:
+        """The server (``name`` "server") or client ``name``, started as start_server and
+        start_client do, with a wall clock that can be stepped while it runs: the real clock
+        plus the seconds in ``offset_file`` (clockstep.py; step it with ``write_offset``)."""
+        role, script = ("server", "vpncrypt-server") if name == "server" else ("client", "vpncrypt-client")
+        ns = ns or (self.server_ns if role == "server" else self.client_ns[name])
+        key, log_name = ("server", "server.log") if role == "server" else (f"client-{name}", f"client-{name}.log")
+        path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        command = [str(self.venv_bin / "python"), "-m", "tests.netlab.clockstep", str(offset_file),
+                   str(self.venv_bin / script), "--config", str(self.configs / f"{name}.toml")]
+        process = self.lab.spawn(ns, command, log_name, env={**self.env(), "PYTHONPATH": path})
+        self.processes[key] = process
+        wait_for_interface(self.lab, ns, "vpncrypt0", process, self.lab.workdir / log_name)
+        return process
+
+    def log_status(self, key: str = "server", timeout: float = 5) -> dict:
+        """What ``kill -USR1`` makes the daemon started as ``key`` ("server",
+        "client-a") log: its core's own status, which holds more than
+        ``vpncrypt show`` does (each peer's measured clock offset, say)."""
+        process = self.processes[key]
+        log = self.lab.workdir / ("server.log" if key == "server" else f"{key}.log")
+        before = log.read_text().count(" status {")
+        os.kill(process.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = [line for line in log.read_text().splitlines() if " status {" in line]
+            if len(lines) > before:
+                return json.loads(lines[-1].split(" status ", 1)[1])
+            time.sleep(0.05)
+        raise LabError(f"{key} logged no status line after SIGUSR1")
+
     def snat(self, address: str, port: int) -> None:
         """Client a's UDP traffic leaves the router from address:port; replaces the rule atomically
         and forgets the old conntrack mapping, as a home router does when its mapping expires."""
@@ -271,6 +302,32 @@ def wait_for_interface(lab: Lab, ns: str, interface: str, process: subprocess.Po
             return
         time.sleep(0.05)
     raise LabError(f"{interface} did not come up in {ns}: {log.read_text()[-2000:]}")
+
+
+# --- clocks ------------------------------------------------------------------------------
+
+def libfaketime() -> str:
+    """The path of libfaketime (Debian package ``faketime``, which tools/setup installs)."""
+    for candidate in [*sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1")),
+                      Path("/usr/lib/faketime/libfaketime.so.1")]:
+        if candidate.exists():
+            return str(candidate)
+    raise LabError("libfaketime not found: install the Debian package faketime (tools/setup does)")
+
+
+def faketime_env(offset: int) -> dict[str, str]:
+    """Environment for a process whose wall clock runs ``offset`` seconds off the real one
+    for its whole life (libfaketime; its monotonic clock gets the same constant offset,
+    which is harmless). For start_client's ``env``, or Lab.spawn's."""
+    return {"LD_PRELOAD": libfaketime(), "FAKETIME": f"{offset:+d}s"}
+
+
+def icmp_counters(lab: Lab, ns: str) -> dict[str, int]:
+    """The ICMP (IPv4) counters of namespace ``ns``'s stack (InEchos: echo requests
+    it received, InEchoReps: replies), from /proc/net/snmp."""
+    rows = [line.split()[1:] for line in lab.run(ns, ["cat", "/proc/net/snmp"]).stdout.splitlines()
+            if line.startswith("Icmp:")]
+    return dict(zip(rows[0], map(int, rows[1])))
 
 
 def build_vpn_lab(lab: Lab, venv_bin: Path | None = None, clients=("a", "b"), client_to_client: bool = True,
