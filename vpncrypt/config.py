@@ -273,6 +273,9 @@ class _Section:
         name = self.get("interface", str, DEFAULT_INTERFACE)
         if not 0 < len(name) < 16 or "/" in name or any(c.isspace() for c in name):
             raise self.fail("interface", f"{name!r} is not a valid interface name (1-15 characters)")
+        if "%" in name or ":" in name or name in (".", ".."):
+            # Linux takes "%d" as "the next free number" and ":" as an alias: another device than the one named.
+            raise self.fail("interface", f"{name!r} is not a valid interface name (no '%', ':', '.' or '..')")
         return name
 
 
@@ -358,6 +361,8 @@ def load_server_config(path: str | os.PathLike, keys: key_store.KeyTable | None 
 
 def _load_server_config(path: Path, keys: key_store.KeyTable | None) -> ServerConfig:
     data = read_toml(path)
+    if "server" not in data and isinstance(data.get("client"), dict):
+        raise ConfigError(f"{path}: is a client config ([client]); run it with vpncrypt-client")
     top = _Section(path, "file", data, {"server", "client", "retired"})
     server = _Section(path, "[server]", top.get("server", dict), {
         "server_id", "port", "listen_address", "endpoint", "tunnel", "interface", "mtu",
@@ -436,6 +441,9 @@ def load_client_config(path: str | os.PathLike, keys: key_store.KeyTable | None 
     in its state directory if None. Raises ConfigError."""
     path = Path(path)
     data = read_toml(path)
+    if "server" in data and "client" not in data or isinstance(data.get("client"), list):
+        raise ConfigError(f"{path}: is a server config ([server]); run it with vpncrypt-server, or give the"
+                          " client its own config (vpncrypt-keygen client)")
     top = _Section(path, "file", data, {"client"})
     client = _Section(path, "[client]", top.get("client", dict), {
         "name", "client_id", "key", "server", "server_id", "addresses", "routes", "interface",

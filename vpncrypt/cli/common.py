@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import sys
+from importlib import metadata
 
 USAGE_ERROR = 2  # a mistake in a config file or on the command line
 RUNTIME_ERROR = 1  # the system would not do what was asked (no root, port in use ...)
@@ -21,3 +24,24 @@ def setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """``--version``: the installed vpncrypt's version and protocol version."""
+    try:
+        version = metadata.version("vpncrypt")
+    except metadata.PackageNotFoundError:
+        version = "unknown (not installed)"
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version} (protocol version 2)")
+
+
+def print_all(text: str) -> None:
+    """Print to stdout; a reader that stopped early (``| head``) is not an error."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would report the flush at exit failing too: point stdout at nothing.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)

@@ -11,7 +11,7 @@ from ..config import ClientConfig, ConfigError, load_client_config, load_server_
 from ..netconfig import NetconfigError, TunnelSpec, describe, plan
 from ..server import run_server, tunnel_spec as server_spec
 from ..tun import TunError
-from .common import RUNTIME_ERROR, error_exit, setup_logging
+from .common import RUNTIME_ERROR, add_version, error_exit, print_all, setup_logging
 
 PLATFORMS = ("linux", "freebsd", "darwin")  # the OSes a dry run can print the commands of
 
@@ -25,6 +25,7 @@ def _main(program: str, argv, load, spec, run) -> int:
     parser.add_argument("--platform", choices=PLATFORMS,
                         help="with --dry-run: print the commands for this OS instead of this one's")
     parser.add_argument("-v", "--verbose", action="store_true")
+    add_version(parser)
     args = parser.parse_args(argv)
     if args.platform and not args.dry_run:
         return error_exit(program, "--platform only goes with --dry-run (a tunnel runs on the OS it is on)")
@@ -32,7 +33,7 @@ def _main(program: str, argv, load, spec, run) -> int:
     try:
         config = load(args.config)
         if args.dry_run:
-            print(describe(plan(spec(config), args.platform or sys.platform)))
+            print_all(describe(plan(spec(config), args.platform or sys.platform)))
             return 0
         check_cipher()
         return run(config)

@@ -43,7 +43,7 @@ from ..core.epochs import DEFAULT_EPOCH_SECONDS, MAX_EPOCH_SECONDS, MIN_EPOCH_SE
 from ..core.keys import new_key
 from ..core.server import ClientEntry
 from ..core.wire import MAX_CLIENT_ID
-from .common import RUNTIME_ERROR, error_exit
+from .common import RUNTIME_ERROR, add_version, error_exit
 
 PROGRAM = "vpncrypt-keygen"
 MAX_NAME = 64
@@ -394,6 +394,13 @@ def make_server(args: argparse.Namespace) -> int:
             raise ConfigError(f"--tunnel: {text!r} is not an address with a prefix (like 203.0.113.1/24)") from None
         if interface.network.prefixlen == interface.max_prefixlen:
             raise ConfigError(f"--tunnel: {text!r} leaves no room for clients; give a prefix like /24")
+        network = interface.network
+        if network.num_addresses > 2 and (interface.ip == network.network_address or (
+                network.version == 4 and interface.ip == network.broadcast_address)):
+            which = "network" if interface.ip == network.network_address else "broadcast"
+            raise ConfigError(f"--tunnel: {text!r} is the {which} address of {interface.network}, not one a host"
+                              f" can have; give the server's own, like {next(interface.network.hosts())}/"
+                              f"{interface.network.prefixlen}")
         tunnel.append(interface)
     server_id = args.server_id if args.server_id is not None else secrets.randbits(32)
     if not 0 <= server_id < 2**32:
@@ -594,6 +601,7 @@ def list_clients(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.split("\n")[0])
+    add_version(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     server = commands.add_parser("server", help="write a new server config with no clients")
     server.add_argument("--endpoint", required=True, metavar="HOST:PORT",
