@@ -175,12 +175,14 @@ class Reference:
             self._open(NoCipher(), datagram, now, self.time_window)
         except Rejected as rejected:
             assert rejected.reason == reasons.OUTSIDE_TIME_WINDOW
-            return DROPPED, self.time_answer(datagram, ts, address, now)
+            return DROPPED, self.time_answer(datagram, ts, address, now, reasons.OUTSIDE_TIME_WINDOW)
         except CipherReached:
             pass
         # 5: the replay window, checked without changing it.
         window = self.windows[client_id]
         verdict = window.check(ts, header.counter)
+        if verdict in (SUPERSEDED, TOO_OLD):  # a peer behind in time may learn the time too
+            return DROPPED, self.time_answer(datagram, ts, address, now, WINDOW_DROPS[verdict])
         if verdict < 0:
             return DROPPED, WINDOW_DROPS[verdict]
         # 6: the failure budget.
@@ -207,16 +209,17 @@ class Reference:
         reason = self.inner_reason(payload, client_id, partial)
         return (DROPPED, reason) if reason else (ACCEPTED, payload, partial)
 
-    def time_answer(self, datagram: bytes, ts: int, address: Any, now: float) -> str:
-        """4, on a server (section 7.1): the drop reason of a datagram outside the time
-        window, perhaps authenticated first, and answered if authentic."""
+    def time_answer(self, datagram: bytes, ts: int, address: Any, now: float, reason: str) -> str:
+        """4 and 5, on a server (section 7.1): the drop reason of a datagram outside the
+        time window or below the restart floor (``reason``), perhaps authenticated
+        first, and answered if authentic."""
         header = decode_header(datagram)
         client_id = header.client_id
         if not self.is_server or now < self.answer_due[client_id]:
-            return reasons.OUTSIDE_TIME_WINDOW
+            return reason
         cipher = self.cipher(client_id, ts)
         if cipher is None or not self.credit_left(client_id, now):
-            return reasons.OUTSIDE_TIME_WINDOW
+            return reason
         self.answer_due[client_id] = now + TIME_ANSWER_INTERVAL
         try:
             # As a receiver whose clock read ts would open it: the rebuilt timestamp in the AD.
@@ -226,7 +229,7 @@ class Reference:
             self.credit[client_id] -= 1
             return reasons.AUTH_FAILED
         self.answers.append((client_id, ts, header.counter, address))
-        return reasons.OUTSIDE_TIME_WINDOW
+        return reason
 
     def inner_reason(self, packet: bytes, client_id: int, partial: bool) -> str | None:
         """10: an IPv4 or IPv6 packet from an address the sender owns (the longest prefix

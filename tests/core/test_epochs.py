@@ -63,3 +63,31 @@ def test_the_cores_erase_old_keys_on_their_timer_and_ask_for_them_to_be_saved():
     assert set(saved) == {1, 2} and all(epoch == oldest_needed_epoch(later, 3600) for epoch, _ in saved.values())
     assert client.keys_to_save() == {1: saved[1]}  # both ends of client 1 agree
     assert saved[1][0] > KEY_EPOCH
+
+
+def test_a_forward_step_undone_within_a_minute_erases_nothing():
+    """Issue 10: a timer firing while the clock is an hour or two ahead must not
+    erase the key of the hour that is really current."""
+    client = make_client()
+    client.keys_saved()
+    current = client.server.keys.key_epoch
+    for step in (3600, 7200):
+        client.clock_stepped(step)
+        client.handle_timer(NOW + 600 + step)  # the timer fires during the step
+        assert client.server.keys.key_epoch == current, step
+        client.clock_stepped(-step)
+        client.handle_timer(NOW + 610)  # and after it, back where it was
+        assert client.server.keys.key_epoch == current
+    # Real time passes: what the true clock no longer needs is erased as usual.
+    client.handle_timer(NOW + 3600 + 600)
+    assert client.server.keys.key_epoch == oldest_needed_epoch(NOW + 3600 + 600, 3600) > current
+
+
+def test_a_forward_step_that_stays_is_acted_on_after_the_hold():
+    server = make_server()
+    current = server.peers[1].keys.key_epoch
+    server.clock_stepped(7200)
+    server.handle_timer(NOW + 7200 + 10)
+    assert server.peers[1].keys.key_epoch == current and server.next_timer() >= NOW + 7200 + 10 + 59
+    server.handle_timer(NOW + 7200 + 10 + 61)
+    assert server.peers[1].keys.key_epoch == oldest_needed_epoch(NOW + 7271, 3600)

@@ -13,11 +13,6 @@ runs (tests/netlab/clockstep.py).
    version 1 never heard it, and said nothing.
 3. A client clock stepped an hour ahead and back works again within 2 s of being
    right; version 1 went on stamping an hour ahead.
-
-Marked ``xfail(raises=NotHeardAgain, strict=True)``: known bugs of today's code,
-where what must hold (nothing accepted twice) holds but the client is not heard
-again in time. Any other failure in those cases fails the test, and so does a fix
-(remove the mark then).
 """
 
 from __future__ import annotations
@@ -49,20 +44,6 @@ HEARD_AGAIN = 3.0  # seconds after a restart within which a client must be heard
 
 class NotHeardAgain(AssertionError):
     """Traffic did not flow again in time."""
-
-
-# Reproduced in-process too: a core client 15 s behind, ServerCore rebuilt from its
-# saved bounds, the client's next datagrams superseded for 15 s.
-CLOCK_BEHIND_FROZEN = pytest.mark.xfail(raises=NotHeardAgain, strict=True, reason=(
-    "known bug: a client whose clock is behind the server's stamps with the newest timestamp heard from "
-    "the server (docs/PROTOCOL.md section 4, 'never below heard'), which stays put while it hears nothing, "
-    "and a restarted client starts from its own clock, below what its predecessor stamped; after a restart "
-    "of either end its datagrams are superseded until its own clock passes them, |offset| seconds"))
-KEY_ERASED_DURING_STEP = pytest.mark.xfail(raises=NotHeardAgain, strict=True, reason=(
-    "known bug: a timer that fires while the clock is stepped forward erases the keys of the epochs the "
-    "step skipped (KeyTimer.advance at the stepped time); back at the right time the client stamps the "
-    "first second of its oldest kept epoch, which the server refuses (mostly as auth_failed) until that "
-    "epoch begins, up to an hour later"))
 
 
 @pytest.fixture
@@ -192,8 +173,7 @@ def client_port(vpn: VpnLab, timeout: float = 5) -> int:
 # --- 1. exactly once across restarts, whatever the clocks ------------------------------
 
 
-@pytest.mark.parametrize("offset", [15, pytest.param(-15, marks=CLOCK_BEHIND_FROZEN), 120,
-                                    pytest.param(-120, marks=CLOCK_BEHIND_FROZEN)], ids=lambda s: f"client{s:+d}s")
+@pytest.mark.parametrize("offset", [15, -15, 120, -120], ids=lambda s: f"client{s:+d}s")
 def test_a_server_killed_and_restarted_accepts_nothing_twice(vpn, tmp_path, offset):
     """Client a's clock ``offset`` s off: its 10 pings are captured on their way in,
     the server is killed (-9) and started again within a second, and the 10 datagrams
@@ -213,7 +193,9 @@ def test_a_server_killed_and_restarted_accepts_nothing_twice(vpn, tmp_path, offs
     kill_9(vpn, "server")
     vpn.start_server()
     echoes = icmp_counters(vpn.lab, vpn.server_ns)["InEchos"]
-    assert replay(vpn, tmp_path, captured, SERVER_UNDERLAY, PORT) == {"sent": 10, "replies": 0}
+    # Refused, but authentic: at most one time answer (one per 2 s a client), nothing else.
+    result = replay(vpn, tmp_path, captured, SERVER_UNDERLAY, PORT)
+    assert result["sent"] == 10 and result["replies"] <= 1, result
 
     status = vpn.server_status()
     assert icmp_counters(vpn.lab, vpn.server_ns)["InEchos"] == echoes, "replayed echo requests were delivered"
@@ -224,8 +206,7 @@ def test_a_server_killed_and_restarted_accepts_nothing_twice(vpn, tmp_path, offs
     assert client_a(vpn.server_status())["endpoint"] == f"{ROUTER_UNDERLAY}:{NAT_PORT}"
 
 
-@pytest.mark.parametrize("offset", [pytest.param(-15, marks=CLOCK_BEHIND_FROZEN),
-                                    pytest.param(-120, marks=CLOCK_BEHIND_FROZEN)], ids=lambda s: f"client{s:+d}s")
+@pytest.mark.parametrize("offset", [-15, -120], ids=lambda s: f"client{s:+d}s")
 def test_a_client_killed_and_restarted_accepts_nothing_twice(vpn, tmp_path, offset):
     """The other way round: the server's clock ahead (client a's ``offset`` s behind),
     the server's answers to 10 pings captured as they reach a, a killed (-9) and
@@ -285,7 +266,7 @@ def test_a_client_clock_minutes_off_just_works(vpn, offset):
     # A timer fires during the step: any step longer than the keepalive interval
     # (25 s by default) does; 1 s makes it happen in this one's 3 s. Two hours, so
     # that the step always reaches past the current epoch's key, whatever the time.
-    pytest.param(7200, 1, id="2h-timer-during-step", marks=KEY_ERASED_DURING_STEP),
+    pytest.param(7200, 1, id="2h-timer-during-step"),
 ])
 def test_a_client_clock_stepped_ahead_and_back_works_within_2s(vpn, tmp_path, step, keepalive):
     """Client a's clock steps ``step`` s ahead for 3 s of pings (none answered: its

@@ -185,6 +185,7 @@ class ClientCore:
         ``keepalive_interval`` of real time after it."""
         if self._last_sent is not None:
             self._last_sent += delta
+        self.key_timer.stepped(delta)
 
     def handle_timer(self, now: float) -> Datagrams:
         """A keepalive if one is due at ``now``, else nothing; keys that ``now``

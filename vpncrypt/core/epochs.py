@@ -29,6 +29,7 @@ MAX_EPOCH_SECONDS = 86400
 # How far back a key is kept: the oldest timestamp a receiver can rebuild
 # (wire.rebuild_timestamp gives [now - 512, now + 511]).
 KEEP_SECONDS = TIMESTAMP_MOD // 2
+STEP_HOLD = 60.0  # seconds no key is erased after the clock jumped forward
 
 
 def next_epoch_key(key: bytes, epoch: int) -> bytes:
@@ -66,20 +67,43 @@ def next_advance(now: float, epoch_seconds: int) -> float:
 
 
 class KeyTimer:
-    """When a core's peers must next erase keys, and whether what moved is saved."""
+    """When a core's peers must next erase keys, and whether what moved is saved.
+
+    Erasing is the one thing a wrong clock cannot take back: a clock stepped
+    an hour ahead for a few seconds would erase the key of the hour that is
+    really current. So after a forward step nothing is erased for STEP_HOLD
+    seconds (of real time: the hold moves with later steps); a step that
+    was a correction is acted on then, one that is undone by then never is.
+    """
 
     def __init__(self, now: float, epoch_seconds: int) -> None:
         self.epoch_seconds = epoch_seconds
-        self.due = next_advance(now, epoch_seconds)
+        self._due = next_advance(now, epoch_seconds)
         self.unsaved = False
+        self._hold_until = float("-inf")  # Unix seconds
+        self._hold_wanted = False
+
+    @property
+    def due(self) -> float:
+        """When ``advance`` next has work (Unix seconds)."""
+        return max(self._due, self._hold_until)
+
+    def stepped(self, delta: float) -> None:
+        """The wall clock jumped by ``delta`` seconds."""
+        self._hold_until += delta
+        if delta > 0:
+            self._hold_wanted = True
 
     def advance(self, peers, now: float) -> None:
         """Erase in every peer what ``now`` no longer needs, if it is time."""
+        if self._hold_wanted:
+            self._hold_wanted = False
+            self._hold_until = max(self._hold_until, now + STEP_HOLD)
         if now < self.due:
             return
         for peer in peers:
             self.unsaved |= peer.advance_keys(now)
-        self.due = next_advance(now, self.epoch_seconds)
+        self._due = next_advance(now, self.epoch_seconds)
 
     def to_save(self, peers) -> dict[int, tuple[int, bytes]] | None:
         """Client ID -> (epoch, key) of every peer's oldest kept key, or None if

@@ -26,6 +26,34 @@ from .wire import (
 TIME_ANSWER_INTERVAL = 2.0  # seconds between two authentications of a peer's out-of-window datagrams
 
 _WINDOW_DROPS = {REPLAYED: reasons.REPLAYED, TOO_OLD: reasons.COUNTER_TOO_OLD, SUPERSEDED: reasons.SUPERSEDED}
+_STALE = (SUPERSEDED, TOO_OLD)  # window verdicts a peer behind in time gets; answered with the time
+
+
+def _may_answer(peer: Peer, ts: int, now: float) -> bool:
+    """At most one authentication for a time answer a TIME_ANSWER_INTERVAL per
+    peer, within its failure budget, for an epoch whose key is still here."""
+    if now < peer.time_answer_due or ts // peer.epoch_seconds < peer.keys.key_epoch:
+        return False
+    if peer.failure_credit < 1 and not peer.refill_failure_credit(now):
+        return False
+    peer.time_answer_due = now + TIME_ANSWER_INTERVAL
+    return True
+
+
+def _authentic(peer: Peer, datagram: bytes, ts: int, direction: int, server_id: int, now: float,
+               drops: Counter) -> bool:
+    """Authenticate a datagram that will not be accepted, to answer it with the
+    time; a forgery is counted (auth_failed) and spends the failure budget."""
+    try:
+        peer.new_context(ts // peer.epoch_seconds).decrypt(
+            datagram[HEADER_LEN:], [datagram[:HEADER_LEN] + AD_SUFFIX.pack(direction, server_id, ts)])
+    except InvalidTag:
+        drops[reasons.AUTH_FAILED] += 1
+        peer.auth_failures += 1
+        peer.refill_failure_credit(now)
+        peer.failure_credit -= 1
+        return False
+    return True
 
 
 def open_datagrams(
@@ -60,7 +88,8 @@ def open_datagrams(
     server), an authentic datagram outside the time window (checked at most
     once every TIME_ANSWER_INTERVAL seconds per peer, as a cipher call on
     what may be garbage) adds (peer, timestamp, counter, endpoint) to it, to
-    be answered with the server's time; it is still dropped and counted.
+    be answered with the server's time; it is still dropped and counted. So
+    does one refused as superseded or counter_too_old (a peer behind in time).
     """
     now_s = int(now)
     ts_base = now_s - TIMESTAMP_MOD // 2
@@ -92,18 +121,8 @@ def open_datagrams(
             continue
         ts = ts_base + ((word0 - ts_base) & TIMESTAMP_MASK)
         if ts < ts_min or ts > ts_max:
-            if (skewed is not None and now >= peer.time_answer_due and ts // peer.epoch_seconds >= peer.keys.key_epoch
-                    and (peer.failure_credit >= 1 or peer.refill_failure_credit(now))):
-                # At most one a TIME_ANSWER_INTERVAL per peer: is it authentic?
-                peer.time_answer_due = now + TIME_ANSWER_INTERVAL
-                try:
-                    peer.new_context(ts // peer.epoch_seconds).decrypt(
-                        datagram[HEADER_LEN:], [datagram[:HEADER_LEN] + AD_SUFFIX.pack(direction, server_id, ts)])
-                except InvalidTag:
-                    drops[reasons.AUTH_FAILED] += 1
-                    peer.auth_failures += 1
-                    peer.refill_failure_credit(now)
-                    peer.failure_credit -= 1
+            if skewed is not None and _may_answer(peer, ts, now):
+                if not _authentic(peer, datagram, ts, direction, server_id, now, drops):
                     continue
                 skewed.append((peer, ts, counter, address))
             drops[reasons.OUTSIDE_TIME_WINDOW] += 1
@@ -119,6 +138,14 @@ def open_datagrams(
         else:
             verdict = window.check(ts, counter)
             if verdict < 0:
+                if verdict in _STALE and skewed is not None and _may_answer(peer, ts, now):
+                    # Stamped at or below what this end accepted before it
+                    # restarted, or a restarted peer stamping behind its
+                    # predecessor: a peer whose clock is behind ours learns our
+                    # time, and is heard from its next datagram.
+                    if not _authentic(peer, datagram, ts, direction, server_id, now, drops):
+                        continue
+                    skewed.append((peer, ts, counter, address))
                 drops[_WINDOW_DROPS[verdict]] += 1
                 continue
         suffix = suffixes.get(ts)

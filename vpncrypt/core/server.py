@@ -212,7 +212,8 @@ class ServerCore:
         return []
 
     def clock_stepped(self, delta: float) -> None:
-        """The key timer is on timestamps, which move with the clock: nothing to do."""
+        """Hold key erasure a while after a forward step (epochs.KeyTimer)."""
+        self.key_timer.stepped(delta)
 
     def status(self) -> dict[str, Any]:
         """Per client its counters and raw endpoint, and the drops; no key material."""
