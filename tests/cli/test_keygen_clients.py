@@ -261,3 +261,33 @@ def test_a_removed_client_in_a_file_with_multiline_values_and_lookalike_text(ser
     assert "# [[client]] in a comment" not in after
     assert 'addresses = [\n    "203.0.113.3/32",\n    "2001:db8::3/128",\n]' in after
     assert [c.name for c in load_server_config(server).clients] == ["b"]
+
+
+def test_keygen_never_overwrites_or_deletes_a_file_it_was_not_asked_to_make(server, state_directory):
+    """Found by a new user: a --key-out or --out naming the server's own files, or
+    an existing file, was deleted or overwritten while keygen said it refused."""
+    directory = server.parent
+    add(directory, "a")
+    store = key_store.store_path(state_directory, "server")
+    precious = directory / "precious.keys.json"
+    precious.write_text("precious")
+    before = {path: path.read_bytes() for path in (server, store, precious)}
+    for args in (
+        ["client", "--name", "b", "--out", str(directory / "b.toml"), "--key-out", str(store)],
+        ["client", "--name", "b", "--out", str(directory / "b.toml"), "--key-out", str(server)],
+        ["client", "--name", "b", "--out", str(directory / "b.toml"), "--key-out", str(precious)],
+        ["client", "--name", "b", "--out", str(state_directory / "server.toml")],
+        ["rotate", "--name", "a", "--out", str(directory / "a.toml"), "--key-out", str(store)],
+        ["rotate", "--name", "a", "--out", str(directory / "a.toml"), "--key-out", str(server)],
+        ["rotate", "--name", "a", "--out", str(directory / "a.toml"), "--key-out", str(precious)],
+    ):
+        assert keygen.main([args[0], "--server-config", str(server), *args[1:]]) == 2, args
+        assert {path: path.read_bytes() for path in (server, store, precious)} == before, args
+        assert not (directory / "b.toml").exists()
+    # Its own old key file, though, is replaced by rotate.
+    own = state_directory / "a.keys.json"
+    old = own.read_bytes()
+    assert keygen.main(["rotate", "--server-config", str(server), "--name", "a", "--out", str(directory / "a.toml"),
+                        "--key-out", str(own)]) == 0
+    assert own.read_bytes() != old and key_store.load(own).keys.keys() == {load_client_config(directory / "a.toml")
+                                                                           .client_id}

@@ -352,10 +352,27 @@ def fresh_key(epoch_seconds: int) -> tuple[int, bytes]:
     return oldest_needed_epoch(time.time(), epoch_seconds), new_key()
 
 
+def check_client_key_file(path: Path, server: ServerConfig, replaces: int | None = None) -> None:
+    """Refuse a client key file path that is the server's config or key store,
+    or an existing file that is not ``replaces``'s own key file (none may
+    exist when ``replaces`` is None). Raises ConfigError, changing nothing."""
+    resolved = path.resolve()
+    if resolved in (server.path.resolve(), server_store(server).resolve()):
+        raise ConfigError(f"{path}: is the server's own file; choose another --key-out")
+    if not path.exists() and not path.is_symlink():
+        return
+    if replaces is not None:
+        with contextlib.suppress(key_store.KeyStoreError):
+            if set(key_store.load(path).keys) == {replaces}:
+                return
+        raise ConfigError(f"{path}: exists and is not the key file of client ID {replaces};"
+                          " remove it first or choose another --key-out")
+    raise ConfigError(f"{path}: already exists; remove it first or choose another --key-out")
+
+
 def write_client_keys(path: Path, epoch_seconds: int, client_id: int, epoch: int, key: bytes) -> None:
-    """The client's own key store, to be copied into its state directory."""
-    if path.exists():
-        raise ConfigError(f"{path}: already exists; remove it first or choose another --key-out")
+    """The client's own key store, to be copied into its state directory
+    (``check_client_key_file`` has said the path may be written)."""
     try:
         key_store.write(path, key_store.KeyTable(epoch_seconds, {client_id: (epoch, key)}))
     except OSError as error:
@@ -448,6 +465,9 @@ def make_client(args: argparse.Namespace) -> int:
         server = load_server_config(server_path)
         if not server.endpoint:
             raise ConfigError(f"{server_path}: [server] endpoint is not set; clients need it")
+        check_client_key_file(keys_out, server)
+        if out.resolve() in (server_path.resolve(), server_store(server).resolve()):
+            raise ConfigError(f"{out}: is the server's own file; choose another --out")
         if out.exists():
             raise ConfigError(f"{out}: already exists; remove it first or choose another --out")
         if any(c.name == name for c in server.clients):
@@ -498,13 +518,16 @@ def make_client(args: argparse.Namespace) -> int:
             entry = ClientEntry(client_id, key, epoch, tuple(ipaddress.ip_network(h) for h in hosts), name)
             # The client's files first: if they cannot be written, the server's are untouched.
             write_private(out, client_file_text(server, name, client_id, chosen, args.client_state_directory))
+            wrote_keys = False
             try:
                 write_client_keys(keys_out, table.epoch_seconds, client_id, epoch, key)
+                wrote_keys = True
                 key_store.write(store, table)  # an unused key, should the next step fail
                 rewrite_server_file(server_path, new_text, server, [*server.clients, entry], table)
             except BaseException:
-                out.unlink(missing_ok=True)
-                keys_out.unlink(missing_ok=True)
+                out.unlink(missing_ok=True)  # both were checked not to exist: ours to take back
+                if wrote_keys:
+                    keys_out.unlink(missing_ok=True)
                 raise
     return finish(args, f"wrote {out} and {keys_out}: client {name!r}, ID {client_id}, addresses"
                         f" {', '.join(map(str, chosen))}; added it to {server_path}" + copy_instructions(out, keys_out))
@@ -556,6 +579,9 @@ def rotate_client(args: argparse.Namespace) -> int:
     with locked(server_path):
         server = load_server_config(server_path)
         entry = server.clients[client_index(server, args.name, server_path)]
+        check_client_key_file(keys_out, server, replaces=entry.client_id)
+        if out.resolve() in (server_path.resolve(), server_store(server).resolve()):
+            raise ConfigError(f"{out}: is the server's own file; choose another --out")
         if out.exists():
             existing = tomlkit.parse(read_text(out)).get("client", {})
             if existing.get("client_id") != entry.client_id or existing.get("server_id") != server.server_id:
@@ -568,18 +594,18 @@ def rotate_client(args: argparse.Namespace) -> int:
             write_private(out, client_file_text(server, entry.name, entry.client_id,
                                                 client_addresses(server, entry.addresses), args.client_state_directory))
             wrote_config = True
-        keys_out.unlink(missing_ok=True)  # the old key file is worthless now
         with locked_store(server) as (store, table):
             epoch, key = fresh_key(table.epoch_seconds)
             table.keys[entry.client_id] = (epoch, key)
             try:
-                write_client_keys(keys_out, table.epoch_seconds, entry.client_id, epoch, key)
                 key_store.write(store, table)
             except BaseException:
                 if wrote_config:
                     out.unlink(missing_ok=True)
-                keys_out.unlink(missing_ok=True)
                 raise
+            # The server has the new key; the client's old key file (checked to
+            # be this client's) is worthless now and is replaced.
+            write_client_keys(keys_out, table.epoch_seconds, entry.client_id, epoch, key)
     return finish(args, f"new key for client {entry.name!r} (ID {entry.client_id}) in {server_store(server)} and"
                         f" {keys_out}; its old key stops working when the server reloads"
                         + copy_instructions(out, keys_out))
