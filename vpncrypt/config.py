@@ -42,8 +42,9 @@ def default_state_directory() -> str:
     (key_store.py) go unless the config says: systemd's StateDirectory= names
     it in $STATE_DIRECTORY (the first, if several), else DEFAULT_STATE_DIRECTORY."""
     return (os.environ.get("STATE_DIRECTORY") or DEFAULT_STATE_DIRECTORY).split(":")[0]
-VERSION_1_KEY = ("keys are no longer in config files (protocol version 2): delete this line and give the client"
-                 " a new key with: vpncrypt-keygen rotate --name NAME")
+VERSION_1_KEY = ("keys are no longer in config files (protocol version 2) but in key stores in the state directory:"
+                 " on the server, delete the key lines and give each client a new key with: vpncrypt-keygen rotate"
+                 " --server-config FILE --name NAME --out NAME.toml (README, 'Setting up')")
 
 
 class ConfigError(Exception):
@@ -114,7 +115,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     with file:
         if info.st_mode & 0o077:
             raise ConfigError(
-                f"{path}: holds secret keys but is readable by group or others "
+                f"{path}: is readable by group or others (a config names what a client may reach, and the"
+                " key store sits beside it) "
                 f"(mode {stat.S_IMODE(info.st_mode):04o}); fix it with: chmod 600 {path}"
             )
         try:
@@ -404,7 +406,8 @@ def _load_server_config(path: Path, keys: key_store.KeyTable | None) -> ServerCo
         section.refuse_key()
         if client_id not in key_table.keys:
             raise section.fail("client_id", f"has no key in the key store of {path.name} (in {state_directory}):"
-                                            f" give it one with: vpncrypt-keygen rotate --name {name}")
+                                            f" give it one with: vpncrypt-keygen rotate --server-config {path}"
+                                            f" --name {name} --out {name}.toml")
         key_epoch, key = key_table.keys[client_id]
         clients.append(ClientEntry(client_id, key, key_epoch, addresses, name))
     _check_overlaps(path, owners)

@@ -291,3 +291,11 @@ def test_keygen_never_overwrites_or_deletes_a_file_it_was_not_asked_to_make(serv
                         "--key-out", str(own)]) == 0
     assert own.read_bytes() != old and key_store.load(own).keys.keys() == {load_client_config(directory / "a.toml")
                                                                            .client_id}
+
+
+def test_list_into_head_is_no_error(server):
+    for name in ("a", "b", "c"):
+        add(server.parent, name)
+    done = subprocess.run(f"'{BIN / 'vpncrypt-keygen'}' list --server-config '{server}' | head -1", shell=True,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["NAME", "ID", "ADDRESSES"] and done.stderr == ""

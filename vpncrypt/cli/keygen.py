@@ -43,7 +43,7 @@ from ..core.epochs import DEFAULT_EPOCH_SECONDS, MAX_EPOCH_SECONDS, MIN_EPOCH_SE
 from ..core.keys import new_key
 from ..core.server import ClientEntry
 from ..core.wire import MAX_CLIENT_ID
-from .common import RUNTIME_ERROR, add_version, error_exit
+from .common import RUNTIME_ERROR, add_version, error_exit, print_all
 
 PROGRAM = "vpncrypt-keygen"
 MAX_NAME = 64
@@ -390,9 +390,10 @@ def locked_store(server: ServerConfig) -> Iterator[tuple[Path, key_store.KeyTabl
         raise ConfigError(str(error)) from None
 
 
-def copy_instructions(out: Path, keys: Path) -> str:
+def copy_instructions(out: Path, keys: Path, state_directory: str | None) -> str:
     return (f"; on the client, put {out.name} in /etc/vpncrypt and {keys.name} in its state directory"
-            f" ({DEFAULT_STATE_DIRECTORY}), both mode 0600, then delete them here")
+            f" ({state_directory or DEFAULT_STATE_DIRECTORY}) under the config's name ({out.stem}.keys.json),"
+            " both mode 0600, then delete them here")
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -530,7 +531,8 @@ def make_client(args: argparse.Namespace) -> int:
                     keys_out.unlink(missing_ok=True)
                 raise
     return finish(args, f"wrote {out} and {keys_out}: client {name!r}, ID {client_id}, addresses"
-                        f" {', '.join(map(str, chosen))}; added it to {server_path}" + copy_instructions(out, keys_out))
+                        f" {', '.join(map(str, chosen))}; added it to {server_path}"
+                        + copy_instructions(out, keys_out, args.client_state_directory))
 
 
 def remove_client(args: argparse.Namespace) -> int:
@@ -608,7 +610,7 @@ def rotate_client(args: argparse.Namespace) -> int:
             write_client_keys(keys_out, table.epoch_seconds, entry.client_id, epoch, key)
     return finish(args, f"new key for client {entry.name!r} (ID {entry.client_id}) in {server_store(server)} and"
                         f" {keys_out}; its old key stops working when the server reloads"
-                        + copy_instructions(out, keys_out))
+                        + copy_instructions(out, keys_out, args.client_state_directory))
 
 
 def list_clients(args: argparse.Namespace) -> int:
@@ -617,11 +619,12 @@ def list_clients(args: argparse.Namespace) -> int:
     rows = [("NAME", "ID", "ADDRESSES")]
     rows += [(c.name, str(c.client_id), ", ".join(map(str, c.addresses))) for c in server.clients]
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
-    for row in rows:
-        print(f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]}")
+    lines = [f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]}" for row in rows]
     if server.retired_client_ids or server.retired_addresses:
-        print(f"retired (not handed out again): IDs {', '.join(map(str, sorted(server.retired_client_ids))) or '-'};"
-              f" addresses {', '.join(map(str, server.retired_addresses)) or '-'}")
+        lines.append(f"retired (not handed out again): IDs"
+                     f" {', '.join(map(str, sorted(server.retired_client_ids))) or '-'};"
+                     f" addresses {', '.join(map(str, server.retired_addresses)) or '-'}")
+    print_all("\n".join(lines))  # keygen list | head is no error
     return 0
 
 
