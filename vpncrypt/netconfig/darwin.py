@@ -28,11 +28,9 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from . import Network, NetconfigError, NetworkPlan, TunnelSpec
+from . import NetworkPlan, TunnelSpec
+from .bsd import BLACKHOLE, FAMILY, full_tunnel, networks
 
-FAMILY = {4: "-inet", 6: "-inet6"}
-HALVES = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
-BLACKHOLE = {4: "127.0.0.1", 6: "::1"}
 UNKNOWN_NAME = "utun?"  # what --dry-run shows before the kernel has named the device
 # Fails when route(8) wrote to stderr; its result line on stdout goes nowhere.
 CHECK = "2>&1 >/dev/null | grep . >&2"
@@ -50,18 +48,11 @@ def plan(spec: TunnelSpec) -> NetworkPlan:
         else:
             setup.append(["ifconfig", interface, "inet6", f"{address.ip}/128", "alias"])
     setup.append(["ifconfig", interface, "up"])
-    setup += [checked("add", FAMILY[net.version], str(net), "-interface", interface) for net in _networks(spec)]
-    teardown: list[list[str]] = []
-    defaults = sorted({route.version for route in spec.routes if route.prefixlen == 0})
-    if defaults and spec.server_address is None:
-        raise NetconfigError("a default route through the tunnel needs the server's address, to route it outside")
-    server = spec.server_address
-    if server is not None and server.version in defaults:
-        setup.append(server_route(server))
-        teardown.append(checked("delete", FAMILY[server.version], "-host", str(server)))
-    for version in defaults:
-        setup += [checked("add", FAMILY[version], half, "-interface", interface) for half in HALVES[version]]
-    return NetworkPlan(setup, teardown)
+    setup += [checked("add", FAMILY[net.version], str(net), "-interface", interface) for net in networks(spec)]
+    tunnel_setup, teardown = full_tunnel(
+        spec, lambda version, prefix: checked("add", FAMILY[version], prefix, "-interface", interface),
+        server_route, lambda server: checked("delete", FAMILY[server.version], "-host", str(server)))
+    return NetworkPlan(setup + tunnel_setup, teardown)
 
 
 def checked(*arguments: str) -> list[str]:
@@ -80,11 +71,3 @@ def server_route(server: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[
         f'case $gateway in *[.:]*) ! {add} -gateway "$gateway" {CHECK};; '
         f"*) ! {add} {BLACKHOLE[server.version]} -blackhole {CHECK};; esac"
     )]
-
-
-def _networks(spec: TunnelSpec) -> list[Network]:
-    """The tunnel networks of our addresses, then the configured routes, each
-    once; a default route is left to the halves."""
-    networks = [a.network for a in spec.addresses if a.network.prefixlen < a.max_prefixlen]
-    networks += [route for route in spec.routes if route.prefixlen]
-    return list(dict.fromkeys(networks))

@@ -33,11 +33,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from . import Network, NetconfigError, NetworkPlan, TunnelSpec
+from . import NetworkPlan, TunnelSpec
+from .bsd import BLACKHOLE, FAMILY, full_tunnel, networks
 
-FAMILY = {4: "-inet", 6: "-inet6"}
-HALVES = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}  # together the default route, each more specific
-BLACKHOLE = {4: "127.0.0.1", 6: "::1"}  # route(8) wants a gateway even for a blackhole
 
 
 def plan(spec: TunnelSpec) -> NetworkPlan:
@@ -60,19 +58,11 @@ def plan(spec: TunnelSpec) -> NetworkPlan:
         # after the addresses, since devd may disable it again as they come (FreeBSD bug 248172).
         setup.append(["ifconfig", interface, "inet6", "-ifdisabled"])
     setup.append(["ifconfig", interface, "up"])
-    setup += [_through(interface, net.version, str(net)) for net in _networks(spec)]
-    teardown: list[list[str]] = []
-    defaults = sorted({route.version for route in spec.routes if route.prefixlen == 0})
-    if defaults and spec.server_address is None:
-        raise NetconfigError("a default route through the tunnel needs the server's address, to route it outside")
-    server = spec.server_address
-    if server is not None and server.version in defaults:
-        # First, so that the server is never routed into the tunnel, even for a moment.
-        setup.append(server_route(server))
-        teardown.append(["route", "-q", "-n", "delete", FAMILY[server.version], "-host", str(server)])
-    for version in defaults:
-        setup += [_through(interface, version, half) for half in HALVES[version]]
-    return NetworkPlan(setup, teardown)
+    setup += [_through(interface, net.version, str(net)) for net in networks(spec)]
+    tunnel_setup, teardown = full_tunnel(
+        spec, lambda version, prefix: _through(interface, version, prefix), server_route,
+        lambda server: ["route", "-q", "-n", "delete", FAMILY[server.version], "-host", str(server)])
+    return NetworkPlan(setup + tunnel_setup, teardown)
 
 
 def server_route(server: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[str]:
@@ -98,11 +88,3 @@ def _destination(address: ipaddress.IPv4Interface) -> ipaddress.IPv4Address:
     whichever is not ours (our own only for a /32)."""
     network = address.network
     return next((a for a in (network.network_address, network.broadcast_address) if a != address.ip), address.ip)
-
-
-def _networks(spec: TunnelSpec) -> list[Network]:
-    """The tunnel networks of our addresses, then the configured routes, each
-    once; a default route is left to the halves."""
-    networks = [a.network for a in spec.addresses if a.network.prefixlen < a.max_prefixlen]
-    networks += [route for route in spec.routes if route.prefixlen]
-    return list(dict.fromkeys(networks))
