@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from vpncrypt import control, key_store
-from vpncrypt.cli import keygen
+from vpncrypt.cli import keygen, server_file
 from vpncrypt.config import load_client_config, load_server_config
 from vpncrypt.core.keys import encode_key
 
@@ -226,7 +226,7 @@ def test_two_runs_at_once_lose_no_client(server):
 
 
 def test_a_held_lock_makes_a_second_run_wait_then_give_up(server, monkeypatch):
-    monkeypatch.setattr(keygen, "LOCK_WAIT", 0.3)
+    monkeypatch.setattr(server_file, "LOCK_WAIT", 0.3)
     with open(str(server) + ".lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(keygen.ConfigError, match="another vpncrypt-keygen is changing it"):

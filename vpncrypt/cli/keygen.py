@@ -14,40 +14,37 @@ Keys are not in the config files (protocol version 2): a new or re-keyed
 client's key goes into the server's key store (key_store.py, under its own
 lock) and into a key file for the client, ``NAME.keys.json`` beside its
 config, which the operator copies into the client's state directory.
+
+This module holds the commands; editing the server's files is server_file.py,
+making keys client_keys.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
-import fcntl
 import ipaddress
-import os
 import secrets
-import tempfile
-import time
-import unicodedata
 from pathlib import Path
-from typing import Iterator
 
 import tomlkit
 
 from .. import control, key_store
 from ..config import (
-    DEFAULT_INTERFACE, DEFAULT_KEEPALIVE, DEFAULT_MTU, DEFAULT_STATE_DIRECTORY, ConfigError, ServerConfig,
-    default_state_directory,
-    load_server_config, parse_endpoint,
+    DEFAULT_INTERFACE, DEFAULT_MTU, DEFAULT_STATE_DIRECTORY, ConfigError, default_state_directory, load_server_config,
+    parse_endpoint,
 )
-from ..core.epochs import DEFAULT_EPOCH_SECONDS, MAX_EPOCH_SECONDS, MIN_EPOCH_SECONDS, oldest_needed_epoch
-from ..core.keys import new_key
+from ..core.epochs import DEFAULT_EPOCH_SECONDS, MAX_EPOCH_SECONDS, MIN_EPOCH_SECONDS
 from ..core.server import ClientEntry
-from ..core.wire import MAX_CLIENT_ID
+from .client_keys import (
+    check_client_key_file, client_key_file, copy_instructions, fresh_key, locked_store, server_store, write_client_keys,
+)
 from .common import RUNTIME_ERROR, add_version, error_exit, print_all
+from .server_file import (
+    check_name, choose_client_id, client_addresses, client_file_text, client_index, client_spans, free_address, locked,
+    read_text, rewrite_server_file, taken_networks, toml_value, write_private,
+)
 
 PROGRAM = "vpncrypt-keygen"
-MAX_NAME = 64
-LOCK_WAIT = 10.0  # seconds to wait for another keygen run to finish with the file
 
 
 class ReloadError(Exception):
@@ -56,257 +53,6 @@ class ReloadError(Exception):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
-
-
-# --- files --------------------------------------------------------------------------------
-
-
-def write_private(path: Path, text: str, *, mode: int = 0o600, replace: bool = False,
-                  owner: tuple[int, int] | None = None) -> None:
-    """Write atomically (temporary file, fsync, rename, fsync of the directory)
-    with ``mode`` and ``owner`` (uid, gid); never clobber unless asked."""
-    if path.exists() and not replace:
-        raise ConfigError(f"{path}: already exists; remove it first or choose another --out")
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot write there: {error.strerror}") from None
-    try:
-        os.fchmod(fd, mode)
-        if owner is not None and owner != (os.geteuid(), os.getegid()):
-            with contextlib.suppress(PermissionError):  # only root may give a file away
-                os.fchown(fd, *owner)
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    with contextlib.suppress(OSError):  # the rename itself made durable
-        directory_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(directory_fd)
-        finally:
-            os.close(directory_fd)
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path``.lock for a read-change-write of ``path``."""
-    lock_path = path.with_name(path.name + ".lock")
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as error:
-        raise ConfigError(f"{lock_path}: cannot make the lock file: {error.strerror}") from None
-    try:
-        deadline = time.monotonic() + LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as error:
-                if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or time.monotonic() > deadline:
-                    raise ConfigError(f"{path}: another vpncrypt-keygen is changing it (waited"
-                                      f" {LOCK_WAIT:g} s for {lock_path})") from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)
-
-
-def rewrite_server_file(path: Path, text: str, before: ServerConfig, clients: list[ClientEntry],
-                        keys: key_store.KeyTable) -> ServerConfig:
-    """Check ``text`` as the server would with ``keys`` as its key store, and
-    that it holds ``before``'s settings with ``clients`` as its clients, then
-    put it in place of ``path`` keeping its mode and owner. Returns the config
-    it holds."""
-    if not text.endswith("\n"):
-        text += "\n"
-    info = path.stat()
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, probe = tempfile.mkstemp(prefix=f".{path.name}.check.", suffix=".toml", dir=directory)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-        try:
-            config = load_server_config(probe, keys)
-        except ConfigError as error:  # a bug here, never the operator's: say so, change nothing
-            raise ConfigError(f"{path}: the change would not load ({error}); left the file as it was") from None
-    finally:
-        Path(probe).unlink(missing_ok=True)
-    unchanged = ("server_id", "port", "listen_address", "endpoint", "tunnel", "interface", "mtu", "time_window",
-                 "client_to_client", "offload")
-    if list(config.clients) != clients or any(getattr(config, k) != getattr(before, k) for k in unchanged):
-        raise ConfigError(f"{path}: keygen could not make this change without touching other lines;"
-                          " left the file as it was (edit it by hand)")
-    write_private(path, text, mode=info.st_mode & 0o777, replace=True, owner=(info.st_uid, info.st_gid))
-    return config
-
-
-def read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    except OSError as error:
-        raise ConfigError(f"{path}: {error.strerror}") from None
-
-
-# --- values -------------------------------------------------------------------------------
-
-
-def check_name(name: str) -> str:
-    """A client name the server will take and a log line can show: text, no
-    control or invisible characters, 1 to 64 of them."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ConfigError("--name is not valid UTF-8 text (the shell passed other bytes)") from None
-    if not name or len(name) > MAX_NAME:
-        raise ConfigError(f"--name must be 1 to {MAX_NAME} characters")
-    if name != name.strip():
-        raise ConfigError(f"--name {name!r}: no spaces at the start or end")
-    odd = next((c for c in name if unicodedata.category(c)[0] in "CZ" and c != " "), None)
-    if odd is not None:
-        raise ConfigError(f"--name {name!r}: no control, invisible or separator characters"
-                          f" (U+{ord(odd):04X} {unicodedata.name(odd, '')})".replace(" )", ")"))
-    return name
-
-
-def toml_value(value) -> str:
-    """A value as TOML text (tomlkit escapes what needs escaping)."""
-    return tomlkit.item(value).as_string()
-
-
-def free_address(network, taken: list) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """The lowest host address of ``network`` inside none of ``taken``: one pass
-    over the taken ranges in order, so 65,536 clients cost milliseconds."""
-    first, last = int(network.network_address), int(network.broadcast_address)
-    if network.num_addresses > 2:  # hosts(): not the network's own address (nor IPv4's broadcast)
-        first += 1
-        last -= network.version == 4
-    spans = sorted((int(used.network_address), int(used.broadcast_address)) for used in taken
-                   if used.version == network.version)
-    candidate = first
-    for start, end in spans:
-        if start > candidate:
-            break
-        candidate = max(candidate, end + 1)
-    if candidate > last:
-        raise ConfigError(f"no free address left in {network}")
-    return (ipaddress.IPv4Address if network.version == 4 else ipaddress.IPv6Address)(candidate)
-
-
-def taken_networks(server: ServerConfig) -> list:
-    """Every address a new client may not have: the server's, the clients', the retired ones."""
-    taken = [ipaddress.ip_network(i.ip) for i in server.tunnel]
-    for client in server.clients:
-        taken.extend(client.addresses)
-    taken.extend(server.retired_addresses)
-    return taken
-
-
-def choose_client_id(server: ServerConfig, path: Path, wanted: int | None) -> int:
-    """``wanted`` if it is free, else one at random among the free ones, so that
-    IDs say nothing about when or in which order clients came."""
-    used = {c.client_id: c.name for c in server.clients}
-    if wanted is not None:
-        if not 0 <= wanted <= MAX_CLIENT_ID:
-            raise ConfigError(f"--client-id must be from 0 to {MAX_CLIENT_ID}")
-        if wanted in used:
-            raise ConfigError(f"--client-id: {wanted} is used by client {used[wanted]!r}")
-        if wanted in server.retired_client_ids:
-            raise ConfigError(f"--client-id: {wanted} is retired (a removed client had it);"
-                              f" delete it from [retired] in {path} to use it again")
-        return wanted
-    free = [i for i in range(1, MAX_CLIENT_ID + 1) if i not in used and i not in server.retired_client_ids]
-    if not free:
-        raise ConfigError(f"{path}: all client IDs are used or retired")
-    return secrets.choice(free)
-
-
-def client_file_text(server: ServerConfig, name: str, client_id: int, addresses, state_directory: str | None) -> str:
-    lines = [
-        "# vpncrypt client configuration. Its key is not here but in its key store,",
-        f"# {state_directory or DEFAULT_STATE_DIRECTORY}/NAME.keys.json (NAME: this file's name without .toml).",
-        "[client]",
-        *([f"state_directory = {toml_value(state_directory)}"] if state_directory else []),
-        f"name = {toml_value(name)}",
-        f"client_id = {client_id}",
-        f"server = {toml_value(server.endpoint)}",
-        f"server_id = {server.server_id}",
-        f"addresses = {toml_value([str(a) for a in addresses])}",
-        "routes = []  # more networks to reach through the tunnel",
-        f"interface = {toml_value(DEFAULT_INTERFACE)}",
-        f"mtu = {server.mtu}",
-        f"keepalive = {DEFAULT_KEEPALIVE}",
-        f"time_window = {server.time_window}",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def client_addresses(server: ServerConfig, networks) -> list:
-    """A client's own tunnel addresses (with the tunnel's prefix) from its server entry:
-    the host addresses inside a tunnel network; networks behind it are not its own."""
-    result = []
-    for interface in server.tunnel:
-        for network in networks:
-            if network.version == interface.version and network.num_addresses == 1 and \
-                    network.network_address in interface.network:
-                result.append(ipaddress.ip_interface(f"{network.network_address}/{interface.network.prefixlen}"))
-    return result
-
-
-# --- where each [[client]] is in the text ---------------------------------------------------
-
-
-def _comment_run_start(text: str, end: int) -> int:
-    """Where the comment lines that end right at ``end`` (a line start) begin."""
-    start = end
-    while start > 0:
-        line_start = text.rfind("\n", 0, start - 1) + 1
-        if not text[line_start:start].lstrip().startswith("#"):
-            break
-        start = line_start
-    return start
-
-
-def client_spans(text: str) -> list[tuple[int, int, int]]:
-    """For each [[client]] table, in order: (where its lines start, counting
-    the comment lines just above its header; where its header starts; where
-    its lines end, before the comment lines that lead into the next table).
-    tomlkit finds the tables (it knows strings and arrays that span lines);
-    each table's text is found again in ``text``, which it reproduces exactly."""
-    document = tomlkit.parse(text)
-    tables = document.get("client") or []
-    spans: list[tuple[int, int, int]] = []
-    position = 0
-    for table in tables:
-        body = table.as_string()
-        body_start = text.find(body, position)
-        if body_start < 0:
-            raise ConfigError("cannot find a [[client]] table in the file again; edit it by hand")
-        header_start = text.rfind("\n", 0, body_start - 1) + 1
-        if not text[header_start:body_start].lstrip().startswith("[["):
-            raise ConfigError("a [[client]] table is laid out in a way keygen does not edit; edit it by hand")
-        end = body_start + len(body)
-        # Comment lines at the end of its text lead into what follows (the
-        # next table's, or the file's closing words): they stay.
-        spans.append((_comment_run_start(text, header_start), header_start, _comment_run_start(text, end)))
-        position = end
-    return spans
-
-
-def client_index(server: ServerConfig, name: str, path: Path) -> int:
-    for index, client in enumerate(server.clients):
-        if client.name == name:
-            return index
-    names = ", ".join(repr(c.name) for c in server.clients) or "none"
-    raise ConfigError(f"{path}: no client named {name!r} (clients: {names})")
 
 
 # --- reload ---------------------------------------------------------------------------------
@@ -333,67 +79,6 @@ def finish(args: argparse.Namespace, message: str) -> int:
         except ReloadError as error:
             return error_exit(PROGRAM, error, error.status)
     return 0
-
-
-# --- keys ---------------------------------------------------------------------------------
-
-
-def server_store(server: ServerConfig) -> Path:
-    return key_store.store_path(server.state_directory, server.path.stem)
-
-
-def client_key_file(out: Path, given: str | None) -> Path:
-    """Where the client's key file goes: ``--key-out``, else NAME.keys.json beside its config."""
-    return Path(given) if given else out.with_name(f"{out.stem}.keys.json")
-
-
-def fresh_key(epoch_seconds: int) -> tuple[int, bytes]:
-    """A new random key, labelled with the oldest epoch an end still needs now."""
-    return oldest_needed_epoch(time.time(), epoch_seconds), new_key()
-
-
-def check_client_key_file(path: Path, server: ServerConfig, replaces: int | None = None) -> None:
-    """Refuse a client key file path that is the server's config or key store,
-    or an existing file that is not ``replaces``'s own key file (none may
-    exist when ``replaces`` is None). Raises ConfigError, changing nothing."""
-    resolved = path.resolve()
-    if resolved in (server.path.resolve(), server_store(server).resolve()):
-        raise ConfigError(f"{path}: is the server's own file; choose another --key-out")
-    if not path.exists() and not path.is_symlink():
-        return
-    if replaces is not None:
-        with contextlib.suppress(key_store.KeyStoreError):
-            if set(key_store.load(path).keys) == {replaces}:
-                return
-        raise ConfigError(f"{path}: exists and is not the key file of client ID {replaces};"
-                          " remove it first or choose another --key-out")
-    raise ConfigError(f"{path}: already exists; remove it first or choose another --key-out")
-
-
-def write_client_keys(path: Path, epoch_seconds: int, client_id: int, epoch: int, key: bytes) -> None:
-    """The client's own key store, to be copied into its state directory
-    (``check_client_key_file`` has said the path may be written)."""
-    try:
-        key_store.write(path, key_store.KeyTable(epoch_seconds, {client_id: (epoch, key)}))
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot write there: {error.strerror}") from None
-
-
-@contextlib.contextmanager
-def locked_store(server: ServerConfig) -> Iterator[tuple[Path, key_store.KeyTable]]:
-    """The server's key store, read under its lock (a running server writes it too)."""
-    path = server_store(server)
-    try:
-        with key_store.locked(path):
-            yield path, key_store.load(path)
-    except key_store.KeyStoreError as error:
-        raise ConfigError(str(error)) from None
-
-
-def copy_instructions(out: Path, keys: Path, state_directory: str | None) -> str:
-    return (f"; on the client, put {out.name} in /etc/vpncrypt and {keys.name} in its state directory"
-            f" ({state_directory or DEFAULT_STATE_DIRECTORY}) under the config's name ({out.stem}.keys.json),"
-            " both mode 0600, then delete them here")
 
 
 # --- commands -------------------------------------------------------------------------------

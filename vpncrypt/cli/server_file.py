@@ -1,0 +1,282 @@
+"""How keygen edits a server's files: server.toml in place, keeping every other line
+as the operator wrote it (tomlkit finds the tables; the text is cut and joined
+around them), under a lock, checked as the server would load it before it
+replaces the file atomically, keeping its mode and owner; and the values it
+writes there (names, client IDs, addresses)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import ipaddress
+import os
+import secrets
+import tempfile
+import time
+import unicodedata
+from pathlib import Path
+from typing import Iterator
+
+import tomlkit
+
+from .. import key_store
+from ..config import (
+    DEFAULT_INTERFACE, DEFAULT_KEEPALIVE, DEFAULT_STATE_DIRECTORY, ConfigError, ServerConfig, load_server_config,
+)
+from ..core.server import ClientEntry
+from ..core.wire import MAX_CLIENT_ID
+
+MAX_NAME = 64
+LOCK_WAIT = 10.0  # seconds to wait for another keygen run to finish with the file
+
+
+# --- files --------------------------------------------------------------------------------
+
+
+def write_private(path: Path, text: str, *, mode: int = 0o600, replace: bool = False,
+                  owner: tuple[int, int] | None = None) -> None:
+    """Write atomically (temporary file, fsync, rename, fsync of the directory)
+    with ``mode`` and ``owner`` (uid, gid); never clobber unless asked."""
+    if path.exists() and not replace:
+        raise ConfigError(f"{path}: already exists; remove it first or choose another --out")
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot write there: {error.strerror}") from None
+    try:
+        os.fchmod(fd, mode)
+        if owner is not None and owner != (os.geteuid(), os.getegid()):
+            with contextlib.suppress(PermissionError):  # only root may give a file away
+                os.fchown(fd, *owner)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself made durable
+        directory_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(directory_fd)
+        finally:
+            os.close(directory_fd)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``.lock for a read-change-write of ``path``."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as error:
+        raise ConfigError(f"{lock_path}: cannot make the lock file: {error.strerror}") from None
+    try:
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as error:
+                if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or time.monotonic() > deadline:
+                    raise ConfigError(f"{path}: another vpncrypt-keygen is changing it (waited"
+                                      f" {LOCK_WAIT:g} s for {lock_path})") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def rewrite_server_file(path: Path, text: str, before: ServerConfig, clients: list[ClientEntry],
+                        keys: key_store.KeyTable) -> ServerConfig:
+    """Check ``text`` as the server would with ``keys`` as its key store, and
+    that it holds ``before``'s settings with ``clients`` as its clients, then
+    put it in place of ``path`` keeping its mode and owner. Returns the config
+    it holds."""
+    if not text.endswith("\n"):
+        text += "\n"
+    info = path.stat()
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, probe = tempfile.mkstemp(prefix=f".{path.name}.check.", suffix=".toml", dir=directory)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        try:
+            config = load_server_config(probe, keys)
+        except ConfigError as error:  # a bug here, never the operator's: say so, change nothing
+            raise ConfigError(f"{path}: the change would not load ({error}); left the file as it was") from None
+    finally:
+        Path(probe).unlink(missing_ok=True)
+    unchanged = ("server_id", "port", "listen_address", "endpoint", "tunnel", "interface", "mtu", "time_window",
+                 "client_to_client", "offload")
+    if list(config.clients) != clients or any(getattr(config, k) != getattr(before, k) for k in unchanged):
+        raise ConfigError(f"{path}: keygen could not make this change without touching other lines;"
+                          " left the file as it was (edit it by hand)")
+    write_private(path, text, mode=info.st_mode & 0o777, replace=True, owner=(info.st_uid, info.st_gid))
+    return config
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: {error.strerror}") from None
+
+
+# --- values -------------------------------------------------------------------------------
+
+
+def check_name(name: str) -> str:
+    """A client name the server will take and a log line can show: text, no
+    control or invisible characters, 1 to 64 of them."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError("--name is not valid UTF-8 text (the shell passed other bytes)") from None
+    if not name or len(name) > MAX_NAME:
+        raise ConfigError(f"--name must be 1 to {MAX_NAME} characters")
+    if name != name.strip():
+        raise ConfigError(f"--name {name!r}: no spaces at the start or end")
+    odd = next((c for c in name if unicodedata.category(c)[0] in "CZ" and c != " "), None)
+    if odd is not None:
+        raise ConfigError(f"--name {name!r}: no control, invisible or separator characters"
+                          f" (U+{ord(odd):04X} {unicodedata.name(odd, '')})".replace(" )", ")"))
+    return name
+
+
+def toml_value(value) -> str:
+    """A value as TOML text (tomlkit escapes what needs escaping)."""
+    return tomlkit.item(value).as_string()
+
+
+def free_address(network, taken: list) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The lowest host address of ``network`` inside none of ``taken``: one pass
+    over the taken ranges in order, so 65,536 clients cost milliseconds."""
+    first, last = int(network.network_address), int(network.broadcast_address)
+    if network.num_addresses > 2:  # hosts(): not the network's own address (nor IPv4's broadcast)
+        first += 1
+        last -= network.version == 4
+    spans = sorted((int(used.network_address), int(used.broadcast_address)) for used in taken
+                   if used.version == network.version)
+    candidate = first
+    for start, end in spans:
+        if start > candidate:
+            break
+        candidate = max(candidate, end + 1)
+    if candidate > last:
+        raise ConfigError(f"no free address left in {network}")
+    return (ipaddress.IPv4Address if network.version == 4 else ipaddress.IPv6Address)(candidate)
+
+
+def taken_networks(server: ServerConfig) -> list:
+    """Every address a new client may not have: the server's, the clients', the retired ones."""
+    taken = [ipaddress.ip_network(i.ip) for i in server.tunnel]
+    for client in server.clients:
+        taken.extend(client.addresses)
+    taken.extend(server.retired_addresses)
+    return taken
+
+
+def choose_client_id(server: ServerConfig, path: Path, wanted: int | None) -> int:
+    """``wanted`` if it is free, else one at random among the free ones, so that
+    IDs say nothing about when or in which order clients came."""
+    used = {c.client_id: c.name for c in server.clients}
+    if wanted is not None:
+        if not 0 <= wanted <= MAX_CLIENT_ID:
+            raise ConfigError(f"--client-id must be from 0 to {MAX_CLIENT_ID}")
+        if wanted in used:
+            raise ConfigError(f"--client-id: {wanted} is used by client {used[wanted]!r}")
+        if wanted in server.retired_client_ids:
+            raise ConfigError(f"--client-id: {wanted} is retired (a removed client had it);"
+                              f" delete it from [retired] in {path} to use it again")
+        return wanted
+    free = [i for i in range(1, MAX_CLIENT_ID + 1) if i not in used and i not in server.retired_client_ids]
+    if not free:
+        raise ConfigError(f"{path}: all client IDs are used or retired")
+    return secrets.choice(free)
+
+
+def client_file_text(server: ServerConfig, name: str, client_id: int, addresses, state_directory: str | None) -> str:
+    lines = [
+        "# vpncrypt client configuration. Its key is not here but in its key store,",
+        f"# {state_directory or DEFAULT_STATE_DIRECTORY}/NAME.keys.json (NAME: this file's name without .toml).",
+        "[client]",
+        *([f"state_directory = {toml_value(state_directory)}"] if state_directory else []),
+        f"name = {toml_value(name)}",
+        f"client_id = {client_id}",
+        f"server = {toml_value(server.endpoint)}",
+        f"server_id = {server.server_id}",
+        f"addresses = {toml_value([str(a) for a in addresses])}",
+        "routes = []  # more networks to reach through the tunnel",
+        f"interface = {toml_value(DEFAULT_INTERFACE)}",
+        f"mtu = {server.mtu}",
+        f"keepalive = {DEFAULT_KEEPALIVE}",
+        f"time_window = {server.time_window}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def client_addresses(server: ServerConfig, networks) -> list:
+    """A client's own tunnel addresses (with the tunnel's prefix) from its server entry:
+    the host addresses inside a tunnel network; networks behind it are not its own."""
+    result = []
+    for interface in server.tunnel:
+        for network in networks:
+            if network.version == interface.version and network.num_addresses == 1 and \
+                    network.network_address in interface.network:
+                result.append(ipaddress.ip_interface(f"{network.network_address}/{interface.network.prefixlen}"))
+    return result
+
+
+# --- where each [[client]] is in the text ---------------------------------------------------
+
+
+def _comment_run_start(text: str, end: int) -> int:
+    """Where the comment lines that end right at ``end`` (a line start) begin."""
+    start = end
+    while start > 0:
+        line_start = text.rfind("\n", 0, start - 1) + 1
+        if not text[line_start:start].lstrip().startswith("#"):
+            break
+        start = line_start
+    return start
+
+
+def client_spans(text: str) -> list[tuple[int, int, int]]:
+    """For each [[client]] table, in order: (where its lines start, counting
+    the comment lines just above its header; where its header starts; where
+    its lines end, before the comment lines that lead into the next table).
+    tomlkit finds the tables (it knows strings and arrays that span lines);
+    each table's text is found again in ``text``, which it reproduces exactly."""
+    document = tomlkit.parse(text)
+    tables = document.get("client") or []
+    spans: list[tuple[int, int, int]] = []
+    position = 0
+    for table in tables:
+        body = table.as_string()
+        body_start = text.find(body, position)
+        if body_start < 0:
+            raise ConfigError("cannot find a [[client]] table in the file again; edit it by hand")
+        header_start = text.rfind("\n", 0, body_start - 1) + 1
+        if not text[header_start:body_start].lstrip().startswith("[["):
+            raise ConfigError("a [[client]] table is laid out in a way keygen does not edit; edit it by hand")
+        end = body_start + len(body)
+        # Comment lines at the end of its text lead into what follows (the
+        # next table's, or the file's closing words): they stay.
+        spans.append((_comment_run_start(text, header_start), header_start, _comment_run_start(text, end)))
+        position = end
+    return spans
+
+
+def client_index(server: ServerConfig, name: str, path: Path) -> int:
+    for index, client in enumerate(server.clients):
+        if client.name == name:
+            return index
+    names = ", ".join(repr(c.name) for c in server.clients) or "none"
+    raise ConfigError(f"{path}: no client named {name!r} (clients: {names})")
