@@ -13,7 +13,6 @@ import contextlib
 import gc
 import ipaddress
 import os
-import re
 import socket
 import stat
 import tomllib
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config_toml import parse_toml
 from .core.inner import Network
 from .core.server import ClientEntry
 from . import key_store
@@ -127,74 +127,6 @@ def read_toml(path: Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: not UTF-8 text") from None
         except OSError as error:
             raise ConfigError(f"{path}: {error.strerror}") from None
-
-
-# The [[client]] tables as keygen writes them, one line a key: read with these
-# instead of tomllib, which takes seconds for 65,536 of them. Anything else
-# (another key, an escape, a multi-line value, a line of any other form) sends
-# the whole file through tomllib, so this only ever gives what tomllib gives.
-_HEADER = re.compile(r"\s*\[\[?\s*[A-Za-z0-9_.-]+\s*\]\]?\s*(#[^\x00-\x08\x0a-\x1f\x7f]*)?")
-_COMMENT = r"\s*(?:#[^\x00-\x08\x0a-\x1f\x7f]*)?"
-_STRING = r'"([^"\\\x00-\x1f\x7f]*)"'
-_CLIENT_LINE = re.compile(
-    rf'[ \t]*(?:name[ \t]*=[ \t]*{_STRING}|client_id[ \t]*=[ \t]*(0|[1-9][0-9]{{0,8}})'
-    rf'|addresses[ \t]*=[ \t]*\[((?:[ \t]*"[^"\\\x00-\x1f\x7f]*"[ \t]*,)*(?:[ \t]*"[^"\\\x00-\x1f\x7f]*"[ \t]*)?)\])?'
-    rf"{_COMMENT}")
-_QUOTED = re.compile(r'"([^"]*)"')
-
-
-class _NotPlain(Exception):
-    """A [[client]] line the fast reading does not take: tomllib reads the file."""
-
-
-def parse_toml(text: str) -> dict[str, Any]:
-    """``tomllib.loads(text)``, fast for many [[client]] tables of keygen's form."""
-    if "[[client]]" not in text or "\r" in text or '"""' in text or "\'\'\'" in text:
-        return tomllib.loads(text)
-    try:
-        return _parse_clients_fast(text)
-    except (_NotPlain, tomllib.TOMLDecodeError):
-        return tomllib.loads(text)  # and its error, worded for the whole file
-
-
-def _parse_clients_fast(text: str) -> dict[str, Any]:
-    lines = text.split("\n")
-    rest: list[str] = []  # every line outside the [[client]] tables (theirs blank, so line numbers stay)
-    clients: list[dict[str, Any]] = []
-    current: dict[str, Any] | None = None
-    for line in lines:
-        if _HEADER.fullmatch(line):
-            if line.split("#", 1)[0].strip().replace(" ", "").replace("\t", "") == "[[client]]":
-                current = {}
-                clients.append(current)
-                rest.append("")
-                continue
-            current = None
-        if current is None:
-            rest.append(line)
-            continue
-        match = _CLIENT_LINE.fullmatch(line)
-        if match is None:
-            raise _NotPlain
-        name, client_id, addresses = match.groups()
-        if name is not None:
-            key, value = "name", name
-        elif client_id is not None:
-            key, value = "client_id", int(client_id)
-        elif addresses is not None:
-            key, value = "addresses", _QUOTED.findall(addresses)
-        else:
-            rest.append("")  # a blank or comment line
-            continue
-        if key in current:
-            raise _NotPlain  # tomllib says what is wrong
-        current[key] = value
-        rest.append("")
-    data = tomllib.loads("\n".join(rest))
-    if "client" in data:
-        raise _NotPlain  # a client table or key of another form besides
-    data["client"] = clients
-    return data
 
 
 class _Section:
