@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Iterator
 
 
-class LockTimeout(Exception):
-    """Another writer held the lock longer than we waited; the message names the file."""
+class LockError(Exception):
+    """The lock could not be had: another writer held it longer than we waited,
+    or the lock file cannot be made. The message names the file."""
 
 
 def replace_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -35,12 +36,15 @@ def replace_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 
 @contextlib.contextmanager
-def locked(path: Path, wait: float) -> Iterator[None]:
+def locked(path: Path, wait: float, holder: str = "vpncrypt") -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path``.lock for a read-change-write of
-    ``path``. Raises LockTimeout after ``wait`` seconds, OSError if the lock
-    file cannot be made."""
+    ``path``. Raises LockError after ``wait`` seconds (naming ``holder``, who
+    else would hold it) or if the lock file cannot be made."""
     lock = path.with_name(f"{path.name}.lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise LockError(f"{lock}: cannot make the lock file: {error.strerror}") from None
     try:
         deadline = time.monotonic() + wait
         while True:
@@ -49,7 +53,7 @@ def locked(path: Path, wait: float) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise LockTimeout(f"{path}: another vpncrypt is writing it (waited {wait:g} s for {lock})")
+                    raise LockError(f"{path}: another {holder} is changing it (waited {wait:g} s for {lock})")
                 time.sleep(0.05)
         yield
     finally:

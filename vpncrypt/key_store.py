@@ -177,7 +177,7 @@ def locked(path: Path) -> Iterator[None]:
     try:
         with files.locked(path, LOCK_WAIT):
             yield
-    except files.LockTimeout as error:
+    except files.LockError as error:
         raise KeyStoreError(str(error)) from None
 
 

@@ -7,20 +7,17 @@ writes there (names, client IDs, addresses)."""
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import ipaddress
 import os
 import secrets
 import tempfile
-import time
 import unicodedata
 from pathlib import Path
 from typing import Iterator
 
 import tomlkit
 
-from .. import key_store
+from .. import files, key_store
 from ..config import (
     DEFAULT_INTERFACE, DEFAULT_KEEPALIVE, DEFAULT_STATE_DIRECTORY, ConfigError, ServerConfig, load_server_config,
 )
@@ -68,26 +65,13 @@ def write_private(path: Path, text: str, *, mode: int = 0o600, replace: bool = F
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path``.lock for a read-change-write of ``path``."""
-    lock_path = path.with_name(path.name + ".lock")
+    """Hold an exclusive lock on ``path``.lock for a read-change-write of ``path``
+    (files.locked); raises ConfigError if another keygen run holds it too long."""
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as error:
-        raise ConfigError(f"{lock_path}: cannot make the lock file: {error.strerror}") from None
-    try:
-        deadline = time.monotonic() + LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as error:
-                if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or time.monotonic() > deadline:
-                    raise ConfigError(f"{path}: another vpncrypt-keygen is changing it (waited"
-                                      f" {LOCK_WAIT:g} s for {lock_path})") from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)
+        with files.locked(path, LOCK_WAIT, holder="vpncrypt-keygen"):
+            yield
+    except files.LockError as error:
+        raise ConfigError(str(error)) from None
 
 
 def rewrite_server_file(path: Path, text: str, before: ServerConfig, clients: list[ClientEntry],
