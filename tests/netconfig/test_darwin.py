@@ -135,7 +135,7 @@ def host_route(table, server):
 
 
 @pytest.mark.parametrize("default, gateway, blackhole", [
-    ({4: "192.168.1.1"}, "192.168.1.1", False),
+    ({4: "198.51.100.254"}, "198.51.100.254", False),
     ({}, "127.0.0.1", True),
     ({4: "link#4"}, "127.0.0.1", True),  # wg-quick skips link# gateways too
 ])
@@ -148,7 +148,7 @@ def test_the_server_route_takes_the_default_gateway_found_when_it_runs(kernel, d
 
 def test_a_refusal_stops_the_setup_although_route_exits_0(kernel):
     """Another VPN holds 0.0.0.0/1: macOS's route(8) says so and exits 0."""
-    table = kernel({4: "192.168.1.1"})
+    table = kernel({4: "198.51.100.254"})
     fake_route.held(table, "0.0.0.0/1", "utun3")
     refused = shlex.join(route("add", "-inet", "0.0.0.0/1", "-interface", "utun7"))
     with pytest.raises(NetconfigError, match=f"^{re.escape(refused)}: route: writing to routing socket: File exists$"):
@@ -156,7 +156,7 @@ def test_a_refusal_stops_the_setup_although_route_exits_0(kernel):
 
 
 def test_after_kill_9_the_next_start_clears_the_server_route_once_and_exit_removes_it(kernel):
-    table = kernel({4: "192.168.1.1"})
+    table = kernel({4: "198.51.100.254"})
     network_plan = plan(spec(routes=FULL, server=SERVER), "darwin")
     apply(network_plan)
     deletes = [c for c in fake_route.calls(table) if c[2] == "delete"]
@@ -165,7 +165,7 @@ def test_after_kill_9_the_next_start_clears_the_server_route_once_and_exit_remov
     apply(network_plan)
     deletes = [c for c in fake_route.calls(table) if c[2] == "delete"]
     assert len(deletes) == 3  # one cleared the leftover, the next failed: not 16 "successes"
-    assert host_route(table, SERVER)["gateway"] == "192.168.1.1"
+    assert host_route(table, SERVER)["gateway"] == "198.51.100.254"
     tear_down(network_plan)
     fake_route.device_gone(table, "utun7")
     assert fake_route.routes(table) == []

@@ -114,8 +114,8 @@ def test_the_point_to_point_destination_is_never_our_own_address_but_for_a_host(
 PLANS = [
     spec(), spec(routes=("192.0.2.0/24", "2001:db8:99::/48")), spec(routes=FULL, server=SERVER),
     spec(routes=FULL, server=ipaddress.ip_address("2001:db8:1::1")),
-    spec(addresses=(ipaddress.ip_interface("10.0.0.0/8"),), routes=("0.0.0.0/0",),
-         server=ipaddress.ip_address("10.1.0.0")),
+    spec(addresses=(ipaddress.ip_interface("203.0.113.0/24"),), routes=("0.0.0.0/0",),
+         server=ipaddress.ip_address("203.0.113.128")),
 ]
 
 
