@@ -81,3 +81,35 @@ def _parse_clients_fast(text: str) -> dict[str, Any]:
         raise _NotPlain  # a client table or key of another form besides
     data["client"] = clients
     return data
+
+
+def plain_table_headers(text: str) -> list[tuple[int, str]] | None:
+    """Where each table of a file in keygen's form begins: (line index, name)
+    in order, the name "client" for each [[client]]; None when the file is not
+    in that form (then only a full TOML parser such as tomlkit knows where its
+    tables are). The form: ``parse_toml`` reads it fast, every other table is a
+    plain top-level ``[name]``, and the headers found line by line are exactly
+    the tables the parse found, so no line inside a multi-line value was
+    mistaken for a header."""
+    if "[[client]]" not in text or "\r" in text or '"""' in text or "\'\'\'" in text:
+        return None
+    try:
+        data = _parse_clients_fast(text)
+    except (_NotPlain, tomllib.TOMLDecodeError):
+        return None
+    headers: list[tuple[int, str]] = []
+    for index, line in enumerate(text.split("\n")):
+        if _HEADER.fullmatch(line):
+            name = line.split("#", 1)[0].strip().replace(" ", "").replace("\t", "")
+            if name == "[[client]]":
+                headers.append((index, "client"))
+            elif name.startswith("[[") or "." in name:
+                return None
+            else:
+                headers.append((index, name[1:-1]))
+    tables = [name for _, name in headers if name != "client"]
+    found = {key for key, value in data.items() if isinstance(value, dict)}
+    if len(tables) != len(set(tables)) or set(tables) != found or \
+            len(headers) - len(tables) != len(data["client"]):
+        return None
+    return headers

@@ -4,11 +4,11 @@ Every change to an existing server.toml is made under a lock (a ``flock`` on
 ``server.toml.lock`` beside it), so two runs at once cannot lose a client,
 and leaves every other line as the operator wrote it: new text is appended,
 a removed client's lines are cut out (with the comment lines just above
-them), and a re-keyed client's key is replaced in place (tomlkit, which
-round-trips comments and layout). The result is checked as the server
+them), and its ID and addresses go into ``[retired]`` (edited with tomlkit,
+which round-trips comments and layout). The result is checked as the server
 would check it before it replaces the file, atomically, keeping its mode
-and owner. IDs and addresses of removed clients go into ``[retired]`` and
-are handed to no new client until the operator deletes them there.
+and owner. Retired IDs and addresses are handed to no new client until the
+operator deletes them there.
 
 Keys are not in the config files (protocol version 2): a new or re-keyed
 client's key goes into the server's key store (key_store.py, under its own
@@ -41,7 +41,7 @@ from .client_keys import (
 from .common import RUNTIME_ERROR, add_version, error_exit, print_all
 from .server_file import (
     check_name, choose_client_id, client_addresses, client_file_text, client_index, client_spans, free_address, locked,
-    read_text, rewrite_server_file, taken_networks, toml_value, write_private,
+    network_text, read_text, rewrite_server_file, taken_networks, toml_value, with_retired, write_private,
 )
 
 PROGRAM = "vpncrypt-keygen"
@@ -230,23 +230,7 @@ def remove_client(args: argparse.Namespace) -> int:
         start, _, end = client_spans(text)[index]
         new_text = text[:start] + text[end:]
         if not args.reuse:
-            document = tomlkit.parse(new_text)
-            if "retired" not in document:
-                retired = tomlkit.table()
-                retired.add(tomlkit.comment("Removed clients' IDs and addresses: keygen gives them to no new"
-                                            " client. Delete entries to allow that."))
-                retired.add("client_ids", tomlkit.array())
-                retired.add("addresses", tomlkit.array())
-                document.add("retired", retired)
-            retired = document["retired"]
-            for key, values in (("client_ids", [removed.client_id]),
-                                ("addresses", [str(n) for n in removed.addresses])):
-                if key not in retired:
-                    retired.add(key, tomlkit.array())
-                for value in values:
-                    if value not in retired[key]:
-                        retired[key].append(value)
-            new_text = tomlkit.dumps(document)
+            new_text = with_retired(new_text, removed)
         with locked_store(server) as (store, table):
             table.keys.pop(removed.client_id, None)
             rewrite_server_file(server_path, new_text, server, [c for c in server.clients if c is not removed], table)
@@ -302,7 +286,7 @@ def list_clients(args: argparse.Namespace) -> int:
     server_path = Path(args.server_config)
     server = load_server_config(server_path)
     rows = [("NAME", "ID", "ADDRESSES")]
-    rows += [(c.name, str(c.client_id), ", ".join(map(str, c.addresses))) for c in server.clients]
+    rows += [(c.name, str(c.client_id), ", ".join(map(network_text, c.addresses))) for c in server.clients]
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
     lines = [f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]}" for row in rows]
     if server.retired_client_ids or server.retired_addresses:

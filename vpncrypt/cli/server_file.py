@@ -10,6 +10,7 @@ import contextlib
 import ipaddress
 import os
 import secrets
+import socket
 import tempfile
 import unicodedata
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Iterator
 import tomlkit
 
 from .. import files, key_store
+from ..config_toml import plain_table_headers
 from ..config import (
     DEFAULT_INTERFACE, DEFAULT_KEEPALIVE, DEFAULT_STATE_DIRECTORY, ConfigError, ServerConfig, load_server_config,
 )
@@ -139,6 +141,17 @@ def toml_value(value) -> str:
     return tomlkit.item(value).as_string()
 
 
+def network_text(network) -> str:
+    """``str(network)``, for IPv6 through inet_ntop (C): ipaddress's own
+    takes most of a 65,536-client ``keygen list``. Addresses whose first 80 bits
+    are zero (IPv4-mapped and -compatible ones), which inet_ntop writes with a
+    dotted quad, keep ipaddress's form."""
+    packed = network.network_address.packed
+    if network.version == 6 and any(packed[:10]):
+        return f"{socket.inet_ntop(socket.AF_INET6, packed)}/{network.prefixlen}"
+    return str(network)
+
+
 def free_address(network, taken: list) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """The lowest host address of ``network`` inside none of ``taken``: one pass
     over the taken ranges in order, so 65,536 clients cost milliseconds."""
@@ -232,12 +245,37 @@ def _comment_run_start(text: str, end: int) -> int:
     return start
 
 
+def _line_starts(text: str) -> list[int]:
+    starts = [0]
+    position = text.find("\n")
+    while position >= 0:
+        starts.append(position + 1)
+        position = text.find("\n", position + 1)
+    return starts
+
+
 def client_spans(text: str) -> list[tuple[int, int, int]]:
     """For each [[client]] table, in order: (where its lines start, counting
     the comment lines just above its header; where its header starts; where
     its lines end, before the comment lines that lead into the next table).
-    tomlkit finds the tables (it knows strings and arrays that span lines);
-    each table's text is found again in ``text``, which it reproduces exactly."""
+    A file in keygen's form is read line by line (config_toml.plain_table_headers);
+    any other goes through tomlkit, which knows strings and arrays that span
+    lines but takes about 15 s for 65,536 clients."""
+    headers = plain_table_headers(text)
+    if headers is None:
+        return _client_spans_by_tomlkit(text)
+    starts = _line_starts(text)
+    spans = []
+    for position, (line, name) in enumerate(headers):
+        if name == "client":
+            end = starts[headers[position + 1][0]] if position + 1 < len(headers) else len(text)
+            spans.append((_comment_run_start(text, starts[line]), starts[line], _comment_run_start(text, end)))
+    return spans
+
+
+def _client_spans_by_tomlkit(text: str) -> list[tuple[int, int, int]]:
+    """client_spans for any layout: tomlkit finds the tables; each table's text
+    is found again in ``text``, which tomlkit reproduces exactly."""
     document = tomlkit.parse(text)
     tables = document.get("client") or []
     spans: list[tuple[int, int, int]] = []
@@ -256,6 +294,44 @@ def client_spans(text: str) -> list[tuple[int, int, int]]:
         spans.append((_comment_run_start(text, header_start), header_start, _comment_run_start(text, end)))
         position = end
     return spans
+
+
+def with_retired(text: str, client: ClientEntry) -> str:
+    """``text`` with ``client``'s ID and addresses added to [retired] (made at
+    the end if missing). In a file of keygen's form only the [retired] table
+    goes through tomlkit, which keeps its comments and layout."""
+    headers = plain_table_headers(text)
+    if headers is None:
+        document = tomlkit.parse(text)
+        _retire(document, client)
+        return tomlkit.dumps(document)
+    starts = _line_starts(text)
+    for position, (line, name) in enumerate(headers):
+        if name == "retired":
+            end = starts[headers[position + 1][0]] if position + 1 < len(headers) else len(text)
+            table = tomlkit.parse(text[starts[line]:end])
+            _retire(table, client)
+            return text[:starts[line]] + tomlkit.dumps(table) + text[end:]
+    table = tomlkit.document()
+    _retire(table, client)
+    return text.rstrip("\n") + "\n\n" + tomlkit.dumps(table)
+
+
+def _retire(document: tomlkit.TOMLDocument, client: ClientEntry) -> None:
+    if "retired" not in document:
+        retired = tomlkit.table()
+        retired.add(tomlkit.comment("Removed clients' IDs and addresses: keygen gives them to no new"
+                                    " client. Delete entries to allow that."))
+        retired.add("client_ids", tomlkit.array())
+        retired.add("addresses", tomlkit.array())
+        document.add("retired", retired)
+    retired = document["retired"]
+    for key, values in (("client_ids", [client.client_id]), ("addresses", [str(n) for n in client.addresses])):
+        if key not in retired:
+            retired.add(key, tomlkit.array())
+        for value in values:
+            if value not in retired[key]:
+                retired[key].append(value)
 
 
 def client_index(server: ServerConfig, name: str, path: Path) -> int:
