@@ -21,7 +21,7 @@ from vpncrypt.tun.freebsd import FreeBsdTun
 from vpncrypt.tun.linux import LinuxTun
 
 TUNSETIFF, TUNSETOFFLOAD = 0x400454CA, 0x400454D0
-TUN, NO_PI, VNET_HDR = 0x0001, 0x1000, 0x4000
+TUN, NO_PI, TUN_EXCL, VNET_HDR = 0x0001, 0x1000, 0x8000, 0x4000
 ALL_OFFLOADS, TCP_OFFLOADS, USO = 0x67, 0x07, 0x60  # CSUM|TSO4|TSO6|USO4|USO6; without USO4|USO6
 VNET = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 PLAIN = bytes(10)

@@ -18,7 +18,7 @@ from vpncrypt.tun.offload import coalesce
 
 from .fake_kernel import (
     ALL_OFFLOADS, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, NEEDS_CSUM, NO_PI, PLAIN, TCP_OFFLOADS, TUN, TUNSETIFF,
-    TUNSETOFFLOAD, USO, VNET, VNET_HDR, FakeKernel, drain, ifreq, linux_over_socketpair,
+    TUN_EXCL, TUNSETOFFLOAD, USO, VNET, VNET_HDR, FakeKernel, drain, ifreq, linux_over_socketpair,
 )
 
 @pytest.fixture
@@ -43,14 +43,14 @@ def linux():
 ])
 def test_open_with_offload_asks_for_the_best_the_kernel_takes(linux, refused, offload_calls, segmentation):
     tun, _, kernel = linux(refused=refused)
-    assert kernel.calls == [(TUNSETIFF, ifreq(b"vc%d", TUN | NO_PI | VNET_HDR))] + [
+    assert kernel.calls == [(TUNSETIFF, ifreq(b"vc%d", TUN | NO_PI | TUN_EXCL | VNET_HDR))] + [
         (TUNSETOFFLOAD, flags) for flags in offload_calls]
     assert (tun.name, tun.segmentation) == ("vc0", segmentation)
 
 
 def test_open_without_offload_only_creates(linux):
     tun, _, kernel = linux(offload=False)
-    assert kernel.calls == [(TUNSETIFF, ifreq(b"vc%d", TUN | NO_PI))]
+    assert kernel.calls == [(TUNSETIFF, ifreq(b"vc%d", TUN | NO_PI | TUN_EXCL))]
     assert (tun.name, tun.segmentation) == ("vc0", 0)
 
 
@@ -134,7 +134,7 @@ def test_open_failures_on_the_clone_device(error, message):
 
 @pytest.mark.parametrize("error, message", [
     (errno.EPERM, "cannot create vc%d: run as root"),
-    (errno.EBUSY, "vc%d is in use by another process"),
+    (errno.EBUSY, r"an interface named vc%d exists already .*: choose another interface in the config, or delete it \(ip link delete vc%d\)"),
     (errno.EINVAL, "cannot create vc%d: Invalid argument"),
 ])
 def test_open_failures_on_create_close_the_descriptor(error, message):

@@ -38,6 +38,10 @@ OFFLOAD_CHOICES = (
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
+# Fail with EBUSY if an interface of that name exists (linux/if_tun.h): a TUN
+# device of ours never outlives its process, so one that exists is someone
+# else's (a persistent TUN device, another VPN's, a veth), never to be taken over.
+IFF_TUN_EXCL = 0x8000
 _IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, then flags in the union
 _READ_SIZE = 65536  # the largest IP packet; MTU changes at run time cannot truncate
 Ioctl = Callable[[int, int, bytes | int], bytes | int]  # (fd, request, argument) -> reply
@@ -79,14 +83,16 @@ class LinuxTun:
         except OSError as error:
             raise TunError(f"cannot open /dev/net/tun: {error.strerror}") from None
         try:
-            flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
+            flags = IFF_TUN | IFF_NO_PI | IFF_TUN_EXCL | (IFF_VNET_HDR if offload else 0)
             reply = ioctl(fd, TUNSETIFF, _IFREQ.pack(name.encode(), flags))
         except OSError as error:
             os.close(fd)
             if error.errno == errno.EPERM:
                 raise TunError(f"cannot create {name}: run as root (or with CAP_NET_ADMIN)") from None
             if error.errno == errno.EBUSY:
-                raise TunError(f"{name} is in use by another process") from None
+                raise TunError(f"an interface named {name} exists already (a persistent TUN device, another"
+                               f" VPN's or any other): choose another interface in the config, or delete"
+                               f" it (ip link delete {name}) if nothing needs it") from None
             raise TunError(f"cannot create {name}: {error.strerror}") from None
         actual = _IFREQ.unpack(reply)[0].rstrip(b"\0").decode()
         segmentation, taken = 0, "none taken by the kernel"
