@@ -69,14 +69,15 @@ def test_bulk_tcp_through_a_small_mtu_hop(vpn, mtu, request):
             assert "UDP offloads: GSO off, GRO off (offload = false)" in log, log
 
 
-# A TCP sender whose every packet carries an 8-byte IPv6 destination options header
-# (IPV6_DSTOPTS: next header and length filled in by the kernel, then PadN), set
-# before connect so that the SYN has it too. Bounded: one connection, 25 s.
-DSTOPTS_SENDER = """
+# A TCP sender whose every packet carries an 8-byte IPv6 extension header (the
+# socket option named in argv[4], IPV6_DSTOPTS or IPV6_HOPOPTS: next header and
+# length filled in by the kernel, then PadN), set before connect so that the SYN
+# has it too. Bounded: one connection, 25 s.
+EXTENSION_HEADER_SENDER = """
 import hashlib, json, random, socket, sys, time
-address, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+address, port, size, option = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, bytes([0, 0, 1, 4, 0, 0, 0, 0]))
+sock.setsockopt(socket.IPPROTO_IPV6, getattr(socket, option), bytes([0, 0, 1, 4, 0, 0, 0, 0]))
 sock.settimeout(25)
 sock.connect((address, port))
 data = random.Random(size).randbytes(size)
@@ -88,11 +89,12 @@ print(json.dumps({"bytes": size, "sha256": hashlib.sha256(data).hexdigest(), "se
 """
 
 
-def test_tcp_over_ipv6_with_a_destination_options_header(vpn):
+@pytest.mark.parametrize("option", ["IPV6_DSTOPTS", "IPV6_HOPOPTS"])
+def test_tcp_over_ipv6_with_an_extension_header(vpn, option):
     """Issue 13: with offloads on, the TUN device hands over TCP super-packets that
-    carry the header; the splitter used to drop them silently (2 MiB did not finish
-    in 25 s). Both directions of the tunnel: client a sends to the server, the
-    server to client a."""
+    carry a destination options or hop-by-hop header; the splitter used to drop
+    them silently (2 MiB did not finish in 25 s). Both directions of the tunnel:
+    client a sends to the server, the server to client a."""
     import subprocess
     import sys
 
@@ -102,7 +104,7 @@ def test_tcp_over_ipv6_with_a_destination_options_header(vpn):
             (vpn.server_ns, vpn.client_ns["a"], TUNNEL_ADDRESS6["a"])), 5301):
         sink = job(vpn, receiver_ns, "sink", receiver, str(port))
         sink.wait_until_ready()
-        sent = vpn.lab.run(sender_ns, [sys.executable, "-c", DSTOPTS_SENDER, receiver, str(port), str(size)],
+        sent = vpn.lab.run(sender_ns, [sys.executable, "-c", EXTENSION_HEADER_SENDER, receiver, str(port), str(size), option],
                            timeout=TRANSFER_SECONDS, check=False)
         assert sent.returncode == 0, sent.stderr
         result = __import__("json").loads(sent.stdout.strip().splitlines()[-1])
