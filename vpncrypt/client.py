@@ -154,6 +154,7 @@ class LiveClient:
                 "auth_failures": peer.auth_failures,
                 "time_drops": peer.time_drops,
             },
+            "clock_offset": self.core.clock_offset,
             "drops": dict(self.core.drops),
             "tun_write_refused": self.daemon.tun_refused,
             "udp_send_errors": self.daemon.transport.send_errors,

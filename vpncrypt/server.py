@@ -168,6 +168,7 @@ class LiveServer:
                 "roams": peer.roams,
                 "auth_failures": peer.auth_failures,
                 "time_drops": peer.time_drops,
+                "clock_offset": peer.clock_offset,
             }
             for key in totals:
                 totals[key] += entry[key]

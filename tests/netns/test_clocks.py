@@ -256,6 +256,10 @@ def test_a_client_clock_minutes_off_just_works(vpn, offset):
     assert server["drops"]["outside_time_window"] >= 1 and server["drops"]["auth_failed"] == 0, server["drops"]
     client = vpn.log_status("client-a")
     assert abs(client["clock_offset"] + offset) <= 2, client
+    # vpncrypt show says the same, on both ends.
+    shown = vpn.server_status()
+    assert abs(client_a(shown)["clock_offset"] - offset) <= 2, client_a(shown)
+    assert abs(json.loads(vpn.vpncrypt("show", "a", "--json").stdout)["clock_offset"] + offset) <= 2
 
 
 # --- 3. a clock stepped and corrected -----------------------------------------------------
