@@ -1,6 +1,7 @@
 """vpncrypt against other VPNs, side by side in one run, on this machine (needs root).
 
 Run: tools/bench-vpn [--runs 3] [--seconds 5] [--peers vpncrypt,wireguard-go,quicktun,fastd,openvpn]
+                    [--path-mtu 1400]
 
 Two namespaces joined by a veth (underlay 192.0.2.1 and 192.0.2.2); each VPN
 in turn connects them (tunnel 203.0.113.1 and .2, inner MTU 1420 for all) and
@@ -14,7 +15,10 @@ is measured the same way, one timed run at a time:
 - Mbit per CPU-second of the VPN processes (both ends) during those runs;
 - added round-trip time: ping through the tunnel minus ping on the underlay;
 - wire overhead: underlay bytes per tunnelled packet minus inner bytes, from
-  interface counters during a ping run.
+  interface counters during a ping run;
+- with --path-mtu N (e.g. 1400, a PPPoE or tunnelled access link): after the
+  above, the underlay veth is set to N bytes on both ends and TCP is measured
+  again each way, next to the clean path's figures of the same run.
 Writes a Markdown table to stdout and, with --json, the raw figures.
 """
 
@@ -328,7 +332,7 @@ def wire_overhead(pair: Pair, count: int = 50, size: int = 1000) -> float:
     return (after[0] - before[0] - count * (inner + framing)) / count
 
 
-def measure(name: str, workdir: Path, runs: int, seconds: int) -> dict:
+def measure(name: str, workdir: Path, runs: int, seconds: int, path_mtu: int | None = None) -> dict:
     pid_file = workdir / name / "iperf3.pid"
     with Lab(workdir / name) as lab:
         pair = Pair(lab)
@@ -358,6 +362,13 @@ def measure(name: str, workdir: Path, runs: int, seconds: int) -> dict:
             figures["udp_mbit"] = statistics.median(udp_goodput(pair, seconds) for _ in range(runs))
             figures["udp_gso_mbit"] = statistics.median(udp_gso_goodput(pair, seconds) for _ in range(runs))
             figures["udp64_pps"] = statistics.median(udp_packet_rate(pair, seconds) for _ in range(runs))
+            if path_mtu:
+                for ns, interface in ((pair.left, pair.left_if), (pair.right, pair.right_if)):
+                    pair.lab.run(ns, ["ip", "link", "set", interface, "mtu", str(path_mtu)])
+                for direction, reverse in (("forward", False), ("reverse", True)):
+                    rates = [iperf(pair, seconds, reverse) for _ in range(runs)]
+                    figures[f"tcp_{direction}_mbit_path_mtu"] = statistics.median(rates)
+                    figures[f"tcp_{direction}_path_mtu_runs"] = rates
         finally:
             # iperf3 -D leaves the process tree: end it by its PID even when a VPN fails.
             if pid_file.exists():
@@ -372,12 +383,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--peers", default=",".join(VPNS))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--path-mtu", type=int, help="also measure TCP with the underlay link at this MTU")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="vpncrypt-bench-"))
     results = {}
     peers = args.peers.split(",")
     for name in peers:
-        results[name] = measure(name, workdir, args.runs, args.seconds)
+        results[name] = measure(name, workdir, args.runs, args.seconds, args.path_mtu)
         print(f"{name}: {json.dumps({k: v for k, v in results[name].items() if not k.endswith('_runs')})}",
               file=sys.stderr, flush=True)
     print(f"date {time.strftime('%Y-%m-%d')}; versions {json.dumps(versions(peers))}")
@@ -392,6 +404,17 @@ def main() -> int:
               f" {f['tcp6_forward_mbit']:.0f} | {f['tcp6_reverse_mbit']:.0f} | {f['udp_mbit']:.0f} |"
               f" {f['udp_gso_mbit']:.0f} |"
               f" {f['udp64_pps']:.0f} | {f['added_rtt_ms']:.3f} | {f['overhead_bytes']:.1f} |")
+    if args.path_mtu:
+        print(f"\nTCP with the underlay link at {args.path_mtu} bytes, next to the clean 1500-byte path above:\n")
+        print(f"| VPN | TCP -> Mbit/s, 1500 | TCP -> Mbit/s, {args.path_mtu} | ratio |"
+              f" TCP <- Mbit/s, 1500 | TCP <- Mbit/s, {args.path_mtu} | ratio |")
+        print("|---|" + "---:|" * 6)
+        for name, f in results.items():
+            cells = []
+            for direction in ("forward", "reverse"):
+                clean, small = f[f"tcp_{direction}_mbit"], f[f"tcp_{direction}_mbit_path_mtu"]
+                cells += [f"{clean:.0f}", f"{small:.0f}", f"{small / clean:.2f}" if clean else "-"]
+            print(f"| {name} | " + " | ".join(cells) + " |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
