@@ -225,8 +225,7 @@ class VpnLab:
 
     def start_server(self, config: str = "server") -> subprocess.Popen:
         command = [str(self.venv_bin / "vpncrypt-server"), "--config", str(self.configs / f"{config}.toml")]
-        self.processes["server"] = self.lab.spawn(self.server_ns, command, "server.log", env=self.env())
-        wait_for_interface(self.lab, self.server_ns, "vpncrypt0", self.processes["server"], self.lab.workdir / "server.log")
+        self.processes["server"] = start_daemon(self.lab, self.server_ns, command, "server.log", self.env())
         return self.processes["server"]
 
     def start_client(self, name: str, ns: str | None = None, config: str | None = None, env: dict | None = None
@@ -236,9 +235,8 @@ class VpnLab:
         config_path = self.configs / f"{config or name}.toml"
         command = [str(self.venv_bin / "vpncrypt-client"), "--config", str(config_path)]
         ns = ns or self.client_ns[name]
-        process = self.lab.spawn(ns, command, f"client-{name}.log", env={**self.env(), **(env or {})})
+        process = start_daemon(self.lab, ns, command, f"client-{name}.log", {**self.env(), **(env or {})})
         self.processes[f"client-{name}"] = process
-        wait_for_interface(self.lab, ns, "vpncrypt0", process, self.lab.workdir / f"client-{name}.log")
         return process
 
     def server_status(self, name: str = "server") -> dict:
@@ -255,9 +253,8 @@ class VpnLab:
         path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
         command = [str(self.venv_bin / "python"), "-m", "tests.netlab.clockstep", str(offset_file),
                    str(self.venv_bin / script), "--config", str(self.configs / f"{name}.toml")]
-        process = self.lab.spawn(ns, command, log_name, env={**self.env(), "PYTHONPATH": path})
+        process = start_daemon(self.lab, ns, command, log_name, {**self.env(), "PYTHONPATH": path})
         self.processes[key] = process
-        wait_for_interface(self.lab, ns, "vpncrypt0", process, self.lab.workdir / log_name)
         return process
 
     def log_status(self, key: str = "server", timeout: float = 5) -> dict:
@@ -291,17 +288,62 @@ class VpnLab:
         self.lab.run(self.router_ns, ["conntrack", "-D", "-p", "udp", "--orig-src", CLIENT_UNDERLAY["a"]], check=False)
 
 
-def wait_for_interface(lab: Lab, ns: str, interface: str, process: subprocess.Popen, log: Path,
-                       timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise LabError(f"process exited with {process.returncode}: {log.read_text()[-2000:]}")
-        shown = lab.run(ns, ["ip", "-o", "link", "show", interface], check=False)
-        if shown.returncode == 0 and ",UP" in shown.stdout:
-            return
-        time.sleep(0.05)
-    raise LabError(f"{interface} did not come up in {ns}: {log.read_text()[-2000:]}")
+class ReadinessSocket:
+    """Where a daemon started by the lab says it is ready, as systemd's
+    ``Type=notify`` hears it (sd_notify(3)): ``NOTIFY_SOCKET`` in the daemon's
+    environment names a datagram socket in a directory any user may reach (a
+    daemon that dropped privileges sends READY=1 after the drop)."""
+
+    def __init__(self) -> None:
+        import socket
+        import tempfile
+
+        self.directory = Path(tempfile.mkdtemp(prefix="vpncrypt-notify-"))
+        self.directory.chmod(0o711)
+        self.path = self.directory / "notify.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.path.chmod(0o666)
+
+    def env(self) -> dict[str, str]:
+        return {"NOTIFY_SOCKET": str(self.path)}
+
+    def wait_until_ready(self, process: subprocess.Popen, log: Path, timeout: float = 15) -> str:
+        """The STATUS= of the first READY=1; LabError if the process exits or stays silent."""
+        deadline = time.monotonic() + timeout
+        self.sock.settimeout(0.05)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise LabError(f"process exited with {process.returncode}: {log.read_text()[-2000:]}")
+            try:
+                message = self.sock.recv(4096).decode()
+            except TimeoutError:
+                continue
+            fields = dict(line.split("=", 1) for line in message.splitlines() if "=" in line)
+            if fields.get("READY") == "1":
+                return fields.get("STATUS", "")
+        raise LabError(f"no READY=1 within {timeout} s: {log.read_text()[-2000:]}")
+
+    def close(self) -> None:
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+        self.directory.rmdir()
+
+
+def start_daemon(lab: Lab, ns: str, command: list[str], log_name: str, env: dict[str, str],
+                 interface: str = "vpncrypt0") -> subprocess.Popen:
+    """Start a vpncrypt daemon in ``ns`` and return once it says READY=1 (its
+    tunnel, socket and control socket are up), checking its interface is up."""
+    readiness = ReadinessSocket()
+    try:
+        process = lab.spawn(ns, command, log_name, env={**env, **readiness.env()})
+        readiness.wait_until_ready(process, lab.workdir / log_name)
+    finally:
+        readiness.close()
+    shown = lab.run(ns, ["ip", "-o", "link", "show", interface], check=False)
+    if shown.returncode != 0 or ",UP" not in shown.stdout:
+        raise LabError(f"READY=1 but {interface} is not up in {ns}: {shown.stdout or shown.stderr}")
+    return process
 
 
 # --- clocks ------------------------------------------------------------------------------
