@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 from . import control, key_store, netconfig
@@ -17,6 +18,7 @@ from .config import ClientConfig, parse_endpoint
 from .core.client import ClientCore
 from .daemon import Daemon, run_until_signalled, tunnel_and_transport
 from .events import EventWatch
+from .netconfig import dns, resolv_conf
 from .restart_state import RestartStore
 from .transport import format_endpoint, socket_options
 from .transport.udp import open_client_transport
@@ -86,12 +88,25 @@ def resolve(host: str, port: int) -> tuple[int, Any]:
 
 def tunnel_spec(config: ClientConfig, server_address: Any = None) -> netconfig.TunnelSpec:
     """What the client's tunnel needs; ``server_address`` is the server's
-    socket address once resolved (a dry run may not resolve)."""
+    socket address once resolved (a dry run may not resolve). With ``dns``,
+    how this system sets resolvers is probed (netconfig.dns.probe)."""
     return netconfig.TunnelSpec(
         config.interface, config.addresses, config.mtu, config.routes,
         server_address=ipaddress.ip_address(server_address[0]) if server_address else None,
         fwmark=config.fwmark,
+        dns=dns_spec(config, dns.probe()) if config.dns else None,
     )
+
+
+def dns_spec(config: ClientConfig, manager: str) -> dns.DnsSpec:
+    """The client's resolvers, set through ``manager``; the file manager keeps
+    the original resolv.conf as STATE_DIRECTORY/NAME.resolv.conf.json."""
+    name = config.path.stem
+    return dns.DnsSpec(config.dns, config.dns_search, name, manager, resolv_conf_backup(config))
+
+
+def resolv_conf_backup(config: ClientConfig) -> Path:
+    return config.state_directory / f"{config.path.stem}.resolv.conf.json"
 
 
 def client_status(core: ClientCore) -> dict[str, Any]:
@@ -184,6 +199,11 @@ def run_client(config: ClientConfig) -> int:
         restart_bounds=saved if saved is not None else {}, restart_state_lost=saved is None,
     )
     spec = tunnel_spec(config, endpoint)
+    if spec.dns is not None:
+        log.info("DNS: %s through %s", ", ".join(map(str, config.dns)), dns.describe_manager(spec.dns.manager))
+    elif resolv_conf.restore(resolv_conf_backup(config)):
+        # A run with dns that was killed; the config has none now, so no plan would put it back.
+        log.warning("put back %s, which a client with dns that was killed had left changed", resolv_conf.TARGET)
     # With the default route in the tunnel, the tunnel's own datagrams are marked to keep the main table's.
     # Where the platform marks packets (SO_MARK), a full tunnel's own datagrams
     # carry the mark that keeps them on the main table's routes; elsewhere the

@@ -13,6 +13,7 @@ import contextlib
 import gc
 import ipaddress
 import os
+import re
 import socket
 import stat
 import tomllib
@@ -93,6 +94,8 @@ class ClientConfig:
     fwmark: int
     resolve_interval: float
     state_directory: Path = field(default_factory=lambda: Path(default_state_directory()))
+    dns: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()  # resolvers set while it runs
+    dns_search: tuple[str, ...] = ()  # search domains that go with them
 
     @property
     def allowed_sources(self) -> tuple[Network, ...]:
@@ -383,6 +386,7 @@ def load_client_config(path: str | os.PathLike, keys: key_store.KeyTable | None 
     client = _Section(path, "[client]", top.get("client", dict), {
         "name", "client_id", "key", "server", "server_id", "addresses", "routes", "interface",
         "mtu", "keepalive", "time_window", "offload", "fwmark", "resolve_interval", "state_directory",
+        "dns", "dns_search",
     })
     server = client.get("server", str)
     try:
@@ -403,6 +407,8 @@ def load_client_config(path: str | os.PathLike, keys: key_store.KeyTable | None 
         raise ConfigError(f"{path}: the key store of {path.name} (in {state_directory}) has no key for client ID"
                           f" {client_id}: copy this client's .keys.json from its server's operator there")
     key_epoch, key = table.keys[client_id]
+    addresses, routes = client.interfaces("addresses"), client.networks("routes", [], default_route=True)
+    dns, dns_search = _dns(client, addresses, routes)
     return ClientConfig(
         path=path,
         name=client.get("name", str, path.stem),
@@ -412,8 +418,8 @@ def load_client_config(path: str | os.PathLike, keys: key_store.KeyTable | None 
         epoch_seconds=table.epoch_seconds,
         server=server,
         server_id=client.integer("server_id", 0, 2**32 - 1),
-        addresses=client.interfaces("addresses"),
-        routes=client.networks("routes", [], default_route=True),
+        addresses=addresses,
+        routes=routes,
         interface=client.interface_name(),
         mtu=client.integer("mtu", 1280, 65535 - 24, DEFAULT_MTU),
         keepalive=keepalive,
@@ -422,4 +428,39 @@ def load_client_config(path: str | os.PathLike, keys: key_store.KeyTable | None 
         fwmark=client.integer("fwmark", 1, 2**32 - 1, DEFAULT_FWMARK),
         resolve_interval=resolve_interval,
         state_directory=state_directory,
+        dns=dns,
+        dns_search=dns_search,
     )
+
+
+MAX_DNS = 3  # resolv.conf(5): the C library reads at most three nameserver lines (MAXNS)
+DOMAIN_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")  # RFC 1035 section 2.3.1, with "_" as in use
+
+
+def _dns(client: _Section, addresses: tuple, routes: tuple[Network, ...]) -> tuple[tuple, tuple[str, ...]]:
+    """``dns`` (addresses, each reached through the tunnel: a query to any
+    other would leave it in clear) and ``dns_search`` (domain names)."""
+    servers = []
+    for text in client.string_list("dns", []):
+        try:
+            server = ipaddress.ip_address(text)
+        except ValueError:
+            raise client.fail("dns", f"{text!r} is not an IP address (dns takes addresses, like 203.0.113.1)"
+                              ) from None
+        if getattr(server, "scope_id", None):
+            raise client.fail("dns", f"{text!r}: a scoped address is not reached through the tunnel")
+        tunnel = [a.network for a in addresses] + list(routes)
+        if not any(server.version == net.version and server in net for net in tunnel):
+            raise client.fail("dns", f"{text} is not reached through the tunnel (in no tunnel network or route):"
+                              " its queries would leave in clear")
+        servers.append(server)
+    if len(servers) > MAX_DNS:
+        raise client.fail("dns", f"at most {MAX_DNS} servers (resolv.conf reads no more), not {len(servers)}")
+    search = client.string_list("dns_search", [])
+    for name in search:
+        labels = name.removesuffix(".").split(".")
+        if len(name) > 253 or not all(DOMAIN_LABEL.fullmatch(label) for label in labels):
+            raise client.fail("dns_search", f"{name!r} is not a domain name (like example.internal)")
+    if search and not servers:
+        raise client.fail("dns_search", "goes with dns: name the tunnel's DNS servers too")
+    return tuple(servers), tuple(search)

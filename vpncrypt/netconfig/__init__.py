@@ -10,16 +10,22 @@ commands: ``plan(spec) -> NetworkPlan``.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from .dns import DnsSpec
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_LEFTOVERS = 16  # copies of a rule that a series of killed runs may have left, removed at start
 COMMAND_TIMEOUT = 30  # seconds one configuration command may take
+
+log = logging.getLogger("vpncrypt.netconfig")
 
 
 class NetconfigError(Exception):
@@ -35,7 +41,8 @@ class TunnelSpec:
     a full tunnel); ``server_address`` the peer's underlay address, which a
     full tunnel must keep outside it (None on the server); ``fwmark`` the
     mark a platform with policy routing puts on the tunnel's own datagrams
-    (0 for none).
+    (0 for none); ``dns`` the resolvers to set while the tunnel is up
+    (``netconfig.dns``; None leaves DNS alone).
     """
 
     interface: str
@@ -44,6 +51,7 @@ class TunnelSpec:
     routes: tuple[Network, ...] = ()
     server_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     fwmark: int = 0
+    dns: DnsSpec | None = None
 
     @property
     def full_tunnel(self) -> bool:
@@ -55,38 +63,44 @@ class TunnelSpec:
 class NetworkPlan:
     """``setup`` runs in order, each command must succeed. ``teardown`` runs at
     exit, and also before ``setup`` to clear what a killed run left behind; its
-    commands may fail (nothing to undo)."""
+    commands may fail (nothing to undo). ``restore`` runs first, at the same
+    times, each command once: it puts back what setup replaced (DNS) and
+    exits 0 when there is nothing to put back, so a failure is logged."""
 
     setup: list[list[str]]
     teardown: list[list[str]] = field(default_factory=list)
+    restore: list[list[str]] = field(default_factory=list)
 
 
 CommandRunner = Callable[[list[str]], subprocess.CompletedProcess]
 
 
 def plan(spec: TunnelSpec, platform: str = sys.platform) -> NetworkPlan:
-    """The commands that configure ``spec`` on ``platform``; raises NetconfigError."""
+    """The commands that configure ``spec`` on ``platform``, its DNS last
+    (once the interface is up and routed); raises NetconfigError."""
     if platform.startswith("linux"):
-        from . import linux
+        from . import linux as system
+    elif platform.startswith("freebsd"):
+        from . import freebsd as system
+    elif platform.startswith("darwin"):
+        from . import darwin as system
+    else:
+        raise NetconfigError(f"no network configuration for {platform} yet (Linux, FreeBSD and macOS are supported)")
+    network_plan = system.plan(spec)
+    if spec.dns is None:
+        return network_plan
+    from . import dns
 
-        return linux.plan(spec)
-    if platform.startswith("freebsd"):
-        from . import freebsd
-
-        return freebsd.plan(spec)
-    if platform.startswith("darwin"):
-        from . import darwin
-
-        return darwin.plan(spec)
-    raise NetconfigError(f"no network configuration for {platform} yet (Linux, FreeBSD and macOS are supported)")
+    setup, restore = dns.commands(spec.dns, spec.interface, spec.full_tunnel, platform)
+    return NetworkPlan(network_plan.setup + setup, network_plan.teardown, network_plan.restore + restore)
 
 
 def describe(network_plan: NetworkPlan) -> str:
-    """The plan as shell lines an operator could type, teardown after '# at exit:'."""
+    """The plan as shell lines an operator could type, restore and teardown after '# at exit:'."""
     lines = [shlex.join(command) for command in network_plan.setup]
-    if network_plan.teardown:
+    if network_plan.restore or network_plan.teardown:
         lines.append("# at exit:")
-        lines += [shlex.join(command) for command in network_plan.teardown]
+        lines += [shlex.join(command) for command in network_plan.restore + network_plan.teardown]
     return "\n".join(lines)
 
 
@@ -111,8 +125,18 @@ def apply(network_plan: NetworkPlan, run: CommandRunner = run_command) -> None:
 
 
 def tear_down(network_plan: NetworkPlan, every_copy: bool = False, run: CommandRunner = run_command) -> None:
-    """Run the plan's teardown; a command that fails had nothing to undo.
-    ``every_copy`` repeats each until it fails, up to MAX_LEFTOVERS times."""
+    """Run the plan's restore (each command once; a failure is logged as a
+    warning, since what it should have put back is still changed), then its
+    teardown, where a command that fails had nothing to undo; ``every_copy``
+    repeats each teardown command until it fails, up to MAX_LEFTOVERS times."""
+    for command in network_plan.restore:
+        try:
+            result = run(command)
+        except NetconfigError as error:
+            log.warning("%s", error)
+            continue
+        if result.returncode != 0:
+            log.warning("%s: %s", shlex.join(command), result.stderr.strip() or "failed")
     for command in network_plan.teardown:
         for _ in range(MAX_LEFTOVERS if every_copy else 1):
             if run(command).returncode != 0:
