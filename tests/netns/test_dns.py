@@ -1,4 +1,6 @@
-"""DNS on a full-tunnel client, end to end (needs root).
+"""DNS on a full-tunnel client, end to end (needs root): resolved through
+the tunnel, nothing to port 53 on the underlay, resolv.conf put back after
+SIGTERM and after kill -9.
 
 The client's namespace gets its own resolv.conf through ``ip netns exec``'s
 bind mount of /etc/netns/NS/resolv.conf over /etc/resolv.conf, so nothing
@@ -70,7 +72,10 @@ def start_client(vpn, path_dir: Path):
     # A sender restarted within the second of its last datagrams is not heard until it has passed.
     time.sleep(1.0)
     vpn.snat(ROUTER_UNDERLAY, 40000)  # a new socket: the router forgets client a's old mapping
-    return vpn.start_client("a", env={"PATH": str(path_dir)})
+    client = vpn.start_client("a", env={"PATH": str(path_dir)})
+    # Serving its control socket: its loop runs, so SIGTERM is handled (not the default action).
+    assert wait_for(lambda: vpn.vpncrypt("show", "a", check=False).returncode == 0)
+    return client
 
 
 def wait_for(condition, timeout=10.0):
@@ -139,6 +144,20 @@ def test_a_full_tunnel_resolves_through_the_tunnel_only_and_puts_resolv_conf_bac
     assert vpn.lab.stop(client) == 0
     assert resolv_conf.read_bytes() == ORIGINAL
     assert not backup.exists()
+
+    # Killed, then started with dns taken out of its config: no plan sets DNS,
+    # and the start still puts back what the killed run left.
+    client = start_client(vpn, bin_dir)
+    assert wait_for(lambda: resolv_conf.read_bytes().endswith(tunnel_lines))
+    os.kill(client.pid, signal.SIGKILL)
+    client.wait(5)
+    config.write_text(config.read_text().replace(f'dns = ["{TUNNEL_ADDRESS["server"]}"]\n', "")
+                      .replace('dns_search = ["example.internal"]', ""))
+    client = start_client(vpn, bin_dir)
+    assert resolv_conf.read_bytes() == ORIGINAL and not backup.exists()
+    assert "put back /etc/resolv.conf" in (vpn.lab.workdir / "client-a.log").read_text()
+    assert vpn.lab.stop(client) == 0
+    assert resolv_conf.read_bytes() == ORIGINAL
     vpn.lab.stop(responder)
     if responder.returncode not in (0, -signal.SIGTERM):
         raise LabError(f"the DNS responder failed: {log.read_text()}")
