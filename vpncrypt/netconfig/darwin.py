@@ -19,8 +19,8 @@ clearing of leftovers counts on.
 Routes through utun go with it when the process closes it. The full
 tunnel (0/1 and 128/1, ::/1 and 8000::/1, and the server's host route
 through the default gateway, found when the plan runs) is FreeBSD's; see
-``netconfig.freebsd``. DNS is not set (networksetup, scutil): as on Linux,
-that is the operator's.
+``netconfig.freebsd``. The client's DNS servers, if any, are set through
+scutil (``netconfig.dns``).
 """
 
 from __future__ import annotations
