@@ -95,6 +95,7 @@ def tunnel_spec(config: ClientConfig, server_address: Any = None) -> netconfig.T
         server_address=ipaddress.ip_address(server_address[0]) if server_address else None,
         fwmark=config.fwmark,
         dns=dns_spec(config, dns.probe()) if config.dns else None,
+        kill_switch=config.kill_switch,
     )
 
 

@@ -96,6 +96,7 @@ class ClientConfig:
     state_directory: Path = field(default_factory=lambda: Path(default_state_directory()))
     dns: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()  # resolvers set while it runs
     dns_search: tuple[str, ...] = ()  # search domains that go with them
+    kill_switch: bool = False  # nothing but the tunnel's own datagrams leaves outside it
 
     @property
     def allowed_sources(self) -> tuple[Network, ...]:
@@ -386,7 +387,7 @@ def load_client_config(path: str | os.PathLike, keys: key_store.KeyTable | None 
     client = _Section(path, "[client]", top.get("client", dict), {
         "name", "client_id", "key", "server", "server_id", "addresses", "routes", "interface",
         "mtu", "keepalive", "time_window", "offload", "fwmark", "resolve_interval", "state_directory",
-        "dns", "dns_search",
+        "dns", "dns_search", "kill_switch",
     })
     server = client.get("server", str)
     try:
@@ -409,6 +410,9 @@ def load_client_config(path: str | os.PathLike, keys: key_store.KeyTable | None 
     key_epoch, key = table.keys[client_id]
     addresses, routes = client.interfaces("addresses"), client.networks("routes", [], default_route=True)
     dns, dns_search = _dns(client, addresses, routes)
+    kill_switch = client.get("kill_switch", bool, False)
+    if kill_switch and not any(route.prefixlen == 0 for route in routes):
+        raise client.fail("kill_switch", "goes with a full tunnel: routes with \"0.0.0.0/0\" or \"::/0\"")
     return ClientConfig(
         path=path,
         name=client.get("name", str, path.stem),
@@ -430,6 +434,7 @@ def load_client_config(path: str | os.PathLike, keys: key_store.KeyTable | None 
         state_directory=state_directory,
         dns=dns,
         dns_search=dns_search,
+        kill_switch=kill_switch,
     )
 
 

@@ -1,5 +1,6 @@
-"""The client's dns and dns_search keys: a bad one is one line and exit 2;
-a good one shows in --dry-run as the commands that set and restore it."""
+"""The client's dns, dns_search and kill_switch keys: a bad one is one line
+and exit 2; a good one shows in --dry-run as the commands that set and
+restore it."""
 
 from __future__ import annotations
 
@@ -90,3 +91,25 @@ def test_without_dns_nothing_about_dns_is_planned(config):
     done = dry_run(config, "routes = []")
     assert done.returncode == 0, done.stderr
     assert "resolv" not in done.stdout and "# at exit:" not in done.stdout
+
+
+@pytest.mark.parametrize("lines, status, message", [
+    ("kill_switch = true", 2, 'kill_switch: goes with a full tunnel: routes with "0.0.0.0/0" or "::/0"'),
+    ('routes = ["::/0"]\nkill_switch = "yes"', 2, "kill_switch: must be"),
+])
+def test_a_bad_kill_switch_is_one_line(config, lines, status, message):
+    done = dry_run(config, lines if lines.startswith("routes") else f"routes = []\n{lines}")
+    assert done.returncode == status, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert message in done.stderr
+
+
+def test_the_kill_switch_shows_in_the_dry_run_and_is_refused_for_freebsd(config):
+    done = dry_run(config, 'routes = ["0.0.0.0/0", "::/0"]\nkill_switch = true')
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].startswith("nft add table inet vpncrypt_ks_vpncrypt0 ")
+    assert done.stdout.splitlines()[-1] == "nft delete table inet vpncrypt_ks_vpncrypt0"
+    done = subprocess.run([str(BIN / "vpncrypt-client"), "--config", str(config), "--dry-run", "--platform", "freebsd"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "kill_switch is for Linux only so far" in done.stderr

@@ -42,7 +42,8 @@ class TunnelSpec:
     full tunnel must keep outside it (None on the server); ``fwmark`` the
     mark a platform with policy routing puts on the tunnel's own datagrams
     (0 for none); ``dns`` the resolvers to set while the tunnel is up
-    (``netconfig.dns``; None leaves DNS alone).
+    (``netconfig.dns``; None leaves DNS alone); ``kill_switch`` lets nothing
+    but the tunnel's own datagrams leave outside it (``netconfig.killswitch``).
     """
 
     interface: str
@@ -52,6 +53,7 @@ class TunnelSpec:
     server_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     fwmark: int = 0
     dns: DnsSpec | None = None
+    kill_switch: bool = False
 
     @property
     def full_tunnel(self) -> bool:
@@ -87,6 +89,11 @@ def plan(spec: TunnelSpec, platform: str = sys.platform) -> NetworkPlan:
     else:
         raise NetconfigError(f"no network configuration for {platform} yet (Linux, FreeBSD and macOS are supported)")
     network_plan = system.plan(spec)
+    if spec.kill_switch:
+        from . import killswitch
+
+        setup, teardown = killswitch.commands(spec, platform)
+        network_plan = NetworkPlan(setup + network_plan.setup, network_plan.teardown + teardown)
     if spec.dns is None:
         return network_plan
     from . import dns
