@@ -30,9 +30,12 @@ name as wg-quick does there. macOS gets a dynamic-store key through scutil(8)
 do), removed at exit; the key is named after the config, not the utun
 interface, whose number may change between runs.
 
-Every undo command exits 0 when there is nothing to undo, so it runs at exit
-and again before each start (``NetworkPlan.restore``), which clears what a
-killed client left.
+The undo commands run at exit and again before each start
+(``NetworkPlan.restore``, each once), which clears what a killed client
+left. They are meant to exit 0 when there is nothing to undo (resolvectl
+revert; openresolv with ``-f``; the file way); a failure is only logged, so
+an undo that complains about nothing to undo (Debian's ``resolvconf -d`` was
+not run here) costs a warning at start, nothing worse.
 """
 
 from __future__ import annotations
