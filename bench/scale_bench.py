@@ -65,7 +65,8 @@ def address(client_id: int) -> ipaddress.IPv6Address:
 
 def packet_from(client_id: int) -> bytes:
     src, dst = address(client_id).packed, address(-1).packed
-    return struct.pack("!IHBB16s16s", 6 << 28, 20, 17, 64, src, dst) + bytes(20)
+    # A UDP datagram with 12 bytes of payload: its length field must hold (inner.well_formed).
+    return struct.pack("!IHBB16s16sHHHH", 6 << 28, 20, 17, 64, src, dst, 1, 2, 20, 0) + bytes(12)
 
 
 def best(fn, repeats: int = 5) -> float:
@@ -103,7 +104,7 @@ def measure(clients: int, keys: list[bytes]) -> dict:
             server.datagrams_received(batch, NOW + 2)
         return SAMPLE
 
-    to_clients = [[packet_from(-1)[:8] + address(-1).packed + address(i).packed + bytes(28)
+    to_clients = [[packet_from(-1)[:8] + address(-1).packed + address(i).packed + packet_from(-1)[40:]
                    for i in picks[k:k + BATCH]] for k in range(0, SAMPLE, BATCH)]
 
     def route_all() -> int:

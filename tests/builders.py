@@ -32,7 +32,12 @@ KEY_EPOCH = int(NOW) // 3600 - 1
 MASK = 2**32 - 1  # the 32-bit counter
 
 
-def ipv4_packet(src: str, dst: str, payload: bytes = b"", proto: int = 17) -> bytes:
+# RFC 3692's experimental protocol number: a payload nobody parses, so that a
+# test's bytes need not be a whole UDP or TCP header (inner.well_formed checks those).
+OPAQUE = 253
+
+
+def ipv4_packet(src: str, dst: str, payload: bytes = b"", proto: int = OPAQUE) -> bytes:
     """A minimal IPv4 packet (checksum left zero: the core never looks at it)."""
     total = 20 + len(payload)
     header = struct.pack(
@@ -42,7 +47,7 @@ def ipv4_packet(src: str, dst: str, payload: bytes = b"", proto: int = 17) -> by
     return header + payload
 
 
-def ipv6_packet(src: str, dst: str, payload: bytes = b"", next_header: int = 17) -> bytes:
+def ipv6_packet(src: str, dst: str, payload: bytes = b"", next_header: int = OPAQUE) -> bytes:
     header = struct.pack(
         "!IHBB16s16s", 6 << 28, len(payload), next_header, 64,
         ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed,

@@ -93,7 +93,7 @@ class ScheduledCore:
         return Delivery([], [])
 
     def tun_packets_received(self, packets, now):
-        return []
+        return Delivery([], [])
 
     def next_timer(self):
         return self.deadline

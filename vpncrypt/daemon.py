@@ -191,12 +191,17 @@ class Daemon:
             self.transport.send(to_network)
 
     def tun_readable(self) -> None:
-        """Drain the TUN device: seal and send batch by batch."""
+        """Drain the TUN device: seal and send batch by batch; what the core
+        answers back (a server's ICMP errors) is written to TUN."""
         for _ in range(MAX_BATCHES_PER_WAKEUP):
             packets = self.tun.read_batch(BATCH)
             if not packets:
                 break
-            self.transport.send(self.core.tun_packets_received(packets, self.clock()))
+            to_tun, to_network = self.core.tun_packets_received(packets, self.clock())
+            if to_tun:
+                self.tun_refused += self.tun.write_batch(to_tun)
+            if to_network:
+                self.transport.send(to_network)
             if len(packets) < BATCH:
                 break
         self._arm_timer_if_earlier()

@@ -42,7 +42,7 @@ def build_core(config: ServerConfig, now: float, restart_bounds: dict[int, int] 
         config.server_id, config.clients, now, time_window=config.time_window,
         client_to_client=config.client_to_client, mtu=config.mtu, epoch_seconds=config.epoch_seconds,
         restart_bounds=restart_bounds if restart_bounds is not None else {},
-        restart_state_lost=restart_bounds is None,
+        restart_state_lost=restart_bounds is None, own_addresses=[interface.ip for interface in config.tunnel],
     )
 
 

@@ -14,12 +14,12 @@ from tests.builders import A_ADDR, A_EP, NOW, SERVER_ADDR, SERVER_EP, ipv4_packe
 
 def up(client, server, client_clock, server_clock):
     """One packet client -> server; True if delivered."""
-    datagrams = client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR, b"up")], client_clock)
+    datagrams = client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR, b"up")], client_clock).to_network
     return bool(server.datagrams_received([(d, A_EP) for d, _ in datagrams], server_clock).to_tun)
 
 
 def down(client, server, client_clock, server_clock):
-    datagrams = server.tun_packets_received([ipv4_packet(SERVER_ADDR, A_ADDR, b"down")], server_clock)
+    datagrams = server.tun_packets_received([ipv4_packet(SERVER_ADDR, A_ADDR, b"down")], server_clock).to_network
     return bool(client.datagrams_received([(d, SERVER_EP) for d, _ in datagrams], client_clock).to_tun)
 
 

@@ -207,7 +207,7 @@ class Reference:
             return ACCEPTED, b"", False
         partial = header.kind == KIND_DATA_PARTIAL
         reason = self.inner_reason(payload, client_id, partial)
-        return (DROPPED, reason) if reason else (ACCEPTED, payload, partial)
+        return (DROPPED, reason) if reason else (ACCEPTED, reference_well_formed(payload), partial)
 
     def time_answer(self, datagram: bytes, ts: int, address: Any, now: float, reason: str) -> str:
         """4 and 5, on a server (section 7.1): the drop reason of a datagram outside the
@@ -232,29 +232,76 @@ class Reference:
         return reason
 
     def inner_reason(self, packet: bytes, client_id: int, partial: bool) -> str | None:
-        """10: an IPv4 or IPv6 packet from an address the sender owns (the longest prefix
-        decides). For the partial-checksum kind (section 2, and inner.checksum_location),
-        TCP or UDP right after an IP header of at least 20 bytes, whole: not a fragment,
-        the IP length no more than what arrived, and past the checksum field."""
-        version = packet[0] >> 4 if packet else 0
-        if version == 4 and len(packet) >= 20:
-            source, start, protocol = ipaddress.IPv4Address(packet[12:16]), (packet[0] & 0x0F) * 4, packet[9]
-        elif version == 6 and len(packet) >= 40:
-            source, start, protocol = ipaddress.IPv6Address(packet[8:24]), 40, packet[6]
-        else:
+        """10: a well-formed IPv4 or IPv6 packet (``reference_well_formed``) from an
+        address the sender owns (the longest prefix decides). For the
+        partial-checksum kind (section 2, and inner.checksum_location), TCP or UDP
+        right after an IP header of at least 20 bytes, whole: not a fragment, and
+        past the checksum field."""
+        packet = reference_well_formed(packet)
+        if packet is None:
             return reasons.INNER_MALFORMED
+        version = packet[0] >> 4
+        if version == 4:
+            source, start, protocol = ipaddress.IPv4Address(packet[12:16]), (packet[0] & 0x0F) * 4, packet[9]
+        else:
+            source, start, protocol = ipaddress.IPv6Address(packet[8:24]), 40, packet[6]
         owners = sorted((network.prefixlen, owner) for network, owner in self.sources if source in network)
         if not owners or owners[-1][1] != client_id:
             return reasons.INNER_SOURCE_NOT_ALLOWED
         if partial:
             field = {6: 16, 17: 6}.get(protocol)
-            if version == 4:
-                length, fragment = int.from_bytes(packet[2:4], "big"), int.from_bytes(packet[6:8], "big") & 0x3FFF
-            else:
-                length, fragment = 40 + int.from_bytes(packet[4:6], "big"), 0
-            if field is None or start < 20 or fragment or length > len(packet) or start + field + 2 > length:
+            fragment = int.from_bytes(packet[6:8], "big") & 0x3FFF if version == 4 else 0
+            if field is None or start < 20 or fragment or start + field + 2 > len(packet):
                 return reasons.INNER_MALFORMED
         return None
+
+
+def reference_well_formed(packet: bytes) -> bytes | None:
+    """Section 5, step 10, written out apart from inner.well_formed: the packet cut
+    to its IP length, or None. IPv4: version 4, a header of 20 bytes or more,
+    total length from the header's to the bytes there. IPv6: 40 + payload length
+    at most the bytes there; hop-by-hop (0), routing (43), destination options
+    (60) and fragment (44) headers walked, at most 8, all within that length.
+    Then the transport header, unless the packet is a fragment other than the
+    first: TCP (6) 20 bytes with a data offset of 5 words or more within the
+    packet; UDP (17) 8 bytes, and, in an unfragmented packet, a length field
+    from 8 to the bytes after the IP headers."""
+    if len(packet) < 20 or packet[0] >> 4 not in (4, 6):
+        return None
+    if packet[0] >> 4 == 4:
+        header, length = (packet[0] & 0x0F) * 4, int.from_bytes(packet[2:4], "big")
+        if header < 20 or not header <= length <= len(packet):
+            return None
+        packet = packet[:length]
+        flags_offset = int.from_bytes(packet[6:8], "big")
+        later_fragment, fragmented = flags_offset & 0x1FFF != 0, flags_offset & 0x3FFF != 0
+        protocol = packet[9]
+    else:
+        if len(packet) < 40 or 40 + int.from_bytes(packet[4:6], "big") > len(packet):
+            return None
+        packet = packet[:40 + int.from_bytes(packet[4:6], "big")]
+        protocol, header, later_fragment, fragmented, hops = packet[6], 40, False, False, 0
+        while protocol in (0, 43, 60, 44):
+            hops += 1
+            if hops > 8 or header + 8 > len(packet):
+                return None
+            if protocol == 44:
+                fragmented = True
+                later_fragment = later_fragment or int.from_bytes(packet[header + 2:header + 4], "big") >> 3 != 0
+                protocol, header = packet[header], header + 8
+            else:
+                protocol, header = packet[header], header + 8 * (packet[header + 1] + 1)
+            if header > len(packet):
+                return None
+    if later_fragment:
+        return packet
+    rest = len(packet) - header
+    if protocol == 6 and (rest < 20 or not 20 <= 4 * (packet[header + 12] >> 4) <= rest):
+        return None
+    if protocol == 17 and (rest < 8 or not fragmented
+                           and not 8 <= int.from_bytes(packet[header + 4:header + 6], "big") <= rest):
+        return None
+    return packet
 
 
 class Opened(NamedTuple):
@@ -380,12 +427,12 @@ def seal(kind: int = KIND_DATA, payload: bytes = b"", *, client_id: int = 1, key
 
 def tcp(source: str, destination: str, body: bytes = b"data") -> bytes:
     make = ipv6_packet if ":" in source else ipv4_packet
-    return make(source, destination, bytes(20) + body, 6)
+    return make(source, destination, bytes(12) + b"\x50" + bytes(7) + body, 6)  # data offset 5 words
 
 
 def udp(source: str, destination: str, body: bytes = b"data") -> bytes:
     make = ipv6_packet if ":" in source else ipv4_packet
-    return make(source, destination, bytes(8) + body, 17)
+    return make(source, destination, bytes(4) + (8 + len(body)).to_bytes(2, "big") + bytes(2) + body, 17)
 
 
 INNER = [  # what client 1 might send, or its server send to it

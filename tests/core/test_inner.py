@@ -202,6 +202,6 @@ def test_the_server_core_clamps_syns_both_ways():
     [delivered] = server.datagrams_received([(datagram, A_EP)], NOW + 5).to_tun
     assert mss_of(delivered) == 1360 and tcp_checksum_ok(delivered)
     syn_ack = tcp_packet(1000, b"", flags=SYN | ACK, options=MSS_OPTION, to=A_ADDR)
-    [(out, endpoint)] = server.tun_packets_received([syn_ack], NOW + 6)
+    [(out, endpoint)] = server.tun_packets_received([syn_ack], NOW + 6).to_network
     opened = open_datagram(epoch_aead(KEY_A, NOW + 6), out, direction=TO_CLIENT, server_id=SERVER_ID, now=NOW + 6)[2]
     assert endpoint == A_EP and mss_of(opened) == 1360 and tcp_checksum_ok(opened)

@@ -46,8 +46,8 @@ def test_key_length_is_checked():
 def test_client_sends_non_decreasing_timestamps_when_its_clock_steps_back():
     client = make_client()
     server = make_server()
-    a = client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR)], NOW + 50)
-    b = client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR)], NOW + 20)  # clock stepped back
+    a = client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR)], NOW + 50).to_network
+    b = client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR)], NOW + 20).to_network  # clock stepped back
     assert len(server.datagrams_received(a + b, NOW + 50).to_tun) == 2
 
 
@@ -57,7 +57,7 @@ def test_a_client_that_just_started_hears_the_server_at_once():
     server = make_server(now=NOW)
     client = make_client(now=NOW + 100.2)
     server.datagrams_received([(d, A_EP) for d, _ in client.handle_timer(NOW + 100.3)], NOW + 100.3)
-    out = server.tun_packets_received([ipv4_packet(SERVER_ADDR, A_ADDR)], NOW + 100.4)
+    out = server.tun_packets_received([ipv4_packet(SERVER_ADDR, A_ADDR)], NOW + 100.4).to_network
     assert len(client.datagrams_received([(d, SERVER_EP) for d, _ in out], NOW + 100.4).to_tun) == 1
     assert client.drops["superseded"] == 0
 
@@ -79,6 +79,6 @@ def test_cipher_contexts_stay_within_their_budget_and_come_back_when_needed():
             live = [p for p in server.peers.values() if p.contexts != {}]
             assert len(live) <= 4 and server.peers[i].contexts != {}
     # Sealing for a client whose context was given up makes it again.
-    [(datagram, _)] = server.tun_packets_received([ipv6_packet("2001:db8:5::1", "2001:db8:5::2")], NOW + 9)
+    [(datagram, _)] = server.tun_packets_received([ipv6_packet("2001:db8:5::1", "2001:db8:5::2")], NOW + 9).to_network
     assert open_datagram(epoch_aead(keys[0], NOW + 9), datagram, direction=TO_CLIENT, server_id=SERVER_ID, now=NOW + 9)
     assert sum(p.contexts != {} for p in server.peers.values()) <= 4

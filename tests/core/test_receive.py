@@ -225,7 +225,7 @@ def test_partial_checksum_packets_keep_their_mark_across_the_tunnel():
     from vpncrypt.core.wire import KIND_DATA_PARTIAL, decode_header
 
     server = make_server()
-    tcp = ipv4_packet(A_ADDR, SERVER_ADDR, bytes(20) + b"data", proto=6)
+    tcp = ipv4_packet(A_ADDR, SERVER_ADDR, bytes(12) + b"\x50" + bytes(7) + b"data", proto=6)
     partial = PartialChecksumPacket(tcp)
     [plain_datagram, partial_datagram] = seal_from_a([tcp, partial])
     assert decode_header(partial_datagram).kind == KIND_DATA_PARTIAL

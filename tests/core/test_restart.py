@@ -33,7 +33,7 @@ def saved_after(core, now_datagrams):
 def pings(client, count, now):
     """``count`` datagrams from the client, sealed at ``now`` by its own clock."""
     return [d for d, _ in client.tun_packets_received(
-        [ipv4_packet(A_ADDR, SERVER_ADDR, i.to_bytes(2, "big")) for i in range(count)], now)]
+        [ipv4_packet(A_ADDR, SERVER_ADDR, i.to_bytes(2, "big")) for i in range(count)], now).to_network]
 
 
 @pytest.mark.parametrize("offset", OFFSETS)
@@ -66,7 +66,7 @@ def test_nothing_accepted_before_a_client_restart_is_accepted_after_it(offset):
     captured, batches = [], []
     for second in range(1, 11):
         datagrams = [d for d, _ in server.tun_packets_received(
-            [ipv4_packet(SERVER_ADDR, A_ADDR, bytes([second]))], NOW + offset + second)]
+            [ipv4_packet(SERVER_ADDR, A_ADDR, bytes([second]))], NOW + offset + second).to_network]
         captured += datagrams
         batches.append(([(d, SERVER_EP) for d in datagrams], NOW + second))
     delivered, table = saved_after(client, batches)
@@ -165,7 +165,7 @@ def test_each_datagram_is_delivered_at_most_once_across_restarts(offset, steps):
             for _ in range(value):
                 serial += 1
                 packets.append(ipv4_packet(A_ADDR, SERVER_ADDR, serial.to_bytes(4, "big")))
-            datagrams = [d for d, _ in client.tun_packets_received(packets, now + offset)]
+            datagrams = [d for d, _ in client.tun_packets_received(packets, now + offset).to_network]
             sent += datagrams
             delivered += server.datagrams_received([(d, A_EP) for d in datagrams], now).to_tun
         elif action == "replay" and sent:

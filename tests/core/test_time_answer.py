@@ -30,18 +30,18 @@ def test_a_client_whose_clock_is_off_is_heard_after_one_answer(offset):
     client.datagrams_received([(answer, SERVER_EP)], NOW + 1.01 + offset)
     assert client.clock_offset == pytest.approx(-offset, abs=0.05)
     # From now on both ways work.
-    up = client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR, b"up")], NOW + 2 + offset)
+    up = client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR, b"up")], NOW + 2 + offset).to_network
     assert server.datagrams_received([(d, A_EP) for d, _ in up], NOW + 2).to_tun
-    down = server.tun_packets_received([ipv4_packet(SERVER_ADDR, A_ADDR, b"down")], NOW + 2)
+    down = server.tun_packets_received([ipv4_packet(SERVER_ADDR, A_ADDR, b"down")], NOW + 2).to_network
     assert client.datagrams_received([(d, SERVER_EP) for d, _ in down], NOW + 2 + offset).to_tun
 
 
 def test_answers_are_rate_limited_per_client_and_garbage_earns_none():
     server, client = make_server(), make_client(now=NOW + 300)
     batch = [(d, A_EP) for d, _ in client.tun_packets_received(
-        [ipv4_packet(A_ADDR, SERVER_ADDR, bytes([i])) for i in range(5)], NOW + 301)]
+        [ipv4_packet(A_ADDR, SERVER_ADDR, bytes([i])) for i in range(5)], NOW + 301).to_network]
     assert len(answers_in(server.datagrams_received(batch, NOW + 1).to_network)) == 1
-    more = [(d, A_EP) for d, _ in client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR)], NOW + 302)]
+    more = [(d, A_EP) for d, _ in client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR)], NOW + 302).to_network]
     assert answers_in(server.datagrams_received(more, NOW + 1 + TIME_ANSWER_INTERVAL / 2).to_network) == []
     assert len(answers_in(server.datagrams_received(more, NOW + 1 + TIME_ANSWER_INTERVAL).to_network)) == 1
     # A forged datagram outside the window: authenticated once, never answered.

@@ -20,10 +20,10 @@ Datagrams = list[tuple[bytes, Any]]  # (datagram, endpoint) pairs
 
 
 class Delivery(NamedTuple):
-    """What a batch of received datagrams produced."""
+    """What a batch of received datagrams, or of packets read from TUN, produced."""
 
-    to_tun: list[bytes]  # inner IP packets for the TUN device
-    to_network: Datagrams  # datagrams to send (a server forwarding client to client)
+    to_tun: list[bytes]  # inner IP packets for the TUN device (a server's ICMP errors too)
+    to_network: Datagrams  # datagrams to send
 
 
 class Core(Protocol):
@@ -35,8 +35,10 @@ class Core(Protocol):
     def datagrams_received(self, datagrams: Iterable[tuple[bytes, Any]], now: float) -> Delivery:
         """Authenticate and open a batch from the network."""
 
-    def tun_packets_received(self, packets: Iterable[bytes], now: float) -> Datagrams:
-        """Seal a batch of IP packets read from the TUN device."""
+    def tun_packets_received(self, packets: Iterable[bytes], now: float) -> Delivery:
+        """Seal a batch of IP packets read from the TUN device; what cannot be
+        delivered may be answered with packets for the TUN device (a server's
+        ICMP errors, core/icmp.py)."""
 
     def next_timer(self) -> float | None:
         """The wall-clock time (Unix seconds) at which ``handle_timer`` has

@@ -145,9 +145,9 @@ class ClientCore:
         server.endpoint = addresses[0]
         return server.endpoint
 
-    def tun_packets_received(self, packets: list[bytes], now: float) -> Datagrams:
-        """Seal IP packets for the server."""
-        return self._send(KIND_DATA, packets, now) if packets else []
+    def tun_packets_received(self, packets: list[bytes], now: float) -> Delivery:
+        """Seal IP packets for the server; nothing goes back to TUN."""
+        return Delivery([], self._send(KIND_DATA, packets, now) if packets else [])
 
     def keys_to_save(self) -> dict[int, tuple[int, bytes]] | None:
         """This client's oldest kept key, {client ID: (epoch, key)}, to replace

@@ -31,9 +31,20 @@ PENDING_RESTART_STATE = "pending_restart_state"
 INNER_MALFORMED = "inner_malformed"
 INNER_SOURCE_NOT_ALLOWED = "inner_source_not_allowed"
 CLIENT_TO_CLIENT_DENIED = "client_to_client_denied"
-# Packets read from the TUN device.
+# Packets read from the TUN device: headers that do not hold together
+# (inner.well_formed), a destination no client owns, a client not heard from
+# yet. The last two are answered with ICMP destination unreachable (icmp.py).
+TUN_MALFORMED = "tun_malformed"
 NO_ROUTE = "no_route"
 NO_ENDPOINT = "no_endpoint"
+# ICMP errors not sent for those: the source was over its rate (icmp.RATE a
+# second after a burst of icmp.BURST), or the server has no tunnel address of
+# that family to send from.
+ICMP_RATE_LIMITED = "icmp_rate_limited"
+ICMP_NO_SOURCE_ADDRESS = "icmp_no_source_address"
+# TUN offload super-packets the splitters cannot cut (tun/offload.py) and that
+# are too big to pass on whole.
+OFFLOAD_UNSPLIT = "offload_unsplit"
 # Time answers (client): one that echoes no datagram this client sent in the
 # last few seconds, or that fails authentication.
 UNEXPECTED_TIME_ANSWER = "unexpected_time_answer"
@@ -41,7 +52,8 @@ UNEXPECTED_TIME_ANSWER = "unexpected_time_answer"
 ALL = (
     BAD_LENGTH, UNKNOWN_KIND, OLD_VERSION, UNKNOWN_CLIENT, OUTSIDE_TIME_WINDOW, REPLAYED,
     COUNTER_TOO_OLD, SUPERSEDED, AUTH_FAILED, AUTH_FAILURES_LIMITED, PENDING_RESTART_STATE, INNER_MALFORMED,
-    INNER_SOURCE_NOT_ALLOWED, CLIENT_TO_CLIENT_DENIED, NO_ROUTE, NO_ENDPOINT, UNEXPECTED_TIME_ANSWER,
+    INNER_SOURCE_NOT_ALLOWED, CLIENT_TO_CLIENT_DENIED, TUN_MALFORMED, NO_ROUTE, NO_ENDPOINT, ICMP_RATE_LIMITED,
+    ICMP_NO_SOURCE_ADDRESS, OFFLOAD_UNSPLIT, UNEXPECTED_TIME_ANSWER,
 )
 
 

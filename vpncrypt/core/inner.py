@@ -13,16 +13,62 @@ Owner = TypeVar("Owner")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def destination_address(packet: bytes) -> bytes | None:
-    """The raw destination address of an IPv4 or IPv6 packet, or None if malformed."""
-    if not packet:
+def well_formed(packet: bytes) -> bytes | None:
+    """``packet`` if its IP and TCP/UDP headers hold together, cut to its IP
+    length; None (malformed) if they do not.
+
+    IPv4 (RFC 791): version 4, IHL at least 5, a total length at least the
+    header and at most the bytes there. IPv6 (RFC 8200): 40 + payload length
+    at most the bytes there; extension headers are walked when the next
+    header is not TCP or UDP, and a chain that runs past the packet is
+    malformed. Then, for the packet that carries the transport header (not a
+    non-first fragment): TCP (RFC 9293) needs its 20 bytes and a data offset of
+    5 to 15 words that fits, UDP (RFC 768) its 8 bytes and, unfragmented, a
+    length field from 8 to what is there. Bytes after the IP length are
+    padding, not data, and are cut off, as wireguard-go does
+    (device/receive.go); a packet the same length comes back as it is, type
+    and all (a PartialChecksumPacket stays one)."""
+    size = len(packet)
+    if size < 20:
         return None
-    version = packet[0] >> 4
-    if version == 4 and len(packet) >= 20:
-        return packet[16:20]
-    if version == 6 and len(packet) >= 40:
-        return packet[24:40]
-    return None
+    first = packet[0]
+    if first >> 4 == 4:
+        start = (first & 0x0F) * 4
+        end = packet[2] << 8 | packet[3]
+        if start < 20 or end < start or end > size:
+            return None
+        protocol = packet[9]
+        fragment = packet[6] << 8 | packet[7]
+        if fragment & 0x1FFF:
+            protocol = 0  # a non-first fragment: no transport header to check
+        fragmented = fragment & 0x3FFF
+    elif first >> 4 == 6 and size >= 40:
+        end = 40 + (packet[4] << 8 | packet[5])
+        if end > size:
+            return None
+        protocol, start, fragmented = packet[6], 40, 0
+        if protocol != TCP and protocol != UDP:
+            walked = ipv6_upper_layer(packet[:end])
+            if walked is None:
+                return None
+            protocol, start, fragmented = walked
+            if fragmented:
+                protocol = 0  # a non-first fragment
+            elif start > 40 and _has_fragment_header(packet):
+                fragmented = 1  # a first fragment: the transport length covers all of them
+    else:
+        return None
+    if protocol == TCP:
+        if start + 20 > end or not 20 <= (packet[start + 12] >> 4) * 4 <= end - start:
+            return None
+    elif protocol == UDP:
+        if start + 8 > end:
+            return None
+        if not fragmented and not 8 <= (packet[start + 4] << 8 | packet[start + 5]) <= end - start:
+            return None
+    if end == size:
+        return packet
+    return packet[:end] if type(packet) is bytes else type(packet)(packet[:end])
 
 
 class PartialChecksumPacket(bytes):
@@ -93,6 +139,7 @@ def complete_checksum(packet: bytes, location: tuple[int, int] | None = None) ->
 
 
 TCP = 6
+UDP = 17
 TCP_SYN = 0x02
 TCP_OPTION_END, TCP_OPTION_NOP, TCP_OPTION_MSS = 0, 1, 2
 # RFC 6691: an MSS is the MTU less the fixed IP and TCP headers, options not counted.

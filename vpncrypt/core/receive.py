@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 from cryptography.exceptions import InvalidTag
 
 from . import drops as reasons
-from .inner import PartialChecksumPacket, PrefixTable, checksum_location
+from .inner import PartialChecksumPacket, PrefixTable, checksum_location, well_formed
 from .peer import Peer
 from .replay import NEWEST, REORDERED, REPLAYED, RING_INDEX_MASK, SUPERSEDED, TOO_OLD, WINDOW
 from .restart import HELD_MAX, SAVE_LEAD
@@ -206,16 +206,13 @@ def open_datagrams(
             peer.endpoint = address
         if kind == KIND_KEEPALIVE:
             continue
-        # The inner source must be an address this peer owns (cryptokey routing).
-        size = len(packet)
-        version = packet[0] >> 4 if size else 0
-        if version == 4 and size >= 20:
-            source = packet[12:16]
-        elif version == 6 and size >= 40:
-            source = packet[8:24]
-        else:
+        packet = well_formed(packet)
+        if packet is None:
             drops[reasons.INNER_MALFORMED] += 1
             continue
+        # The inner source must be an address this peer owns (cryptokey routing).
+        source = packet[12:16] if packet[0] >> 4 == 4 else packet[8:24]
+        size = len(packet)
         owner = hosts_get(source)
         if owner is None:
             owner = longest_match(source)

@@ -8,12 +8,14 @@ that did not authenticate.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from . import Datagrams, Delivery
 from . import drops as reasons
-from .inner import Network, PrefixTable, clamp_mss, destination_address
+from .icmp import Unreachable
+from .inner import Network, PrefixTable, clamp_mss, well_formed
 from .epochs import DEFAULT_EPOCH_SECONDS, KeyTimer
 from .peer import CipherBudget, Peer
 from .receive import open_datagrams
@@ -44,7 +46,9 @@ class ServerCore:
     ``restart_state_lost`` that they should exist but do not; ``mtu`` the
     largest inner packet, so a datagram longer than ``mtu`` + 24 bytes is
     dropped (bad_length) before any cipher work; ``epoch_seconds`` the length
-    of a key epoch (epochs.py), as the clients have it. Raises ValueError for
+    of a key epoch (epochs.py), as the clients have it; ``own_addresses`` the
+    server's tunnel addresses, the first of each family being the source of
+    its ICMP errors (none of a family: none sent). Raises ValueError for
     a client ID given twice or a key of the wrong length; everything after
     construction is counted in ``drops``, never raised.
     """
@@ -62,6 +66,7 @@ class ServerCore:
         restart_state_lost: bool = False,
         mtu: int = MAX_PAYLOAD,
         epoch_seconds: int = DEFAULT_EPOCH_SECONDS,
+        own_addresses: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address] = (),
     ) -> None:
         self.server_id = server_id
         self.epoch_seconds = epoch_seconds
@@ -76,6 +81,8 @@ class ServerCore:
         self._addresses: dict[int, tuple[Network, ...]] = {}
         self.cipher_budget = cipher_budget or CipherBudget()
         self.restart = RestartBounds(restart_bounds, restart_state_lost)
+        own = {address.version: address.packed for address in reversed(tuple(own_addresses))}
+        self.unreachable = Unreachable(own.get(4), own.get(6))
         self.update_clients(clients, now)
 
     def update_clients(self, entries: Iterable[ClientEntry], now: float) -> None:
@@ -142,7 +149,12 @@ class ServerCore:
                 forward.append(packet)
             else:
                 self.drops[reasons.CLIENT_TO_CLIENT_DENIED] += 1
-        to_network = self.tun_packets_received(forward, now) if forward else []
+        if forward:
+            forwarded = self.tun_packets_received(forward, now)
+            to_tun += forwarded.to_tun
+            to_network = forwarded.to_network
+        else:
+            to_network = []
         if skewed:
             to_network += self._time_answers(skewed, now)
         return Delivery(to_tun, to_network)
@@ -159,27 +171,43 @@ class ServerCore:
                             address))
         return answers
 
-    def tun_packets_received(self, packets: Iterable[bytes], now: float) -> Datagrams:
-        """Seal packets for the clients that own their destination addresses;
-        a destination nobody owns, or a client not heard from yet, is counted."""
+    def tun_packets_received(self, packets: Iterable[bytes], now: float) -> Delivery:
+        """Seal packets for the clients that own their destination addresses.
+
+        A packet whose headers do not hold together is counted (tun_malformed).
+        A destination nobody owns (no_route), or a client not heard from yet
+        (no_endpoint), is counted and answered with ICMP destination
+        unreachable (icmp.py) to its source: sealed to the client that owns
+        the source if it has an endpoint, else written back to TUN for the
+        kernel to deliver."""
         by_peer: dict[Peer, list[bytes]] = {}
+        to_tun: list[bytes] = []
         lookup = self.routes.lookup
         mtu = self.mtu
         for packet in packets:
+            packet = well_formed(packet)
+            if packet is None:
+                self.drops[reasons.TUN_MALFORMED] += 1
+                continue
             packet = clamp_mss(packet, mtu)
-            destination = destination_address(packet)
-            peer = lookup(destination) if destination is not None else None
-            if peer is None:
-                self.drops[reasons.NO_ROUTE] += 1
-            elif peer.endpoint is None:
-                self.drops[reasons.NO_ENDPOINT] += 1
-            else:
+            destination = packet[16:20] if packet[0] >> 4 == 4 else packet[24:40]
+            peer = lookup(destination)
+            if peer is not None and peer.endpoint is not None:
                 by_peer.setdefault(peer, []).append(packet)
+                continue
+            self.drops[reasons.NO_ROUTE if peer is None else reasons.NO_ENDPOINT] += 1
+            error = self.unreachable.answer(packet, now, self.drops)
+            if error is not None:
+                sender = lookup(error[16:20] if error[0] >> 4 == 4 else error[24:40])
+                if sender is not None and sender.endpoint is not None:
+                    by_peer.setdefault(sender, []).append(error)
+                else:
+                    to_tun.append(error)
         out: Datagrams = []
         for peer, batch in by_peer.items():
             endpoint = peer.endpoint
             out.extend((datagram, endpoint) for datagram in peer.seal(KIND_DATA, batch, now))
-        return out
+        return Delivery(to_tun, out)
 
     def bounds_to_save(self) -> dict[int, int] | None:
         """Restart bounds to write before relying on them (client ID -> Unix
@@ -216,9 +244,11 @@ class ServerCore:
         self.key_timer.stepped(delta)
 
     def status(self) -> dict[str, Any]:
-        """Per client its counters and raw endpoint, and the drops; no key material."""
+        """Per client its counters and raw endpoint, the drops and the ICMP
+        errors sent; no key material."""
         return {
             "server_id": self.server_id,
             "clients": [peer.status() for peer in self.peers.values()],
             "drops": dict(self.drops),
+            "icmp_sent": self.unreachable.sent,
         }
