@@ -145,3 +145,31 @@ def test_open_failures_on_create_close_the_descriptor(error, message):
     with pytest.raises(OSError) as closed:
         os.fstat(fd)
     assert closed.value.errno == errno.EBADF
+
+
+def _uncuttable() -> dict[str, tuple[int, int, bytes]]:
+    """Super-packets the splitters return [] for, as (GSO type, size, packet) by case:
+    each must come out of read_batch whole, never dropped without a trace (issue 13)."""
+    from tests.tun.test_offload import FRAGMENT, altered, super_packet, udp_super_packet, with_extensions
+
+    tcp4, tso4, mss4 = super_packet(flow(3))
+    tcp6, tso6, mss6 = super_packet(flow(3, v6=True))
+    udp6, size6 = udp_super_packet(datagrams(3, v6=True))
+    return {
+        "tcp type, udp inside": (GSO_TCPV4, mss4, tcp_packet(1, b"x" * 40)[:9] + b"\x11" + tcp_packet(1, b"x" * 40)[10:]),
+        "ipv6 not tcp": (tso6, mss6, altered(tcp6, 6, b"\x11")),
+        "no payload": (tso6, mss6, tcp6[:60]),
+        "no segment size": (tso4, 0, tcp4),
+        "udp, no segment size": (GSO_UDP_L4, 0, udp6),
+        "udp type, tcp inside": (GSO_UDP_L4, mss4, tcp4),
+        "tcp with a fragment header": (tso6, mss6, with_extensions(tcp6, [FRAGMENT])),
+        "udp with a fragment header": (GSO_UDP_L4, size6, with_extensions(udp6, [FRAGMENT])),
+    }
+
+
+@pytest.mark.parametrize("case", list(_uncuttable()))
+def test_a_super_packet_the_splitters_cannot_cut_goes_on_whole(linux, case):
+    gso_type, size, packet = _uncuttable()[case]
+    tun, peer, _ = linux()
+    peer.send(VNET.pack(0, gso_type, 0, size, 0, 0) + packet)
+    assert tun.read_batch(8) == [packet]

@@ -128,11 +128,17 @@ class LinuxTun:
             except BlockingIOError:
                 break
             flags, gso_type, _, gso_size, start, offset = unpack(self._buffer)
-            if gso_type == GSO_UDP_L4:
-                packets.extend(split_datagrams(view[VNET_HEADER_LEN:size], gso_size))
-            elif gso_type:
-                packets.extend(split(view[VNET_HEADER_LEN:size], gso_type, gso_size))
-            elif flags & F_NEEDS_CSUM:
+            if gso_type:
+                segments = (split_datagrams(view[VNET_HEADER_LEN:size], gso_size) if gso_type == GSO_UDP_L4
+                            else split(view[VNET_HEADER_LEN:size], gso_type, gso_size))
+                if segments:
+                    packets.extend(segments)
+                    continue
+                # What the splitters cannot cut goes on whole, as a packet without
+                # GSO, never dropped here: a malformed one is counted by the server
+                # core (tun_malformed) or the receiving end (inner_malformed), one
+                # too big for the tunnel by the receiving end (bad_length).
+            if flags & F_NEEDS_CSUM:
                 packet = view[VNET_HEADER_LEN:size]
                 if checksum_location(packet) == (start, offset):
                     packets.append(PartialChecksumPacket(packet))

@@ -182,8 +182,10 @@ def split(packet: bytes | memoryview, gso_type: int, gso_size: int) -> list[Part
     header checksum, sequence number + i * MSS, FIN and PSH on the last
     segment only, CWR on the first only. IPv6 extension headers (hop-by-hop,
     routing, destination options) are walked and copied into every segment.
-    Returns [] for what is not TCP over IPv4 or IPv6, or a malformed or
-    fragmented header chain, which the kernel does not hand over.
+    Returns [] for what it cannot cut: not TCP over IPv4 or IPv6, a malformed
+    or fragmented header chain, no payload or no segment size, which the
+    kernel does not hand over; the caller passes such a packet on whole
+    (tun/linux.py), so nothing is dropped here.
 
     This runs for every packet sent, so each header is one struct.pack of the
     fields that change between the parts that do not.
@@ -244,7 +246,9 @@ def split_datagrams(packet: bytes | memoryview, gso_size: int) -> list[PartialCh
 
     Per datagram: IP total length (IPv6 payload length), IPv4 ID + i with its
     header checksum, UDP length; IPv6 extension headers are walked and copied
-    into every datagram. Returns [] for what is not UDP over IPv4 or IPv6.
+    into every datagram. Returns [] for what it cannot cut (not UDP over IPv4
+    or IPv6, a broken header chain, no payload or no segment size), which the
+    caller passes on whole, as ``split``.
     """
     version = packet[0] >> 4
     if version == 4:
