@@ -42,7 +42,7 @@ def build_core(config: ServerConfig, now: float, restart_bounds: dict[int, int] 
         config.server_id, config.clients, now, time_window=config.time_window,
         client_to_client=config.client_to_client, mtu=config.mtu, epoch_seconds=config.epoch_seconds,
         restart_bounds=restart_bounds if restart_bounds is not None else {},
-        restart_state_lost=restart_bounds is None, own_addresses=[interface.ip for interface in config.tunnel],
+        restart_state_lost=restart_bounds is None, tunnel=config.tunnel,
     )
 
 
@@ -189,6 +189,7 @@ class LiveServer:
             "clients": sorted(clients, key=lambda c: c["client_id"]),
             "totals": totals,
             "drops": dict(self.core.drops),
+            "icmp_sent": self.core.unreachable.sent,
             "tun_write_refused": self.daemon.tun_refused,
             "udp_send_errors": self.daemon.transport.send_errors,
         }

@@ -99,7 +99,10 @@ class Unreachable:
     ``ipv4`` and ``ipv6`` are the raw source addresses of the answers (the
     server's own tunnel address of each family, 4 and 16 bytes), or None for
     a family the server has none of: its packets are then not answered and
-    counted (icmp_no_source_address). ``sent`` counts the answers built.
+    counted (icmp_no_source_address). An answer to the server's own address
+    (a local sender) comes from the unreachable address instead, the one
+    source its kernel takes from the TUN device. ``sent`` counts the answers
+    built.
     """
 
     def __init__(self, ipv4: bytes | None, ipv6: bytes | None) -> None:
@@ -129,6 +132,11 @@ class Unreachable:
         if own is None:
             drops[reasons.ICMP_NO_SOURCE_ADDRESS] += 1
             return None
+        if destination == own:
+            # From the server itself: Linux drops a packet that arrives with its
+            # own address as the source (a martian, fib_validate_source in
+            # net/ipv4/fib_frontend.c), so the unreachable address answers.
+            own = packet[16:20] if len(own) == 4 else packet[24:40]
         if not self._allowed(destination, now):
             drops[reasons.ICMP_RATE_LIMITED] += 1
             return None

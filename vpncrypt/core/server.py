@@ -46,9 +46,10 @@ class ServerCore:
     ``restart_state_lost`` that they should exist but do not; ``mtu`` the
     largest inner packet, so a datagram longer than ``mtu`` + 24 bytes is
     dropped (bad_length) before any cipher work; ``epoch_seconds`` the length
-    of a key epoch (epochs.py), as the clients have it; ``own_addresses`` the
-    server's tunnel addresses, the first of each family being the source of
-    its ICMP errors (none of a family: none sent). Raises ValueError for
+    of a key epoch (epochs.py), as the clients have it; ``tunnel`` the
+    server's tunnel addresses with their prefixes (the config's ``tunnel``),
+    the first of each family being the source of its ICMP errors (none of a
+    family: none sent). Raises ValueError for
     a client ID given twice or a key of the wrong length; everything after
     construction is counted in ``drops``, never raised.
     """
@@ -66,7 +67,7 @@ class ServerCore:
         restart_state_lost: bool = False,
         mtu: int = MAX_PAYLOAD,
         epoch_seconds: int = DEFAULT_EPOCH_SECONDS,
-        own_addresses: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address] = (),
+        tunnel: Iterable[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = (),
     ) -> None:
         self.server_id = server_id
         self.epoch_seconds = epoch_seconds
@@ -81,7 +82,16 @@ class ServerCore:
         self._addresses: dict[int, tuple[Network, ...]] = {}
         self.cipher_budget = cipher_budget or CipherBudget()
         self.restart = RestartBounds(restart_bounds, restart_state_lost)
-        own = {address.version: address.packed for address in reversed(tuple(own_addresses))}
+        tunnel = tuple(tunnel)
+        # The tunnel networks (True) but the server's own addresses (False): a
+        # client's packet to an address there that no client owns has nowhere
+        # to go, and is answered here rather than left to the kernel, which
+        # drops it without a word if it does not forward.
+        self.tunnel: PrefixTable[bool] = PrefixTable()
+        for interface in tunnel:
+            self.tunnel.add(interface.network, True)
+            self.tunnel.hosts[interface.ip.packed] = False
+        own = {interface.version: interface.ip.packed for interface in reversed(tunnel)}
         self.unreachable = Unreachable(own.get(4), own.get(6))
         self.update_clients(clients, now)
 
@@ -123,7 +133,10 @@ class ServerCore:
 
     def datagrams_received(self, datagrams: Iterable[tuple[bytes, Any]], now: float) -> Delivery:
         """Open datagrams from clients; inner packets go to TUN or, client to
-        client, back out sealed. What fails a check is counted in ``drops``."""
+        client, back out sealed. What fails a check is counted in ``drops``; a
+        packet to an address of the tunnel networks that neither the server nor
+        a client owns, or to a client not heard from yet, is answered as in
+        ``tun_packets_received``."""
         skewed: list = []
         opened = open_datagrams(
             datagrams, now, direction=TO_SERVER, server_id=self.server_id,
@@ -135,6 +148,7 @@ class ServerCore:
         forward: list[bytes] = []
         hosts_get = self.routes.hosts.get
         longest_match = self.routes.longest_match
+        tunnel_lookup = self.tunnel.lookup
         mtu = self.mtu
         for sender, packet in opened:
             packet = clamp_mss(packet, mtu)
@@ -143,7 +157,12 @@ class ServerCore:
             owner = hosts_get(destination)
             if owner is None:
                 owner = longest_match(destination)
-            if owner is None or owner is sender:
+            if owner is None:
+                if tunnel_lookup(destination):
+                    forward.append(packet)  # in the tunnel, not the server's, no client's: answered there
+                else:
+                    to_tun.append(packet)
+            elif owner is sender:
                 to_tun.append(packet)
             elif self.client_to_client:
                 forward.append(packet)
