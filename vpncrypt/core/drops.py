@@ -33,7 +33,8 @@ INNER_SOURCE_NOT_ALLOWED = "inner_source_not_allowed"
 CLIENT_TO_CLIENT_DENIED = "client_to_client_denied"
 # Packets read from the TUN device: headers that do not hold together
 # (inner.well_formed), a destination no client owns, a client not heard from
-# yet. The last two are answered with ICMP destination unreachable (icmp.py).
+# yet. The last two are answered with ICMP destination unreachable (icmp.py),
+# and so is a client's packet for either.
 TUN_MALFORMED = "tun_malformed"
 NO_ROUTE = "no_route"
 NO_ENDPOINT = "no_endpoint"
@@ -42,9 +43,6 @@ NO_ENDPOINT = "no_endpoint"
 # that family to send from.
 ICMP_RATE_LIMITED = "icmp_rate_limited"
 ICMP_NO_SOURCE_ADDRESS = "icmp_no_source_address"
-# TUN offload super-packets the splitters cannot cut (tun/offload.py) and that
-# are too big to pass on whole.
-OFFLOAD_UNSPLIT = "offload_unsplit"
 # Time answers (client): one that echoes no datagram this client sent in the
 # last few seconds, or that fails authentication.
 UNEXPECTED_TIME_ANSWER = "unexpected_time_answer"
@@ -53,7 +51,7 @@ ALL = (
     BAD_LENGTH, UNKNOWN_KIND, OLD_VERSION, UNKNOWN_CLIENT, OUTSIDE_TIME_WINDOW, REPLAYED,
     COUNTER_TOO_OLD, SUPERSEDED, AUTH_FAILED, AUTH_FAILURES_LIMITED, PENDING_RESTART_STATE, INNER_MALFORMED,
     INNER_SOURCE_NOT_ALLOWED, CLIENT_TO_CLIENT_DENIED, TUN_MALFORMED, NO_ROUTE, NO_ENDPOINT, ICMP_RATE_LIMITED,
-    ICMP_NO_SOURCE_ADDRESS, OFFLOAD_UNSPLIT, UNEXPECTED_TIME_ANSWER,
+    ICMP_NO_SOURCE_ADDRESS, UNEXPECTED_TIME_ANSWER,
 )
 
 
