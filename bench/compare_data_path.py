@@ -4,9 +4,9 @@ Run: python bench/compare_data_path.py OTHER_CHECKOUT [--rounds N]
 (OTHER_CHECKOUT, say, from ``git archive main | tar -x -C /tmp/main-copy``)
 
 Microseconds a packet for ``datagrams_received`` (open and route 64 UDP
-packets from a client to the server, or beyond the tunnel: "_beyond") and ``tun_packets_received`` (route and
-seal 64 packets read from TUN for a client), 64 and 1400 bytes, with nothing
-to answer. Each checkout runs in its own process, the two taking turns round
+packets from a client to the server, or beyond the tunnel: "_beyond") and
+``tun_packets_received`` (route and seal 64 packets read from TUN for a
+client), 64 and 1400 bytes, with nothing to answer. Each checkout runs in its own process, the two taking turns round
 after round so that noise on a shared machine hits both alike; the figure is
 each side's minimum, and the ratio this/other.
 """

@@ -155,8 +155,9 @@ def _uncuttable() -> dict[str, tuple[int, int, bytes]]:
     tcp4, tso4, mss4 = super_packet(flow(3))
     tcp6, tso6, mss6 = super_packet(flow(3, v6=True))
     udp6, size6 = udp_super_packet(datagrams(3, v6=True))
+    small = tcp_packet(1, b"x" * 40)
     return {
-        "tcp type, udp inside": (GSO_TCPV4, mss4, tcp_packet(1, b"x" * 40)[:9] + b"\x11" + tcp_packet(1, b"x" * 40)[10:]),
+        "tcp type, udp inside": (GSO_TCPV4, mss4, small[:9] + b"\x11" + small[10:]),
         "ipv6 not tcp": (tso6, mss6, altered(tcp6, 6, b"\x11")),
         "no payload": (tso6, mss6, tcp6[:60]),
         "no segment size": (tso4, 0, tcp4),
