@@ -160,7 +160,7 @@ def test_render_text_and_prometheus_of_a_client_daemon():
 def test_prometheus_label_values_are_escaped_and_families_grouped():
     def server(name, client_name):
         return {"role": "server", "name": name, "started": 1.0, "drops": {"no_route": 1}, "tun_write_refused": 0,
-                "udp_send_errors": 0, "clients": [{
+                "udp_send_errors": 0, "icmp_sent": 2, "clients": [{
                     "name": client_name, "client_id": 1, "rx_bytes": 1, "rx_packets": 1, "tx_bytes": 1,
                     "tx_packets": 1, "last_datagram": None, "roams": 0, "auth_failures": 0, "time_drops": 0}]}
 
@@ -169,3 +169,4 @@ def test_prometheus_label_values_are_escaped_and_families_grouped():
     family = [i for i, line in enumerate(metrics) if line.startswith("vpncrypt_client_roams_total")]
     assert len(family) == 2 and family[1] == family[0] + 1  # one family, its samples together
     assert 'vpncrypt_client_last_datagram_timestamp_seconds{daemon="s2",name="b",client_id="1"} 0' in metrics
+    assert 'vpncrypt_icmp_sent_total{daemon="s1"} 2' in metrics

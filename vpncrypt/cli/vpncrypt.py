@@ -168,6 +168,8 @@ def render_prometheus(statuses: list[dict[str, Any]]) -> str:
                daemon, status["started"])
         if status["role"] == "server":
             sample("vpncrypt_clients", "gauge", "Clients in the server's config.", daemon, len(status["clients"]))
+            sample("vpncrypt_icmp_sent_total", "counter", "ICMP destination unreachable messages sent.",
+                   daemon, status["icmp_sent"])
             for client in status["clients"]:
                 labels = {**daemon, "name": client["name"], "client_id": client["client_id"]}
                 for name, kind, help_text, key in CLIENT_METRICS:
