@@ -9,14 +9,15 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from . import control, key_store, netconfig
+from . import control, key_store, netconfig, sdnotify
 from .config import ClientConfig, parse_endpoint
 from .core.client import ClientCore
-from .daemon import Daemon, run_until_signalled, tunnel_and_transport
+from .daemon import Daemon, drop_privileges, hand_over_state, run_until_signalled, tunnel_and_transport
 from .events import EventWatch
 from .netconfig import dns, resolv_conf
 from .restart_state import RestartStore
@@ -28,6 +29,18 @@ log = logging.getLogger("vpncrypt.client")
 
 class ResolveError(Exception):
     """The server's name does not resolve; the message names it."""
+
+
+# A client started before the network (at boot) waits for its server's name
+# rather than exiting, as wg-quick's resolution retries (WG_ENDPOINT_RESOLUTION_RETRIES)
+# and OpenVPN's --resolv-retry infinite do: 1 s, doubling up to a minute.
+RESOLVE_RETRY_FIRST = 1.0  # seconds
+RESOLVE_RETRY_MAX = 60.0  # seconds
+RESOLVE_LOG_INTERVAL = 60.0  # seconds at least between two lines about failing lookups
+# How much longer systemd should wait for READY=1 each time a lookup fails
+# (EXTEND_TIMEOUT_USEC, sd_notify(3)): the next wait plus a lookup's own
+# worst case (resolv.conf(5): timeout 5 s x attempts 2 x 3 name servers).
+RESOLVE_LOOKUP_ALLOWANCE = 30.0  # seconds
 
 
 class ServerLookups:
@@ -84,6 +97,115 @@ def resolve(host: str, port: int) -> tuple[int, Any]:
         raise ResolveError(f"cannot resolve server {host!r}: {error.strerror}") from None
     family, _, _, _, address = infos[0]
     return family, address
+
+
+class StopFlag:
+    """Set by SIGINT or SIGTERM while the client waits for its server's name
+    (the handler only sets it: no lock, no exception from a handler). ``sleep``
+    and ``wait`` poll it every STOP_POLL seconds."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def __call__(self, _number: int = 0, _frame: Any = None) -> None:
+        self.stopped = True
+
+    def sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopped and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(STOP_POLL, left))
+
+    def wait(self, done: threading.Event) -> bool:
+        """Until ``done`` is set (True) or a stop (False)."""
+        while not self.stopped:
+            if done.wait(STOP_POLL):
+                return True
+        return False
+
+
+STOP_POLL = 0.1  # seconds: how soon a SIGTERM during the wait is seen
+
+
+def look_up_in_thread(host: str, port: int, stop: StopFlag) -> tuple[int, Any] | None:
+    """``resolve`` in a thread of its own, which the process does not wait for
+    at exit: a name server that does not answer holds getaddrinfo for up to
+    half a minute, and a SIGTERM must not wait for it. None if stopped
+    meanwhile. Raises ResolveError."""
+    outcome: list[Any] = []
+    done = threading.Event()
+
+    def look_up() -> None:
+        try:
+            outcome.append(resolve(host, port))
+        except ResolveError as error:
+            outcome.append(error)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=look_up, name="lookup", daemon=True)
+    thread.start()
+    if not stop.wait(done):
+        return None
+    thread.join()  # it has ended: the privilege drop wants the process to have one thread
+    if isinstance(outcome[0], ResolveError):
+        raise outcome[0]
+    return outcome[0]
+
+
+def wait_for_server(
+    host: str, port: int, *, look_up: Callable[[str, int], tuple[int, Any] | None],
+    sleep: Callable[[float], None], stopped: Callable[[], bool] = lambda: False,
+    notifier: sdnotify.Notifier | None = None, clock: Callable[[], float] = time.monotonic,
+) -> tuple[int, Any] | None:
+    """(address family, socket address) of the server, looking its name up
+    until it resolves: after a failure, ``sleep`` RESOLVE_RETRY_FIRST seconds,
+    doubling up to RESOLVE_RETRY_MAX. Failures are logged, one line every
+    RESOLVE_LOG_INTERVAL seconds (of ``clock``, monotonic) at most, and told
+    to systemd (STATUS=, and EXTEND_TIMEOUT_USEC so that its start timeout
+    waits too). None once ``stopped()`` (``look_up`` returns None then too)."""
+    delay = RESOLVE_RETRY_FIRST
+    failures = 0
+    logged_at: float | None = None
+    notifier = notifier or sdnotify.Notifier()
+    while not stopped():
+        try:
+            found = look_up(host, port)
+        except ResolveError as error:
+            failures += 1
+            now = clock()
+            if logged_at is None or now - logged_at >= RESOLVE_LOG_INTERVAL:
+                log.warning("%s (%d failed lookup%s so far); trying again in %g s, until it resolves or the"
+                            " client is stopped", error, failures, "" if failures == 1 else "s", delay)
+                logged_at = now
+            notifier.send(STATUS=f"waiting for the server's name: {error}; next lookup in {delay:g} s",
+                          EXTEND_TIMEOUT_USEC=int((delay + RESOLVE_LOOKUP_ALLOWANCE) * 1e6))
+            sleep(delay)
+            delay = min(delay * 2, RESOLVE_RETRY_MAX)
+            continue
+        if found is not None and failures:
+            log.info("server %r resolved after %d failed lookup%s", host, failures, "" if failures == 1 else "s")
+        return found
+    return None
+
+
+def wait_for_server_or_signal(host: str, port: int) -> tuple[int, Any] | None:
+    """``wait_for_server`` until SIGINT or SIGTERM (then None: nothing was made yet)."""
+    stop = StopFlag()
+    previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
+    notifier = sdnotify.Notifier.from_environment()
+    try:
+        found = wait_for_server(host, port, look_up=lambda h, p: look_up_in_thread(h, p, stop), sleep=stop.sleep,
+                                stopped=lambda: stop.stopped, notifier=notifier)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    # Read after the handlers are back: a signal that came until then is not lost.
+    if stop.stopped:
+        log.info("stopped while waiting for the server's name %r", host)
+        notifier.stopping()
+        found = None
+    notifier.close()
+    return found
 
 
 def tunnel_spec(config: ClientConfig, server_address: Any = None) -> netconfig.TunnelSpec:
@@ -184,11 +306,19 @@ class LiveClient:
 
 
 def run_client(config: ClientConfig) -> int:
-    """Run until SIGINT or SIGTERM. Raises ResolveError if the server's name does
-    not resolve, ControlError (an OSError) if a daemon of the same name runs."""
+    """Run until SIGINT or SIGTERM, also while the server's name does not
+    resolve yet (``wait_for_server``). Once the device and socket are made it
+    runs as the config's ``user`` with only CAP_NET_ADMIN (privileges.py), for
+    the route changes of a server that moves and of the teardown. Raises
+    ControlError (an OSError) if a daemon of the same name runs,
+    PrivilegeError if the drop fails."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop takes it over
     host, port = parse_endpoint(config.server)
-    family, endpoint = resolve(host, port)
+    found = wait_for_server_or_signal(host, port) if is_name(host) else resolve(host, port)
+    if found is None:
+        return 0
+    family, endpoint = found
+    hand_over_state(config.account, config.state_directory, config.path.stem)
     store = RestartStore(config.state_directory, config.path.stem)
     store.prepare()
     saved = store.load()
@@ -213,9 +343,10 @@ def run_client(config: ClientConfig) -> int:
     open_transport = functools.partial(open_client_transport, family, fwmark=config.fwmark if marked else 0,
                                        offload=config.offload)
     name = config.path.stem
+    drop = functools.partial(drop_privileges, config.account, config.state_directory, name)
     control_server = control.ControlServer.bind(control.socket_path(name))
     try:
-        with tunnel_and_transport(spec, config.offload, open_transport) as (tun, transport):
+        with tunnel_and_transport(spec, config.offload, open_transport, drop) as (tun, transport):
             daemon = Daemon(tun, transport, core, status=lambda: client_status(core), control=control_server,
                             restart_store=store,
                             key_store_path=key_store.store_path(config.state_directory, config.path.stem))

@@ -24,7 +24,8 @@ from typing import Any
 from .config_toml import parse_toml
 from .core.inner import Network
 from .core.server import ClientEntry
-from . import key_store
+from . import key_store, privileges
+from .privileges import Account
 from .core.wire import DEFAULT_TIME_WINDOW, MAX_CLIENT_ID, MAX_TIME_WINDOW
 
 DEFAULT_PORT = 51820
@@ -72,6 +73,7 @@ class ServerConfig:
     retired_client_ids: frozenset[int] = frozenset()
     retired_addresses: tuple[Network, ...] = ()
     epoch_seconds: int = 3600  # from the key store: the length of a key epoch
+    account: Account | None = None  # ``user``/``group``: who the server runs as once started (privileges.py)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class ClientConfig:
     dns: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()  # resolvers set while it runs
     dns_search: tuple[str, ...] = ()  # search domains that go with them
     kill_switch: bool = False  # nothing but the tunnel's own datagrams leaves outside it
+    account: Account | None = None  # ``user``/``group``: who the client runs as once started (privileges.py)
 
     @property
     def allowed_sources(self) -> tuple[Network, ...]:
@@ -104,10 +107,11 @@ class ClientConfig:
         return tuple(a.network for a in self.addresses) + self.routes
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a config file after checking that only its owner can read it and
-    that only root or this user could have written it (key_store.open_trusted:
-    owner, directory, no symbolic link, checked on the open file)."""
+def read_toml(path: Path) -> tuple[dict[str, Any], os.stat_result]:
+    """Parse a config file after checking that only root or this user could
+    have written it (key_store.open_trusted: owner, directory, no symbolic
+    link, checked on the open file); returns it with the open file's ``stat``
+    for ``check_readers``, which needs the file's ``user``/``group``."""
     try:
         file, info = key_store.open_trusted(path)
     except FileNotFoundError:
@@ -117,20 +121,49 @@ def read_toml(path: Path) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"{path}: {error.strerror}") from None
     with file:
-        if info.st_mode & 0o077:
-            raise ConfigError(
-                f"{path}: is readable by group or others (a config names what a client may reach, and the"
-                " key store sits beside it) "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); fix it with: chmod 600 {path}"
-            )
         try:
-            return parse_toml(file.read().decode())
+            return parse_toml(file.read().decode()), info
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path}: not valid TOML: {error}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not UTF-8 text") from None
         except OSError as error:
             raise ConfigError(f"{path}: {error.strerror}") from None
+
+
+def check_readers(path: Path, info: os.stat_result, account: Account | None) -> None:
+    """Only the owner may read a config (it names what a client may reach, and
+    the key store sits beside it), and the daemon's group: mode 0640 with the
+    group of ``account`` (the config's ``group``), or, for a daemon started
+    unprivileged (systemd's ``User=``/``Group=``), the group it runs as. With
+    ``account``, that user must be able to read it after start-up (a reload
+    reads it again). Raises ConfigError with the fix."""
+    daemon_gid = account.gid if account is not None else (os.getegid() if os.geteuid() != 0 else None)
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077 and not (mode & 0o077 == 0o040 and info.st_gid == daemon_gid):
+        shared = (f" or, to let group {account.group!r} read it: chgrp {account.group} {path} && chmod 640 {path}"
+                  if account is not None else " (or 640 with the daemon's group, set with group in the config)")
+        raise ConfigError(f"{path}: is readable by group or others (mode {mode:04o}; a config names what a client"
+                          f" may reach, and the key store sits beside it); fix it with: chmod 600 {path}{shared}")
+    if account is not None and not (privileges.readable_by(info, account)
+                                    and privileges.can_enter(path.parent, account)):
+        raise ConfigError(f"{path}: user {account.user!r} could not read it once running (a reload reads it"
+                          f" again); fix it with: chgrp {account.group} {path} && chmod 640 {path}, and let that"
+                          f" user enter {path.parent}")
+
+
+def _account(section: "_Section") -> Account | None:
+    """The optional ``user`` and ``group`` keys, looked up on this system."""
+    user = section.get("user", str, None)
+    group = section.get("group", str, None)
+    if user is None:
+        if group is not None:
+            raise section.fail("group", "goes with user (the user to run as once started)")
+        return None
+    try:
+        return privileges.account(user, group)
+    except ValueError as error:
+        raise section.fail("user", str(error)) from None
 
 
 class _Section:
@@ -250,6 +283,33 @@ def parse_endpoint(text: str) -> tuple[str, int]:
     return host, port
 
 
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def host_name_problem(host: str) -> str | None:
+    """Why ``host`` can never resolve, or None for an address literal or a
+    well-formed name: labels of 1-63 letters, digits, hyphens (not first or
+    last) and underscores, 253 characters at most, a last label that is not
+    all digits (RFC 1123 section 2.1, RFC 3696 section 2). A client waits for
+    a well-formed name that does not resolve yet, never for a malformed one."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host
+    if not name or len(name) > 253:
+        return "not a host name (1 to 253 characters)"
+    labels = name.split(".")
+    bad = next((label for label in labels if not _LABEL.fullmatch(label)), None)
+    if bad is not None:
+        return (f"not a host name (the part {bad!r}: letters, digits and '-' only, 1 to 63 of them, not starting"
+                " or ending with '-')")
+    if labels[-1].isdigit():
+        return "neither an IP address nor a host name (a name's last part is not all digits)"
+    return None
+
+
 def _check_overlaps(path: Path, owners: list[tuple[Network, str]]) -> None:
     """Refuse two owners' networks that share an address, in O(n log n): 65,536
     clients load in well under a second. Prefixes either nest or are apart, so
@@ -268,10 +328,12 @@ def _check_overlaps(path: Path, owners: list[tuple[Network, str]]) -> None:
             furthest_end, furthest = end, index  # apart from all before it, so it reaches furthest
 
 
-def read_keys(path: Path, state_directory: Path) -> key_store.KeyTable:
-    """The key store of the daemon configured by ``path``; raises ConfigError."""
+def read_keys(path: Path, state_directory: Path, account: Account | None = None) -> key_store.KeyTable:
+    """The key store of the daemon configured by ``path``, which ``account``
+    (the user it runs as) may own; raises ConfigError."""
     try:
-        return key_store.load(key_store.store_path(state_directory, path.stem))
+        owners = () if account is None else (account.uid,)
+        return key_store.load(key_store.store_path(state_directory, path.stem), owners)
     except key_store.KeyStoreError as error:
         raise ConfigError(str(error)) from None
 
@@ -298,14 +360,16 @@ def load_server_config(path: str | os.PathLike, keys: key_store.KeyTable | None 
 
 
 def _load_server_config(path: Path, keys: key_store.KeyTable | None) -> ServerConfig:
-    data = read_toml(path)
+    data, info = read_toml(path)
     if "server" not in data and isinstance(data.get("client"), dict):
         raise ConfigError(f"{path}: is a client config ([client]); run it with vpncrypt-client")
     top = _Section(path, "file", data, {"server", "client", "retired"})
     server = _Section(path, "[server]", top.get("server", dict), {
         "server_id", "port", "listen_address", "endpoint", "tunnel", "interface", "mtu",
-        "time_window", "client_to_client", "offload", "state_directory",
+        "time_window", "client_to_client", "offload", "state_directory", "user", "group",
     })
+    account = _account(server)
+    check_readers(path, info, account)
     endpoint = server.get("endpoint", str, "")
     if endpoint:
         try:
@@ -319,7 +383,7 @@ def _load_server_config(path: Path, keys: key_store.KeyTable | None) -> ServerCo
         raise server.fail("listen_address", f"{listen_address!r} is not an IP address") from None
     tunnel = server.interfaces("tunnel")
     state_directory = server.directory("state_directory")
-    key_table = keys if keys is not None else read_keys(path, state_directory)
+    key_table = keys if keys is not None else read_keys(path, state_directory, account)
     clients: list[ClientEntry] = []
     seen_ids: dict[int, str] = {}
     seen_names: set[str] = set()
@@ -363,6 +427,7 @@ def _load_server_config(path: Path, keys: key_store.KeyTable | None) -> ServerCo
         **_retired(path, top),
         state_directory=state_directory,
         epoch_seconds=key_table.epoch_seconds,
+        account=account,
     )
 
 
@@ -379,7 +444,7 @@ def load_client_config(path: str | os.PathLike, keys: key_store.KeyTable | None 
     """The client's config with its key from ``keys``, or from the key store
     in its state directory if None. Raises ConfigError."""
     path = Path(path)
-    data = read_toml(path)
+    data, info = read_toml(path)
     if "server" in data and "client" not in data or isinstance(data.get("client"), list):
         raise ConfigError(f"{path}: is a server config ([server]); run it with vpncrypt-server, or give the"
                           " client its own config (vpncrypt-keygen client)")
@@ -388,12 +453,18 @@ def load_client_config(path: str | os.PathLike, keys: key_store.KeyTable | None 
         "name", "client_id", "key", "server", "server_id", "addresses", "routes", "interface",
         "mtu", "keepalive", "time_window", "offload", "fwmark", "resolve_interval", "state_directory",
         "dns", "dns_search", "kill_switch",
+        "user", "group",
     })
+    account = _account(client)
+    check_readers(path, info, account)
     server = client.get("server", str)
     try:
-        parse_endpoint(server)
+        host, _ = parse_endpoint(server)
     except ValueError as error:
         raise client.fail("server", str(error)) from None
+    problem = host_name_problem(host)
+    if problem:
+        raise client.fail("server", f"{server!r}: {problem}")
     keepalive = client.get("keepalive", float, float(DEFAULT_KEEPALIVE))
     if not 0 <= keepalive <= 3600:
         raise client.fail("keepalive", f"must be from 0 (off) to 3600 seconds, not {keepalive:g}")
@@ -403,7 +474,7 @@ def load_client_config(path: str | os.PathLike, keys: key_store.KeyTable | None 
     client.refuse_key()
     client_id = client.integer("client_id", 0, MAX_CLIENT_ID)
     state_directory = client.directory("state_directory")
-    table = keys if keys is not None else read_keys(path, state_directory)
+    table = keys if keys is not None else read_keys(path, state_directory, account)
     if client_id not in table.keys:
         raise ConfigError(f"{path}: the key store of {path.name} (in {state_directory}) has no key for client ID"
                           f" {client_id}: copy this client's .keys.json from its server's operator there")
@@ -435,6 +506,7 @@ def load_client_config(path: str | os.PathLike, keys: key_store.KeyTable | None 
         dns=dns,
         dns_search=dns_search,
         kill_switch=kill_switch,
+        account=account,
     )
 
 

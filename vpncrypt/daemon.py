@@ -17,12 +17,13 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import signal
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
 
-from . import key_store, netconfig, sdnotify
+from . import files, key_store, netconfig, privileges, sdnotify
 from .control import ControlServer, RequestError
 from .core import Core
 from .restart_state import RestartStore
@@ -40,14 +41,42 @@ CLOCK_STEP = 1.0  # a change of the wall clock against the monotonic one taken a
 SAVE_RETRY = 5.0  # seconds before trying again a write that failed
 
 
+def state_files(state_directory: Path, name: str) -> list[str]:
+    """The files the daemon named ``name`` keeps in its state directory: key
+    store, its lock and temporary file, restart state and its temporary file."""
+    keys = key_store.store_path(state_directory, name)
+    bounds = RestartStore(state_directory, name).path
+    return [path.name for path in (keys, files.lock_path(keys), files.temporary_path(keys), bounds,
+                                   files.temporary_path(bounds))]
+
+
+def hand_over_state(account: privileges.Account | None, state_directory: Path, name: str) -> None:
+    """As root, before anything else: give the state directory and this
+    daemon's files in it to the user it will run as (privileges.hand_over).
+    Raises PrivilegeError."""
+    if account is not None and os.geteuid() == 0:
+        privileges.hand_over(state_directory, state_files(state_directory, name), account)
+
+
+def drop_privileges(account: privileges.Account | None, state_directory: Path, name: str) -> None:
+    """Once the device, its addresses and routes and the socket are made: run
+    as ``account`` with only CAP_NET_ADMIN (privileges.drop), then make sure
+    the state files can still be written. Raises PrivilegeError."""
+    privileges.drop(account)
+    privileges.check_writable(state_directory, state_files(state_directory, name))
+
+
 @contextlib.contextmanager
 def tunnel_and_transport(
     spec: netconfig.TunnelSpec, offload: bool, open_transport: Callable[[], Transport],
+    then: Callable[[], None] | None = None,
 ) -> Iterator[tuple[TunDevice, Transport]]:
-    """The TUN device configured as ``spec`` says, then the transport; closed
-    in reverse order. The device, and its addresses and routes with it, goes
-    away when this process lets go of it; the plan's teardown undoes the rest.
-    Raises TunError, NetconfigError or OSError with a message for the operator."""
+    """The TUN device configured as ``spec`` says, then the transport, then
+    ``then()`` (the privilege drop); closed in reverse order. The device, and
+    its addresses and routes with it, goes away when this process lets go of
+    it; the plan's teardown undoes the rest (with CAP_NET_ADMIN, which the drop
+    keeps). Raises TunError, NetconfigError, PrivilegeError or OSError with a
+    message for the operator."""
     tun = open_tun(spec.interface, offload=offload)
     try:
         # The OS may have named the device otherwise: configure the one opened.
@@ -56,6 +85,8 @@ def tunnel_and_transport(
             netconfig.apply(plan)
             transport = open_transport()
             try:
+                if then is not None:
+                    then()
                 yield tun, transport
             finally:
                 transport.close()

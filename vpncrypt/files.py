@@ -16,12 +16,31 @@ class LockError(Exception):
     or the lock file cannot be made. The message names the file."""
 
 
+def temporary_path(path: Path) -> Path:
+    """Where ``replace_durably`` writes before renaming over ``path``."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def lock_path(path: Path) -> Path:
+    """The file ``locked`` holds the lock of ``path`` on."""
+    return path.with_name(f"{path.name}.lock")
+
+
 def replace_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` by ``data``: a temporary file of ``mode`` beside it,
-    fsync, rename over, fsync of the directory. Raises OSError."""
-    temporary = path.with_name(f".{path.name}.tmp")
+    fsync, rename over, fsync of the directory. The new file keeps the old
+    one's owner and group: root (keygen) rewriting a key store or config that
+    a daemon's own user owns or reads (privileges.py) must not take it away
+    from that user. Raises OSError."""
+    temporary = temporary_path(path)
+    try:
+        old = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        old = None
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
+        if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+            os.fchown(fd, old.st_uid, old.st_gid)
         os.fchmod(fd, mode)
         os.write(fd, data)
         os.fsync(fd)
@@ -44,7 +63,7 @@ def locked(path: Path, wait: float, holder: str = "vpncrypt") -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path``.lock for a read-change-write of
     ``path``. Raises LockError after ``wait`` seconds (naming ``holder``, who
     else would hold it) or if the lock file cannot be made."""
-    lock = path.with_name(f"{path.name}.lock")
+    lock = lock_path(path)
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as error:

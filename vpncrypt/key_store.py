@@ -30,7 +30,7 @@ import pwd
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 from . import files
 from .files import replace_durably
@@ -64,11 +64,13 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
-def open_trusted(path: Path) -> tuple[BinaryIO, os.stat_result]:
+def open_trusted(path: Path, owners: Iterable[int] = ()) -> tuple[BinaryIO, os.stat_result]:
     """Open ``path`` for reading, refusing it unless root or this user could
     have written it: the file itself (never a symbolic link: ``O_NOFOLLOW``)
-    and its directory (which decides what the name points to) owned by root or
-    the effective user, the directory not writable by group or others. The
+    and its directory (which decides what the name points to) owned by root,
+    the effective user or one of ``owners`` (the uid a daemon runs as after
+    start-up, privileges.py, owns its state directory and key store), the
+    directory not writable by group or others. The
     checks are made on what was opened (``fstat`` of the directory, then of the
     file opened inside that very directory), so nobody can swap the file
     between check and use. Returns the open file and its ``stat``.
@@ -76,7 +78,7 @@ def open_trusted(path: Path) -> tuple[BinaryIO, os.stat_result]:
     Raises UntrustedFile with one line that says how to fix it, or OSError
     (FileNotFoundError ...) as ``open`` would."""
     path = Path(path)
-    trusted = {0, os.geteuid()}
+    trusted = {0, os.geteuid(), *owners}
     owner = "root" if os.geteuid() == 0 else _user(os.geteuid())
     directory = path.parent
     directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -119,12 +121,12 @@ def store_path(state_directory: Path, name: str) -> Path:
     return Path(state_directory) / f"{name}.keys.json"
 
 
-def load(path: Path) -> KeyTable:
+def load(path: Path, owners: Iterable[int] = ()) -> KeyTable:
     """Read a store after checking that only its owner can read it and that only
-    root or this user could have written it (open_trusted). Raises
-    KeyStoreError with one line naming the file (never a key)."""
+    root, this user or one of ``owners`` could have written it (open_trusted).
+    Raises KeyStoreError with one line naming the file (never a key)."""
     try:
-        file, info = open_trusted(path)
+        file, info = open_trusted(path, owners)
         with file:
             mode = info.st_mode
             if mode & 0o077:

@@ -21,7 +21,7 @@ from .config import ConfigError, ServerConfig, load_server_config
 from .core.epochs import same_chain
 from .core.inner import Network
 from .core.server import ServerCore
-from .daemon import Daemon, run_until_signalled, tunnel_and_transport
+from .daemon import Daemon, drop_privileges, hand_over_state, run_until_signalled, tunnel_and_transport
 from .events import EventWatch
 from .restart_state import RestartStore
 from .transport import format_endpoint
@@ -280,19 +280,24 @@ def control_name(config: ServerConfig) -> str:
 
 def run_server(config: ServerConfig) -> int:
     """Serve until SIGINT or SIGTERM; the TUN device goes away with the process's hold on it.
-    Raises ControlError (an OSError) if another daemon of the same name runs."""
+    Once the device and socket are made it runs as the config's ``user`` with
+    only CAP_NET_ADMIN (privileges.py), which the route changes of a reload and
+    of the teardown need. Raises ControlError (an OSError) if another daemon of
+    the same name runs, PrivilegeError if the drop fails."""
     # A SIGHUP before the loop takes it over must not end the server.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     name = control_name(config)
     # Before the device: a second server from the same config stops here.
     control_server = control.ControlServer.bind(control.socket_path(name))
     try:
+        hand_over_state(config.account, config.state_directory, config.path.stem)
         store = RestartStore(config.state_directory, config.path.stem)
         store.prepare()
         core = build_core(config, time.time(), store.load())
         listen = functools.partial(open_server_transport, config.listen_address, config.port,
                                    offload=config.offload)
-        with tunnel_and_transport(tunnel_spec(config), config.offload, listen) as (tun, transport):
+        drop = functools.partial(drop_privileges, config.account, config.state_directory, config.path.stem)
+        with tunnel_and_transport(tunnel_spec(config), config.offload, listen, drop) as (tun, transport):
             daemon = Daemon(tun, transport, core, status=lambda: server_status(core), control=control_server,
                             restart_store=store,
                             key_store_path=key_store.store_path(config.state_directory, config.path.stem))

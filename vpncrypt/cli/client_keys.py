@@ -64,7 +64,7 @@ def locked_store(server: ServerConfig) -> Iterator[tuple[Path, key_store.KeyTabl
     path = server_store(server)
     try:
         with key_store.locked(path):
-            yield path, key_store.load(path)
+            yield path, key_store.load(path, () if server.account is None else (server.account.uid,))
     except key_store.KeyStoreError as error:
         raise ConfigError(str(error)) from None
 

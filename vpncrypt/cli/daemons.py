@@ -9,6 +9,7 @@ from ..client import ResolveError, resolve, run_client, tunnel_spec as client_sp
 from ..core.wire import CipherUnusable, check_cipher
 from ..config import ClientConfig, ConfigError, load_client_config, load_server_config, parse_endpoint
 from ..netconfig import NetconfigError, TunnelSpec, describe, plan
+from ..privileges import PrivilegeError
 from ..server import run_server, tunnel_spec as server_spec
 from ..tun import TunError
 from .common import RUNTIME_ERROR, add_version, error_exit, print_all, setup_logging
@@ -39,7 +40,7 @@ def _main(program: str, argv, load, spec, run) -> int:
         return run(config)
     except ConfigError as error:
         return error_exit(program, error)
-    except (TunError, NetconfigError, ResolveError, OSError, CipherUnusable) as error:
+    except (TunError, NetconfigError, ResolveError, OSError, CipherUnusable, PrivilegeError) as error:
         return error_exit(program, error, RUNTIME_ERROR)
 
 
