@@ -1,0 +1,149 @@
+"""A client whose server name does not resolve yet waits for it (client.wait_for_server),
+in-process with a fake resolver and a fake clock; a malformed name is a config error.
+The real process, its SIGTERM and the name appearing are in tests/netns/test_privileges.py."""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+
+import pytest
+
+from vpncrypt import client
+from vpncrypt.cli.daemons import client_main
+from vpncrypt.cli.keygen import main as keygen
+from vpncrypt.client import RESOLVE_RETRY_MAX, ResolveError, StopFlag, wait_for_server
+from vpncrypt.config import ConfigError, host_name_problem, load_client_config
+
+from tests.builders import install_client_keys
+
+ADDRESS = (socket.AF_INET, ("192.0.2.1", 51820))
+
+
+class Resolver:
+    """Fails ``failures`` times, then answers ADDRESS."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls = failures, 0
+
+    def __call__(self, host: str, port: int):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ResolveError(f"cannot resolve server {host!r}: Name or service not known")
+        return ADDRESS
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class Notifier:
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    def send(self, **fields) -> bool:
+        self.sent.append(fields)
+        return True
+
+
+def test_the_wait_backs_off_to_a_minute_and_ends_when_the_name_resolves(caplog):
+    clock, notifier, resolver = Clock(), Notifier(), Resolver(10)
+    with caplog.at_level(logging.INFO):
+        found = wait_for_server("vpn.example", 51820, look_up=resolver, sleep=clock.sleep, clock=lambda: clock.now,
+                                notifier=notifier)
+    assert found == ADDRESS and resolver.calls == 11
+    assert clock.sleeps == [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]
+    # systemd sees every failure, and is asked to wait for each retry plus a lookup.
+    assert len(notifier.sent) == 10
+    assert notifier.sent[0]["STATUS"].startswith("waiting for the server's name: cannot resolve server 'vpn.example'")
+    assert [fields["EXTEND_TIMEOUT_USEC"] for fields in notifier.sent[:2]] == [31_000_000, 32_000_000]
+    # The log: at most one line a minute about failures (at 0, 63, 123, 183 and 243 s), then the success.
+    failures = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(failures) == 5
+    assert failures[0] == ("cannot resolve server 'vpn.example': Name or service not known (1 failed lookup so far);"
+                           " trying again in 1 s, until it resolves or the client is stopped")
+    assert "(7 failed lookups so far); trying again in 60 s" in failures[1]
+    assert caplog.records[-1].getMessage() == "server 'vpn.example' resolved after 10 failed lookups"
+
+
+def test_a_name_that_resolves_at_once_is_quiet(caplog):
+    clock = Clock()
+    assert wait_for_server("vpn.example", 51820, look_up=Resolver(0), sleep=clock.sleep) == ADDRESS
+    assert clock.sleeps == [] and caplog.records == []
+
+
+def test_a_stop_while_waiting_ends_the_wait():
+    stop, clock = StopFlag(), Clock()
+
+    def sleep(seconds):
+        clock.sleep(seconds)
+        if len(clock.sleeps) == 3:
+            stop()  # SIGTERM during the third wait
+
+    resolver = Resolver(100)
+    assert wait_for_server("vpn.example", 51820, look_up=resolver, sleep=sleep, stopped=lambda: stop.stopped) is None
+    assert resolver.calls == 3
+
+
+def test_the_stop_flag_cuts_a_sleep_and_a_lookup_short():
+    stop = StopFlag()
+    stop()
+    stop.sleep(RESOLVE_RETRY_MAX)  # returns at once: a stop came
+    assert client.look_up_in_thread("vpn.example", 51820, stop) is None
+
+
+@pytest.mark.parametrize("server, problem", [
+    ("vpn..example:51820", "not a host name (the part ''"),
+    ("-vpn.example:51820", "the part '-vpn'"),
+    ("vpn example:51820", "the part 'vpn example'"),
+    ("192.0.2.300:51820", "neither an IP address nor a host name"),
+    (f"{'a' * 64}.example:51820", "1 to 63 of them"),
+])
+def test_a_malformed_name_is_a_config_error(tmp_path, server, problem):
+    keygen(["server", "--endpoint", "192.0.2.1:51820", "--tunnel", "203.0.113.1/24", "--out",
+            str(tmp_path / "server.toml"), "--server-id", "3"])
+    keygen(["client", "--server-config", str(tmp_path / "server.toml"), "--name", "alice", "--out",
+            str(tmp_path / "alice.toml")])
+    path = tmp_path / "alice.toml"
+    path.write_text(path.read_text().replace('server = "192.0.2.1:51820"', f'server = "{server}"'))
+    with pytest.raises(ConfigError, match="server: .*" + problem.replace("(", r"\(")):
+        load_client_config(path)
+    assert client_main(["--config", str(path)]) == 2
+
+
+def test_names_that_may_resolve_one_day_are_accepted():
+    for host in ("vpn.example", "vpn.example.", "host_1.vpn-2.example", "localhost", "203.0.113.1", "2001:db8::1"):
+        assert host_name_problem(host) is None, host
+
+
+def test_a_dry_run_with_a_name_that_does_not_resolve_is_as_before(tmp_path, monkeypatch, capsys):
+    """Only a full tunnel needs the server's address in its plan: that dry run says
+    the name does not resolve (exit 1); any other prints the plan without a lookup."""
+    keygen(["server", "--endpoint", "vpn.example:51820", "--tunnel", "203.0.113.1/24", "--out",
+            str(tmp_path / "server.toml"), "--server-id", "3"])
+    keygen(["client", "--server-config", str(tmp_path / "server.toml"), "--name", "alice", "--out",
+            str(tmp_path / "alice.toml")])
+    install_client_keys(tmp_path)
+    lookups = []
+
+    def no_such_name(host, *args, **kwargs):
+        lookups.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_name)
+    assert client_main(["--config", str(tmp_path / "alice.toml"), "--dry-run", "--platform", "freebsd"]) == 0
+    assert lookups == []
+    path = tmp_path / "alice.toml"
+    path.write_text(re.sub(r"(?m)^routes = .*$", 'routes = ["0.0.0.0/0"]', path.read_text()))
+    capsys.readouterr()
+    assert client_main(["--config", str(path), "--dry-run", "--platform", "freebsd"]) == 1
+    assert capsys.readouterr().err == ("vpncrypt-client: error: cannot resolve server 'vpn.example': Name or service"
+                                       " not known\n")
+    assert lookups == ["vpn.example"]
