@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import stat
-import tempfile
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from vpncrypt.config import load_client_config, load_server_config
 from vpncrypt.core.keys import encode_key
 
 from tests.builders import install_client_keys
+from tests.runtime import ReadableRuntime
 
 BIN = Path(sys.executable).parent
 
@@ -181,13 +181,17 @@ def test_missing_config(tmp_path):
 
 
 def test_missing_privileges_are_explained(configs):
-    """Without root (or CAP_NET_ADMIN) the TUN device cannot be made: one clear line, exit 1."""
+    """Without root (or CAP_NET_ADMIN) the TUN device cannot be made: one clear line, exit 1.
+    As root, the command runs as nobody from a world-readable copy (tests/runtime.py):
+    the checkout and its Python may sit where nobody cannot enter."""
     if os.geteuid() != 0:
         done = run("vpncrypt-server", "--config", "server.toml", cwd=configs)
     else:
         # As root: run as nobody, with a config nobody owns (and so may read).
-        home = Path(tempfile.mkdtemp())
+        runtime = ReadableRuntime()
+        home = runtime.root / "home"
         try:
+            home.mkdir(mode=0o755)
             text = (configs / "server.toml").read_text().replace(os.environ["STATE_DIRECTORY"], str(home / "state"))
             (home / "server.toml").write_text(text)
             os.chmod(home / "server.toml", 0o600)
@@ -198,12 +202,12 @@ def test_missing_privileges_are_explained(configs):
             environment["STATE_DIRECTORY"] = str(home / "state")
             done = subprocess.run(
                 ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
-                 str(BIN / "vpncrypt-server"), "--config", "server.toml"],
+                 str(runtime.bin / "vpncrypt-server"), "--config", "server.toml"],
                 capture_output=True, text=True, cwd=home, timeout=60,
                 # nobody cannot write coverage data: measure nothing in this child.
                 env=environment,
             )
         finally:
-            shutil.rmtree(home)
+            runtime.close()
     assert done.returncode == 1, done.stderr
     assert "run as root" in done.stderr and "Traceback" not in done.stderr
