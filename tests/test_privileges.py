@@ -210,10 +210,12 @@ def test_the_state_directory_is_handed_over_and_then_trusted(shared):
     assert set(state_files(state, "server")) >= {"server.keys.json", "server.keys.json.lock", "server.bounds.json"}
     # Root (keygen, the next start) trusts the key store the daemon's user owns now, because the config names it...
     assert load_server_config(server).clients[0].name == "alice"
-    # ... and keeps its owner when it rewrites it.
+    # ... and keeps its owner when it rewrites it, and makes its lock the owner's.
+    (state / "server.keys.json.lock").unlink()
     assert keygen(["rotate", "--server-config", str(server), "--name", "alice", "--out", str(shared / "alice2.toml"),
                    "--key-out", str(shared / "alice2.keys.json")]) == 0
     assert (state / "server.keys.json").stat().st_uid == 65534
+    assert (state / "server.keys.json.lock").stat().st_uid == 65534
     # Without the user key the same store is somebody else's: refused.
     server.write_text(server.read_text().replace('user = "nobody"\n', ""))
     os.chmod(server, 0o600)

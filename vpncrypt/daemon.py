@@ -51,9 +51,11 @@ def state_files(state_directory: Path, name: str) -> list[str]:
 
 
 def hand_over_state(account: privileges.Account | None, state_directory: Path, name: str) -> None:
-    """As root, before anything else: give the state directory and this
+    """Before anything else, as root: give the state directory and this
     daemon's files in it to the user it will run as (privileges.hand_over).
-    Raises PrivilegeError."""
+    Raises PrivilegeError, also where capabilities cannot be kept."""
+    if account is not None:
+        privileges.check_supported()
     if account is not None and os.geteuid() == 0:
         privileges.hand_over(state_directory, state_files(state_directory, name), account)
 

@@ -69,6 +69,17 @@ def locked(path: Path, wait: float, holder: str = "vpncrypt") -> Iterator[None]:
     except OSError as error:
         raise LockError(f"{lock}: cannot make the lock file: {error.strerror}") from None
     try:
+        # Root (keygen) making the lock of a file a daemon's user owns: the user's
+        # too, or that daemon could not take turns with keygen (privileges.py).
+        owner = os.stat(path, follow_symlinks=False)
+        if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (os.fstat(fd).st_uid, os.fstat(fd).st_gid):
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        os.close(fd)
+        raise LockError(f"{lock}: cannot give the lock file its file's owner: {error.strerror}") from None
+    try:
         deadline = time.monotonic() + wait
         while True:
             try:

@@ -36,7 +36,6 @@ refuses to run once a second thread exists (capability sets are per thread).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -175,6 +174,9 @@ class _Capabilities:
 
     def __init__(self) -> None:
         self.libc = ctypes.CDLL(None, use_errno=True)
+        if not hasattr(self.libc, "prctl"):
+            raise PrivilegeError("this system has no Linux capabilities (prctl(2)), which running as user after"
+                                 " start-up needs: leave out user and group in the config to run as root")
         self.libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
         name = ctypes.util.find_library("cap")
         if name is None:
@@ -233,6 +235,12 @@ class _Capabilities:
             number += 1
 
 
+def check_supported() -> None:
+    """Raise PrivilegeError now, before anything is made, if ``drop`` cannot
+    keep CAP_NET_ADMIN here (no prctl, no libcap)."""
+    _Capabilities()
+
+
 def drop(who: Account | None) -> None:
     """Run as ``who`` with only CAP_NET_ADMIN (permitted, effective, ambient),
     and log what was done.
@@ -279,7 +287,8 @@ def check_writable(directory: Path, names: Iterable[str]) -> None:
     """The state directory as the daemon now runs: a file can be made there
     (the key store and the restart state are replaced by new files as epochs
     pass) and the lock files among ``names`` (``*.lock``) can be opened for
-    writing. Raises PrivilegeError with the fix."""
+    writing (made if missing, so that they are the daemon's and not those of
+    a keygen run as root). Raises PrivilegeError with the fix."""
     directory = Path(directory)
     probe = directory / f".probe.{os.getpid()}"
     try:
@@ -287,8 +296,7 @@ def check_writable(directory: Path, names: Iterable[str]) -> None:
         os.unlink(probe)
         for name in names:
             if name.endswith(".lock"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.close(os.open(directory / name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC))
+                os.close(os.open(directory / name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
     except OSError as error:
         try:
             who = pwd.getpwuid(os.geteuid()).pw_name

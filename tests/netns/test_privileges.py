@@ -166,6 +166,50 @@ def test_daemons_run_as_nobody_with_cap_net_admin_alone(unprivileged):
         assert "Traceback" not in text and "WARNING" not in text.split("running as uid 65534", 1)[1], text
 
 
+def start_as_systemd_would(vpn, role: str, capabilities: str):
+    """As a unit with User=nobody, Group=nogroup, AmbientCapabilities= and
+    CapabilityBoundingSet= ``capabilities`` starts it (setpriv(1) does the same),
+    and with the directories systemd makes for it (StateDirectory=, RuntimeDirectory=) its own."""
+    name, config = ("server", "server") if role == "server" else ("client-a", "a")
+    script = "vpncrypt-server" if role == "server" else "vpncrypt-client"
+    command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", f"--inh-caps=-all,{capabilities}",
+               f"--ambient-caps=-all,{capabilities}", f"--bounding-set=-all,{capabilities}",
+               str(vpn.venv_bin / script), "--config", str(vpn.configs / f"{config}.toml")]
+    log = f"{name}.log"
+    process = vpn.lab.spawn(vpn.server_ns if role == "server" else vpn.client_ns["a"], command, log, env=vpn.env())
+    vpn.processes[name] = process
+    wait_for_interface(vpn.lab, vpn.server_ns if role == "server" else vpn.client_ns["a"], "vpncrypt0", process,
+                       vpn.lab.workdir / log)
+    return process
+
+
+def test_daemons_that_systemd_started_unprivileged_keep_cap_net_admin_alone(unprivileged):
+    vpn = unprivileged
+    a = vpn.client_ns["a"]
+    rules_before = rules(vpn, a)
+    for directory in (vpn.lab.workdir / "state", vpn.run_dir):
+        directory.mkdir(mode=0o700, exist_ok=True)
+        for path in (directory, *directory.iterdir()):
+            os.chown(path, 65534, 65534)
+    server = start_as_systemd_would(vpn, "server", "+net_admin,+net_bind_service")
+    client = start_as_systemd_would(vpn, "client", "+net_admin")
+    for process, bounding in ((server, CAP_NET_ADMIN_MASK | 1 << 10), (client, CAP_NET_ADMIN_MASK)):
+        status = proc_status(process.pid)
+        assert status["Uid"].split() == ["65534"] * 4 and status["Gid"].split() == ["65534"] * 4
+        # CAP_NET_BIND_SERVICE went once the socket was bound; the bounding set stays systemd's.
+        assert wait_for(lambda: int(proc_status(process.pid)["CapPrm"], 16) == CAP_NET_ADMIN_MASK)
+        status = proc_status(process.pid)
+        assert int(status["CapEff"], 16) == int(status["CapAmb"], 16) == CAP_NET_ADMIN_MASK
+        assert int(status["CapBnd"], 16) == bounding
+    assert wait_for(lambda: len(rules(vpn, a)) == len(rules_before) + 2)  # the full tunnel's two rules
+    assert ping(vpn, a, SERVER).returncode == 0
+    assert "re-addressed" not in vpn.vpncrypt("reload").stdout  # the control socket, to root
+    assert vpn.lab.stop(client) == 0
+    assert rules(vpn, a) == rules_before
+    assert vpn.lab.stop(server) == 0
+    assert list(vpn.run_dir.iterdir()) == []  # the sockets removed: the run directory is theirs
+
+
 def test_a_user_that_cannot_write_the_state_stops_the_start_with_one_line(unprivileged):
     """The state directory inside a directory nobody cannot enter: the start stops before any device."""
     vpn = unprivileged
