@@ -27,11 +27,12 @@ narrows its capabilities to CAP_NET_ADMIN (CAP_NET_BIND_SERVICE, once the
 socket is bound, goes).
 
 The capability calls go through ctypes to the system's libcap
-(``libcap.so.2``, cap_from_text(3), cap_set_proc(3)) and libc's prctl(2): no
-library on PyPI for this is both pure Python and maintained (python-prctl is
-a C extension last released in 2019), and the few calls needed are stable
-C interfaces. All processes' threads must share the result, so ``drop``
-refuses to run once a second thread exists (capability sets are per thread).
+(``libcap.so.2``, cap_from_text(3), cap_set_proc(3), cap_get_proc(3)) and
+libc's prctl(2), a handful of stable C interfaces. The libraries on PyPI
+would add a runtime dependency for them: python-prctl is a C extension
+(a compiler and libcap's headers at install), pyprctl a 0.1 release of one
+author. Capability sets belong to a thread, not to the process, so ``drop``
+refuses to run once a second thread exists.
 """
 
 from __future__ import annotations
