@@ -136,6 +136,7 @@ def test_daemons_run_as_nobody_with_cap_net_admin_alone(unprivileged):
                         > vpn.stale_epoch), store
         assert oct(path.stat().st_mode & 0o777) == "0o600"
     assert (state / "server.bounds.json").stat().st_uid == 65534
+    first_advance = key_store.load(state / "server.keys.json", (65534,)).keys[1][0]
 
     # Reload, by the command and by SIGHUP: the config read again (0640 root:nogroup),
     # a route to a network behind client a added, then removed.
@@ -155,6 +156,12 @@ def test_daemons_run_as_nobody_with_cap_net_admin_alone(unprivileged):
     # Re-addressed, a starts afresh on the server (its datagrams stamped before the
     # reload count as superseded): heard again within a few seconds.
     assert wait_for(lambda: ping(vpn, a, SERVER, 1).returncode == 0, 15), json.dumps(vpn.server_status())
+
+    # And as epochs pass (one a minute here), running as nobody all along.
+    for store in ("server.keys.json", "a.keys.json"):
+        assert wait_for(lambda: key_store.load(state / store, (65534,)).keys[1][0] > first_advance,
+                        EPOCH_SECONDS + 15, 0.5), store
+    assert ping(vpn, a, SERVER).returncode == 0
 
     # SIGTERM: the client's rules (they outlive its device) and the server's device go.
     assert vpn.lab.stop(client) == 0
