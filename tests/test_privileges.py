@@ -195,6 +195,19 @@ def test_the_user_and_group_keys_are_checked(shared):
 
 
 @needs_root
+def test_dns_and_a_user_are_refused_together(shared):
+    """The resolver is put back at exit as root (resolvconf -d, /etc/resolv.conf)."""
+    client = shared / "alice.toml"
+    add_keys(client, "client", 'user = "nobody"\ndns = ["203.0.113.1"]')
+    os.chown(client, 0, NOBODY.gid)
+    os.chmod(client, 0o640)
+    with pytest.raises(ConfigError, match=r"\[client\] user: cannot go with dns yet.*leave out user"):
+        load_client_config(client)
+    client.write_text(client.read_text().replace('dns = ["203.0.113.1"]\n', ""))
+    assert load_client_config(client).account == NOBODY
+
+
+@needs_root
 def test_the_state_directory_is_handed_over_and_then_trusted(shared):
     server = shared / "server.toml"
     add_keys(server, "server", 'user = "nobody"')

@@ -481,6 +481,11 @@ def load_client_config(path: str | os.PathLike, keys: key_store.KeyTable | None 
     key_epoch, key = table.keys[client_id]
     addresses, routes = client.interfaces("addresses"), client.networks("routes", [], default_route=True)
     dns, dns_search = _dns(client, addresses, routes)
+    if dns and account is not None:
+        # Putting the resolver back at exit (resolvconf -d, /etc/resolv.conf) takes
+        # root, which the client no longer has then (privileges.py).
+        raise client.fail("user", "cannot go with dns yet: the resolver is put back at exit as root; leave out"
+                                  " user (and group) to run as root, or dns")
     kill_switch = client.get("kill_switch", bool, False)
     if kill_switch and not any(route.prefixlen == 0 for route in routes):
         raise client.fail("kill_switch", "goes with a full tunnel: routes with \"0.0.0.0/0\" or \"::/0\"")
