@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.netlab import (
-    PORT, ROUTER_UNDERLAY, SERVER_UNDERLAY, TUNNEL_ADDRESS, Lab, build_vpn_lab, lab_namespaces, wait_for_interface,
+    PORT, SERVER_UNDERLAY, TUNNEL_ADDRESS, Lab, ReadinessSocket, build_vpn_lab, lab_namespaces, start_daemon,
 )
 from tests.runtime import ReadableRuntime
 from vpncrypt import key_store, privileges
@@ -182,12 +182,9 @@ def start_as_systemd_would(vpn, role: str, capabilities: str):
     command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", f"--inh-caps=-all,{capabilities}",
                f"--ambient-caps=-all,{capabilities}", f"--bounding-set=-all,{capabilities}",
                str(vpn.venv_bin / script), "--config", str(vpn.configs / f"{config}.toml")]
-    log = f"{name}.log"
-    process = vpn.lab.spawn(vpn.server_ns if role == "server" else vpn.client_ns["a"], command, log, env=vpn.env())
-    vpn.processes[name] = process
-    wait_for_interface(vpn.lab, vpn.server_ns if role == "server" else vpn.client_ns["a"], "vpncrypt0", process,
-                       vpn.lab.workdir / log)
-    return process
+    ns = vpn.server_ns if role == "server" else vpn.client_ns["a"]
+    vpn.processes[name] = start_daemon(vpn.lab, ns, command, f"{name}.log", vpn.env())
+    return vpn.processes[name]
 
 
 def test_daemons_that_systemd_started_unprivileged_keep_cap_net_admin_alone(unprivileged):
@@ -268,11 +265,17 @@ def named(tmp_path):
         assert lab_namespaces(prefix) == [], "namespaces left behind"
 
 
-def start_waiting_client(vpn):
+def start_waiting_client(vpn, readiness: ReadinessSocket):
+    """Client a, started as systemd would (its notify socket ``readiness``),
+    once it has said that it waits for its server's name: in the log and to systemd."""
     command = [str(vpn.venv_bin / "vpncrypt-client"), "--config", str(vpn.configs / "a.toml")]
-    process = vpn.lab.spawn(vpn.client_ns["a"], command, "client-a.log", env=vpn.env())
+    process = vpn.lab.spawn(vpn.client_ns["a"], command, "client-a.log", env={**vpn.env(), **readiness.env()})
     vpn.processes["client-a"] = process
     log = vpn.lab.workdir / "client-a.log"
+    readiness.sock.settimeout(10)
+    fields = dict(line.split("=", 1) for line in readiness.sock.recv(4096).decode().splitlines())
+    assert fields["STATUS"].startswith("waiting for the server's name: cannot resolve server 'vpn.example'")
+    assert int(fields["EXTEND_TIMEOUT_USEC"]) > 0 and "READY" not in fields
     assert wait_for(lambda: "trying again in" in log.read_text()), log.read_text()
     return process, log
 
@@ -281,7 +284,11 @@ def test_a_client_waits_for_its_servers_name(named):
     vpn, hosts = named
     a = vpn.client_ns["a"]
     # Stopped while waiting: exit 0 at once, and nothing made.
-    process, log = start_waiting_client(vpn)
+    readiness = ReadinessSocket()
+    try:
+        process, log = start_waiting_client(vpn, readiness)
+    finally:
+        readiness.close()
     assert process.poll() is None
     process.send_signal(signal.SIGTERM)
     assert process.wait(10) == 0
@@ -292,11 +299,14 @@ def test_a_client_waits_for_its_servers_name(named):
     assert not (vpn.lab.workdir / "state" / "a.bounds.json").exists()
     # Started again, the name appears while it waits: it comes up and traffic flows.
     log.write_text("")
-    process, log = start_waiting_client(vpn)
-    assert "cannot resolve server 'vpn.example'" in log.read_text()
-    with hosts.open("a") as file:  # the same file: the mount shows what is written to it
-        file.write(f"{SERVER_UNDERLAY} vpn.example\n")
-    wait_for_interface(vpn.lab, a, "vpncrypt0", process, log, timeout=15)
+    readiness = ReadinessSocket()
+    try:
+        process, log = start_waiting_client(vpn, readiness)
+        with hosts.open("a") as file:  # the same file: the mount shows what is written to it
+            file.write(f"{SERVER_UNDERLAY} vpn.example\n")
+        assert readiness.wait_until_ready(process, log).startswith("serving on vpncrypt0")
+    finally:
+        readiness.close()
     assert ping(vpn, a, SERVER).returncode == 0
     assert "server 'vpn.example' resolved after" in log.read_text()
     assert vpn.lab.stop(process) == 0
