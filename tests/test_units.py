@@ -48,16 +48,22 @@ def test_the_unit_waits_for_ready_and_does_not_retry_a_config_error(unit):
     assert all(not value.startswith("file:") for value in unit_settings.get("Documentation", []))
 
 
-@pytest.mark.parametrize("unit", UNITS)
-def test_the_unit_runs_as_the_vpncrypt_user_with_ambient_capabilities(unit):
+def test_the_server_runs_as_the_vpncrypt_user_with_ambient_capabilities():
     """User= (not DynamicUser=: the key store keeps one owner), the user that
     linux/vpncrypt.sysusers makes, and the bounding set ambient: the ip commands
     the daemon runs get CAP_NET_ADMIN only that way (privileges.py)."""
-    one = {key: values[-1] for key, values in settings(unit).items()}
+    one = {key: values[-1] for key, values in settings(UNITS[0]).items()}
     assert one["User"] == one["Group"] == "vpncrypt" and "DynamicUser" not in one
     assert one["AmbientCapabilities"].split() == one["CapabilityBoundingSet"].split()
     sysusers = (LINUX / "vpncrypt.sysusers").read_text().splitlines()
     assert [line.split()[:2] for line in sysusers if line.startswith("u ")] == [["u", "vpncrypt"]]
+
+
+def test_the_client_keeps_root_with_cap_net_admin_alone_for_its_dns():
+    """systemd-resolved takes root's word for a link's DNS servers; the unit says how to do without."""
+    one = {key: values[-1] for key, values in settings(UNITS[1]).items()}
+    assert "User" not in one and one["CapabilityBoundingSet"] == "CAP_NET_ADMIN"
+    assert "add User=vpncrypt, Group=vpncrypt and AmbientCapabilities=CAP_NET_ADMIN" in (LINUX / UNITS[1]).read_text()
 
 
 def test_the_server_reloads_on_sighup_and_may_bind_a_low_port():
