@@ -117,6 +117,22 @@ def test_a_failing_capability_call_is_one_line():
 
 
 @needs_root
+def test_root_without_the_capabilities_to_change_user_is_told_before_anything_is_made():
+    """A systemd unit started as root with CapabilityBoundingSet=CAP_NET_ADMIN, say."""
+    def work():
+        caps = privileges._Capabilities()
+        caps.set_proc("cap_net_admin=ep")
+        privileges.check_supported(NOBODY)
+
+    answer = in_child(work)
+    assert answer["error"] == ("PrivilegeError: cannot become user 'nobody': root here lacks CAP_CHOWN, CAP_SETGID,"
+                               " CAP_SETUID, CAP_SETPCAP (a unit's CapabilityBoundingSet=?); start it as that user"
+                               " instead (systemd: User=, Group=, AmbientCapabilities=CAP_NET_ADMIN), or leave out"
+                               " user and group")
+    assert in_child(lambda: privileges.check_supported(NOBODY)) == {"result": None}
+
+
+@needs_root
 def test_a_different_user_than_the_running_one_is_refused():
     def work():
         os.setresuid(NOBODY.uid, NOBODY.uid, NOBODY.uid)

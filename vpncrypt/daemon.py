@@ -55,7 +55,7 @@ def hand_over_state(account: privileges.Account | None, state_directory: Path, n
     daemon's files in it to the user it will run as (privileges.hand_over).
     Raises PrivilegeError, also where capabilities cannot be kept."""
     if account is not None:
-        privileges.check_supported()
+        privileges.check_supported(account)
     if account is not None and os.geteuid() == 0:
         privileges.hand_over(state_directory, state_files(state_directory, name), account)
 

@@ -63,6 +63,9 @@ PR_CAP_AMBIENT_IS_SET = 1
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 KEPT = "cap_net_admin=eip"  # cap_from_text(3): permitted, effective and inheritable
+CAP_EFFECTIVE = 0  # sys/capability.h, cap_flag_t
+# What root needs to hand over the state directory and to become the user (capabilities(7)).
+NEEDED_AS_ROOT = {"CAP_CHOWN": 0, "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_SETPCAP": 8}
 
 
 class PrivilegeError(Exception):
@@ -149,8 +152,8 @@ def hand_over(directory: Path, names: Iterable[str], who: Account) -> None:
                                  f" (/var/lib/vpncrypt, say)")
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            os.fchown(fd, who.uid, who.gid)
             os.fchmod(fd, 0o700)
+            os.fchown(fd, who.uid, who.gid)
             for name in names:
                 try:
                     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -190,6 +193,8 @@ class _Capabilities:
         self.libcap.cap_to_text.restype = ctypes.c_void_p
         self.libcap.cap_to_text.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         self.libcap.cap_free.argtypes = [ctypes.c_void_p]
+        self.libcap.cap_get_flag.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                                             ctypes.POINTER(ctypes.c_int)]
 
     def prctl(self, what: str, option: int, *args: int) -> int:
         result = self.libc.prctl(option, *args, *([0] * (4 - len(args))))
@@ -223,6 +228,19 @@ class _Capabilities:
         finally:
             self.libcap.cap_free(caps)
 
+    def effective(self, number: int) -> bool:
+        """True if capability ``number`` is in this thread's effective set (cap_get_flag(3))."""
+        caps = self.libcap.cap_get_proc()
+        if not caps:
+            raise PrivilegeError(f"cannot read the capabilities: {os.strerror(ctypes.get_errno())}")
+        try:
+            value = ctypes.c_int(0)
+            if self.libcap.cap_get_flag(caps, number, CAP_EFFECTIVE, ctypes.byref(value)) != 0:
+                raise PrivilegeError(f"cannot read capability {number}: {os.strerror(ctypes.get_errno())}")
+            return bool(value.value)
+        finally:
+            self.libcap.cap_free(caps)
+
     def drop_bounding_set(self) -> None:
         """Every capability but CAP_NET_ADMIN out of the bounding set (needs CAP_SETPCAP)."""
         number = 0
@@ -236,10 +254,19 @@ class _Capabilities:
             number += 1
 
 
-def check_supported() -> None:
+def check_supported(who: Account) -> None:
     """Raise PrivilegeError now, before anything is made, if ``drop`` cannot
-    keep CAP_NET_ADMIN here (no prctl, no libcap)."""
-    _Capabilities()
+    keep CAP_NET_ADMIN here (no prctl, no libcap), or, as root, cannot become
+    ``who`` (root without the capabilities that takes: a systemd unit's
+    CapabilityBoundingSet=, say)."""
+    caps = _Capabilities()
+    if os.geteuid() != 0:
+        return
+    missing = [name for name, number in NEEDED_AS_ROOT.items() if not caps.effective(number)]
+    if missing:
+        raise PrivilegeError(f"cannot become user {who.user!r}: root here lacks {', '.join(missing)} (a unit's"
+                             " CapabilityBoundingSet=?); start it as that user instead (systemd: User=, Group=,"
+                             " AmbientCapabilities=CAP_NET_ADMIN), or leave out user and group")
 
 
 def drop(who: Account | None) -> None:
