@@ -99,13 +99,36 @@ def tunnel_and_transport(
     log.info("stopped; %s removed", tun.name)
 
 
+class StopRequested(BaseException):
+    """SIGINT or SIGTERM while the daemon starts: raised where the start is, so
+    that everything made so far (routes, rules, DNS) is undone on the way out.
+    A BaseException, so that no ``except Exception`` on the way swallows it."""
+
+
+def _stop_requested(signum: int, _frame) -> None:
+    raise StopRequested(signal.Signals(signum).name)
+
+
+def unwind_on_stop_signals() -> None:
+    """From the start until the loop serves: SIGINT and SIGTERM raise
+    StopRequested (Python's default for SIGTERM ends the process at once,
+    leaving a full tunnel's policy rules and DNS changed)."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, _stop_requested)
+
+
 def run_until_signalled(daemon: "Daemon", on_start: Callable[[], None] | None = None) -> None:
-    """Serve on a fresh event loop until SIGINT or SIGTERM, then log the final status."""
+    """Serve on a fresh event loop until SIGINT or SIGTERM, then log the final
+    status. Further SIGINT and SIGTERM are ignored from then on: the teardown
+    that follows must not be cut short (systemd's stop timeout still ends a
+    teardown that hangs)."""
     loop = new_event_loop()
     try:
         loop.run_until_complete(daemon.run(on_start))
     finally:
         loop.close()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
     daemon.log_status()
 
 

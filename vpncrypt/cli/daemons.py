@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from ..client import ResolveError, resolve, run_client, tunnel_spec as client_spec
 from ..core.wire import CipherUnusable, check_cipher
+from ..daemon import StopRequested, unwind_on_stop_signals
 from ..config import ClientConfig, ConfigError, load_client_config, load_server_config, parse_endpoint
 from ..netconfig import NetconfigError, TunnelSpec, describe, plan
 from ..privileges import PrivilegeError
@@ -37,7 +39,11 @@ def _main(program: str, argv, load, spec, run) -> int:
             print_all(describe(plan(spec(config), args.platform or sys.platform)))
             return 0
         check_cipher()
+        unwind_on_stop_signals()
         return run(config)
+    except StopRequested as stop:
+        logging.getLogger("vpncrypt").info("%s while starting: stopped, and undid what was made", stop)
+        return 0
     except ConfigError as error:
         return error_exit(program, error)
     except (TunError, NetconfigError, ResolveError, OSError, CipherUnusable, PrivilegeError) as error:
