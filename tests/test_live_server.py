@@ -265,11 +265,11 @@ def test_routes_to_networks_behind_clients_follow_reloads(configs, run_dir):
         return routes_added, unchanged, failed, list(runs.commands), set(live.routes), live.config
 
     added, unchanged, failed, moved, routes, config = asyncio.run(with_server(configs, body, runs))
-    assert added == ["ip -6 route replace 2001:db8:5::/64 dev vpncrypt0"] and unchanged == added
+    assert added == ["ip -6 route add 2001:db8:5::/64 dev vpncrypt0 proto 118"] and unchanged == added
     # The refused route changed nothing: the old client table and route stay.
-    assert failed == added + ["ip -6 route replace 2001:db8:6::/64 dev vpncrypt0"]
-    assert moved == failed + ["ip -6 route replace 2001:db8:6::/64 dev vpncrypt0",
-                              "ip -6 route delete 2001:db8:5::/64 dev vpncrypt0"]
+    assert failed == added + ["ip -6 route add 2001:db8:6::/64 dev vpncrypt0 proto 118"]
+    assert moved == failed + ["ip -6 route add 2001:db8:6::/64 dev vpncrypt0 proto 118",
+                              "ip -6 route delete 2001:db8:5::/64 dev vpncrypt0 proto 118"]
     assert [str(r) for r in routes] == ["2001:db8:6::/64"]
     assert [str(a) for a in config.clients[1].addresses] == ["203.0.113.3/32", "2001:db8:6::/64"]
 
@@ -283,7 +283,7 @@ def test_the_servers_tunnel_spec_routes_only_what_the_tunnel_prefix_does_not_cov
     assert tunnel_spec(config).routes == client_routes(config)
     done = subprocess.run([str(BIN / "vpncrypt-server"), "--config", str(path), "--dry-run"],
                           capture_output=True, text=True, timeout=30)
-    assert "ip -4 route replace 192.0.2.0/26 dev vpncrypt0" in done.stdout
+    assert "ip -4 route add 192.0.2.0/26 dev vpncrypt0 proto 118" in done.stdout
     assert "203.0.113.128/25" not in done.stdout
 
 

@@ -47,12 +47,20 @@ class ServerLookups:
     """Looks a server given by name up again every ``interval`` seconds, as a
     roaming server with a dynamic address needs (wg-quick leaves this to a
     script). The core decides whether to move; a failed lookup keeps the
-    address the client has, with one warning until lookups work again."""
+    address the client has, with one warning until lookups work again.
+    ``loop_route(address)`` names the tunnel route that would carry datagrams
+    to an ``ipaddress`` address into the tunnel (netconfig.loop_route), or
+    None: such answers are passed over, and if none is left the client stays
+    where it is, with one warning until an answer is usable again (staying
+    keeps a tunnel that works; the old address may well still answer)."""
 
-    def __init__(self, core: ClientCore, host: str, port: int, family: int, interval: float) -> None:
+    def __init__(self, core: ClientCore, host: str, port: int, family: int, interval: float,
+                 loop_route: Callable[[Any], Any] = lambda _address: None) -> None:
         self.core = core
         self.host, self.port, self.family, self.interval = host, port, family, interval
+        self.loop_route = loop_route
         self.failing = False
+        self.looping = False
         self._lookup: asyncio.Task | None = None  # kept: the loop holds tasks only weakly
 
     def start(self) -> None:
@@ -73,11 +81,26 @@ class ServerLookups:
             self.failing = True
         else:
             self.failing = False
-            before = self.core.server.endpoint
-            moved = self.core.server_resolved([info[4] for info in infos])
-            if moved is not None:
-                log.info("server %r is now at %s (was %s)", self.host, format_endpoint(moved), format_endpoint(before))
+            self.resolved([info[4] for info in infos])
         loop.call_later(self.interval, self._due)
+
+    def resolved(self, answers: list[Any]) -> None:
+        """Move to one of the socket addresses ``answers`` if the core says so,
+        passing over those that would loop."""
+        usable = [answer for answer in answers if self.loop_route(ipaddress.ip_address(answer[0])) is None]
+        if answers and not usable:
+            if not self.looping:
+                address = ipaddress.ip_address(answers[0][0])
+                log.warning("server %r now resolves to %s; staying at %s: %s", self.host, address,
+                            format_endpoint(self.core.server.endpoint),
+                            netconfig.loop_line(self.loop_route(address), address))
+            self.looping = True
+            return
+        self.looping = False
+        before = self.core.server.endpoint
+        moved = self.core.server_resolved(usable)
+        if moved is not None:
+            log.info("server %r is now at %s (was %s)", self.host, format_endpoint(moved), format_endpoint(before))
 
 
 def is_name(host: str) -> bool:
@@ -355,7 +378,8 @@ def run_client(config: ClientConfig) -> int:
                      config.name, config.client_id, format_endpoint(endpoint), tun.name)
             on_start = None
             if is_name(host) and config.resolve_interval:
-                on_start = ServerLookups(core, host, port, family, config.resolve_interval).start
+                loop_route = functools.partial(netconfig.loop_route, spec, default_kept_out=marked)
+                on_start = ServerLookups(core, host, port, family, config.resolve_interval, loop_route).start
             run_until_signalled(daemon, on_start=on_start)
     finally:
         control_server.discard()

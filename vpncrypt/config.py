@@ -35,6 +35,9 @@ DEFAULT_KEEPALIVE = 25
 # Marks the client's own datagrams when the tunnel has the default route, and
 # numbers the routing table that route goes into ("vc"; wg-quick uses 51820).
 DEFAULT_FWMARK = 0x7663
+# Routing tables the system itself uses (ip-rule(8), iproute2's rt_tables); a
+# fwmark numbering one of them would put the tunnel's default route into it.
+RESERVED_TABLES = {253: "default", 254: "main", 255: "local"}
 DEFAULT_RESOLVE_INTERVAL = 60  # seconds between lookups of a server given by name
 DEFAULT_STATE_DIRECTORY = "/var/lib/vpncrypt"
 
@@ -440,6 +443,17 @@ def _retired(path: Path, top: _Section) -> dict[str, Any]:
     return {"retired_client_ids": frozenset(ids), "retired_addresses": retired.networks("addresses", [])}
 
 
+def _fwmark(client: _Section) -> int:
+    """The client's fwmark, which numbers its routing table too: not 0 (no
+    mark) and not a table the system reserves (RESERVED_TABLES)."""
+    fwmark = client.integer("fwmark", 1, 2**32 - 1, DEFAULT_FWMARK)
+    if fwmark in RESERVED_TABLES:
+        raise client.fail("fwmark", f"{fwmark} numbers the system's routing table {RESERVED_TABLES[fwmark]!r}"
+                                    f" (253, 254 and 255 are reserved; ip-rule(8)), which the tunnel's default"
+                                    f" route would take over; pick another, such as {DEFAULT_FWMARK} (the default)")
+    return fwmark
+
+
 def load_client_config(path: str | os.PathLike, keys: key_store.KeyTable | None = None) -> ClientConfig:
     """The client's config with its key from ``keys``, or from the key store
     in its state directory if None. Raises ConfigError."""
@@ -505,7 +519,7 @@ def load_client_config(path: str | os.PathLike, keys: key_store.KeyTable | None 
         keepalive=keepalive,
         time_window=client.integer("time_window", 1, MAX_TIME_WINDOW, DEFAULT_TIME_WINDOW),
         offload=client.get("offload", bool, True),
-        fwmark=client.integer("fwmark", 1, 2**32 - 1, DEFAULT_FWMARK),
+        fwmark=_fwmark(client),
         resolve_interval=resolve_interval,
         state_directory=state_directory,
         dns=dns,

@@ -17,6 +17,7 @@ import time
 from typing import Any, Callable
 
 from . import control, key_store, netconfig
+from .netconfig import linux as netconfig_linux
 from .config import ConfigError, ServerConfig, load_server_config
 from .core.epochs import same_chain
 from .core.inner import Network
@@ -107,7 +108,11 @@ def describe_changes(old: ServerConfig, new: ServerConfig) -> str:
 
 
 def _route_command(action: str, network: Network, interface: str) -> list[str]:
-    return ["ip", f"-{network.version}", "route", action, str(network), "dev", interface]
+    """``ip route add`` or ``delete`` of a route the server makes, tagged as its
+    start's are (netconfig.linux.PROTOCOL): an add never replaces another's
+    route, and a delete never takes one that is not vpncrypt's."""
+    return ["ip", f"-{network.version}", "route", action, str(network), "dev", interface,
+            "proto", netconfig_linux.PROTOCOL]
 
 
 class LiveServer:
@@ -227,7 +232,7 @@ class LiveServer:
         added: list[Network] = []
         try:
             for network in sorted(wanted - self.routes, key=lambda n: (n.version, n)):
-                await self._run(_route_command("replace", network, self.interface))
+                await self._run(_route_command("add", network, self.interface))
                 added.append(network)
         except control.RequestError:
             for network in added:

@@ -86,18 +86,20 @@ def test_dry_run_prints_the_network_commands(configs):
 
 
 def test_dry_run_of_a_default_route_shows_the_rules_and_their_removal(configs):
-    edit(configs / "alice.toml", "routes = []", 'routes = ["0.0.0.0/0", "::/0", "192.0.2.0/24"]\nfwmark = 4242')
+    edit(configs / "alice.toml", "routes = []", 'routes = ["0.0.0.0/0", "::/0", "198.51.100.0/24"]\nfwmark = 4242')
     done = run("vpncrypt-client", "--config", "alice.toml", "--dry-run", cwd=configs)
     assert done.returncode == 0, done.stderr
     setup, teardown = done.stdout.split("# at exit:\n")
     for family, default in (("-4", "0.0.0.0/0"), ("-6", "::/0")):
-        assert f"ip {family} route replace {default} dev vpncrypt0 table 4242" in setup
-        assert f"ip {family} rule add not fwmark 4242 table 4242 priority 32765" in setup
-        assert f"ip {family} rule add table main suppress_prefixlength 0 priority 32764" in setup
-        assert f"ip {family} rule delete not fwmark 4242 table 4242 priority 32765" in teardown
-        assert f"ip {family} rule delete table main suppress_prefixlength 0 priority 32764" in teardown
-    assert "ip -4 route replace 192.0.2.0/24 dev vpncrypt0\n" in setup  # other routes: the main table
-    assert "src_valid_mark=1" in setup
+        # What vpncrypt makes carries its protocol number, and its removal names it.
+        assert f"# checked first: ip -j -N {family} rule show" in setup
+        assert f"ip {family} route add {default} dev vpncrypt0 table 4242 proto 118" in setup
+        assert f"ip {family} rule add not fwmark 4242 table 4242 priority 32765 protocol 118" in setup
+        assert f"ip {family} rule add table main suppress_prefixlength 0 priority 32764 protocol 118" in setup
+        assert f"ip {family} rule delete not fwmark 4242 table 4242 priority 32765 protocol 118" in teardown
+        assert f"ip {family} rule delete table main suppress_prefixlength 0 priority 32764 protocol 118" in teardown
+    assert "ip -4 route add 198.51.100.0/24 dev vpncrypt0 proto 118\n" in setup  # other routes: the main table
+    assert "src_valid_mark=1" in setup and "replace" not in done.stdout
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -158,6 +160,14 @@ def test_a_version_1_config_with_a_key_line_says_where_keys_are_now(configs):
     ('server = "192.0.2.1:51820"', 'server = "192.0.2.1"', "is not HOST:PORT"),
     ("keepalive = 25", "keepalive = -1", "from 0 (off)"),
     ("keepalive = 25", "keepalive = 25\nfwmark = 0", "from 1 to 4294967295"),
+    # A fwmark numbers the client's routing table: never one the system uses (issue 12).
+    ("keepalive = 25", "keepalive = 25\nfwmark = 254", "fwmark: 254 numbers the system's routing table 'main'"),
+    ("keepalive = 25", "keepalive = 25\nfwmark = 253", "routing table 'default' (253, 254 and 255 are reserved"),
+    ("keepalive = 25", "keepalive = 25\nfwmark = 255", "routing table 'local'"),
+    # A route over the server's own address would loop the tunnel's datagrams (issue 13).
+    ("routes = []", 'routes = ["192.0.2.0/24"]', "route 192.0.2.0/24 covers the server's address 192.0.2.1: the"
+     " tunnel's own datagrams would loop; route only the networks beside the server, or everything (0.0.0.0/0,"),
+    ("routes = []", 'routes = ["0.0.0.0/0", "192.0.2.0/31"]', "route 192.0.2.0/31 covers the server's address"),
     ("keepalive = 25", "keepalive = 25\nresolve_interval = 0.5", "0 (never) or from 1 to 86400"),
     ('interface = "vpncrypt0"', 'interface = "much-too-long-name0"', "not a valid interface name"),
 ])
@@ -165,6 +175,17 @@ def test_broken_client_config(configs, old, new, message):
     edit(configs / "alice.toml", old, new)
     done = run("vpncrypt-client", "--config", "alice.toml", "--dry-run", cwd=configs)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize("platform", ["freebsd", "darwin"])
+def test_a_route_over_the_servers_address_is_refused_for_every_platform(configs, platform):
+    edit(configs / "alice.toml", "routes = []", 'routes = ["::/0", "192.0.0.0/16"]')
+    done = run("vpncrypt-client", "--config", "alice.toml", "--dry-run", "--platform", platform, cwd=configs)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "vpncrypt-client: error: route 192.0.0.0/16 covers the server's address 192.0.2.1: the tunnel's own datagrams"
+        " would loop; route only the networks beside the server, or everything (0.0.0.0/0, which keeps the server"
+        " out)"]
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])

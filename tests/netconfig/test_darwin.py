@@ -11,7 +11,7 @@ import shlex
 
 import pytest
 
-from vpncrypt.netconfig import NetconfigError, NetworkPlan, TunnelSpec, apply, plan, tear_down
+from vpncrypt.netconfig import NetconfigError, NetworkPlan, RoutingConflict, TunnelSpec, apply, plan, tear_down
 
 from . import fake_route
 from .synopsis import Grammar, check
@@ -151,7 +151,8 @@ def test_a_refusal_stops_the_setup_although_route_exits_0(kernel):
     table = kernel({4: "198.51.100.254"})
     fake_route.held(table, "0.0.0.0/1", "utun3")
     refused = shlex.join(route("add", "-inet", "0.0.0.0/1", "-interface", "utun7"))
-    with pytest.raises(NetconfigError, match=f"^{re.escape(refused)}: route: writing to routing socket: File exists$"):
+    exists = f"^{re.escape(refused)}: route: writing to routing socket: File exists \\(vpncrypt replaces nothing"
+    with pytest.raises(RoutingConflict, match=exists):
         apply(plan(spec(routes=("0.0.0.0/0",), server=SERVER), "darwin"))
 
 

@@ -10,7 +10,7 @@ from ..client import ResolveError, resolve, run_client, tunnel_spec as client_sp
 from ..core.wire import CipherUnusable, check_cipher
 from ..daemon import StopRequested, unwind_on_stop_signals
 from ..config import ClientConfig, ConfigError, load_client_config, load_server_config, parse_endpoint
-from ..netconfig import NetconfigError, TunnelSpec, describe, plan
+from ..netconfig import NetconfigError, RoutingConflict, TunnelSpec, describe, plan
 from ..privileges import PrivilegeError
 from ..server import run_server, tunnel_spec as server_spec
 from ..tun import TunError
@@ -44,19 +44,17 @@ def _main(program: str, argv, load, spec, run) -> int:
     except StopRequested as stop:
         logging.getLogger("vpncrypt").info("%s while starting: stopped, and undid what was made", stop)
         return 0
-    except ConfigError as error:
+    except (ConfigError, RoutingConflict) as error:
         return error_exit(program, error)
     except (TunError, NetconfigError, ResolveError, OSError, CipherUnusable, PrivilegeError) as error:
         return error_exit(program, error, RUNTIME_ERROR)
 
 
 def client_dry_run_spec(config: ClientConfig) -> TunnelSpec:
-    """The client's tunnel as its start would plan it. A full tunnel on the
-    BSDs routes the server's address outside it, so the server is looked up
-    then (a name, as at start; a literal without a lookup)."""
-    spec = client_spec(config)
-    if not spec.full_tunnel:
-        return spec
+    """The client's tunnel as its start would plan it, with the server's
+    address looked up as at start (a name; a literal without a lookup): a
+    route covering it is refused (netconfig.check_loops), and a full tunnel
+    on the BSDs routes it outside the tunnel."""
     _, address = resolve(*parse_endpoint(config.server))
     return client_spec(config, address)
 

@@ -5,12 +5,23 @@ plan of commands that gives it that (``NetworkPlan``, data, so ``--dry-run``
 prints exactly what would run), and applying and undoing a plan through a
 command runner that tests can replace. Each OS module only says which
 commands: ``plan(spec) -> NetworkPlan``.
+
+Two rules hold on every OS. A route that carries the daemon's own datagrams
+into the tunnel (one covering the server's underlay address) is refused
+before any plan is made (``check_loops``), since they would go round the
+tunnel device until their size ran out. And a plan adds, never replaces: a
+route or address that is already there belongs to someone else, so setup
+stops with ``RoutingConflict`` naming it, and teardown removes only what
+vpncrypt made.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import ipaddress
 import logging
+import os
 import shlex
 import subprocess
 import sys
@@ -30,6 +41,12 @@ log = logging.getLogger("vpncrypt.netconfig")
 
 class NetconfigError(Exception):
     """A plan cannot be made, or a command failed; the message carries the command and its error."""
+
+
+class RoutingConflict(NetconfigError):
+    """The tunnel would loop its own datagrams, or take over a route, address
+    or routing table that vpncrypt did not make: a problem for the operator to
+    fix, as a config error is (exit status 2), found before setup changes anything."""
 
 
 @dataclass(frozen=True)
@@ -67,19 +84,66 @@ class NetworkPlan:
     exit, and also before ``setup`` to clear what a killed run left behind; its
     commands may fail (nothing to undo). ``restore`` runs first, at the same
     times, each command once: it puts back what setup replaced (DNS) and
-    exits 0 when there is nothing to put back, so a failure is logged."""
+    exits 0 when there is nothing to put back, so a failure is logged.
+    ``checks`` run before all of them (``Check``)."""
 
     setup: list[list[str]]
     teardown: list[list[str]] = field(default_factory=list)
     restore: list[list[str]] = field(default_factory=list)
+    checks: list["Check"] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Check:
+    """A look at the system before anything changes: ``command`` runs, and
+    ``refuse`` turns its standard output into the line that stops the start,
+    or None. Not run by ``--dry-run``, which only prints the command."""
+
+    command: list[str]
+    refuse: Callable[[str], str | None]
 
 
 CommandRunner = Callable[[list[str]], subprocess.CompletedProcess]
 
 
+def loop_route(spec: TunnelSpec, address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+               default_kept_out: bool = True) -> Network | None:
+    """The first network the plan of ``spec`` routes into the tunnel that
+    covers the underlay ``address`` (so that datagrams to it would loop), or
+    None. A default route is kept out for ``spec.server_address`` on every OS
+    (fwmark or host route), and for any address with ``default_kept_out``
+    (Linux's marked socket); the BSDs' host route covers only the start's."""
+    networks = [a.network for a in spec.addresses if a.network.prefixlen < a.max_prefixlen] + list(spec.routes)
+    for network in networks:
+        if network.version != address.version or address not in network:
+            continue
+        if network.prefixlen or not (default_kept_out or address == spec.server_address):
+            return network
+    return None
+
+
+def loop_line(network: Network, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """What the operator reads about a route ``network`` that covers the server's ``address``."""
+    default = "0.0.0.0/0" if address.version == 4 else "::/0"
+    return (f"route {network} covers the server's address {address}: the tunnel's own datagrams would loop;"
+            f" route only the networks beside the server, or everything ({default}, which keeps the server out)")
+
+
+def check_loops(spec: TunnelSpec) -> None:
+    """Raise RoutingConflict if a route of ``spec`` would carry the datagrams
+    to ``spec.server_address`` into the tunnel."""
+    if spec.server_address is not None:
+        network = loop_route(spec, spec.server_address)
+        if network is not None:
+            raise RoutingConflict(loop_line(network, spec.server_address))
+
+
 def plan(spec: TunnelSpec, platform: str = sys.platform) -> NetworkPlan:
     """The commands that configure ``spec`` on ``platform``, its DNS last
-    (once the interface is up and routed); raises NetconfigError."""
+    (once the interface is up and routed); raises RoutingConflict for a
+    route that would loop (``check_loops``), NetconfigError for what the
+    platform cannot do."""
+    check_loops(spec)
     if platform.startswith("linux"):
         from . import linux as system
     elif platform.startswith("freebsd"):
@@ -93,18 +157,21 @@ def plan(spec: TunnelSpec, platform: str = sys.platform) -> NetworkPlan:
         from . import killswitch
 
         setup, teardown = killswitch.commands(spec, platform)
-        network_plan = NetworkPlan(setup + network_plan.setup, network_plan.teardown + teardown)
+        network_plan = dataclasses.replace(network_plan, setup=setup + network_plan.setup,
+                                           teardown=network_plan.teardown + teardown)
     if spec.dns is None:
         return network_plan
     from . import dns
 
     setup, restore = dns.commands(spec.dns, spec.interface, spec.full_tunnel, platform)
-    return NetworkPlan(network_plan.setup + setup, network_plan.teardown, network_plan.restore + restore)
+    return dataclasses.replace(network_plan, setup=network_plan.setup + setup, restore=network_plan.restore + restore)
 
 
 def describe(network_plan: NetworkPlan) -> str:
-    """The plan as shell lines an operator could type, restore and teardown after '# at exit:'."""
-    lines = [shlex.join(command) for command in network_plan.setup]
+    """The plan as shell lines an operator could type, restore and teardown after '# at exit:'
+    and the checks' commands first, as comments ('# checked first: ...')."""
+    lines = [f"# checked first: {shlex.join(check.command)}" for check in network_plan.checks]
+    lines += [shlex.join(command) for command in network_plan.setup]
     if network_plan.restore or network_plan.teardown:
         lines.append("# at exit:")
         lines += [shlex.join(command) for command in network_plan.restore + network_plan.teardown]
@@ -122,13 +189,26 @@ def run_command(command: list[str]) -> subprocess.CompletedProcess:
 
 
 def apply(network_plan: NetworkPlan, run: CommandRunner = run_command) -> None:
-    """Clear what an earlier run that was killed left behind, then set up.
-    Raises NetconfigError naming the first command that failed."""
+    """Run the checks, clear what an earlier run that was killed left behind,
+    then set up. Raises RoutingConflict for a check that refuses or a setup
+    command that found its route or address there already (EEXIST: someone
+    else's, never replaced), NetconfigError naming any other command that failed."""
+    for check in network_plan.checks:
+        result = run(check.command)
+        if result.returncode != 0:
+            raise NetconfigError(f"{shlex.join(check.command)}: {result.stderr.strip() or 'failed'}")
+        refused = check.refuse(result.stdout)
+        if refused:
+            raise RoutingConflict(refused)
     tear_down(network_plan, every_copy=True, run=run)
     for command in network_plan.setup:
         result = run(command)
         if result.returncode != 0:
-            raise NetconfigError(f"{shlex.join(command)}: {result.stderr.strip() or 'failed'}")
+            error = f"{shlex.join(command)}: {result.stderr.strip() or 'failed'}"
+            if os.strerror(errno.EEXIST) in result.stderr:
+                raise RoutingConflict(f"{error} (vpncrypt replaces nothing it did not make:"
+                                      " remove that route or address, or leave it out of the config)")
+            raise NetconfigError(error)
 
 
 def tear_down(network_plan: NetworkPlan, every_copy: bool = False, run: CommandRunner = run_command) -> None:
