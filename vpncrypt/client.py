@@ -341,6 +341,8 @@ def run_client(config: ClientConfig) -> int:
     if found is None:
         return 0
     family, endpoint = found
+    spec = tunnel_spec(config, endpoint)
+    netconfig.check_loops(spec)  # before anything is made or written
     hand_over_state(config.account, config.state_directory, config.path.stem)
     store = RestartStore(config.state_directory, config.path.stem)
     store.prepare()
@@ -352,7 +354,6 @@ def run_client(config: ClientConfig) -> int:
         key_epoch=config.key_epoch, epoch_seconds=config.epoch_seconds,
         restart_bounds=saved if saved is not None else {}, restart_state_lost=saved is None,
     )
-    spec = tunnel_spec(config, endpoint)
     if spec.dns is not None:
         log.info("DNS: %s through %s", ", ".join(map(str, config.dns)), dns.describe_manager(spec.dns.manager))
     elif resolv_conf.restore(resolv_conf_backup(config)):
