@@ -55,8 +55,9 @@ class TunnelSpec:
 
     ``addresses`` are this end's tunnel addresses with their prefix;
     ``routes`` more networks to send into the tunnel (a prefix length of 0 is
-    a full tunnel); ``server_address`` the peer's underlay address, which a
-    full tunnel must keep outside it (None on the server); ``fwmark`` the
+    a full tunnel); ``server_address`` the peer's underlay address, which
+    no route but a default one may cover and a full tunnel must keep outside
+    it (None on the server, whose peers' addresses come and go); ``fwmark`` the
     mark a platform with policy routing puts on the tunnel's own datagrams
     (0 for none); ``dns`` the resolvers to set while the tunnel is up
     (``netconfig.dns``; None leaves DNS alone); ``kill_switch`` lets nothing
