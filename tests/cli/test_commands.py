@@ -180,10 +180,10 @@ def test_broken_client_config(configs, old, new, message):
 
 @pytest.mark.parametrize("platform", ["freebsd", "darwin"])
 def test_a_route_over_the_servers_address_is_refused_for_every_platform(configs, platform):
-    edit(configs / "alice.toml", "routes = []", 'routes = ["::/0", "192.0.0.0/16"]')
+    edit(configs / "alice.toml", "routes = []", 'routes = ["::/0", "192.0.2.0/25"]')
     done = run("vpncrypt-client", "--config", "alice.toml", "--dry-run", "--platform", platform, cwd=configs)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
-        "vpncrypt-client: error: route 192.0.0.0/16 covers the server's address 192.0.2.1: the tunnel's own datagrams"
+        "vpncrypt-client: error: route 192.0.2.0/25 covers the server's address 192.0.2.1: the tunnel's own datagrams"
         " would loop; route only the networks beside the server, or everything (0.0.0.0/0, which keeps the server"
         " out)"]
 

@@ -104,7 +104,7 @@ def spec(*routes: str, addresses=("203.0.113.2/24", "2001:db8:7::2/64"), server=
 @pytest.mark.parametrize("tunnel, route", [
     (spec("192.0.2.0/24"), "192.0.2.0/24"),  # issue 13's case
     (spec("192.0.2.1/32"), "192.0.2.1/32"),
-    (spec("0.0.0.0/0", "::/0", "192.0.0.0/8"), "192.0.0.0/8"),  # the fwmark keeps only the default route out
+    (spec("0.0.0.0/0", "::/0", "192.0.2.0/30"), "192.0.2.0/30"),  # the fwmark keeps only the default route out
     (spec(addresses=("192.0.2.7/24",)), "192.0.2.0/24"),  # the tunnel's own network
     (spec("2001:db8:1::/48", server="2001:db8:1::1"), "2001:db8:1::/48"),
 ])
