@@ -5,6 +5,7 @@ a fake TUN device, route commands recorded instead of run."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from vpncrypt.core.client import ClientCore
 from vpncrypt.core.keys import encode_key
 from vpncrypt.core.server import ServerCore
 from vpncrypt.daemon import Daemon
-from vpncrypt.server import LiveServer, client_routes, tunnel_spec
+from vpncrypt.server import LiveServer, client_routes, route_over_an_endpoint, tunnel_spec
 from vpncrypt.transport.udp import open_client_transport, open_server_transport
 from vpncrypt.tun.memory import MemoryTun
 
@@ -338,3 +340,33 @@ def test_keygen_changes_reach_the_running_server_in_one_step(configs, run_dir):
     a_config = load_client_config(configs / "a.toml")
     assert rotated_peer is not a_peer and rotated_peer.keys.same_chain(a_config.key, a_config.key_epoch)
     assert "re-keyed 'a'" in rotated.stdout and "removed 'c'" in removed.stdout
+
+
+def test_a_reload_whose_new_route_covers_a_connected_clients_endpoint_is_refused(configs, run_dir):
+    """Issue 13, on the server: client a talks to it from 127.0.0.1 (loopback here);
+    a network behind client b that covers that address would take the server's
+    datagrams to a into the tunnel. Refused, status 2, no route command run."""
+    path = configs / "server.toml"
+    runs = Runs()
+
+    async def body(live, client):
+        edit(path, 'addresses = ["203.0.113.3/32"]', 'addresses = ["203.0.113.3/32", "127.0.0.0/30"]')
+        with pytest.raises(control.RequestError) as refused:
+            await live.reload()
+        return refused.value, set(live.routes)
+
+    refused, routes = asyncio.run(with_server(configs, body, runs))
+    assert refused.status == 2 and runs.commands == [] and routes == set()
+    assert str(refused).startswith(f"{path}: route 127.0.0.0/30 (behind a client) covers the endpoint 127.0.0.1:")
+    assert str(refused).endswith(" of client 'a': the server's datagrams to it would loop into the tunnel;"
+                                 " leave that address out of the client's network")
+
+
+def test_an_ipv4_client_seen_through_an_ipv6_socket_is_caught_too(configs):
+    """A server on "::" sees IPv4 clients as ::ffff:A.B.C.D."""
+    config = load_server_config(configs / "server.toml")
+    peer = types.SimpleNamespace(endpoint=("::ffff:198.51.100.10", 40000, 0, 0), name="a")
+    behind = [ipaddress.ip_network("198.51.100.0/25")]
+    assert "covers the endpoint 198.51.100.10:40000 of client 'a'" in route_over_an_endpoint(config, behind, [peer])
+    assert route_over_an_endpoint(config, [ipaddress.ip_network("198.51.100.128/25")], [peer]) is None
+    assert route_over_an_endpoint(config, behind, [types.SimpleNamespace(endpoint=None, name="b")]) is None

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import os
 import shlex
 import signal
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from . import control, key_store, netconfig
 from .netconfig import linux as netconfig_linux
@@ -113,6 +114,25 @@ def _route_command(action: str, network: Network, interface: str) -> list[str]:
     route, and a delete never takes one that is not vpncrypt's."""
     return ["ip", f"-{network.version}", "route", action, str(network), "dev", interface,
             "proto", netconfig_linux.PROTOCOL]
+
+
+def route_over_an_endpoint(config: ServerConfig, networks: Iterable[Network], peers: Iterable[Any]) -> str | None:
+    """The line refusing new routes ``networks`` (to networks behind clients)
+    if one covers the endpoint of a connected peer: the server's datagrams to
+    that client would go into the tunnel (issue 13). None if none does. A
+    client that moves there later is not caught here."""
+    addresses = []
+    for peer in peers:
+        if peer.endpoint is not None:
+            address = ipaddress.ip_address(peer.endpoint[0])
+            addresses.append((getattr(address, "ipv4_mapped", None) or address, peer))
+    for network in sorted(networks, key=lambda n: (n.version, n)):
+        for address, peer in addresses:
+            if address.version == network.version and address in network:
+                return (f"{config.path}: route {network} (behind a client) covers the endpoint"
+                        f" {format_endpoint(peer.endpoint)} of client {peer.name!r}: the server's datagrams to it"
+                        f" would loop into the tunnel; leave that address out of the client's network")
+    return None
 
 
 class LiveServer:
@@ -229,6 +249,9 @@ class LiveServer:
         if refused:
             raise control.RequestError(refused, 2)
         wanted = set(client_routes(new))
+        looping = route_over_an_endpoint(new, wanted - self.routes, self.core.peers.values())
+        if looping:
+            raise control.RequestError(looping, 2)
         added: list[Network] = []
         try:
             for network in sorted(wanted - self.routes, key=lambda n: (n.version, n)):
