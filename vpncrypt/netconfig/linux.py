@@ -20,7 +20,8 @@ deletes vpncrypt's rules only, never another VPN's at the same priority
 (wg-quick's are at these priorities too). Routes are added, never replaced:
 one already there is someone else's, and setup stops at it (``apply``). Before
 the rules, a check refuses a table or mark that a rule vpncrypt did not make
-uses already (another VPN's, or a policy of the operator's).
+uses already (another VPN's, or a policy of the operator's); it reads
+``ip -j -N rule show`` (numbers for tables and protocols: iproute2 5.3 or later).
 """
 
 from __future__ import annotations
