@@ -5,8 +5,10 @@
 answers as the OS's own does, from their sources: FreeBSD's exits 1 when the
 kernel refuses (sbin/route/route.c), macOS's exits 0 whatever happened and
 says so only in words, the result on stdout and the kernel's refusal on
-stderr (network_cmds route.c: ``newroute(); exit(0)``). ``route -n get
-default`` prints the ``gateway:`` line of both.
+stderr (network_cmds route.c: ``newroute(); exit(0)``). ``route -n get``
+prints the ``destination:``, ``gateway:`` and ``flags:`` lines of both: of a
+host route to exactly that address (with ``-host``), else of the default
+route; ``-proto1`` shows as PROTO1 among the flags.
 """
 
 from __future__ import annotations
@@ -46,10 +48,10 @@ def calls(table: Path) -> list[list[str]]:
 
 
 def held(table: Path, destination: str, interface: str) -> None:
-    """A route someone else made, to ``interface``."""
+    """A route someone else made, to ``interface`` (a host route for an address with its /32 or /128)."""
     state = json.loads(table.read_text())
     state["routes"].append({"destination": destination, "gateway": interface, "interface": interface,
-                            "blackhole": False})
+                            "blackhole": False, "proto1": False})
     table.write_text(json.dumps(state))
 
 
@@ -79,14 +81,21 @@ def main(tool: str, os_name: str, table_path: str, argv: list[str]) -> None:
             gateway, rest = rest[0], rest[1:]
         elif not word.startswith("-"):
             positional.append(word)
+    host = "-host" in argv
     if command == "get":
-        found = state["default"].get(str(family)) if positional == ["default"] else None
+        # A host route to exactly that address if there is one, else the default route it falls back to.
+        exact = [r for r in state["routes"] if host and r["destination"] == str(ipaddress.ip_network(positional[0]))]
+        if exact:
+            flags = "UP,GATEWAY,HOST,DONE,STATIC" + (",PROTO1" if exact[0]["proto1"] else "")
+            print(f"   route to: {positional[0]}\ndestination: {positional[0]}\n    gateway: {exact[0]['gateway']}\n"
+                  f"  interface: em0\n      flags: <{flags}>")
+            sys.exit(0)
+        found = state["default"].get(str(family))
         if found is None:
             fail(os_name, "get", "net default", "not in table")
-        print(f"   route to: default\ndestination: default\n       mask: default\n    gateway: {found}\n"
+        print(f"   route to: {positional[0]}\ndestination: default\n       mask: default\n    gateway: {found}\n"
               f"  interface: em0\n      flags: <UP,GATEWAY,DONE,STATIC>")
         sys.exit(0)
-    host = "-host" in argv
     host_length = "/128" if family == 6 else "/32"
     destination = str(ipaddress.ip_network(positional[0] + host_length if host else positional[0]))
     if gateway is None and len(positional) > 1:
@@ -103,7 +112,7 @@ def main(tool: str, os_name: str, table_path: str, argv: list[str]) -> None:
         if existing:
             fail(os_name, command, what, "File exists")
         state["routes"].append({"destination": destination, "gateway": gateway, "interface": interface,
-                                "blackhole": "-blackhole" in argv})
+                                "blackhole": "-blackhole" in argv, "proto1": "-proto1" in argv})
     table.write_text(json.dumps(state))
     if os_name == "darwin":
         print(f"{command} {what}: gateway {gateway}")

@@ -90,8 +90,10 @@ def _route(arguments: list[str], grammar: Grammar) -> None:
     assert positional, f"route {arguments}: no destination"
     destination, rest_positional = positional[0], positional[1:]
     if command == "get":
-        assert destination == "default" or _is_address(destination, family, prefix=True), f"route {arguments}"
-        assert not rest_positional and gateway is None and not flags, f"route {arguments}: get takes a destination"
+        assert destination == "default" or _is_address(destination, family, prefix="-host" not in flags), \
+            f"route {arguments}"
+        assert not rest_positional and gateway is None and flags <= {"-host"}, \
+            f"route {arguments}: get takes a destination"
         return
     assert _is_address(destination, family, prefix="-host" not in flags), \
         f"route {arguments}: {destination!r} is no {'host' if '-host' in flags else 'destination'} of that family"

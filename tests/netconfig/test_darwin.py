@@ -24,7 +24,7 @@ GRAMMAR = Grammar(
     ifconfig_inet6_keywords=frozenset(),
     route_options=frozenset({"-n", "-q", "-d", "-t", "-v"}),
     route_commands=frozenset({"add", "change", "delete", "get"}),
-    route_flags=frozenset({"-host", "-net", "-interface", "-blackhole", "-reject", "-static"}),
+    route_flags=frozenset({"-host", "-net", "-interface", "-blackhole", "-reject", "-static", "-proto1"}),
 )
 
 ADDRESSES = (ipaddress.ip_interface("203.0.113.2/24"), ipaddress.ip_interface("2001:db8:7::2/64"))
@@ -63,9 +63,16 @@ def test_routes_to_networks_go_through_the_interface_each_once():
     ], [])
 
 
+def unroute(family: str, server: str) -> list[str]:
+    """The teardown of the server's host route: only if route get shows it with PROTO1, vpncrypt's flag."""
+    owned = (f"route -n get {family} -host {server} 2>/dev/null | awk '$1 == \"destination:\" && $2 == \"{server}\""
+             " { host = 1 } $1 == \"flags:\" && /PROTO1/ { ours = 1 } END { exit !(host && ours) }'")
+    return ["sh", "-c", f"{owned} || exit 1; ! route -q -n delete {family} -host {server} 2>&1 >/dev/null | grep . >&2"]
+
+
 def test_full_tunnel_halves_and_the_server_route_outside_it():
     network_plan = plan(spec(routes=FULL, server=SERVER), "darwin")
-    add = "route -q -n add -inet -host 198.51.100.1"
+    add = "route -q -n add -inet -host 198.51.100.1 -proto1"
     assert network_plan == NetworkPlan(ADDRESS_SETUP + [
         ["sh", "-c", 'gateway=$(route -n get -inet default 2>/dev/null | sed -n "s/^ *gateway: //p"); '
                     f'case $gateway in *[.:]*) ! {add} -gateway "$gateway" 2>&1 >/dev/null | grep . >&2;; '
@@ -74,9 +81,7 @@ def test_full_tunnel_halves_and_the_server_route_outside_it():
         route("add", "-inet", "128.0.0.0/1", "-interface", "utun7"),
         route("add", "-inet6", "::/1", "-interface", "utun7"),
         route("add", "-inet6", "8000::/1", "-interface", "utun7"),
-    ], [
-        route("delete", "-inet", "-host", "198.51.100.1"),
-    ])
+    ], [unroute("-inet", "198.51.100.1")])
 
 
 @pytest.mark.parametrize("configured, planned", [("utun7", "utun7"), ("utun", "utun?"), ("vpncrypt0", "utun?")])
@@ -91,7 +96,7 @@ def test_only_the_servers_family_gets_a_route_outside_the_tunnel():
     network_plan = plan(spec(routes=("::/0",), server=SERVER), "darwin")
     assert network_plan.teardown == [] and "-host" not in str(network_plan.setup)
     network_plan = plan(spec(routes=("::/0",), server=ipaddress.ip_address("2001:db8:1::1")), "darwin")
-    assert network_plan.teardown == [route("delete", "-inet6", "-host", "2001:db8:1::1")]
+    assert network_plan.teardown == [unroute("-inet6", "2001:db8:1::1")]
 
 
 def test_a_full_tunnel_without_the_server_address_is_refused():
@@ -146,6 +151,19 @@ def test_the_server_route_takes_the_default_gateway_found_when_it_runs(kernel, d
     assert route_found is not None and (route_found["gateway"], route_found["blackhole"]) == (gateway, blackhole)
 
 
+def test_a_host_route_to_the_server_that_vpncrypt_did_not_make_is_never_deleted(kernel):
+    """The operator's own route to the server: the start stops at it ("File exists",
+    though route(8) exits 0) and leaves it, and a teardown does too."""
+    table = kernel({4: "198.51.100.254"})
+    fake_route.held(table, "198.51.100.1/32", "en1")
+    network_plan = plan(spec(routes=FULL, server=SERVER), "darwin")
+    with pytest.raises(RoutingConflict, match="add -inet -host 198.51.100.1 -proto1 .*File exists"):
+        apply(network_plan)
+    tear_down(network_plan, every_copy=True)
+    assert host_route(table, SERVER)["gateway"] == "en1"
+    assert not [c for c in fake_route.calls(table) if "delete" in c]
+
+
 def test_a_refusal_stops_the_setup_although_route_exits_0(kernel):
     """Another VPN holds 0.0.0.0/1: macOS's route(8) says so and exits 0."""
     table = kernel({4: "198.51.100.254"})
@@ -161,11 +179,11 @@ def test_after_kill_9_the_next_start_clears_the_server_route_once_and_exit_remov
     network_plan = plan(spec(routes=FULL, server=SERVER), "darwin")
     apply(network_plan)
     deletes = [c for c in fake_route.calls(table) if c[2] == "delete"]
-    assert len(deletes) == 1  # nothing to clear: the first delete fails, and the loop stops
+    assert deletes == []  # nothing of vpncrypt's to clear: route get shows only the default route
     fake_route.device_gone(table, "utun7")
     apply(network_plan)
     deletes = [c for c in fake_route.calls(table) if c[2] == "delete"]
-    assert len(deletes) == 3  # one cleared the leftover, the next failed: not 16 "successes"
+    assert len(deletes) == 1  # the leftover cleared, then nothing more of vpncrypt's: not 16 "successes"
     assert host_route(table, SERVER)["gateway"] == "198.51.100.254"
     tear_down(network_plan)
     fake_route.device_gone(table, "utun7")

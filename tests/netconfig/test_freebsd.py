@@ -22,13 +22,20 @@ GRAMMAR = Grammar(
                                        "ifdisabled", "-ifdisabled"}),
     route_options=frozenset({"-4", "-6", "-n", "-q", "-d", "-t", "-v"}),
     route_commands=frozenset({"add", "change", "delete", "get"}),
-    route_flags=frozenset({"-host", "-net", "-interface", "-blackhole", "-reject", "-static"}),
+    route_flags=frozenset({"-host", "-net", "-interface", "-blackhole", "-reject", "-static", "-proto1"}),
 )
 
 ADDRESSES = (ipaddress.ip_interface("203.0.113.2/24"), ipaddress.ip_interface("2001:db8:7::2/64"))
 SERVER = ipaddress.ip_address("198.51.100.1")
 FULL = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 FIND_GATEWAY = 'gateway=$(route -n get -inet default 2>/dev/null | sed -n "s/^ *gateway: //p"); '
+
+
+def unroute(family: str, server: str) -> list[str]:
+    """The teardown of the server's host route: only if route get shows it with PROTO1, vpncrypt's flag."""
+    owned = (f"route -n get {family} -host {server} 2>/dev/null | awk '$1 == \"destination:\" && $2 == \"{server}\""
+             " { host = 1 } $1 == \"flags:\" && /PROTO1/ { ours = 1 } END { exit !(host && ours) }'")
+    return ["sh", "-c", f"{owned} || exit 1; exec route -q -n delete {family} -host {server}"]
 
 
 def spec(routes=(), server=None, addresses=ADDRESSES, interface="vc0") -> TunnelSpec:
@@ -64,27 +71,26 @@ def test_routes_to_networks_go_through_the_interface_each_once():
 def test_full_tunnel_halves_and_the_server_route_outside_it():
     network_plan = plan(spec(routes=FULL, server=SERVER), "freebsd")
     assert network_plan == NetworkPlan(ADDRESS_SETUP + [
-        ["sh", "-c", FIND_GATEWAY + 'case $gateway in *[.:]*) exec route -q -n add -inet -host 198.51.100.1 '
-                    '-gateway "$gateway";; esac; exec route -q -n add -inet -host 198.51.100.1 127.0.0.1 -blackhole'],
+        ["sh", "-c", FIND_GATEWAY + 'case $gateway in *[.:]*) exec route -q -n add -inet -host 198.51.100.1 -proto1 '
+                    '-gateway "$gateway";; esac; exec route -q -n add -inet -host 198.51.100.1 -proto1 127.0.0.1'
+                    ' -blackhole'],
         ["route", "-q", "-n", "add", "-inet", "0.0.0.0/1", "-interface", "vc0"],
         ["route", "-q", "-n", "add", "-inet", "128.0.0.0/1", "-interface", "vc0"],
         ["route", "-q", "-n", "add", "-inet6", "::/1", "-interface", "vc0"],
         ["route", "-q", "-n", "add", "-inet6", "8000::/1", "-interface", "vc0"],
-    ], [
-        ["route", "-q", "-n", "delete", "-inet", "-host", "198.51.100.1"],
-    ])
+    ], [unroute("-inet", "198.51.100.1")])
 
 
 def test_an_ipv6_server_is_routed_by_the_ipv6_gateway():
     network_plan = plan(spec(routes=("::/0",), server=ipaddress.ip_address("2001:db8:1::1")), "freebsd")
     assert network_plan.setup[len(ADDRESS_SETUP):] == [
         ["sh", "-c", 'gateway=$(route -n get -inet6 default 2>/dev/null | sed -n "s/^ *gateway: //p"); '
-                    'case $gateway in *[.:]*) exec route -q -n add -inet6 -host 2001:db8:1::1 -gateway "$gateway";; '
-                    'esac; exec route -q -n add -inet6 -host 2001:db8:1::1 ::1 -blackhole'],
+                    'case $gateway in *[.:]*) exec route -q -n add -inet6 -host 2001:db8:1::1 -proto1 -gateway'
+                    ' "$gateway";; esac; exec route -q -n add -inet6 -host 2001:db8:1::1 -proto1 ::1 -blackhole'],
         ["route", "-q", "-n", "add", "-inet6", "::/1", "-interface", "vc0"],
         ["route", "-q", "-n", "add", "-inet6", "8000::/1", "-interface", "vc0"],
     ]
-    assert network_plan.teardown == [["route", "-q", "-n", "delete", "-inet6", "-host", "2001:db8:1::1"]]
+    assert network_plan.teardown == [unroute("-inet6", "2001:db8:1::1")]
 
 
 def test_a_server_outside_the_tunneled_family_needs_no_route():
@@ -186,6 +192,19 @@ def test_after_kill_9_the_next_start_clears_the_server_route_and_exit_removes_it
     tear_down(network_plan)
     fake_route.device_gone(table, "vc0")
     assert fake_route.routes(table) == []
+
+
+def test_a_host_route_to_the_server_that_vpncrypt_did_not_make_is_never_deleted(kernel):
+    """The operator's own route to the server: the start stops at it ("File exists")
+    and leaves it, and a teardown (a stop, or the clearing at the next start) does too."""
+    table = kernel({4: "192.0.2.254"})
+    fake_route.held(table, "198.51.100.1/32", "em1")
+    network_plan = plan(spec(routes=FULL, server=SERVER), "freebsd")
+    with pytest.raises(RoutingConflict, match="add -inet -host 198.51.100.1 -proto1 .*File exists"):
+        apply(network_plan)
+    tear_down(network_plan, every_copy=True)
+    assert host_route(table, SERVER)["gateway"] == "em1"
+    assert not [c for c in fake_route.calls(table) if "delete" in c]
 
 
 def test_a_route_the_kernel_refuses_stops_the_setup_with_its_error(kernel):

@@ -2,10 +2,19 @@
 tunnel the way wg-quick does it there (no policy routing): the two halves of the
 address space into the tunnel, each more specific than the default route, and a
 host route to the server through the old gateway, added first, so that the
-tunnel's own datagrams never go into it."""
+tunnel's own datagrams never go into it.
+
+That host route is the one route that outlives the interface, so it is the
+one a teardown deletes, also at start after a ``kill -9``. It carries route(8)'s
+``-proto1`` (RTF_PROTO1, a "protocol specific routing flag" neither kernel
+interprets) as vpncrypt's mark, and the teardown deletes a host route to the
+server only if ``route get`` shows it with that flag (``owned``): another
+host route to the server, the operator's, is never deleted, and makes the
+start stop at "File exists" instead (``netconfig.apply``)."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Callable
 
 from . import Network, NetconfigError, TunnelSpec
@@ -13,6 +22,7 @@ from . import Network, NetconfigError, TunnelSpec
 FAMILY = {4: "-inet", 6: "-inet6"}
 HALVES = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}  # together the default route
 BLACKHOLE = {4: "127.0.0.1", 6: "::1"}  # route(8) wants a gateway even for a blackhole
+OWN_FLAG = "-proto1"  # on the server's host route: vpncrypt's (RTF_PROTO1, shown as PROTO1 by route get)
 
 Command = list[str]
 
@@ -23,6 +33,14 @@ def networks(spec: TunnelSpec) -> list[Network]:
     found = [a.network for a in spec.addresses if a.network.prefixlen < a.max_prefixlen]
     found += [route for route in spec.routes if route.prefixlen]
     return list(dict.fromkeys(found))
+
+
+def owned(server: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """A shell test that succeeds if ``route -n get`` finds a host route to
+    exactly ``server`` (not the default route it falls back to) carrying
+    OWN_FLAG: the host route vpncrypt made."""
+    return (f"route -n get {FAMILY[server.version]} -host {server} 2>/dev/null | awk '$1 == \"destination:\" && "
+            f"$2 == \"{server}\" {{ host = 1 }} $1 == \"flags:\" && /PROTO1/ {{ ours = 1 }} END {{ exit !(host && ours) }}'")
 
 
 def full_tunnel(spec: TunnelSpec, through: Callable[[int, str], Command], server_route: Callable[..., Command],

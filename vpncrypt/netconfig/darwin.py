@@ -29,7 +29,7 @@ import ipaddress
 import re
 
 from . import NetworkPlan, TunnelSpec
-from .bsd import BLACKHOLE, FAMILY, full_tunnel, networks
+from .bsd import BLACKHOLE, FAMILY, OWN_FLAG, full_tunnel, networks, owned
 
 UNKNOWN_NAME = "utun?"  # what --dry-run shows before the kernel has named the device
 # Fails when route(8) wrote to stderr; its result line on stdout goes nowhere.
@@ -51,7 +51,7 @@ def plan(spec: TunnelSpec) -> NetworkPlan:
     setup += [checked("add", FAMILY[net.version], str(net), "-interface", interface) for net in networks(spec)]
     tunnel_setup, teardown = full_tunnel(
         spec, lambda version, prefix: checked("add", FAMILY[version], prefix, "-interface", interface),
-        server_route, lambda server: checked("delete", FAMILY[server.version], "-host", str(server)))
+        server_route, server_unroute)
     return NetworkPlan(setup + tunnel_setup, teardown)
 
 
@@ -65,9 +65,15 @@ def server_route(server: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[
     found when it runs; a blackhole if there is none (or it is no address,
     such as ``link#4``, which wg-quick skips too)."""
     family = FAMILY[server.version]
-    add = f"route -q -n add {family} -host {server}"
+    add = f"route -q -n add {family} -host {server} {OWN_FLAG}"
     return ["sh", "-c", (
         f'gateway=$(route -n get {family} default 2>/dev/null | sed -n "s/^ *gateway: //p"); '
         f'case $gateway in *[.:]*) ! {add} -gateway "$gateway" {CHECK};; '
         f"*) ! {add} {BLACKHOLE[server.version]} -blackhole {CHECK};; esac"
     )]
+
+
+def server_unroute(server: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[str]:
+    """Delete the host route to ``server`` if it is vpncrypt's (``bsd.owned``);
+    fails if there is none or the kernel refused, so that ``apply``'s clearing stops."""
+    return ["sh", "-c", f"{owned(server)} || exit 1; ! route -q -n delete {FAMILY[server.version]} -host {server} {CHECK}"]

@@ -34,7 +34,7 @@ from __future__ import annotations
 import ipaddress
 
 from . import NetworkPlan, TunnelSpec
-from .bsd import BLACKHOLE, FAMILY, full_tunnel, networks
+from .bsd import BLACKHOLE, FAMILY, OWN_FLAG, full_tunnel, networks, owned
 
 
 
@@ -60,8 +60,7 @@ def plan(spec: TunnelSpec) -> NetworkPlan:
     setup.append(["ifconfig", interface, "up"])
     setup += [_through(interface, net.version, str(net)) for net in networks(spec)]
     tunnel_setup, teardown = full_tunnel(
-        spec, lambda version, prefix: _through(interface, version, prefix), server_route,
-        lambda server: ["route", "-q", "-n", "delete", FAMILY[server.version], "-host", str(server)])
+        spec, lambda version, prefix: _through(interface, version, prefix), server_route, server_unroute)
     return NetworkPlan(setup + tunnel_setup, teardown)
 
 
@@ -71,12 +70,18 @@ def server_route(server: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[
     such as ``link#2``). ``-host``: route(8) would read an address ending in
     .0 as a network otherwise."""
     family = FAMILY[server.version]
-    add = f"route -q -n add {family} -host {server}"
+    add = f"route -q -n add {family} -host {server} {OWN_FLAG}"
     return ["sh", "-c", (
         f'gateway=$(route -n get {family} default 2>/dev/null | sed -n "s/^ *gateway: //p"); '
         f'case $gateway in *[.:]*) exec {add} -gateway "$gateway";; esac; '
         f"exec {add} {BLACKHOLE[server.version]} -blackhole"
     )]
+
+
+def server_unroute(server: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[str]:
+    """Delete the host route to ``server`` if it is vpncrypt's (``bsd.owned``);
+    fails if there is none, so that ``apply``'s clearing stops."""
+    return ["sh", "-c", f"{owned(server)} || exit 1; exec route -q -n delete {FAMILY[server.version]} -host {server}"]
 
 
 def _through(interface: str, version: int, destination: str) -> list[str]:
