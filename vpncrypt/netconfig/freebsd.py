@@ -15,7 +15,8 @@ exactly once, and an add that fails is a real conflict: route(8) exits 1
 Routes through the interface go with it, and the TUN device destroys the
 interface when it closes. What outlives it is the full tunnel's route to the
 server, so that one is in the teardown, which ``apply`` also runs first to
-clear what a killed run left.
+clear what a killed run left; it deletes only the route vpncrypt made
+(``-proto1``, see ``netconfig.bsd``).
 
 A full tunnel is done as wg-quick does it here: 0.0.0.0/1 and 128.0.0.0/1
 (::/1 and 8000::/1) into the tunnel, which beat the default route without
