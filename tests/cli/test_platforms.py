@@ -65,8 +65,10 @@ def test_the_client_dry_run_for_macos_with_everything_through_the_tunnel(configs
     assert "ifconfig 'utun?' inet 203.0.113.2/24 203.0.113.2 alias\n" in setup  # macOS names the device
     assert f"{checked} add -inet 0.0.0.0/1 -interface 'utun?'\n" in setup
     assert f"{checked} add -inet6 8000::/1 -interface 'utun?'\n" in setup
-    assert "route -n get -inet default" in setup and "-host 192.0.2.1 -gateway" in setup
-    assert teardown == f"{checked} delete -inet -host 192.0.2.1\n"
+    assert "route -n get -inet default" in setup and "-host 192.0.2.1 -proto1 -gateway" in setup
+    # Only the host route vpncrypt made (-proto1) is deleted.
+    assert teardown == ("sh -c 'route -n get -inet -host 192.0.2.1 2>/dev/null | grep -q \"^ *flags: <.*PROTO1\" ||"
+                        " exit 1; ! route -q -n delete -inet -host 192.0.2.1 2>&1 >/dev/null | grep . >&2'\n")
     assert "ip " not in done.stdout and "fwmark" not in done.stdout
 
 
@@ -76,7 +78,9 @@ def test_the_client_dry_run_for_freebsd_routes_the_server_outside(configs):
     lines = done.stdout.splitlines()
     server_route = next(i for i, line in enumerate(lines) if "-host 192.0.2.1" in line)
     assert server_route < lines.index("route -q -n add -inet 0.0.0.0/1 -interface vpncrypt0")
-    assert lines[-2:] == ["# at exit:", "route -q -n delete -inet -host 192.0.2.1"]
+    assert lines[-2:] == ["# at exit:", "sh -c 'route -n get -inet -host 192.0.2.1 2>/dev/null | grep -q"
+                                        " \"^ *flags: <.*PROTO1\" || exit 1; exec route -q -n delete -inet -host"
+                                        " 192.0.2.1'"]
 
 
 def test_the_linux_dry_run_is_what_it_was(configs):

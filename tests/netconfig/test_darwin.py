@@ -65,8 +65,7 @@ def test_routes_to_networks_go_through_the_interface_each_once():
 
 def unroute(family: str, server: str) -> list[str]:
     """The teardown of the server's host route: only if route get shows it with PROTO1, vpncrypt's flag."""
-    owned = (f"route -n get {family} -host {server} 2>/dev/null | awk '$1 == \"destination:\" && $2 == \"{server}\""
-             " { host = 1 } $1 == \"flags:\" && /PROTO1/ { ours = 1 } END { exit !(host && ours) }'")
+    owned = f'route -n get {family} -host {server} 2>/dev/null | grep -q "^ *flags: <.*PROTO1"'
     return ["sh", "-c", f"{owned} || exit 1; ! route -q -n delete {family} -host {server} 2>&1 >/dev/null | grep . >&2"]
 
 

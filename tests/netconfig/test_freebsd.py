@@ -33,8 +33,7 @@ FIND_GATEWAY = 'gateway=$(route -n get -inet default 2>/dev/null | sed -n "s/^ *
 
 def unroute(family: str, server: str) -> list[str]:
     """The teardown of the server's host route: only if route get shows it with PROTO1, vpncrypt's flag."""
-    owned = (f"route -n get {family} -host {server} 2>/dev/null | awk '$1 == \"destination:\" && $2 == \"{server}\""
-             " { host = 1 } $1 == \"flags:\" && /PROTO1/ { ours = 1 } END { exit !(host && ours) }'")
+    owned = f'route -n get {family} -host {server} 2>/dev/null | grep -q "^ *flags: <.*PROTO1"'
     return ["sh", "-c", f"{owned} || exit 1; exec route -q -n delete {family} -host {server}"]
 
 
