@@ -131,8 +131,9 @@ def test_the_networks_beside_the_server_go_through_the_tunnel_without_a_loop(vpn
     assert ping(vpn, a, SERVER_UNDERLAY, 5).returncode == 0  # by the underlay, as before
     after, sent = interface_counters(vpn, a, "vpncrypt0"), udp_to_the_server(vpn) - sent_before
     into_tunnel = after["tx"]["packets"] - before["tx"]["packets"]
-    # 5 echo requests through the tunnel, and a keepalive or two at most; a loop makes 29 rounds of each.
-    assert 5 <= into_tunnel <= 8 and 5 <= sent <= 8, (into_tunnel, sent)
+    # 5 echo requests through the tunnel, and a few more at most (a keepalive, the
+    # kernel's MLD reports for the tunnel's IPv6 address); a loop makes 29 rounds of each.
+    assert 5 <= into_tunnel <= 12 and 5 <= sent <= 12, (into_tunnel, sent)
     assert vpn.lab.stop(vpn.processes["client-a"]) == 0
 
 
