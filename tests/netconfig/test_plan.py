@@ -104,15 +104,24 @@ def spec(*routes: str, addresses=("203.0.113.2/24", "2001:db8:7::2/64"), server=
 @pytest.mark.parametrize("tunnel, route", [
     (spec("192.0.2.0/24"), "192.0.2.0/24"),  # issue 13's case
     (spec("192.0.2.1/32"), "192.0.2.1/32"),
-    (spec("0.0.0.0/0", "::/0", "192.0.2.0/30"), "192.0.2.0/30"),  # the fwmark keeps only the default route out
     (spec(addresses=("192.0.2.7/24",)), "192.0.2.0/24"),  # the tunnel's own network
     (spec("2001:db8:1::/48", server="2001:db8:1::1"), "2001:db8:1::/48"),
 ])
 def test_a_route_over_the_servers_address_is_refused_on_every_platform(platform, tunnel, route):
     with pytest.raises(RoutingConflict, match=f"^route {route} covers the server's address {tunnel.server_address}:"
                                               " the tunnel's own datagrams would loop; route only the networks"
-                                              " beside the server, or everything"):
+                                              " beside the server, or everything"):  # no default route there yet
         plan(tunnel, platform)
+
+
+@pytest.mark.parametrize("platform", ["linux", "freebsd", "darwin"])
+def test_a_route_over_the_server_beside_a_default_route_is_named_as_redundant(platform):
+    with pytest.raises(RoutingConflict, match="^route 192.0.2.0/30 covers the server's address 192.0.2.1: the"
+                                              " tunnel's own datagrams would loop; leave it out: 0.0.0.0/0 already"
+                                              " takes it into the tunnel, and keeps the server out$"):
+        plan(spec("0.0.0.0/0", "192.0.2.0/30"), platform)
+    with pytest.raises(RoutingConflict, match="route only the networks beside the server, or everything"):
+        plan(spec("::/0", "192.0.2.0/30"), platform)  # the default route of the other family
 
 
 @pytest.mark.parametrize("platform", ["linux", "freebsd", "darwin"])

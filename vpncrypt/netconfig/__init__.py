@@ -123,20 +123,28 @@ def loop_route(spec: TunnelSpec, address: ipaddress.IPv4Address | ipaddress.IPv6
     return None
 
 
-def loop_line(network: Network, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-    """What the operator reads about a route ``network`` that covers the server's ``address``."""
+def loop_line(network: Network, address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+              full_tunnel: bool = False) -> str:
+    """What the operator reads about a route ``network`` that covers the
+    server's ``address``; ``full_tunnel``: the default route of its family is
+    in the tunnel already."""
     default = "0.0.0.0/0" if address.version == 4 else "::/0"
-    return (f"route {network} covers the server's address {address}: the tunnel's own datagrams would loop;"
-            f" route only the networks beside the server, or everything ({default}, which keeps the server out)")
+    if full_tunnel:
+        advice = f"leave it out: {default} already takes it into the tunnel, and keeps the server out"
+    else:
+        advice = f"route only the networks beside the server, or everything ({default}, which keeps the server out)"
+    return f"route {network} covers the server's address {address}: the tunnel's own datagrams would loop; {advice}"
 
 
 def check_loops(spec: TunnelSpec) -> None:
     """Raise RoutingConflict if a route of ``spec`` would carry the datagrams
     to ``spec.server_address`` into the tunnel."""
     if spec.server_address is not None:
-        network = loop_route(spec, spec.server_address)
+        address = spec.server_address
+        network = loop_route(spec, address)
         if network is not None:
-            raise RoutingConflict(loop_line(network, spec.server_address))
+            default = any(route.prefixlen == 0 and route.version == address.version for route in spec.routes)
+            raise RoutingConflict(loop_line(network, address, default))
 
 
 def plan(spec: TunnelSpec, platform: str = sys.platform) -> NetworkPlan:
