@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -207,3 +208,39 @@ def test_an_existing_route_to_a_tunnel_route_is_not_clobbered(vpn):
                                    " address, or leave it out of the config)", alone=False)
     assert "192.0.2.128/25 via 198.51.100.1" in vpn.lab.run(a, ["ip", "route"]).stdout
     assert vpn.lab.run(a, ["ip", "link", "show", "vpncrypt0"], check=False).returncode != 0
+
+
+def test_a_server_name_that_moves_under_a_tunnel_route_is_not_followed(vpn):
+    """The server's name comes to resolve to 192.0.2.130, which client a's route
+    192.0.2.128/25 takes into the tunnel: following it would send every datagram
+    round a's own device. The client stays at 192.0.2.1, says so once, and the
+    tunnel keeps working. The name is made with a hosts file for client a's
+    namespace alone (``ip netns exec`` mounts /etc/netns/NS/hosts), as in
+    test_vpn.test_a_server_given_by_name_is_followed_to_its_new_address."""
+    a = vpn.client_ns["a"]
+    hosts = Path("/etc/netns") / a / "hosts"
+    made_etc_netns = not hosts.parent.parent.exists()
+    hosts.parent.mkdir(parents=True)
+    try:
+        hosts.write_text(f"{SERVER_UNDERLAY} vpn.example\n")
+        configure(vpn, 'routes = ["192.0.2.128/25"]\nresolve_interval = 1')
+        path = vpn.configs / "a.toml"
+        path.write_text(path.read_text().replace(f'server = "{SERVER_UNDERLAY}:', 'server = "vpn.example:'))
+        vpn.start_client("a")
+        assert ping(vpn, a, TUNNEL_ADDRESS["server"]).returncode == 0
+        moved = "192.0.2.130"  # the server answers there too: only the route makes it wrong
+        vpn.lab.run(vpn.server_ns, ["ip", "address", "add", f"{moved}/24", "dev", vpn.server_underlay_interface])
+        with hosts.open("w") as file:  # the same file: the mount shows what is written to it
+            file.write(f"{moved} vpn.example\n")
+        log = vpn.lab.workdir / "client-a.log"
+        warning = (f"server 'vpn.example' now resolves to {moved}; staying at {SERVER_UNDERLAY}:51820: route"
+                   f" 192.0.2.128/25 covers the server's address {moved}: the tunnel's own datagrams would loop;")
+        assert wait_for(lambda: warning in log.read_text(), 5)
+        assert ping(vpn, a, TUNNEL_ADDRESS["server"], 10).returncode == 0  # 2 s: two more lookups
+        assert log.read_text().count("now resolves to") == 1 and "is now at" not in log.read_text()
+        assert vpn.lab.stop(vpn.processes["client-a"]) == 0
+    finally:
+        hosts.unlink(missing_ok=True)
+        hosts.parent.rmdir()
+        if made_etc_netns:
+            hosts.parent.parent.rmdir()
