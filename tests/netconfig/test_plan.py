@@ -61,14 +61,14 @@ def test_a_check_that_refuses_stops_the_start_before_anything_changes():
     refuse = Check(["ip", "rule", "show"], lambda shown: seen.append(shown) or "table 7 is someone else's")
     runner = Runner(leftovers=1)
     with pytest.raises(RoutingConflict, match="^table 7 is someone else's$"):
-        apply(NetworkPlan(SETUP, TEARDOWN, [refuse]), run=runner)
+        apply(NetworkPlan(SETUP, TEARDOWN, checks=[refuse]), run=runner)
     assert runner.ran == [["ip", "rule", "show"]] and seen == ["shown"]
     runner = Runner(leftovers=1)
-    apply(NetworkPlan(SETUP, TEARDOWN, [Check(["ip", "rule", "show"], lambda shown: None)]), run=runner)
+    apply(NetworkPlan(SETUP, TEARDOWN, checks=[Check(["ip", "rule", "show"], lambda shown: None)]), run=runner)
     assert runner.ran == [["ip", "rule", "show"]] + [TEARDOWN[0]] * 2 + [TEARDOWN[1]] * 2 + SETUP
     runner = Runner(failing=[["ip", "rule", "show"]])
     with pytest.raises(NetconfigError, match="^ip rule show: RTNETLINK answers: Operation not permitted$"):
-        apply(NetworkPlan(SETUP, TEARDOWN, [refuse]), run=runner)
+        apply(NetworkPlan(SETUP, TEARDOWN, checks=[refuse]), run=runner)
 
 
 def test_tear_down_runs_each_command_once_and_ignores_failures():
@@ -91,7 +91,7 @@ def test_full_tunnel_is_any_route_of_prefix_length_zero():
 
 def test_describe_quotes_like_a_shell_and_marks_the_checks_and_the_teardown():
     text = describe(NetworkPlan([["ip", "link", "set", "dev", "a b"]], [["ip", "rule", "delete"]],
-                                [Check(["ip", "-j", "rule", "show"], lambda _: None)]))
+                                checks=[Check(["ip", "-j", "rule", "show"], lambda _: None)]))
     assert text == "# checked first: ip -j rule show\nip link set dev 'a b'\n# at exit:\nip rule delete"
 
 

@@ -84,7 +84,7 @@ def plan(spec: TunnelSpec) -> NetworkPlan:
         setup.append(["ip", family, "route", "add", str(route), "dev", interface, "table", mark, "proto", PROTOCOL])
         setup += [["ip", *rule] for rule in rules]
         teardown += [["ip", *rule[:2], "delete", *rule[3:]] for rule in rules]
-    return NetworkPlan(setup, teardown, checks)
+    return NetworkPlan(setup, teardown, checks=checks)
 
 
 def foreign_rule(shown: str, fwmark: int) -> str | None:
