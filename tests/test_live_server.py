@@ -370,3 +370,6 @@ def test_an_ipv4_client_seen_through_an_ipv6_socket_is_caught_too(configs):
     assert "covers the endpoint 198.51.100.10:40000 of client 'a'" in route_over_an_endpoint(config, behind, [peer])
     assert route_over_an_endpoint(config, [ipaddress.ip_network("198.51.100.128/25")], [peer]) is None
     assert route_over_an_endpoint(config, behind, [types.SimpleNamespace(endpoint=None, name="b")]) is None
+    # With the local address it was sent to, as the server's transport gives it (IP_PKTINFO).
+    answered = types.SimpleNamespace(endpoint=(("::ffff:198.51.100.10", 40000, 0, 0), "::ffff:192.0.2.1"), name="a")
+    assert "covers the endpoint 198.51.100.10:40000 of client 'a'" in route_over_an_endpoint(config, behind, [answered])

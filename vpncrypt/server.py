@@ -124,7 +124,9 @@ def route_over_an_endpoint(config: ServerConfig, networks: Iterable[Network], pe
     addresses = []
     for peer in peers:
         if peer.endpoint is not None:
-            address = ipaddress.ip_address(peer.endpoint[0])
+            # (address, port, ...), or that and the local address it was sent to (transport.format_endpoint).
+            remote = peer.endpoint[0] if isinstance(peer.endpoint[0], tuple) else peer.endpoint
+            address = ipaddress.ip_address(remote[0])
             addresses.append((getattr(address, "ipv4_mapped", None) or address, peer))
     for network in sorted(networks, key=lambda n: (n.version, n)):
         for address, peer in addresses:

@@ -18,7 +18,8 @@ class Runner:
     """Answers like a shell: ``failing`` commands exit 1; teardown commands
     succeed ``leftovers`` times each (copies a killed run left), then fail."""
 
-    def __init__(self, failing=(), leftovers: int = 0, error: str = "RTNETLINK answers: Operation not permitted") -> None:
+    def __init__(self, failing=(), leftovers: int = 0,
+                 error: str = "RTNETLINK answers: Operation not permitted") -> None:
         self.ran: list[list[str]] = []
         self.error = error
         self.failing = [list(c) for c in failing]

@@ -76,4 +76,5 @@ def server_route(server: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[
 def server_unroute(server: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[str]:
     """Delete the host route to ``server`` if it is vpncrypt's (``bsd.owned``);
     fails if there is none or the kernel refused, so that ``apply``'s clearing stops."""
-    return ["sh", "-c", f"{owned(server)} || exit 1; ! route -q -n delete {FAMILY[server.version]} -host {server} {CHECK}"]
+    delete = f"route -q -n delete {FAMILY[server.version]} -host {server}"
+    return ["sh", "-c", f"{owned(server)} || exit 1; ! {delete} {CHECK}"]
