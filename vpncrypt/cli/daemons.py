@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from ..client import ResolveError, resolve, run_client, tunnel_spec as client_spec
+from ..client import ResolveError, is_name, resolve, run_client, tunnel_spec as client_spec
 from ..core.wire import CipherUnusable, check_cipher
 from ..daemon import StopRequested, unwind_on_stop_signals
 from ..config import ClientConfig, ConfigError, load_client_config, load_server_config, parse_endpoint
@@ -52,10 +52,15 @@ def _main(program: str, argv, load, spec, run) -> int:
 
 def client_dry_run_spec(config: ClientConfig) -> TunnelSpec:
     """The client's tunnel as its start would plan it, with the server's
-    address looked up as at start (a name; a literal without a lookup): a
-    route covering it is refused (netconfig.check_loops), and a full tunnel
-    on the BSDs routes it outside the tunnel."""
-    _, address = resolve(*parse_endpoint(config.server))
+    address as at start where it matters: a route covering it is refused
+    (netconfig.check_loops), and a full tunnel on the BSDs routes it outside
+    the tunnel. A literal needs no lookup; a name is looked up only when there
+    are routes (a name may not resolve yet: without routes the dry run prints
+    the plan as before, and the start checks the tunnel's own networks)."""
+    host, port = parse_endpoint(config.server)
+    if is_name(host) and not config.routes:
+        return client_spec(config)
+    _, address = resolve(host, port)
     return client_spec(config, address)
 
 
