@@ -33,6 +33,11 @@ class Transport(Protocol):
         """Send each datagram to its endpoint, in order, without blocking;
         what the kernel refuses is added to ``send_errors``."""
 
+    def refuse_client_ids(self, client_ids: list[int]) -> bool:
+        """Have the kernel drop datagrams naming these client IDs before they
+        reach us (the set replaces the previous one; empty: none), where the
+        platform can; elsewhere nothing changes. False if it was refused."""
+
     def close(self) -> None:
         """Let go of the socket; safe to call twice."""
 

@@ -3,7 +3,8 @@
 netinet/in.h: IP_RECVDSTADDR 7, and IP_SENDSRCADDR, the cmsg type that sets
 the source address, is the same 7 (it works on a socket bound to INADDR_ANY
 only: udp_output). netinet6/in6.h: IPV6_RECVPKTINFO 36, IPV6_PKTINFO 46.
-FreeBSD has no IP_PKTINFO, SO_MARK, forced buffer sizes nor UDP GSO/GRO.
+FreeBSD has no IP_PKTINFO, SO_MARK, forced buffer sizes nor UDP GSO/GRO, and no
+socket filter (its BPF reads interfaces): floods are refused in user space only.
 
 A socket bound to '::' that also takes IPv4 gets no destination address with
 an IPv4 datagram (ip6_savecontrol_v4 stops at IPv4 packets), so such replies

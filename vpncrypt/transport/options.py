@@ -40,6 +40,8 @@ class SocketOptions:
     ip_sendsrcaddr: int | None = None  # IP_SENDSRCADDR: the source address of one sent, out (in_addr)
     ipv6_recvpktinfo: int | None = None  # IPV6_RECVPKTINFO: the option that turns IPV6_PKTINFO on
     ipv6_pktinfo: int | None = None  # IPV6_PKTINFO: the cmsg type, in and out (in6_pktinfo)
+    attach_filter: int | None = None  # SO_ATTACH_FILTER at SOL_SOCKET: a classic BPF socket filter
+    detach_filter: int | None = None  # SO_DETACH_FILTER
 
     def destination_option(self, ipv6: bool) -> tuple[int, int] | None:
         """(level, option) to set to 1 on a socket of that family so that each
@@ -72,7 +74,7 @@ class SocketOptions:
         """The names of the options this platform lacks, for one log line."""
         names = {
             "rcvbuf_force": "SO_RCVBUFFORCE", "sndbuf_force": "SO_SNDBUFFORCE", "mark": "SO_MARK",
-            "udp_segment": "UDP_SEGMENT", "udp_gro": "UDP_GRO",
+            "udp_segment": "UDP_SEGMENT", "udp_gro": "UDP_GRO", "attach_filter": "SO_ATTACH_FILTER",
         }
         missing = [label for field, label in names.items() if getattr(self, field) is None]
         if self.destination_option(ipv6=False) is None:

@@ -7,16 +7,18 @@ lacks one it is off, and the log says so once.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import ipaddress
 import logging
 import os
 import socket
+import struct
 import sys
 import time
 from typing import Any, Callable
 
-from . import socket_options
+from . import id_filter, socket_options
 from .options import SocketOptions
 
 log = logging.getLogger("vpncrypt")
@@ -37,6 +39,7 @@ GSO_RETRY_RUNS = 1 << 16  # segmented sends after which remembered limits are fo
 _GRO_ANCILLARY = socket.CMSG_SPACE(4)
 _PKTINFO_ANCILLARY = socket.CMSG_SPACE(20)  # struct in6_pktinfo; in_pktinfo is 12 bytes, in_addr 4
 _missing_said = False
+_FPROG = struct.Struct("HP")  # struct sock_fprog {unsigned short len; struct sock_filter *filter;}, native
 
 
 def _say_missing_once(options: SocketOptions) -> None:
@@ -183,6 +186,45 @@ class UdpTransport:
                 sock.setsockopt(*option, 1)
                 self.sticky = True
         self._ancillary = (_GRO_ANCILLARY if self.gro else 0) + (_PKTINFO_ANCILLARY if self.sticky else 0)
+        self._attach_filter = options.attach_filter
+        self._detach_filter = options.detach_filter
+        self._platform = options.name
+        self.refused_ids: tuple[int, ...] = ()  # the client IDs the socket filter refuses now
+        self._filter_said = False
+
+    def refuse_client_ids(self, client_ids: list[int]) -> bool:
+        """Have the kernel drop, before they are queued to this socket, the
+        datagrams naming any of ``client_ids`` (at most id_filter.MAX_IDS),
+        replacing the previous set; an empty list detaches the filter.
+
+        What the filter drops is counted nowhere of ours (the kernel's
+        counters do not split it out). Where the platform has no socket
+        filter, nothing changes and the log says so once. False if the
+        kernel refused the filter (logged; the previous set stays)."""
+        ids = tuple(sorted(set(client_ids)))
+        if ids == self.refused_ids:
+            return True
+        if self._attach_filter is None or self._detach_filter is None:
+            if ids and not self._filter_said:
+                log.info("UDP on %s: no socket filter, so a flood aimed at a client ID is refused in user space"
+                         " only (it costs this process more than on Linux)", self._platform)
+                self._filter_said = True
+            return True
+        try:
+            if ids:
+                code = id_filter.encode(id_filter.program(ids))
+                buffer = ctypes.create_string_buffer(code, len(code))
+                # The kernel copies the program during the call: the buffer may go after it.
+                self.sock.setsockopt(socket.SOL_SOCKET, self._attach_filter,
+                                     _FPROG.pack(len(code) // id_filter.SOCK_FILTER.size, ctypes.addressof(buffer)))
+            else:
+                self.sock.setsockopt(socket.SOL_SOCKET, self._detach_filter, 0)
+        except (OSError, ValueError) as error:
+            log.warning("UDP: cannot set the socket filter for %d client IDs (%s); they are refused in user"
+                        " space", len(ids), getattr(error, "strerror", None) or error)
+            return False
+        self.refused_ids = ids
+        return True
 
     def fileno(self) -> int:
         """The socket's descriptor, for the event loop."""
