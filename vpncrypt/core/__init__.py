@@ -31,6 +31,8 @@ class Core(Protocol):
     what is refused is counted in ``drops`` (reason -> count)."""
 
     drops: Counter
+    filter_version: int  # changes whenever filtered_client_ids() does
+
 
     def datagrams_received(self, datagrams: Iterable[tuple[bytes, Any]], now: float) -> Delivery:
         """Authenticate and open a batch from the network."""
@@ -59,6 +61,10 @@ class Core(Protocol):
     def bounds_saved(self, table: Mapping[int, int], now: float) -> Delivery:
         """The table from ``bounds_to_save`` is on disk; returns what the
         datagrams that waited for it delivered."""
+
+    def filtered_client_ids(self) -> list[int]:
+        """Client IDs whose datagrams the transport should have the kernel
+        drop, sorted (core/filtered.py); always empty on a client."""
 
     def status(self) -> dict[str, Any]:
         """Counters and peers for an operator; never key material."""

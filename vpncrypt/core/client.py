@@ -169,6 +169,12 @@ class ClientCore:
         held, self.restart.held = self.restart.held, []
         return self.datagrams_received(held, now) if held else Delivery([], [])
 
+    filter_version = 0  # a client has no flood filter: it hears from its server only
+
+    def filtered_client_ids(self) -> list[int]:
+        """None: the client asks its kernel to refuse nothing."""
+        return []
+
     def next_timer(self) -> float | None:
         """Unix seconds (this host's clock) of the next keepalive or key step: a
         keepalive at once (0.0) before anything was sent, then

@@ -71,6 +71,7 @@ def open_datagrams(
     held: list | None = None,
     max_datagram: int = MAX_DATAGRAM,
     skewed: list | None = None,
+    spent: list | None = None,
 ) -> list[tuple[Peer, bytes]]:
     """Authenticate, decrypt and filter; return (peer, inner packet) for each data packet.
 
@@ -90,6 +91,8 @@ def open_datagrams(
     what may be garbage) adds (peer, timestamp, counter, endpoint) to it, to
     be answered with the server's time; it is still dropped and counted. So
     does one refused as superseded or counter_too_old (a peer behind in time).
+    With ``spent`` (the server), a peer whose failure credit a failed
+    authentication used up is appended to it (core/filtered.py).
     """
     now_s = int(now)
     ts_base = now_s - TIMESTAMP_MOD // 2
@@ -174,6 +177,8 @@ def open_datagrams(
             peer.auth_failures += 1
             peer.refill_failure_credit(now)  # what the time since the last refill earned, at most a burst
             peer.failure_credit -= 1
+            if peer.failure_credit < 1 and spent is not None:
+                spent.append(peer)
             continue
         if aead is None:
             peer.keep_context(epoch)

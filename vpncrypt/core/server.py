@@ -17,6 +17,7 @@ from . import drops as reasons
 from .icmp import Unreachable
 from .inner import Network, PrefixTable, clamp_mss, well_formed
 from .epochs import DEFAULT_EPOCH_SECONDS, KeyTimer
+from .filtered import FilteredIds
 from .peer import CipherBudget, Peer
 from .receive import open_datagrams
 from .restart import RestartBounds
@@ -93,6 +94,7 @@ class ServerCore:
             self.tunnel.hosts[interface.ip.packed] = False
         own = {interface.version: interface.ip.packed for interface in reversed(tunnel)}
         self.unreachable = Unreachable(own.get(4), own.get(6))
+        self.filtered = FilteredIds()  # client IDs flooded with forgeries, for the kernel to refuse
         self.update_clients(clients, now)
 
     def update_clients(self, entries: Iterable[ClientEntry], now: float) -> None:
@@ -138,12 +140,15 @@ class ServerCore:
         a client owns, or to a client not heard from yet, is answered as in
         ``tun_packets_received``."""
         skewed: list = []
+        spent: list[Peer] = []
         opened = open_datagrams(
             datagrams, now, direction=TO_SERVER, server_id=self.server_id,
             find_peer=self.peers.get, sources=self.routes,
             time_window=self.time_window, drops=self.drops, unsaved=self.restart.unsaved, held=self.restart.held,
-            max_datagram=self.max_datagram, skewed=skewed,
+            max_datagram=self.max_datagram, skewed=skewed, spent=spent,
         )
+        for peer in spent:
+            self.filtered.enter(peer.client_id, now)
         to_tun: list[bytes] = []
         forward: list[bytes] = []
         hosts_get = self.routes.hosts.get
@@ -249,18 +254,34 @@ class ServerCore:
         """The table from ``keys_to_save`` is durably written."""
         self.key_timer.unsaved = False
 
+    @property
+    def filter_version(self) -> int:
+        """Changes whenever ``filtered_client_ids`` does."""
+        return self.filtered.version
+
+    def filtered_client_ids(self) -> list[int]:
+        """Client IDs whose datagrams the transport should have the kernel drop
+        now, sorted (core/filtered.py): a flood of forgeries names them."""
+        return self.filtered.client_ids()
+
     def next_timer(self) -> float | None:
-        """When the keys must next move forward (Unix seconds)."""
-        return self.key_timer.due
+        """When the keys must next move forward or a filtered client ID be let
+        go, whichever is first (Unix seconds)."""
+        expiry = self.filtered.next_expiry()
+        return self.key_timer.due if expiry is None else min(self.key_timer.due, expiry)
 
     def handle_timer(self, now: float) -> Datagrams:
-        """Erase the keys ``now`` no longer needs; the server sends nothing by itself."""
-        self.key_timer.advance(self.peers.values(), now)
+        """Erase the keys ``now`` no longer needs and let go of filtered client
+        IDs whose hold ended; the server sends nothing by itself."""
+        self.key_timer.advance(self.peers.values(), now)  # nothing before it is due
+        self.filtered.expire(now)
         return []
 
     def clock_stepped(self, delta: float) -> None:
-        """Hold key erasure a while after a forward step (epochs.KeyTimer)."""
+        """Hold key erasure a while after a forward step (epochs.KeyTimer);
+        filtered client IDs keep the length of their hold."""
         self.key_timer.stepped(delta)
+        self.filtered.stepped(delta)
 
     def status(self) -> dict[str, Any]:
         """Per client its counters and raw endpoint, the drops and the ICMP
@@ -270,4 +291,10 @@ class ServerCore:
             "clients": [peer.status() for peer in self.peers.values()],
             "drops": dict(self.drops),
             "icmp_sent": self.unreachable.sent,
+            "kernel_filter": self.filter_status(),
         }
+
+    def filter_status(self) -> dict[str, Any]:
+        """The client IDs the kernel is asked to refuse (their datagrams are
+        counted nowhere while they are), and how often one more did not fit."""
+        return {"client_ids": self.filtered.client_ids(), "full": self.filtered.full}
