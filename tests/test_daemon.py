@@ -82,6 +82,8 @@ class ScheduledCore:
     """A core that asks for its timer only once a datagram has come in, at once,
     and answers the timer with one datagram to ``reply_to``."""
 
+    filter_version = 0
+
     def __init__(self, reply_to) -> None:
         self.drops = Counter()
         self.deadline = None

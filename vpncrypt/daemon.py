@@ -172,6 +172,8 @@ class Daemon:
         self._status = status or core.status
         self.clock = clock
         self.tun_refused = 0
+        self._filter_version = 0  # the core's filter_version the transport was last given
+        self.kernel_filter = False  # whether the kernel refuses the filtered client IDs now
         self._stopped: asyncio.Event | None = None
         self._last_drops: dict[str, int] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -199,6 +201,8 @@ class Daemon:
             if not datagrams:
                 break
             to_tun, to_network = self.core.datagrams_received(datagrams, self.clock())
+            if self.core.filter_version != self._filter_version:
+                self._apply_filter()
             if to_tun:
                 self.tun_refused += self.tun.write_batch(to_tun)
             if to_network:
@@ -207,6 +211,13 @@ class Daemon:
                 break
         self._schedule_save()
         self._arm_timer_if_earlier()
+
+    def _apply_filter(self) -> None:
+        """Hand the transport the client IDs the core wants refused (a flood
+        of forgeries names them, core/filtered.py), at once: the next batch
+        already comes without them."""
+        self._filter_version = self.core.filter_version
+        self.kernel_filter = self.transport.refuse_client_ids(self.core.filtered_client_ids())
 
     def _schedule_save(self) -> None:
         """Coalesced: one write serves everything asked for in the meantime."""
@@ -289,6 +300,8 @@ class Daemon:
             self.core.clock_stepped(offset - self._clock_offset)
         self._clock_offset = offset
         to_network = self.core.handle_timer(now)
+        if self.core.filter_version != self._filter_version:
+            self._apply_filter()
         if to_network:
             self.transport.send(to_network)
         self._schedule_save()

@@ -24,7 +24,8 @@ from .core.epochs import same_chain
 from .core.inner import Network
 from .core.server import ServerCore
 from .daemon import Daemon, drop_privileges, hand_over_state, run_until_signalled, tunnel_and_transport
-from .events import EventWatch
+from .core.peer import FAILURE_RATE
+from .events import EventWatch, RateLimiter
 from .restart_state import RestartStore
 from .transport import format_endpoint
 from .transport.udp import open_server_transport
@@ -161,6 +162,8 @@ class LiveServer:
         self.routes: set[Network] = set(client_routes(config))
         self.watch = EventWatch(format_endpoint, self.started, time_window=config.time_window)
         self._lock = asyncio.Lock()
+        self._filter_seen: dict[int, float] = {}  # client ID -> the end of the hold last reported
+        self._filter_lines = RateLimiter()
         daemon.reload = self.reload
         daemon.tick = self.tick
 
@@ -219,7 +222,14 @@ class LiveServer:
             "icmp_sent": self.core.unreachable.sent,
             "tun_write_refused": self.daemon.tun_refused,
             "udp_send_errors": self.daemon.transport.send_errors,
+            "kernel_filter": self.filter_status(),
         }
+
+    def filter_status(self) -> dict[str, Any]:
+        """The client IDs flooded with forgeries whose datagrams are refused
+        unread (core/filtered.py); ``in_kernel`` false where the platform has
+        no socket filter, so the limiter refuses them in user space."""
+        return {**self.core.filter_status(), "in_kernel": self.daemon.kernel_filter}
 
     # --- reload -------------------------------------------------------------------------
 
@@ -299,8 +309,36 @@ class LiveServer:
     def tick(self, now: float) -> None:
         lines = self.watch.tick(now, self.core.peers.values(), send_errors=self.daemon.transport.send_errors,
                                 tun_refused=self.daemon.tun_refused)
+        lines += self.filter_lines(now)
         for level, line in lines:
             log.log(level, "%s", line)
+
+    def filter_lines(self, now: float) -> list[tuple[int, str]]:
+        """A line for each client ID that entered the flood filter since the
+        last tick, at most one per ID a RATE_INTERVAL (the IDs come from the
+        config, so an attacker cannot make more lines than there are clients)."""
+        lines = []
+        holds = self.core.filtered.holds
+        for client_id in self.core.filtered.client_ids():
+            hold, until = holds[client_id]
+            if self._filter_seen.get(client_id) == until:
+                continue
+            self._filter_seen[client_id] = until
+            if not self._filter_lines.allow(client_id, now):
+                continue
+            peer = self.core.peers.get(client_id)
+            name = f"client {peer.name!r} (ID {client_id})" if peer is not None else f"client ID {client_id}"
+            failures = peer.auth_failures if peer is not None else 0
+            where = "in the kernel" if self.daemon.kernel_filter else "unopened (no socket filter here)"
+            more = self._filter_lines.take_held(client_id)
+            again = f"; held {more} more times since the last line" if more else ""
+            lines.append((logging.WARNING,
+                          f"{name}: datagrams naming it fail authentication faster than {FAILURE_RATE:g} a second"
+                          f" ({failures} failures since it was configured): all its datagrams are refused {where}"
+                          f" for {hold:g} s{again}"))
+        for client_id in [i for i in self._filter_seen if i not in holds]:
+            del self._filter_seen[client_id]
+        return lines
 
 
 def control_name(config: ServerConfig) -> str:

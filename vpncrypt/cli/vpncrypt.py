@@ -69,6 +69,15 @@ def _drops(status: dict[str, Any]) -> str:
     return ", ".join(shown) or "none"
 
 
+def _filtered(kernel_filter: dict[str, Any]) -> str:
+    ids = kernel_filter["client_ids"]
+    if not ids:
+        return "no client ID refused"
+    where = "in the kernel" if kernel_filter["in_kernel"] else "unopened (no socket filter on this platform)"
+    return (f"{len(ids)} client ID{'' if len(ids) == 1 else 's'} refused {where}, for a flood of forgeries:"
+            f" {', '.join(map(str, ids))}")
+
+
 def _transfer(entry: dict[str, Any]) -> str:
     return (f"{size(entry['rx_bytes'])} received ({entry['rx_packets']} packets),"
             f" {size(entry['tx_bytes'])} sent ({entry['tx_packets']} packets)")
@@ -89,6 +98,7 @@ def render_text(status: dict[str, Any]) -> str:
             f"  clients: {len(status['clients'])}, {heard} heard from since start",
             f"  transfer: {_transfer(totals)}",
             f"  drops: {_drops(status)}",
+            f"  flood filter: {_filtered(status['kernel_filter'])}",
         ]
         for client in status["clients"]:
             lines += [
@@ -170,6 +180,9 @@ def render_prometheus(statuses: list[dict[str, Any]]) -> str:
             sample("vpncrypt_clients", "gauge", "Clients in the server's config.", daemon, len(status["clients"]))
             sample("vpncrypt_icmp_sent_total", "counter", "ICMP destination unreachable messages sent.",
                    daemon, status["icmp_sent"])
+            sample("vpncrypt_filtered_client_ids", "gauge",
+                   "Client IDs whose datagrams are refused unread for a flood of forgeries.",
+                   daemon, len(status["kernel_filter"]["client_ids"]))
             for client in status["clients"]:
                 labels = {**daemon, "name": client["name"], "client_id": client["client_id"]}
                 for name, kind, help_text, key in CLIENT_METRICS:

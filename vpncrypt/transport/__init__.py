@@ -36,7 +36,8 @@ class Transport(Protocol):
     def refuse_client_ids(self, client_ids: list[int]) -> bool:
         """Have the kernel drop datagrams naming these client IDs before they
         reach us (the set replaces the previous one; empty: none), where the
-        platform can; elsewhere nothing changes. False if it was refused."""
+        platform can. True if the kernel refuses exactly these now; False
+        where the platform cannot (nothing changes) or the kernel said no."""
 
     def close(self) -> None:
         """Let go of the socket; safe to call twice."""

@@ -198,9 +198,10 @@ class UdpTransport:
         replacing the previous set; an empty list detaches the filter.
 
         What the filter drops is counted nowhere of ours (the kernel's
-        counters do not split it out). Where the platform has no socket
-        filter, nothing changes and the log says so once. False if the
-        kernel refused the filter (logged; the previous set stays)."""
+        counters do not split it out). True if the kernel refuses exactly
+        ``client_ids`` now; False where the platform has no socket filter
+        (nothing changes; the log says so once) or the kernel refused the
+        filter (logged; the previous set stays)."""
         ids = tuple(sorted(set(client_ids)))
         if ids == self.refused_ids:
             return True
@@ -209,7 +210,7 @@ class UdpTransport:
                 log.info("UDP on %s: no socket filter, so a flood aimed at a client ID is refused in user space"
                          " only (it costs this process more than on Linux)", self._platform)
                 self._filter_said = True
-            return True
+            return not ids
         try:
             if ids:
                 code = id_filter.encode(id_filter.program(ids))
