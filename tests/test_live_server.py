@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 import os
 import signal
 import socket
@@ -22,9 +23,13 @@ from vpncrypt import control, key_store
 from vpncrypt.cli import keygen
 from vpncrypt.config import ConfigError, load_client_config, load_server_config
 from vpncrypt.core.client import ClientCore
+from vpncrypt.core.filtered import HOLD_FIRST
 from vpncrypt.core.keys import encode_key
+from vpncrypt.core.peer import FAILURE_BURST
 from vpncrypt.core.server import ServerCore
+from vpncrypt.core.wire import KIND_DATA, encode_header
 from vpncrypt.daemon import Daemon
+from vpncrypt.events import RATE_INTERVAL
 from vpncrypt.server import LiveServer, client_routes, route_over_an_endpoint, tunnel_spec
 from vpncrypt.transport.udp import open_client_transport, open_server_transport
 from vpncrypt.tun.memory import MemoryTun
@@ -373,3 +378,58 @@ def test_an_ipv4_client_seen_through_an_ipv6_socket_is_caught_too(configs):
     # With the local address it was sent to, as the server's transport gives it (IP_PKTINFO).
     answered = types.SimpleNamespace(endpoint=(("::ffff:198.51.100.10", 40000, 0, 0), "::ffff:192.0.2.1"), name="a")
     assert "covers the endpoint 198.51.100.10:40000 of client 'a'" in route_over_an_endpoint(config, behind, [answered])
+
+
+def test_a_flooded_client_id_is_refused_by_the_socket_shown_logged_once_and_let_go(configs, run_dir):
+    """Forgeries naming client b: the daemon hands b's ID to the socket filter
+    as soon as b's failure credit is spent, show lists it, the log names b
+    once, and the timer lets it go after the hold."""
+    async def body(live, client):
+        port = live.daemon.transport.sock.getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker:
+            # Stamped after the server's start, so that nothing refuses them before the cipher.
+            stamp = int(time.time()) + 5
+            for counter in range(1, 2 * FAILURE_BURST):
+                attacker.sendto(encode_header(KIND_DATA, stamp, 2, counter) + os.urandom(100),
+                                ("127.0.0.1", port))
+                await asyncio.sleep(0)
+        deadline = time.monotonic() + 5
+        while live.daemon.transport.refused_ids != (2,) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        refused = live.daemon.transport.refused_ids
+        shown = await in_thread(vpncrypt, "show", "server")
+        as_json = json.loads((await in_thread(vpncrypt, "show", "server", "--json")).stdout)
+        prometheus = (await in_thread(vpncrypt, "show", "--prometheus")).stdout
+        lines = live.filter_lines(time.time()) + live.filter_lines(time.time())
+        while live.daemon.transport.refused_ids and time.monotonic() < deadline + HOLD_FIRST:
+            await asyncio.sleep(0.05)
+        return refused, shown.stdout, as_json, prometheus, lines, live.daemon.transport.refused_ids
+
+    refused, text, status, prometheus, lines, after = asyncio.run(with_server(configs, body))
+    assert refused == (2,)
+    assert status["kernel_filter"] == {"client_ids": [2], "full": 0, "in_kernel": True}
+    assert "flood filter: 1 client ID refused in the kernel, for a flood of forgeries: 2" in text
+    assert 'vpncrypt_filtered_client_ids{daemon="server"} 1' in prometheus
+    assert [line for _, line in lines] == [
+        f"client 'b' (ID 2): datagrams naming it fail authentication faster than 16 a second ({FAILURE_BURST}"
+        " failures since it was configured): all its datagrams are refused in the kernel for 1 s"]
+    assert after == ()
+
+
+def test_filter_lines_are_one_a_minute_per_client_id_and_count_what_they_held_back(configs):
+    config = load_server_config(configs / "server.toml")
+    now = time.time()
+    core = ServerCore(config.server_id, config.clients, now)
+    daemon = types.SimpleNamespace(kernel_filter=False, tun_refused=0, transport=types.SimpleNamespace(send_errors=0))
+    live = LiveServer(config, core, daemon, name="server", interface="vpncrypt0", run=Runs())
+    core.filtered.enter(2, now)
+    [(level, first)] = live.filter_lines(now)
+    assert level == logging.WARNING and first.endswith("are refused unopened (no socket filter here) for 1 s")
+    assert live.filter_lines(now + 0.5) == []  # the same hold: said already
+    core.filtered.expire(now + 1)
+    core.filtered.enter(2, now + 1.5)
+    assert live.filter_lines(now + 1.5) == []  # a new hold, within a minute of the last line
+    core.filtered.expire(now + 3.5)
+    core.filtered.enter(2, now + RATE_INTERVAL + 2)
+    [(_, later)] = live.filter_lines(now + RATE_INTERVAL + 2)
+    assert later.endswith("for 1 s (and 1 more time since the last such line)")  # a quiet spell: 1 s again

@@ -173,7 +173,7 @@ class Daemon:
         self.clock = clock
         self.tun_refused = 0
         self._filter_version = 0  # the core's filter_version the transport was last given
-        self.kernel_filter = False  # whether the kernel refuses the filtered client IDs now
+        self.kernel_filter = True  # whether the kernel refuses exactly the filtered client IDs now (none yet)
         self._stopped: asyncio.Event | None = None
         self._last_drops: dict[str, int] = {}
         self._timer: asyncio.TimerHandle | None = None

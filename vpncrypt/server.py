@@ -331,7 +331,7 @@ class LiveServer:
             failures = peer.auth_failures if peer is not None else 0
             where = "in the kernel" if self.daemon.kernel_filter else "unopened (no socket filter here)"
             more = self._filter_lines.take_held(client_id)
-            again = f"; held {more} more times since the last line" if more else ""
+            again = f" (and {more} more time{'' if more == 1 else 's'} since the last such line)" if more else ""
             lines.append((logging.WARNING,
                           f"{name}: datagrams naming it fail authentication faster than {FAILURE_RATE:g} a second"
                           f" ({failures} failures since it was configured): all its datagrams are refused {where}"
