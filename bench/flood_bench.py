@@ -21,9 +21,12 @@ the flood, with it, and with the same flood sent to a port nobody listens on
 (the control: what carrying the flood costs this shared 2-core machine,
 vpncrypt aside). Each figure is iperf3's received Mbit/s after one omitted
 second; a flood starts before the transfer and ends after it. The ratio is
-the median with the flood over the median without. Also reported: the rate
-the attacker achieved, the share of it that reached the server's loop (its
-drop counters; the rest the kernel dropped for a full socket buffer), TCP
+the median with the flood over the median without; "per round" is the
+median of each round's with over that round's without (the two run one after
+the other, so a load that drifts between rounds weighs less). Also reported:
+the rate the attacker achieved, the share of it that reached the server's
+loop (its drop counters; the rest the kernel dropped, for a full socket
+buffer or by the socket filter that refuses a flooded client ID), TCP
 retransmits, the server's CPU use and the machine's idle share, the server's
 CPU time per legitimate datagram (transfers without flood) and per garbage
 datagram (the flood alone, 3 s: per datagram its loop saw, and per datagram
@@ -224,6 +227,10 @@ def summarise(without: list[dict], with_flood: list[dict], with_control: list[di
         "mbit_without": median_without,
         "mbit_with": median_with,
         "ratio": median_with / median_without,
+        # Each round's with over its own without, which ran just before it: the
+        # other tenants' load drifts from round to round, less within one.
+        "ratio_paired": statistics.median(f["mbit"] / w["mbit"] for w, f in zip(without, with_flood)),
+        "ratio_control_paired": statistics.median(c["mbit"] / w["mbit"] for w, c in zip(without, with_control)),
         "mbit_control": median_control,
         "ratio_control": median_control / median_without,
         "flood_rate_achieved": statistics.median(r["sender"]["rate"] for r in with_flood),
@@ -276,13 +283,16 @@ def main() -> int:
           f" ({results['calibration_mbit']:.0f} Mbit/s); flood asked: {results['flood_rate_asked']:.0f}/s"
           f" ({args.factor:g} x, capped at {args.max_rate:.0f}), client ID {results['client_id_flooded']}.\n")
     print("| garbage bytes | TCP without Mbit/s | TCP with flood Mbit/s | with / without |"
-          " control: flood to a closed port, Mbit/s | control / without | flood sent /s | reached server's loop |"
+          " with / without, per round |"
+          " control: flood to a closed port, Mbit/s | control / without | control / without, per round |"
+          " flood sent /s | reached server's loop |"
           " retransmits without / with | server CPU without / with | machine idle without / with |"
           " server us per legit datagram | server us per garbage datagram it saw | ... per garbage datagram sent |")
-    print("|---:|" + "---:|" * 13)
+    print("|---:|" + "---:|" * 15)
     for size, s in results["sizes"].items():
         print(f"| {size} | {s['mbit_without']:.0f} | {s['mbit_with']:.0f} | **{s['ratio']:.2f}** |"
-              f" {s['mbit_control']:.0f} | {s['ratio_control']:.2f} |"
+              f" **{s['ratio_paired']:.2f}** | {s['mbit_control']:.0f} | {s['ratio_control']:.2f} |"
+              f" {s['ratio_control_paired']:.2f} |"
               f" {s['flood_rate_achieved']:.0f} | {s['reached_loop']:.0%} |"
               f" {s['retransmits_without']:.0f} / {s['retransmits_with']:.0f} |"
               f" {s['server_cpu_without']:.2f} / {s['server_cpu_with']:.2f} |"

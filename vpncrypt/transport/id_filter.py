@@ -26,8 +26,10 @@ ahead, so a subtree longer than that is jumped over with a JA (32-bit).
 A datagram coalesced by UDP_GRO (a train of one flow's datagrams) passes the
 filter once, as one packet: only the first datagram's ID is looked at, and
 the whole train is refused or taken with it. A train is one 5-tuple, so
-this mixes datagrams of one sender only; the ones taken whatever their ID
-are refused by the core as before.
+it holds one sender's datagrams (or a forger's who also forges that
+sender's address and port); the ones taken whatever their ID are refused by
+the core as before. tests/transport/test_id_filter.py shows this on the
+running kernel with a UDP_SEGMENT send to a UDP_GRO socket.
 """
 
 from __future__ import annotations
