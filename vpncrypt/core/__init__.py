@@ -33,7 +33,6 @@ class Core(Protocol):
     drops: Counter
     filter_version: int  # changes whenever filtered_client_ids() does
 
-
     def datagrams_received(self, datagrams: Iterable[tuple[bytes, Any]], now: float) -> Delivery:
         """Authenticate and open a batch from the network."""
 

@@ -172,7 +172,7 @@ class ClientCore:
     filter_version = 0  # a client has no flood filter: it hears from its server only
 
     def filtered_client_ids(self) -> list[int]:
-        """None: the client asks its kernel to refuse nothing."""
+        """Always empty: a client asks its kernel to refuse nothing."""
         return []
 
     def next_timer(self) -> float | None:

@@ -11,7 +11,7 @@ each time the credit is spent again within FORGET_AFTER seconds of the ID
 leaving the set (the flood goes on), at most HOLD_MAX.
 
 Why these numbers: leaving the set is the only way to learn whether the
-flood has stopped (what the kernel drops, nobody counts), and each return
+flood has stopped (what the kernel drops, vpncrypt never sees), and each return
 costs at most one failure credit's worth of cipher calls (FAILURE_BURST, a
 few milliseconds of a flood) before the ID is held again; doubling makes
 that once every HOLD_MAX seconds during a long flood. The legitimate client

@@ -296,5 +296,5 @@ class ServerCore:
 
     def filter_status(self) -> dict[str, Any]:
         """The client IDs the kernel is asked to refuse (their datagrams are
-        counted nowhere while they are), and how often one more did not fit."""
+        not seen, so not counted, while they are), and how often one more did not fit."""
         return {"client_ids": self.filtered.client_ids(), "full": self.filtered.full}

@@ -14,14 +14,20 @@ wire. tests/transport/test_id_filter.py checks this offset against the
 running kernel for all three socket kinds.
 
 The program (Documentation/networking/filter.rst for the instruction set):
-a datagram too short to hold a vpncrypt header is accepted (the core counts
-it as ``bad_length``: a packet load past the end would drop it silently,
-uncounted, so the length is checked first); then a binary search over the
-sorted IDs, a JEQ and a JGT per level, so a datagram costs O(log n)
-instructions whatever the set's size. A match returns 0 (drop, uncounted by
-vpncrypt: the kernel counts it in no counter of ours); anything else returns
-the whole datagram. A conditional jump reaches at most 255 instructions
-ahead, so a subtree longer than that is jumped over with a JA (32-bit).
+a datagram too short to hold a vpncrypt header is accepted, so that the core
+counts it as ``bad_length`` (a load past the end would end the program with
+0, a drop); then a binary search over the sorted IDs, a JEQ and a JGT per
+level, so a datagram costs O(log n) instructions whatever the set's size. A
+conditional jump reaches at most 255 instructions ahead, so a subtree longer
+than that is jumped over with a JA (32-bit). A match returns 0: the kernel
+drops the datagram and counts it only among the socket's drops
+(/proc/net/udp, with those of a full buffer; vpncrypt never sees it).
+Anything else returns the whole datagram.
+
+While a filter is attached the kernel verifies the UDP checksum of each
+datagram before the filter runs (udp_queue_rcv_one_skb), where the NIC has
+not already: so an empty set detaches the filter rather than attaching one
+that accepts everything.
 
 A datagram coalesced by UDP_GRO (a train of one flow's datagrams) passes the
 filter once, as one packet: only the first datagram's ID is looked at, and

@@ -197,8 +197,9 @@ class UdpTransport:
         datagrams naming any of ``client_ids`` (at most id_filter.MAX_IDS),
         replacing the previous set; an empty list detaches the filter.
 
-        What the filter drops is counted nowhere of ours (the kernel's
-        counters do not split it out). True if the kernel refuses exactly
+        What the filter drops never reaches us, so is not counted by us;
+        the kernel counts it among the socket's drops (/proc/net/udp), with
+        those of a full buffer. True if the kernel refuses exactly
         ``client_ids`` now; False where the platform has no socket filter
         (nothing changes; the log says so once) or the kernel refused the
         filter (logged; the previous set stays)."""
