@@ -24,7 +24,7 @@ from .core.epochs import same_chain
 from .core.inner import Network
 from .core.server import ServerCore
 from .daemon import Daemon, drop_privileges, hand_over_state, run_until_signalled, tunnel_and_transport
-from .core.peer import FAILURE_RATE
+from .core.filtered import FLOOD_REFUSALS
 from .events import EventWatch, RateLimiter
 from .restart_state import RestartStore
 from .transport import format_endpoint
@@ -333,9 +333,9 @@ class LiveServer:
             more = self._filter_lines.take_held(client_id)
             again = f" (and {more} more time{'' if more == 1 else 's'} since the last such line)" if more else ""
             lines.append((logging.WARNING,
-                          f"{name}: datagrams naming it fail authentication faster than {FAILURE_RATE:g} a second"
-                          f" ({failures} failures since it was configured): all its datagrams are refused {where}"
-                          f" for {hold:g} s{again}"))
+                          f"{name}: a flood of forgeries names it (over {FLOOD_REFUSALS} a second refused unopened;"
+                          f" {failures} failed authentication since it was configured): all its datagrams are"
+                          f" refused {where} for {hold:g} s{again}"))
         for client_id in [i for i in self._filter_seen if i not in holds]:
             del self._filter_seen[client_id]
         return lines

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from vpncrypt.core import filtered
-from vpncrypt.core.filtered import FORGET_AFTER, HOLD_FIRST, HOLD_MAX, FilteredIds
+from vpncrypt.core.filtered import FLOOD_REFUSALS, FLOOD_SECONDS, FORGET_AFTER, HOLD_FIRST, HOLD_MAX, FilteredIds
 from vpncrypt.core.peer import FAILURE_BURST, FAILURE_RATE
 from vpncrypt.core.server import ClientEntry, ServerCore
 from vpncrypt.core.wire import KIND_DATA
@@ -19,21 +19,37 @@ from tests.builders import (
 from tests.core.test_floods import garbage
 
 T = NOW + 5
+FLOOD = FAILURE_BURST + FLOOD_REFUSALS  # the credit spent, then a flood's worth of refusals
 
 
-def flood(server, client_id: int, now: float, count: int = FAILURE_BURST, first_counter: int = 1):
+def flood(server, client_id: int, now: float, count: int = FLOOD, first_counter: int = 1):
     return server.datagrams_received(
         [(garbage(client_id, now, counter=c), B_EP) for c in range(first_counter, first_counter + count)], now)
 
 
-def test_an_id_enters_when_its_failure_credit_is_spent_and_not_before():
+def test_an_id_enters_once_the_limiter_refused_a_floods_worth_of_its_datagrams_within_a_second():
     server = make_server()
     version = server.filter_version
-    flood(server, 2, T, FAILURE_BURST - 1)
+    flood(server, 2, T, FLOOD - 1)
     assert server.filtered_client_ids() == [] and server.filter_version == version
-    flood(server, 2, T, 1, first_counter=FAILURE_BURST)
+    assert server.drops["auth_failures_limited"] == FLOOD_REFUSALS - 1
+    flood(server, 2, T + 0.05, 1, first_counter=FLOOD)  # less than a credit refilled meanwhile
     assert server.filtered_client_ids() == [2] and server.filter_version != version
     assert server.status()["kernel_filter"] == {"client_ids": [2], "full": 0}
+
+
+def test_a_burst_of_forgeries_or_a_slow_flood_is_left_to_the_limiter():
+    server = make_server()
+    flood(server, 2, T, 300)  # a few hundred forgeries once
+    for second in range(1, 5):  # then just under a flood's worth each second
+        flood(server, 2, T + second * FLOOD_SECONDS, FLOOD_REFUSALS - 1, first_counter=second * 10_000)
+    assert server.drops["auth_failures_limited"] > 4 * (FLOOD_REFUSALS - 1)
+    assert server.filtered_client_ids() == []
+    # The client of that ID is heard as soon as its credit refills.
+    b = sender(client_id=2, key=KEY_B)
+    later = T + 5 + 1 / FAILURE_RATE
+    [b_real] = b.seal(KIND_DATA, [ipv4_packet("203.0.113.3", SERVER_ADDR)], later)
+    assert server.datagrams_received([(b_real, B_EP)], later).to_tun
 
 
 def test_failures_at_the_refill_rate_never_enter():
@@ -64,9 +80,9 @@ def test_the_hold_doubles_while_the_flood_goes_on_up_to_the_cap_and_starts_over_
     now, holds, counter = T, [], 1
     for _ in range(8):
         # The kernel drops the flood while the ID is held; when it is let go,
-        # the refilled credit is spent again at once.
-        flood(server, 2, now, FAILURE_BURST, first_counter=counter)
-        counter += FAILURE_BURST
+        # the refilled credit is spent again at once, and the limiter refuses the rest.
+        flood(server, 2, now, FLOOD, first_counter=counter)
+        counter += FLOOD
         hold, until = server.filtered.holds[2]
         holds.append(hold)
         now = until
@@ -74,7 +90,7 @@ def test_the_hold_doubles_while_the_flood_goes_on_up_to_the_cap_and_starts_over_
         assert server.filtered_client_ids() == []
     assert holds == [1, 2, 4, 8, 16, 30, 30, 30] and HOLD_MAX == 30
     now += FORGET_AFTER + 1
-    flood(server, 2, now, FAILURE_BURST, first_counter=counter)
+    flood(server, 2, now, FLOOD, first_counter=counter)
     assert server.filtered.holds[2][0] == HOLD_FIRST
     # What is remembered of past holds is let go after a quiet spell, too.
     server.handle_timer(now + HOLD_FIRST + FORGET_AFTER + 1)
@@ -84,7 +100,7 @@ def test_the_hold_doubles_while_the_flood_goes_on_up_to_the_cap_and_starts_over_
 def test_a_legitimate_client_is_never_filtered_and_the_flooded_one_is_back_after_its_hold():
     server = make_server()
     b = sender(client_id=2, key=KEY_B)
-    flood(server, 2, T, 10 * FAILURE_BURST)
+    flood(server, 2, T, 2 * FLOOD)
     a = sender()
     for step in range(20):  # client a keeps talking throughout
         [real] = a.seal(KIND_DATA, [ipv4_packet(A_ADDR, SERVER_ADDR)], T + step * 0.1)
@@ -99,9 +115,9 @@ def test_a_legitimate_client_is_never_filtered_and_the_flooded_one_is_back_after
 
 def test_unknown_ids_and_other_drops_never_enter():
     server = make_server()
-    flood(server, 999, T, 10 * FAILURE_BURST)  # not a configured client: unknown_client
+    flood(server, 999, T, 2 * FLOOD)  # not a configured client: unknown_client
     # Outside the time window: no cipher work (but one check for a time answer).
-    server.datagrams_received([(garbage(2, T - 3600, counter=c), B_EP) for c in range(1, 10 * FAILURE_BURST)], T)
+    server.datagrams_received([(garbage(2, T - 3600, counter=c), B_EP) for c in range(1, 2 * FLOOD)], T)
     assert server.drops["unknown_client"] and server.drops["outside_time_window"]
     assert server.filtered_client_ids() == []
 
@@ -116,9 +132,9 @@ def test_the_set_is_capped_and_what_does_not_fit_is_counted():
     assert server.filtered.full == 4
     # Those over the cap are still refused unopened by the limiter, counted.
     limited = server.drops["auth_failures_limited"]
-    flood(server, 7, T, 5, first_counter=1000)
+    flood(server, 7, T, 5, first_counter=10_000)
     assert server.drops["auth_failures_limited"] == limited + 5
-    assert server.filtered.full == 4  # the credit is spent only by a failure, and none ran
+    assert server.filtered.full == 4  # five refusals are no flood
     assert filtered.LIMIT == 256
 
 

@@ -69,7 +69,9 @@ def _drops(status: dict[str, Any]) -> str:
     return ", ".join(shown) or "none"
 
 
-def _filtered(kernel_filter: dict[str, Any]) -> str:
+def _filtered(kernel_filter: dict[str, Any] | None) -> str:
+    if kernel_filter is None:
+        return "(not reported: the daemon predates it)"
     ids = kernel_filter["client_ids"]
     if not ids:
         return "no client ID refused"
@@ -98,7 +100,7 @@ def render_text(status: dict[str, Any]) -> str:
             f"  clients: {len(status['clients'])}, {heard} heard from since start",
             f"  transfer: {_transfer(totals)}",
             f"  drops: {_drops(status)}",
-            f"  flood filter: {_filtered(status['kernel_filter'])}",
+            f"  flood filter: {_filtered(status.get('kernel_filter'))}",
         ]
         for client in status["clients"]:
             lines += [
@@ -180,9 +182,10 @@ def render_prometheus(statuses: list[dict[str, Any]]) -> str:
             sample("vpncrypt_clients", "gauge", "Clients in the server's config.", daemon, len(status["clients"]))
             sample("vpncrypt_icmp_sent_total", "counter", "ICMP destination unreachable messages sent.",
                    daemon, status["icmp_sent"])
-            sample("vpncrypt_filtered_client_ids", "gauge",
-                   "Client IDs whose datagrams are refused unread for a flood of forgeries.",
-                   daemon, len(status["kernel_filter"]["client_ids"]))
+            if "kernel_filter" in status:  # not from a daemon older than the filter
+                sample("vpncrypt_filtered_client_ids", "gauge",
+                       "Client IDs whose datagrams are refused unread for a flood of forgeries.",
+                       daemon, len(status["kernel_filter"]["client_ids"]))
             for client in status["clients"]:
                 labels = {**daemon, "name": client["name"], "client_id": client["client_id"]}
                 for name, kind, help_text, key in CLIENT_METRICS:

@@ -4,21 +4,27 @@ The failure limiter (peer.py: FAILURE_BURST, FAILURE_RATE) already keeps a
 flood of forged datagrams naming one client ID away from the cipher, but
 each one still costs the server's loop about a microsecond to refuse
 (bench/RESULTS.md, the flood section): ten of them cost more than the
-legitimate datagram they come with. So when an ID's failure credit is spent
-it enters this set, and the shell has the kernel drop every datagram naming
-it (transport/id_filter.py) for a hold time: one second at first, doubled
-each time the credit is spent again within FORGET_AFTER seconds of the ID
-leaving the set (the flood goes on), at most HOLD_MAX.
+legitimate datagram they come with. So when the limiter has refused
+FLOOD_REFUSALS datagrams naming one ID within FLOOD_SECONDS (a flood, not a
+trickle of forgeries or a burst), the ID enters this set, and the shell has
+the kernel drop every datagram naming it (transport/id_filter.py) for a hold
+time: one second at first, doubled each time the ID enters again within
+FORGET_AFTER seconds of leaving the set (the flood goes on), at most
+HOLD_MAX.
 
-Why these numbers: leaving the set is the only way to learn whether the
-flood has stopped (what the kernel drops, vpncrypt never sees), and each return
-costs at most one failure credit's worth of cipher calls (FAILURE_BURST, a
-few milliseconds of a flood) before the ID is held again; doubling makes
-that once every HOLD_MAX seconds during a long flood. The legitimate client
-of that ID is cut off while it is held (issue 10 accepts that a flood at
-one ID costs that client), and is heard again at most HOLD_MAX seconds after
-the flood stops, one second after a short one. No other client is ever
-touched: the set holds only IDs whose own credit was spent.
+Why these numbers: below about a thousand refusals a second the limiter
+costs the loop a millisecond or two a second, which is not worth cutting a
+client off for (a few hundred forgeries once are refused as before, and the
+client of that ID is heard again as soon as its credit refills, within a
+second). Leaving the set is the only way to learn whether the flood has
+stopped (what the kernel drops, vpncrypt never sees), and each return costs
+about FAILURE_BURST cipher calls and FLOOD_REFUSALS refusals (a few
+milliseconds) before the ID is held again; doubling makes that once every
+HOLD_MAX seconds during a long flood. The legitimate client of that ID is
+cut off while it is held (issue 10 accepts that a flood at one ID costs that
+client), and is heard again at most HOLD_MAX seconds after the flood stops,
+one second after a short one. No other client is ever touched: an ID enters
+only for refusals of datagrams naming it.
 
 At most ``limit`` IDs are held at once (a kernel filter stays small and
 O(log n), transport/id_filter.py); an ID that would be one too many is
@@ -30,7 +36,9 @@ the deadlines with a stepped clock, as the other timers move.
 
 from __future__ import annotations
 
-HOLD_FIRST = 1.0  # seconds an ID is held the first time its credit is spent
+FLOOD_REFUSALS = 1024  # limiter refusals naming one ID ...
+FLOOD_SECONDS = 1.0  # ... within this many seconds: a flood
+HOLD_FIRST = 1.0  # seconds an ID is held the first time
 HOLD_MAX = 30.0  # the longest hold: a legitimate client is back at most this long after a flood
 FORGET_AFTER = HOLD_MAX  # out of the set this long, an ID starts again at HOLD_FIRST
 LIMIT = 256  # IDs held at once
@@ -48,11 +56,26 @@ class FilteredIds:
         self.until: dict[int, float] = {}  # client ID -> when it leaves the set (Unix seconds)
         self.holds: dict[int, tuple[float, float]] = {}
         self.version = 0
-        self.full = 0  # times an ID's credit was spent while the set was full
+        self.full = 0  # times a flooded ID did not fit
+        # Client ID -> (when its count started, Unix seconds; limiter refusals since).
+        self.counts: dict[int, tuple[float, int]] = {}
+
+    def refused(self, client_id: int, count: int, now: float) -> None:
+        """The limiter refused ``count`` datagrams naming ``client_id`` at
+        ``now``: hold the ID once that makes FLOOD_REFUSALS within FLOOD_SECONDS."""
+        start, total = self.counts.get(client_id, (now, 0))
+        if not start <= now < start + FLOOD_SECONDS:  # a new count (or a clock stepped back)
+            start, total = now, 0
+        total += count
+        if total >= FLOOD_REFUSALS:
+            self.counts.pop(client_id, None)
+            self.enter(client_id, now)
+        else:
+            self.counts[client_id] = (start, total)
 
     def enter(self, client_id: int, now: float) -> float | None:
-        """``client_id``'s failure credit is spent: hold it. Returns the hold in
-        seconds; None if it is held already or the set is full (counted)."""
+        """Hold ``client_id`` (a flood names it). Returns the hold in seconds;
+        None if it is held already or the set is full (counted in ``full``)."""
         if client_id in self.until:
             return None
         if len(self.until) >= self.limit:
@@ -82,6 +105,8 @@ class FilteredIds:
             self.version += 1
         for client_id in [i for i, (_, end) in self.holds.items() if i not in self.until and now - end > FORGET_AFTER]:
             del self.holds[client_id]
+        for client_id in [i for i, (start, _) in self.counts.items() if now - start >= FLOOD_SECONDS]:
+            del self.counts[client_id]
 
     def stepped(self, delta: float) -> None:
         """The wall clock jumped by ``delta`` seconds: the holds keep their length."""

@@ -71,7 +71,7 @@ def open_datagrams(
     held: list | None = None,
     max_datagram: int = MAX_DATAGRAM,
     skewed: list | None = None,
-    spent: list | None = None,
+    limited: list | None = None,
 ) -> list[tuple[Peer, bytes]]:
     """Authenticate, decrypt and filter; return (peer, inner packet) for each data packet.
 
@@ -91,8 +91,8 @@ def open_datagrams(
     what may be garbage) adds (peer, timestamp, counter, endpoint) to it, to
     be answered with the server's time; it is still dropped and counted. So
     does one refused as superseded or counter_too_old (a peer behind in time).
-    With ``spent`` (the server), a peer whose failure credit a failed
-    authentication used up is appended to it (core/filtered.py).
+    With ``limited`` (the server), the peer of each datagram refused as
+    auth_failures_limited is appended to it (core/filtered.py counts them).
     """
     now_s = int(now)
     ts_base = now_s - TIMESTAMP_MOD // 2
@@ -158,6 +158,8 @@ def open_datagrams(
             # Datagrams naming this client fail authentication faster than any
             # real one would: spend no more cipher work on its ID for now.
             drops[reasons.AUTH_FAILURES_LIMITED] += 1
+            if limited is not None:
+                limited.append(peer)
             continue
         epoch = ts // peer.epoch_seconds
         aead = peer.contexts.get(epoch)
@@ -177,8 +179,6 @@ def open_datagrams(
             peer.auth_failures += 1
             peer.refill_failure_credit(now)  # what the time since the last refill earned, at most a burst
             peer.failure_credit -= 1
-            if peer.failure_credit < 1 and spent is not None:
-                spent.append(peer)
             continue
         if aead is None:
             peer.keep_context(epoch)

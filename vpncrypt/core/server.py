@@ -9,6 +9,7 @@ that did not authenticate.
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -140,15 +141,16 @@ class ServerCore:
         a client owns, or to a client not heard from yet, is answered as in
         ``tun_packets_received``."""
         skewed: list = []
-        spent: list[Peer] = []
+        limited: list[Peer] = []
         opened = open_datagrams(
             datagrams, now, direction=TO_SERVER, server_id=self.server_id,
             find_peer=self.peers.get, sources=self.routes,
             time_window=self.time_window, drops=self.drops, unsaved=self.restart.unsaved, held=self.restart.held,
-            max_datagram=self.max_datagram, skewed=skewed, spent=spent,
+            max_datagram=self.max_datagram, skewed=skewed, limited=limited,
         )
-        for peer in spent:
-            self.filtered.enter(peer.client_id, now)
+        if limited:
+            for peer, count in Counter(limited).items():
+                self.filtered.refused(peer.client_id, count, now)
         to_tun: list[bytes] = []
         forward: list[bytes] = []
         hosts_get = self.routes.hosts.get
