@@ -205,3 +205,26 @@ def test_the_server_core_clamps_syns_both_ways():
     [(out, endpoint)] = server.tun_packets_received([syn_ack], NOW + 6).to_network
     opened = open_datagram(epoch_aead(KEY_A, NOW + 6), out, direction=TO_CLIENT, server_id=SERVER_ID, now=NOW + 6)[2]
     assert endpoint == A_EP and mss_of(opened) == 1360 and tcp_checksum_ok(opened)
+
+
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("protocol, written", [("tcp", 0x0000), ("udp", 0xFFFF)])
+def test_a_checksum_that_comes_out_zero_is_0_for_tcp_and_0xffff_for_udp(v6, protocol, written):
+    """A segment whose sum is one's complement -0: TCP gets 0 (as the kernel's
+    csum_fold writes it; RFC 1071), UDP 0xFFFF (0 means no checksum, RFC 768)."""
+    from vpncrypt.core.inner import complete_checksum
+
+    from tests.builders import udp_packet
+
+    packet = tcp_packet(1, bytes(64), v6=v6) if protocol == "tcp" else udp_packet(bytes(64), v6=v6)
+    ip_len = 40 if v6 else 20
+    field = ip_len + (16 if protocol == "tcp" else 6)
+    first = complete_checksum(make_partial(packet))
+    checksum = int.from_bytes(first[field:field + 2], "big")
+    # Add the checksum into a payload word: the sum becomes 0xFFFF, the checksum 0.
+    word = len(packet) - 2
+    zeroed = bytearray(packet)
+    total = int.from_bytes(zeroed[word:], "big") + checksum
+    zeroed[word:] = ((total & 0xFFFF) + (total >> 16)).to_bytes(2, "big")
+    finished = complete_checksum(make_partial(bytes(zeroed)))
+    assert int.from_bytes(finished[field:field + 2], "big") == written

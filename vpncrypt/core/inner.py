@@ -153,13 +153,17 @@ def complete_checksum(packet: bytes, location: tuple[int, int] | None = None) ->
     segment = packet[start:ip_end(packet)]  # not the padding after the IP length
     if len(segment) % 2:
         segment += b"\0"
-    checksum = ~(int.from_bytes(segment, "big") % 0xFFFF) & 0xFFFF or 0xFFFF
+    checksum = ~(int.from_bytes(segment, "big") % 0xFFFF) & 0xFFFF  # never 0: a zero sum is 0xFFFF
+    if checksum == 0xFFFF and offset == TCP_CHECKSUM_OFFSET:
+        checksum = 0  # the same checksum (RFC 1071), as the kernel's csum_fold writes it; UDP keeps
+        #               0xFFFF, since 0 there means no checksum (RFC 768)
     field = start + offset
     return packet[:field] + checksum.to_bytes(2, "big") + packet[field + 2:]
 
 
 TCP = 6
 UDP = 17
+TCP_CHECKSUM_OFFSET = 16  # in the TCP header (RFC 9293); UDP's is 6
 TCP_SYN = 0x02
 TCP_OPTION_END, TCP_OPTION_NOP, TCP_OPTION_MSS = 0, 1, 2
 # RFC 6691: an MSS is the MTU less the fixed IP and TCP headers, options not counted.
