@@ -230,7 +230,7 @@ def test_events_name_the_client_once(vpn, tmp_path):
         "first": "client 'a' (ID 1) heard for the first time since start, from 192.0.2.254:40000",
         "first b": "client 'b' (ID 2) heard for the first time since start",
         "roam": "client 'a' (ID 1) roamed from 192.0.2.254:40000 to 192.0.2.254:40001",
-        "clock": f"client 'skew' (ID {skew.client_id}): its clock is about 4",  # 40 s, give or take one
+        "clock": f"client 'skew' (ID {skew.client_id}): its clock is about ",
         "window": f"client 'skew' (ID {skew.client_id}): 5 datagrams in the last",
         "added": f"client 'skew' (ID {skew.client_id}) heard for the first time since it was added",
         "send": "datagrams could not be sent in the last",
@@ -241,4 +241,6 @@ def test_events_name_the_client_once(vpn, tmp_path):
     for what, line in expected.items():
         assert text.count(line) == 1, (what, text[-3000:])
     assert "is its config in use on two machines at once?" in text
-    assert "s ahead of this host's" in text
+    # Stamped 40 s ahead when forged, seen a second or more later on a busy machine.
+    measured = re.search(r"its clock is about (\d+) s ahead of this host's", text)
+    assert measured is not None and 35 <= int(measured.group(1)) <= 41, text[-3000:]
