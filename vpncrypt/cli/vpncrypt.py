@@ -180,8 +180,9 @@ def render_prometheus(statuses: list[dict[str, Any]]) -> str:
                daemon, status["started"])
         if status["role"] == "server":
             sample("vpncrypt_clients", "gauge", "Clients in the server's config.", daemon, len(status["clients"]))
-            sample("vpncrypt_icmp_sent_total", "counter", "ICMP destination unreachable messages sent.",
-                   daemon, status["icmp_sent"])
+            if "icmp_sent" in status:  # not from a daemon older than the field
+                sample("vpncrypt_icmp_sent_total", "counter", "ICMP destination unreachable messages sent.",
+                       daemon, status["icmp_sent"])
             if "kernel_filter" in status:  # not from a daemon older than the filter
                 sample("vpncrypt_filtered_client_ids", "gauge",
                        "Client IDs whose datagrams are refused unread for a flood of forgeries.",
