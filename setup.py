@@ -1,0 +1,20 @@
+"""The compiled AES-SIV (vpncrypt/_siv.c), built against the system's libcrypto.
+
+Everything else about the package is in pyproject.toml. The extension is
+optional: where it does not build (no compiler, no OpenSSL headers), pip
+installs vpncrypt without it and the daemon runs cryptography's AESSIV.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "vpncrypt._siv",
+            sources=["vpncrypt/_siv.c"],
+            libraries=["crypto"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra"],
+            optional=True,
+        ),
+    ],
+)
