@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from ..client import ResolveError, is_name, resolve, run_client, tunnel_spec as client_spec
+from ..core import siv
 from ..core.wire import CipherUnusable, check_cipher
 from ..daemon import StopRequested, unwind_on_stop_signals
 from ..config import ClientConfig, ConfigError, load_client_config, load_server_config, parse_endpoint
@@ -17,6 +19,7 @@ from ..tun import TunError
 from .common import RUNTIME_ERROR, add_version, error_exit, print_all, setup_logging
 
 PLATFORMS = ("linux", "freebsd", "darwin")  # the OSes a dry run can print the commands of
+PURE_VARIABLE = "VPNCRYPT_PURE_PYTHON"  # "1": seal and open with cryptography's AESSIV, not the compiled one
 
 
 def _main(program: str, argv, load, spec, run) -> int:
@@ -38,6 +41,8 @@ def _main(program: str, argv, load, spec, run) -> int:
         if args.dry_run:
             print_all(describe(plan(spec(config), args.platform or sys.platform)))
             return 0
+        pure = os.environ.get(PURE_VARIABLE) == "1"
+        logging.getLogger("vpncrypt").info("cipher: %s", siv.choose(pure, f"{PURE_VARIABLE}=1"))
         check_cipher()
         unwind_on_stop_signals()
         return run(config)

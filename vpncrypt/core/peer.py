@@ -11,8 +11,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from cryptography.hazmat.primitives.ciphers.aead import AESSIV
-
+from . import siv
 from .epochs import DEFAULT_EPOCH_SECONDS, EpochKeys, oldest_needed_epoch
 from .inner import PartialChecksumPacket
 from .replay import NO_TIMESTAMP, ReplayWindow
@@ -43,7 +42,7 @@ class CipherBudget:
         self.limit = limit
         self.live: list[Peer] = []
 
-    def adopt(self, peer: "Peer", epoch: int, context: AESSIV) -> AESSIV:
+    def adopt(self, peer: "Peer", epoch: int, context: siv.AESSIV) -> siv.AESSIV:
         """Keep ``context`` as ``peer``'s for ``epoch``, first taking theirs from
         the idlest half if the budget is full."""
         if not peer.contexts:
@@ -104,7 +103,7 @@ class Peer:
         self.budget = budget
         # AES-SIV contexts by epoch, made when first needed (kept within the
         # budget, if any) and dropped with their epoch.
-        self.contexts: dict[int, AESSIV] = {}
+        self.contexts: dict[int, siv.AESSIV] = {}
         # Nothing sent before this end started can be accepted by it ...
         self.window = ReplayWindow(floor=start)
         self.endpoint = endpoint
@@ -125,7 +124,7 @@ class Peer:
         # bucket, refilled only when empty), and when it was last refilled.
         self.failure_credit = float(FAILURE_BURST)
         self.credit_time = now
-        self._context: AESSIV | None = None  # made for one datagram, kept only if it authenticates
+        self._context: siv.AESSIV | None = None  # made for one datagram, kept only if it authenticates
         # Time answers (server): when this peer may earn the next one, and the
         # offset of its clock from ours when it last did (seconds, + is ahead).
         self.time_answer_due = 0.0
@@ -180,19 +179,19 @@ class Peer:
         self.tx_bytes += size
         return datagrams
 
-    def context_for(self, epoch: int) -> AESSIV:
+    def context_for(self, epoch: int) -> siv.AESSIV:
         """The AES-SIV context of ``epoch``, made and kept (within the budget).
         Raises ValueError for an epoch whose key is erased."""
-        context = AESSIV(self.keys.for_epoch(epoch))
+        context = siv.AESSIV(self.keys.for_epoch(epoch))
         if self.budget is None:
             self.contexts[epoch] = context
             return context
         return self.budget.adopt(self, epoch, context)
 
-    def new_context(self, epoch: int) -> AESSIV:
+    def new_context(self, epoch: int) -> siv.AESSIV:
         """A context for one datagram, not yet kept (see ``keep_context``).
         Raises ValueError for an epoch whose key is erased."""
-        self._context = AESSIV(self.keys.for_epoch(epoch))
+        self._context = siv.AESSIV(self.keys.for_epoch(epoch))
         return self._context
 
     def keep_context(self, epoch: int) -> None:

@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 
+from . import siv
+
 HEADER_LEN = 8
 TAG_LEN = 16
 OVERHEAD = HEADER_LEN + TAG_LEN
@@ -110,17 +112,21 @@ class CipherUnusable(Exception):
 
 
 def check_cipher(aead_class=None) -> None:
-    """Seal and open an empty payload once, as every keepalive does:
-    cryptography 45 and older refuse it ("data must not be zero length"),
-    which would only show when the first keepalive is sent. Raises
-    CipherUnusable with one line naming the version."""
+    """Seal and open an empty payload once, as every keepalive does, with
+    ``aead_class`` (default: the class in use, ``siv.AESSIV``): cryptography
+    45 and older refuse it ("data must not be zero length"), which would only
+    show when the first keepalive is sent. Raises CipherUnusable with one line
+    naming the version."""
     if aead_class is None:
-        from cryptography.hazmat.primitives.ciphers.aead import AESSIV as aead_class
+        aead_class = siv.AESSIV
     try:
         aead = aead_class(bytes(KEY_LEN))
         if aead.decrypt(aead.encrypt(b"", [b"vpncrypt"]), [b"vpncrypt"]) != b"":
             raise ValueError("an empty payload did not come back empty")
     except Exception as error:  # whatever the library raises, the answer is the same
+        if aead_class is siv.CompiledAESSIV:
+            raise CipherUnusable(f"the compiled AES-SIV ({siv.OPENSSL_VERSION}) cannot seal an empty payload "
+                                 f"({error}); set VPNCRYPT_PURE_PYTHON=1 to use cryptography's") from None
         import cryptography
 
         raise CipherUnusable(

@@ -1,0 +1,40 @@
+"""Which AES-SIV the core seals and opens with: the compiled one, or cryptography's.
+
+``vpncrypt._siv.AesSiv`` (vpncrypt/_siv.c) composes AES-SIV (RFC 5297) from
+OpenSSL's AES with contexts keyed once per object; cryptography's ``AESSIV``
+is the reference and the fallback, for a machine where the extension did not
+build or when the operator asks for it. The two take the same arguments,
+give the same bytes and raise the same exceptions (InvalidTag, ValueError
+for a key of the wrong length); tests/cipher holds them to each other.
+
+``AESSIV`` is the class in use: the core makes contexts with ``siv.AESSIV(key)``
+(looked up at each call, so that the choice below reaches them). The shell
+calls ``choose`` once at start, before any context exists.
+"""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV as CryptographyAESSIV
+
+try:
+    from .._siv import OPENSSL_VERSION, AesSiv as CompiledAESSIV
+except ImportError as error:  # not built (no compiler or no OpenSSL headers at install)
+    CompiledAESSIV = None
+    OPENSSL_VERSION = ""
+    NOT_BUILT = f"the compiled module is not built: {error}"
+else:
+    NOT_BUILT = ""
+
+AESSIV = CompiledAESSIV or CryptographyAESSIV
+
+
+def choose(pure: bool, why: str = "") -> str:
+    """Use cryptography's AESSIV if ``pure`` (``why`` says who asked, e.g.
+    "VPNCRYPT_PURE_PYTHON=1") or if the compiled one is not built, else the
+    compiled one. Returns what the daemon logs: which path, and why the pure one."""
+    global AESSIV
+    if CompiledAESSIV is not None and not pure:
+        AESSIV = CompiledAESSIV
+        return f"compiled AES-SIV ({OPENSSL_VERSION})"
+    AESSIV = CryptographyAESSIV
+    return f"cryptography's AESSIV (pure-Python path: {why if pure else NOT_BUILT})"
