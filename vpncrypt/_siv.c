@@ -289,9 +289,12 @@ release_args(call_args *a)
 }
 
 /* (data, associated_data), positional or by keyword, as cryptography names
- * them; associated_data is a list of buffers or None. */
+ * them; associated_data is a list of buffers or None. Returns 0, -1 with an
+ * exception set, or 1 if data is shorter than short_below bytes, found where
+ * cryptography finds it: after the list's type, before its items. */
 static int
-parse_args(call_args *a, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, const char *method)
+parse_args(call_args *a, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, const char *method,
+           Py_ssize_t short_below)
 {
     static const char *const names[2] = {"data", "associated_data"};
     PyObject *slots[2] = {NULL, NULL};
@@ -338,12 +341,14 @@ parse_args(call_args *a, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
         return -1;
 
     PyObject *ad = slots[1];
-    if (ad == Py_None)
-        return 0;
-    if (!PyList_Check(ad)) {
+    if (ad != Py_None && !PyList_Check(ad)) {
         PyErr_Format(PyExc_TypeError, "'%s' object is not an instance of 'list'", Py_TYPE(ad)->tp_name);
         return -1;
     }
+    if (a->data.len < short_below)
+        return 1;
+    if (ad == Py_None)
+        return 0;
     /* Views are taken first (a view keeps its object alive and, for a
      * bytearray, its size fixed), so the list may change afterwards. */
     Py_ssize_t n = PyList_GET_SIZE(ad);
@@ -403,7 +408,7 @@ AesSiv_encrypt(AesSivObject *self, PyObject *const *args, Py_ssize_t nargs, PyOb
 
     if (claim(self) < 0)
         return NULL;
-    if (parse_args(&a, args, nargs, kwnames, "encrypt") < 0)
+    if (parse_args(&a, args, nargs, kwnames, "encrypt", 0) != 0)
         goto done;
     out = PyBytes_FromStringAndSize(NULL, BLOCK + a.data.len);
     if (out == NULL)
@@ -439,11 +444,12 @@ AesSiv_decrypt(AesSivObject *self, PyObject *const *args, Py_ssize_t nargs, PyOb
 
     if (claim(self) < 0)
         return NULL;
-    if (parse_args(&a, args, nargs, kwnames, "decrypt") < 0)
-        goto done;
-    if (a.data.len < BLOCK) {
-        module_state *state = PyType_GetModuleState(Py_TYPE(self));
-        PyErr_SetNone(state->invalid_tag);
+    int parsed = parse_args(&a, args, nargs, kwnames, "decrypt", BLOCK);
+    if (parsed != 0) {
+        if (parsed > 0) {
+            module_state *state = PyType_GetModuleState(Py_TYPE(self));
+            PyErr_SetNone(state->invalid_tag);
+        }
         goto done;
     }
     size_t len = (size_t)a.data.len - BLOCK;
