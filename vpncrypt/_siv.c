@@ -65,12 +65,10 @@ typedef struct {
     PyObject *invalid_tag; /* cryptography.exceptions.InvalidTag */
 } module_state;
 
-/* One CMAC computation in progress: the last block (full or not) is held back
- * until the end, when it is known to be the last. */
+/* One CMAC computation: the context carries the CBC chaining value. */
 typedef struct {
     EVP_CIPHER_CTX *ctx;
     unsigned char last[BLOCK];
-    size_t held; /* bytes in last: 0 only before any input */
     unsigned char scratch[SCRATCH];
 } cmac_state;
 
@@ -115,48 +113,29 @@ static int
 cmac_init(cmac_state *st, EVP_CIPHER_CTX *ctx)
 {
     st->ctx = ctx;
-    st->held = 0;
     /* Only the IV: the key schedule stays. */
     return EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, zero_block);
 }
 
+/* The end of a CMAC (RFC 4493 2.4): in is the rest of the message after the
+ * whole blocks already chained; its last block (1 to 16 bytes, or none for an
+ * empty message) is XORed with K1 if full, else padded 10* and XORed with K2. */
 static int
-cmac_update(cmac_state *st, const unsigned char *in, size_t len)
+cmac_finish(cmac_state *st, const unsigned char k1[BLOCK], const unsigned char k2[BLOCK], const unsigned char *in,
+            size_t len, unsigned char out[BLOCK])
 {
-    if (len == 0)
-        return 1;
-    if (st->held > 0) {
-        size_t room = BLOCK - st->held;
-        if (len <= room) {
-            memcpy(st->last + st->held, in, len);
-            st->held += len;
-            return 1;
-        }
-        memcpy(st->last + st->held, in, room);
-        in += room;
-        len -= room;
-        if (!cbc_blocks(st, st->last, BLOCK))
-            return 0;
-    }
-    /* Keep 1..16 bytes back: the final block is treated apart. */
-    size_t whole = (len - 1) / BLOCK * BLOCK;
+    size_t whole = len == 0 ? 0 : (len - 1) / BLOCK * BLOCK;
+    size_t held = len - whole;
+    int outl;
+
     if (!cbc_blocks(st, in, whole))
         return 0;
-    st->held = len - whole;
-    memcpy(st->last, in + whole, st->held);
-    return 1;
-}
-
-static int
-cmac_final(cmac_state *st, const unsigned char k1[BLOCK], const unsigned char k2[BLOCK], unsigned char out[BLOCK])
-{
-    int outl;
-    if (st->held == BLOCK) {
+    memcpy(st->last, in + whole, held);
+    if (held == BLOCK) {
         xor_block(st->last, k1);
     } else {
-        /* 10* padding (RFC 4493 2.4). */
-        st->last[st->held] = 0x80;
-        memset(st->last + st->held + 1, 0, BLOCK - st->held - 1);
+        st->last[held] = 0x80;
+        memset(st->last + held + 1, 0, BLOCK - held - 1);
         xor_block(st->last, k2);
     }
     if (!EVP_EncryptUpdate(st->ctx, out, &outl, st->last, BLOCK))
@@ -182,8 +161,7 @@ s2v(AesSivObject *self, const slice *ads, Py_ssize_t n_ads, const unsigned char 
 
     memcpy(d, self->d0, BLOCK);
     for (Py_ssize_t i = 0; i < n_ads; i++) {
-        if (!cmac_init(&st, self->mac) || !cmac_update(&st, ads[i].buf, ads[i].len)
-            || !cmac_final(&st, self->k1, self->k2, mac))
+        if (!cmac_init(&st, self->mac) || !cmac_finish(&st, self->k1, self->k2, ads[i].buf, ads[i].len, mac))
             goto done;
         dbl(d);
         xor_block(d, mac);
@@ -191,12 +169,16 @@ s2v(AesSivObject *self, const slice *ads, Py_ssize_t n_ads, const unsigned char 
     if (!cmac_init(&st, self->mac))
         goto done;
     if (pt_len >= BLOCK) {
-        /* T = plaintext xorend D: D goes into the last 16 bytes. */
-        unsigned char tail[BLOCK];
-        memcpy(tail, pt + pt_len - BLOCK, BLOCK);
-        xor_block(tail, d);
-        if (!cmac_update(&st, pt, pt_len - BLOCK) || !cmac_update(&st, tail, BLOCK))
-            goto done;
+        /* T = plaintext xorend D: D goes into the last 16 bytes. The whole
+         * blocks before them are chained from the plaintext itself; the
+         * remaining 16 to 31 bytes, D XORed in, from a copy. */
+        size_t before = (pt_len - BLOCK) / BLOCK * BLOCK;
+        size_t rest = pt_len - before;
+        unsigned char tail[2 * BLOCK];
+        memcpy(tail, pt + before, rest);
+        xor_block(tail + rest - BLOCK, d);
+        ok = cbc_blocks(&st, pt, before) && cmac_finish(&st, self->k1, self->k2, tail, rest, v);
+        OPENSSL_cleanse(tail, sizeof tail);
     } else {
         /* T = dbl(D) xor pad(plaintext), pad being 10* to one block: a
          * full block, so its CMAC takes K1. */
@@ -206,10 +188,9 @@ s2v(AesSivObject *self, const slice *ads, Py_ssize_t n_ads, const unsigned char 
         for (size_t i = 0; i < pt_len; i++)
             t[i] ^= pt[i];
         t[pt_len] ^= 0x80;
-        if (!cmac_update(&st, t, BLOCK))
-            goto done;
+        ok = cmac_finish(&st, self->k1, self->k2, t, BLOCK, v);
+        OPENSSL_cleanse(t, BLOCK);
     }
-    ok = cmac_final(&st, self->k1, self->k2, v);
 done:
     /* D, and a last block XORed with a subkey, stay on no stack. */
     OPENSSL_cleanse(d, BLOCK);
@@ -521,8 +502,7 @@ set_key(AesSivObject *self, const unsigned char *key, size_t len)
         dbl(self->k1);
         memcpy(self->k2, self->k1, BLOCK);
         dbl(self->k2);
-        ok = cmac_init(&st, self->mac) && cmac_update(&st, zero_block, BLOCK)
-             && cmac_final(&st, self->k1, self->k2, self->d0);
+        ok = cmac_init(&st, self->mac) && cmac_finish(&st, self->k1, self->k2, zero_block, BLOCK, self->d0);
         OPENSSL_cleanse(st.last, BLOCK);
     }
     OPENSSL_cleanse(l, BLOCK);

@@ -131,7 +131,7 @@ def test_one_object_in_two_threads_gives_right_answers_or_refuses(aes_siv):
     wrong, refused = [], []
 
     def work(which: int) -> None:
-        for _ in range(150):
+        for _ in range(500):
             try:
                 if cipher.encrypt(inputs[which], [b"a"]) != expected[which]:
                     wrong.append(which)
