@@ -46,7 +46,7 @@
 
 /* Inputs from this size up are enciphered with the GIL released. Measured
  * here (AES-256, 2 shared cores): releasing and taking it back with no other
- * thread waiting costs about 0.04 us, a tenth of a 64-byte call but under 1 %
+ * thread waiting costs about 0.04 us, a fifth of a 64-byte call but under 1 %
  * of the 4 us a 4 KB one takes; with a thread waiting, the caller may wait
  * for it up to the interpreter's switch interval (5 ms by default), which
  * only pays for work long enough to share. The data path's packets (at most
