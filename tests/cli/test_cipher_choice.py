@@ -18,6 +18,7 @@ def started(monkeypatch, caplog):
     (exit status, the class in use when it ran, the log lines)."""
     monkeypatch.setattr(siv, "AESSIV", siv.AESSIV)  # put back afterwards
     monkeypatch.setattr(daemons, "setup_logging", lambda verbose: None)
+    monkeypatch.setattr(daemons, "unwind_on_stop_signals", lambda: None)  # leave pytest's signal handlers be
     caplog.set_level(logging.INFO)
 
     def start():
