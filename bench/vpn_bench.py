@@ -276,9 +276,13 @@ def iperf(pair: Pair, seconds: int, reverse: bool, address: str = RIGHT_TUNNEL) 
     command = ["iperf3", "-c", address, "-t", str(seconds), "-J", "-O", "1"]
     if reverse:
         command.append("-R")
-    done = pair.lab.run(pair.left, command, timeout=seconds + 30)
-    result = json.loads(done.stdout)
-    return result["end"]["sum_received"]["bits_per_second"] / 1e6
+    for _ in range(3):  # iperf3's server may still be busy ending the previous test
+        done = pair.lab.run(pair.left, command, timeout=seconds + 30, check=False)
+        result = json.loads(done.stdout or "{}")
+        if "sum_received" in result.get("end", {}):
+            return result["end"]["sum_received"]["bits_per_second"] / 1e6
+        time.sleep(1)
+    raise RuntimeError(f"iperf3 to {address} failed three times: {result.get('error') or done.stderr.strip()}")
 
 
 def udp_packet_rate(pair: Pair, seconds: int) -> float:
