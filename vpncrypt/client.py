@@ -17,6 +17,7 @@ from typing import Any, Callable
 from . import control, key_store, netconfig, sdnotify
 from .config import ClientConfig, parse_endpoint
 from .core.client import ClientCore
+from .core import siv
 from .daemon import Daemon, drop_privileges, hand_over_state, run_until_signalled, tunnel_and_transport
 from .events import EventWatch
 from .netconfig import dns, resolv_conf
@@ -375,8 +376,8 @@ def run_client(config: ClientConfig) -> int:
                             restart_store=store,
                             key_store_path=key_store.store_path(config.state_directory, config.path.stem))
             control_server.handlers = LiveClient(config, core, daemon, name=name, interface=tun.name).handlers()
-            log.info("client %r (ID %d) to server %s, interface %s",
-                     config.name, config.client_id, format_endpoint(endpoint), tun.name)
+            log.info("client %r (ID %d) to server %s, interface %s; cipher: %s",
+                     config.name, config.client_id, format_endpoint(endpoint), tun.name, siv.in_use())
             on_start = None
             if is_name(host) and config.resolve_interval:
                 loop_route = functools.partial(netconfig.loop_route, spec, default_kept_out=marked)

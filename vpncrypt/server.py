@@ -18,13 +18,13 @@ import time
 from typing import Any, Callable, Iterable
 
 from . import control, key_store, netconfig
-from .netconfig import linux as netconfig_linux
 from .config import ConfigError, ServerConfig, load_server_config
 from .core.epochs import same_chain
 from .core.inner import Network
+from .core import siv
+from .core.filtered import FLOOD_REFUSALS
 from .core.server import ServerCore
 from .daemon import Daemon, drop_privileges, hand_over_state, run_until_signalled, tunnel_and_transport
-from .core.filtered import FLOOD_REFUSALS
 from .events import EventWatch, RateLimiter
 from .restart_state import RestartStore
 from .transport import format_endpoint
@@ -107,14 +107,6 @@ def describe_changes(old: ServerConfig, new: ServerConfig) -> str:
             parts.append(f"{key} now {getattr(new, key)!r}")
     count = f"{len(new.clients)} client{'' if len(new.clients) == 1 else 's'}"
     return f"{count}; " + ("; ".join(parts) if parts else "nothing changed")
-
-
-def _route_command(action: str, network: Network, interface: str) -> list[str]:
-    """``ip route add`` or ``delete`` of a route the server makes, tagged as its
-    start's are (netconfig.linux.PROTOCOL): an add never replaces another's
-    route, and a delete never takes one that is not vpncrypt's."""
-    return ["ip", f"-{network.version}", "route", action, str(network), "dev", interface,
-            "proto", netconfig_linux.PROTOCOL]
 
 
 def route_over_an_endpoint(config: ServerConfig, networks: Iterable[Network], peers: Iterable[Any]) -> str | None:
@@ -267,11 +259,11 @@ class LiveServer:
         added: list[Network] = []
         try:
             for network in sorted(wanted - self.routes, key=lambda n: (n.version, n)):
-                await self._run(_route_command("add", network, self.interface))
+                await self._run(netconfig.route_command("add", network, self.interface))
                 added.append(network)
         except control.RequestError:
             for network in added:
-                await self._run(_route_command("delete", network, self.interface), check=False)
+                await self._run(netconfig.route_command("delete", network, self.interface), check=False)
             raise
         try:
             self.core.update_clients(new.clients, self.clock())
@@ -284,7 +276,7 @@ class LiveServer:
         for network in sorted(self.routes - wanted, key=lambda n: (n.version, n)):
             # A route that will not go only sends packets to a client that is
             # gone, which counts them as no_route: warn, and forget it.
-            await self._run(_route_command("delete", network, self.interface), check=False)
+            await self._run(netconfig.route_command("delete", network, self.interface), check=False)
             self.routes.discard(network)
         self.config = new
         self.reloaded = self.clock()
@@ -372,8 +364,8 @@ def run_server(config: ServerConfig) -> int:
             live = LiveServer(config, core, daemon, name=name, interface=tun.name)
             control_server.handlers = live.handlers()
             log.info(
-                "server %d listening on UDP port %d, interface %s, %d clients; control socket %s",
-                config.server_id, config.port, tun.name, len(config.clients), control_server.path,
+                "server %d listening on UDP port %d, interface %s, %d clients; control socket %s; cipher: %s",
+                config.server_id, config.port, tun.name, len(config.clients), control_server.path, siv.in_use(),
             )
             run_until_signalled(daemon)
     finally:

@@ -187,3 +187,14 @@ def test_after_kill_9_the_next_start_clears_the_server_route_once_and_exit_remov
     tear_down(network_plan)
     fake_route.device_gone(table, "utun7")
     assert fake_route.routes(table) == []
+
+
+@pytest.mark.parametrize("action", ["add", "delete"])
+def test_a_reload_routes_a_network_behind_a_client_as_the_plan_does(action):
+    """The server's reload adds and deletes routes with route(8) here, never ip."""
+    from vpncrypt.netconfig import route_command
+
+    command = route_command(action, ipaddress.ip_network("192.0.2.0/24"), "utun7", "darwin")
+    through = ["-interface", "utun7"] if action == "add" else []
+    assert command == ["sh", "-c", CHECKED, "route", "-q", "-n", action, "-inet", "192.0.2.0/24", *through]
+    check(command, GRAMMAR)

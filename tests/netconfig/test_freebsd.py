@@ -214,3 +214,15 @@ def test_a_route_the_kernel_refuses_stops_the_setup_with_its_error(kernel):
              r" \(vpncrypt replaces nothing it did not make")
     with pytest.raises(RoutingConflict, match=error):
         apply(network_plan)  # the interface's routes are still there: nothing took them away
+
+
+@pytest.mark.parametrize("action", ["add", "delete"])
+def test_a_reload_routes_a_network_behind_a_client_as_the_plan_does(action):
+    """The server's reload adds and deletes routes with route(8) here, never ip."""
+    from vpncrypt.netconfig import route_command
+
+    for network, family in (("192.0.2.0/24", "-inet"), ("2001:db8:99::/48", "-inet6")):
+        command = route_command(action, ipaddress.ip_network(network), "vc0", "freebsd14")
+        through = ["-interface", "vc0"] if action == "add" else []
+        assert command == ["route", "-q", "-n", action, family, network, *through]
+        check(command, GRAMMAR)

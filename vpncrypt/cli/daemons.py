@@ -41,8 +41,7 @@ def _main(program: str, argv, load, spec, run) -> int:
         if args.dry_run:
             print_all(describe(plan(spec(config), args.platform or sys.platform)))
             return 0
-        pure = os.environ.get(PURE_VARIABLE) == "1"
-        logging.getLogger("vpncrypt").info("cipher: %s", siv.choose(pure, f"{PURE_VARIABLE}=1"))
+        siv.choose(os.environ.get(PURE_VARIABLE) == "1", f"{PURE_VARIABLE}=1")  # logged once started
         check_cipher()
         unwind_on_stop_signals()
         return run(config)

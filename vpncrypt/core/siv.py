@@ -26,15 +26,25 @@ else:
     NOT_BUILT = ""
 
 AESSIV = CompiledAESSIV or CryptographyAESSIV
+_IN_USE = ""  # what choose() said, for the daemon's start line
 
 
 def choose(pure: bool, why: str = "") -> str:
     """Use cryptography's AESSIV if ``pure`` (``why`` says who asked, e.g.
     "VPNCRYPT_PURE_PYTHON=1") or if the compiled one is not built, else the
     compiled one. Returns what the daemon logs: which path, and why the pure one."""
-    global AESSIV
+    global AESSIV, _IN_USE
     if CompiledAESSIV is not None and not pure:
         AESSIV = CompiledAESSIV
-        return f"compiled AES-SIV ({OPENSSL_VERSION})"
-    AESSIV = CryptographyAESSIV
-    return f"cryptography's AESSIV (pure-Python path: {why if pure else NOT_BUILT})"
+        _IN_USE = f"compiled AES-SIV ({OPENSSL_VERSION})"
+    else:
+        AESSIV = CryptographyAESSIV
+        _IN_USE = f"cryptography's AESSIV (pure-Python path: {why if pure else NOT_BUILT})"
+    return _IN_USE
+
+
+def in_use() -> str:
+    """What the last ``choose`` returned ("" before any): the daemons log it
+    in their start line, once the tunnel is up, so that an error at start
+    stays the one line it is."""
+    return _IN_USE

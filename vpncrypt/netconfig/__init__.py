@@ -147,12 +147,8 @@ def check_loops(spec: TunnelSpec) -> None:
             raise RoutingConflict(loop_line(network, address, default))
 
 
-def plan(spec: TunnelSpec, platform: str = sys.platform) -> NetworkPlan:
-    """The commands that configure ``spec`` on ``platform``, its DNS last
-    (once the interface is up and routed); raises RoutingConflict for a
-    route that would loop (``check_loops``), NetconfigError for what the
-    platform cannot do."""
-    check_loops(spec)
+def _system(platform: str):
+    """The module that says which commands configure ``platform``."""
     if platform.startswith("linux"):
         from . import linux as system
     elif platform.startswith("freebsd"):
@@ -161,7 +157,23 @@ def plan(spec: TunnelSpec, platform: str = sys.platform) -> NetworkPlan:
         from . import darwin as system
     else:
         raise NetconfigError(f"no network configuration for {platform} yet (Linux, FreeBSD and macOS are supported)")
-    network_plan = system.plan(spec)
+    return system
+
+
+def route_command(action: str, network: Network, interface: str, platform: str = sys.platform) -> list[str]:
+    """The command that adds (``action`` "add") or deletes ("delete") a route
+    to ``network`` through ``interface`` while the tunnel runs, as the plan's
+    own routes are made: a server's reload of the networks behind clients."""
+    return _system(platform).route_command(action, network, interface)
+
+
+def plan(spec: TunnelSpec, platform: str = sys.platform) -> NetworkPlan:
+    """The commands that configure ``spec`` on ``platform``, its DNS last
+    (once the interface is up and routed); raises RoutingConflict for a
+    route that would loop (``check_loops``), NetconfigError for what the
+    platform cannot do."""
+    check_loops(spec)
+    network_plan = _system(platform).plan(spec)
     if spec.kill_switch:
         from . import killswitch
 

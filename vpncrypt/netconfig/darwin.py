@@ -28,7 +28,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from . import NetworkPlan, TunnelSpec
+from . import Network, NetworkPlan, TunnelSpec
 from .bsd import BLACKHOLE, FAMILY, OWN_FLAG, full_tunnel, networks, owned
 
 UNKNOWN_NAME = "utun?"  # what --dry-run shows before the kernel has named the device
@@ -53,6 +53,13 @@ def plan(spec: TunnelSpec) -> NetworkPlan:
         spec, lambda version, prefix: checked("add", FAMILY[version], prefix, "-interface", interface),
         server_route, server_unroute)
     return NetworkPlan(setup + tunnel_setup, teardown)
+
+
+def route_command(action: str, network: Network, interface: str) -> list[str]:
+    """``route add`` of ``network`` through ``interface``, as the plan routes, or
+    ``route delete`` of it (which names the destination only, route(8))."""
+    through = ["-interface", interface] if action == "add" else []
+    return checked(action, FAMILY[network.version], str(network), *through)
 
 
 def checked(*arguments: str) -> list[str]:

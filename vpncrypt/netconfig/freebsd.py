@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from . import NetworkPlan, TunnelSpec
+from . import Network, NetworkPlan, TunnelSpec
 from .bsd import BLACKHOLE, FAMILY, OWN_FLAG, full_tunnel, networks, owned
 
 
@@ -83,6 +83,13 @@ def server_unroute(server: ipaddress.IPv4Address | ipaddress.IPv6Address) -> lis
     """Delete the host route to ``server`` if it is vpncrypt's (``bsd.owned``);
     fails if there is none, so that ``apply``'s clearing stops."""
     return ["sh", "-c", f"{owned(server)} || exit 1; exec route -q -n delete {FAMILY[server.version]} -host {server}"]
+
+
+def route_command(action: str, network: Network, interface: str) -> list[str]:
+    """``route add`` of ``network`` through ``interface``, as the plan routes, or
+    ``route delete`` of it (which names the destination only, route(8))."""
+    through = ["-interface", interface] if action == "add" else []
+    return ["route", "-q", "-n", action, FAMILY[network.version], str(network), *through]
 
 
 def _through(interface: str, version: int, destination: str) -> list[str]:

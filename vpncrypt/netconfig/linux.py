@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import json
 
-from . import Check, NetconfigError, NetworkPlan, TunnelSpec
+from . import Check, NetconfigError, Network, NetworkPlan, TunnelSpec
 
 # vpncrypt's routing protocol number: above RTPROT_STATIC (4) the kernel does
 # not interpret it, and no protocol in linux/rtnetlink.h or iproute2's
@@ -85,6 +85,13 @@ def plan(spec: TunnelSpec) -> NetworkPlan:
         setup += [["ip", *rule] for rule in rules]
         teardown += [["ip", *rule[:2], "delete", *rule[3:]] for rule in rules]
     return NetworkPlan(setup, teardown, checks=checks)
+
+
+def route_command(action: str, network: Network, interface: str) -> list[str]:
+    """``ip route add`` or ``delete`` of a route tagged as the plan's are
+    (PROTOCOL): an add never replaces another's route, a delete never takes
+    one that is not vpncrypt's."""
+    return ["ip", f"-{network.version}", "route", action, str(network), "dev", interface, "proto", PROTOCOL]
 
 
 def foreign_rule(shown: str, fwmark: int) -> str | None:
