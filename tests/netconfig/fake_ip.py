@@ -34,6 +34,8 @@ class FakeIp:
         self.ran.append(command)
         if command[0] == "sysctl" or command[1] in ("link", "address"):
             return self._done(command)
+        if command[:4] == ["nft", "delete", "table", "inet"]:  # a kill switch's table: none here
+            return subprocess.CompletedProcess(command, 1, "", "Error: No such file or directory")
         if command[1:3] == ["-j", "-N"] and command[4:] == ["rule", "show"]:
             shown = [self._shown(rule) for rule in sorted(self.rules[command[3]], key=lambda r: r["priority"])]
             return self._done(command, json.dumps(shown))

@@ -99,3 +99,27 @@ def test_nothing_but_the_tunnels_datagrams_leaves_while_the_client_runs(vpn):
     assert vpn.lab.stop(client) == 0
     assert kill_switch_tables(vpn) == 0
     assert ping(vpn, a, lan, 1).returncode == 0
+
+
+def test_a_start_without_the_kill_switch_clears_what_a_killed_one_left(vpn):
+    """Found by a fresh user: kill -9 of a full tunnel with a kill switch, then a
+    start with both taken out of the config left the table and the rules, and
+    the tunnel never came up (its datagrams refused: EPERM)."""
+    a = vpn.client_ns["a"]
+    vpn.start_server()
+    config = vpn.configs / "a.toml"
+    plain = config.read_text()
+    config.write_text(plain.replace("routes = []", 'routes = ["0.0.0.0/0", "::/0"]\nkill_switch = true'))
+    client = start_client(vpn)
+    os.kill(client.pid, signal.SIGKILL)
+    client.wait(5)
+    assert kill_switch_tables(vpn) == 1
+    rules = vpn.lab.run(a, ["ip", "-4", "rule", "show"]).stdout
+    assert "lookup 30307" in rules
+    config.write_text(plain)
+    client = start_client(vpn)
+    assert kill_switch_tables(vpn) == 0
+    assert "30307" not in vpn.lab.run(a, ["ip", "-4", "rule", "show"]).stdout
+    assert "30307" not in vpn.lab.run(a, ["ip", "-6", "rule", "show"]).stdout
+    assert ping(vpn, a, TUNNEL_ADDRESS["server"]).returncode == 0
+    assert vpn.lab.stop(client) == 0

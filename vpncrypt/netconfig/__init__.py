@@ -86,12 +86,16 @@ class NetworkPlan:
     commands may fail (nothing to undo). ``restore`` runs first, at the same
     times, each command once: it puts back what setup replaced (DNS) and
     exits 0 when there is nothing to put back, so a failure is logged.
-    ``checks`` run before all of them (``Check``)."""
+    ``checks`` run before all of them (``Check``). ``leftovers`` run only
+    before ``setup``, like the teardown: what a killed run under another
+    config (a full tunnel, a kill switch since taken out) may have left;
+    not printed by ``describe``, since they undo nothing of this plan's."""
 
     setup: list[list[str]]
     teardown: list[list[str]] = field(default_factory=list)
     restore: list[list[str]] = field(default_factory=list)
     checks: list["Check"] = field(default_factory=list)
+    leftovers: list[list[str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -174,12 +178,15 @@ def plan(spec: TunnelSpec, platform: str = sys.platform) -> NetworkPlan:
     platform cannot do."""
     check_loops(spec)
     network_plan = _system(platform).plan(spec)
-    if spec.kill_switch:
-        from . import killswitch
+    from . import killswitch
 
+    if spec.kill_switch:
         setup, teardown = killswitch.commands(spec, platform)
         network_plan = dataclasses.replace(network_plan, setup=setup + network_plan.setup,
                                            teardown=network_plan.teardown + teardown)
+    else:  # what a killed client with a kill switch left would keep the host cut off
+        network_plan = dataclasses.replace(
+            network_plan, leftovers=network_plan.leftovers + killswitch.leftovers(spec, platform))
     if spec.dns is None:
         return network_plan
     from . import dns
@@ -222,6 +229,10 @@ def apply(network_plan: NetworkPlan, run: CommandRunner = run_command) -> None:
         if refused:
             raise RoutingConflict(refused)
     tear_down(network_plan, every_copy=True, run=run)
+    for command in network_plan.leftovers:
+        for _ in range(MAX_LEFTOVERS):
+            if run(command).returncode != 0:
+                break
     for command in network_plan.setup:
         result = run(command)
         if result.returncode != 0:

@@ -27,6 +27,15 @@ def table(interface: str) -> str:
     return "vpncrypt_ks_" + re.sub(r"[^A-Za-z0-9_]", "_", interface)
 
 
+def leftovers(spec: TunnelSpec, platform: str) -> list[list[str]]:
+    """The teardown of a kill switch that a killed client of this interface
+    left, for a start whose config has none (any more): the host would stay
+    cut off otherwise. Nothing where there is no kill switch (not Linux)."""
+    if not platform.startswith("linux") or not spec.fwmark:
+        return []
+    return [["nft", "delete", "table", "inet", table(spec.interface)]]
+
+
 def commands(spec: TunnelSpec, platform: str) -> tuple[list[list[str]], list[list[str]]]:
     """(setup, teardown) of the kill switch for ``spec``; raises
     NetconfigError where there is none (not a full tunnel, not Linux)."""

@@ -71,12 +71,7 @@ def plan(spec: TunnelSpec) -> NetworkPlan:
         if not fwmark:
             raise NetconfigError(f"a default route ({route}) needs a fwmark for the tunnel's own datagrams")
         mark = str(fwmark)
-        rules = [
-            [family, "rule", "add", "not", "fwmark", mark, "table", mark, "priority", TUNNEL_TABLE_PRIORITY,
-             "protocol", PROTOCOL],
-            [family, "rule", "add", "table", "main", "suppress_prefixlength", "0", "priority", SUPPRESS_PRIORITY,
-             "protocol", PROTOCOL],
-        ]
+        rules = _rules(family, mark)
         checks.append(Check(["ip", "-j", "-N", family, "rule", "show"], functools.partial(foreign_rule, fwmark=fwmark)))
         if route.version == 4:
             # Replies to marked datagrams pass reverse-path filtering (as wg-quick does).
@@ -84,7 +79,21 @@ def plan(spec: TunnelSpec) -> NetworkPlan:
         setup.append(["ip", family, "route", "add", str(route), "dev", interface, "table", mark, "proto", PROTOCOL])
         setup += [["ip", *rule] for rule in rules]
         teardown += [["ip", *rule[:2], "delete", *rule[3:]] for rule in rules]
-    return NetworkPlan(setup, teardown, checks=checks)
+    # A client's rules in both families, whatever the config says now: a start
+    # clears what a killed full tunnel of this mark left behind.
+    leftovers = [["ip", *rule[:2], "delete", *rule[3:]]
+                 for family in ("-4", "-6") if fwmark for rule in _rules(family, str(fwmark))]
+    return NetworkPlan(setup, teardown, checks=checks, leftovers=leftovers)
+
+
+def _rules(family: str, mark: str) -> list[list[str]]:
+    """A full tunnel's two rules (wg-quick's), as ``ip`` arguments after "ip"."""
+    return [
+        [family, "rule", "add", "not", "fwmark", mark, "table", mark, "priority", TUNNEL_TABLE_PRIORITY,
+         "protocol", PROTOCOL],
+        [family, "rule", "add", "table", "main", "suppress_prefixlength", "0", "priority", SUPPRESS_PRIORITY,
+         "protocol", PROTOCOL],
+    ]
 
 
 def route_command(action: str, network: Network, interface: str) -> list[str]:
