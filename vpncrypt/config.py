@@ -227,6 +227,10 @@ class _Section:
                 result.append(ipaddress.ip_interface(text))
             except ValueError:
                 raise self.fail(key, f"{text!r} is not an address with a prefix (like 203.0.113.1/24)") from None
+            if "/" not in text:
+                # Taken as a /32 or /128, the tunnel's own network would not be
+                # routed into the tunnel: its packets would leave in clear.
+                raise self.fail(key, f"{text!r} needs the tunnel's prefix (like {text}/24, as keygen writes it)")
         if not result:
             raise self.fail(key, "needs at least one address")
         return tuple(result)

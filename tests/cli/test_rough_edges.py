@@ -100,3 +100,18 @@ def test_an_interface_name_the_kernel_would_change_is_refused(configs, name):
     (configs / "server.toml").write_text(text)
     done = run("vpncrypt-server", "--config", "server.toml", "--dry-run", cwd=configs)
     one_line(done, 2, f"interface: '{name}' is not a valid interface name")
+
+
+def test_a_tunnel_address_without_its_prefix_is_refused(configs):
+    """Found by a fresh user: "203.0.113.2" was taken as a /32, so the server's
+    tunnel address was routed outside the tunnel and answered in clear."""
+    client = configs / "alice.toml"
+    text = client.read_text()
+    line = next(l for l in text.splitlines() if l.startswith("addresses = "))
+    client.write_text(text.replace(line, 'addresses = ["203.0.113.2"]'))
+    done = subprocess.run([str(BIN / "vpncrypt-client"), "--config", str(client), "--dry-run"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2, done
+    assert done.stderr.strip().endswith("'203.0.113.2' needs the tunnel's prefix (like 203.0.113.2/24, as keygen"
+                                        " writes it)"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
