@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import signal
+import sysconfig
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
@@ -29,6 +30,11 @@ from .core import Core
 from .restart_state import RestartStore
 from .transport import Transport
 from .tun import TunDevice, open_tun
+
+try:  # imported here, as root: after a privilege drop its files may be out of reach
+    import uvloop
+except ImportError:
+    uvloop = None
 
 log = logging.getLogger("vpncrypt")
 
@@ -66,6 +72,11 @@ def drop_privileges(account: privileges.Account | None, state_directory: Path, n
     the state files can still be written. Raises PrivilegeError."""
     privileges.drop(account)
     privileges.check_writable(state_directory, state_files(state_directory, name))
+    standard_library = sysconfig.get_paths()["stdlib"]
+    if account is not None and not os.access(standard_library, os.R_OK | os.X_OK):
+        log.warning("user %r cannot read Python's standard library (%s): a module first needed from now on"
+                    " would fail to import; install Python (the venv's base) where that user can read it",
+                    account.user, standard_library)
 
 
 @contextlib.contextmanager
@@ -134,9 +145,7 @@ def run_until_signalled(daemon: "Daemon", on_start: Callable[[], None] | None = 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop's loop where installed (it halves the loop's overhead), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
+    if uvloop is None:
         log.warning("uvloop is not installed: using the standard asyncio loop (slower)")
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
