@@ -10,6 +10,8 @@ import signal
 import socket
 import time
 
+import pytest
+
 from vpncrypt.core import Delivery
 from vpncrypt.core.client import ClientCore
 from vpncrypt.core.server import ClientEntry, ServerCore
@@ -203,3 +205,23 @@ def test_keepalives_keep_their_pace_when_the_wall_clock_is_stepped_back():
                 closable.close()
 
     assert asyncio.run(scenario()) >= 3  # about 5 in the second after the step; none without the fix
+
+
+def test_one_daemon_at_a_time_holds_a_configs_state(tmp_path):
+    """Found by a fresh user: the same server.toml started in a second network
+    namespace (or with another control-socket directory) ran, and both
+    ratcheted one key store and wrote one restart state."""
+    import contextlib
+
+    from vpncrypt.daemon import StateInUse, hold_state
+
+    first = contextlib.ExitStack()
+    hold_state(first, tmp_path, "server")
+    with contextlib.ExitStack() as second, pytest.raises(StateInUse, match="another vpncrypt daemon runs with the"
+                                                                          " state of 'server'"):
+        hold_state(second, tmp_path, "server")
+    with contextlib.ExitStack() as other:
+        hold_state(other, tmp_path, "laptop")  # another config's state: its own lock
+    first.close()
+    with contextlib.ExitStack() as again:
+        hold_state(again, tmp_path, "server")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import logging
@@ -18,7 +19,9 @@ from . import control, key_store, netconfig, sdnotify
 from .config import ClientConfig, parse_endpoint
 from .core.client import ClientCore
 from .core import siv
-from .daemon import Daemon, drop_privileges, hand_over_state, run_until_signalled, tunnel_and_transport
+from .daemon import (
+    Daemon, drop_privileges, hand_over_state, hold_state, run_until_signalled, tunnel_and_transport,
+)
 from .events import EventWatch
 from .netconfig import dns, resolv_conf
 from .restart_state import RestartStore
@@ -347,6 +350,8 @@ def run_client(config: ClientConfig) -> int:
     hand_over_state(config.account, config.state_directory, config.path.stem)
     store = RestartStore(config.state_directory, config.path.stem)
     store.prepare()
+    held = contextlib.ExitStack()
+    hold_state(held, config.state_directory, config.path.stem)
     saved = store.load()
     core = ClientCore(
         config.client_id, config.key, server_id=config.server_id, server_endpoint=endpoint,
@@ -384,5 +389,6 @@ def run_client(config: ClientConfig) -> int:
                 on_start = ServerLookups(core, host, port, family, config.resolve_interval, loop_route).start
             run_until_signalled(daemon, on_start=on_start)
     finally:
+        held.close()
         control_server.discard()
     return 0

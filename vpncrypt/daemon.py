@@ -49,11 +49,33 @@ SAVE_RETRY = 5.0  # seconds before trying again a write that failed
 
 def state_files(state_directory: Path, name: str) -> list[str]:
     """The files the daemon named ``name`` keeps in its state directory: key
-    store, its lock and temporary file, restart state and its temporary file."""
+    store, its lock and temporary file, restart state and its temporary file,
+    and the lock that says a daemon runs with them (``hold_state``)."""
     keys = key_store.store_path(state_directory, name)
     bounds = RestartStore(state_directory, name).path
     return [path.name for path in (keys, files.lock_path(keys), files.temporary_path(keys), bounds,
-                                   files.temporary_path(bounds))]
+                                   files.temporary_path(bounds), files.lock_path(state_directory / f"{name}.daemon"))]
+
+
+class StateInUse(OSError):
+    """Another daemon runs with this daemon's state (key store, restart state)."""
+
+
+def hold_state(stack: contextlib.ExitStack, state_directory: Path, name: str) -> None:
+    """Hold, for as long as ``stack`` is open, the lock that says a daemon runs
+    with ``name``'s key store and restart state in ``state_directory``: two
+    (from two network namespaces, or with two control-socket directories)
+    would ratchet one key store and write one restart state between them.
+    Raises StateInUse if another holds it, files.LockError if it cannot be made."""
+    lock = state_directory / f"{name}.daemon"
+    try:
+        stack.enter_context(files.locked(lock, 0, holder="vpncrypt daemon"))
+    except files.LockError as error:
+        if not files.lock_path(lock).exists():
+            raise
+        raise StateInUse(f"another vpncrypt daemon runs with the state of {name!r} in {state_directory}"
+                         f" (it holds {files.lock_path(lock)}): stop it first, or give this config its own"
+                         " state_directory") from None
 
 
 def hand_over_state(account: privileges.Account | None, state_directory: Path, name: str) -> None:

@@ -8,6 +8,7 @@ for, and the events logged once a second.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import logging
@@ -24,7 +25,9 @@ from .core.inner import Network
 from .core import siv
 from .core.filtered import FLOOD_REFUSALS
 from .core.server import ServerCore
-from .daemon import Daemon, drop_privileges, hand_over_state, run_until_signalled, tunnel_and_transport
+from .daemon import (
+    Daemon, drop_privileges, hand_over_state, hold_state, run_until_signalled, tunnel_and_transport,
+)
 from .events import EventWatch, RateLimiter
 from .restart_state import RestartStore
 from .transport import format_endpoint
@@ -349,10 +352,12 @@ def run_server(config: ServerConfig) -> int:
     name = control_name(config)
     # Before the device: a second server from the same config stops here.
     control_server = control.ControlServer.bind(control.socket_path(name))
+    held = contextlib.ExitStack()
     try:
         hand_over_state(config.account, config.state_directory, config.path.stem)
         store = RestartStore(config.state_directory, config.path.stem)
         store.prepare()
+        hold_state(held, config.state_directory, config.path.stem)
         core = build_core(config, time.time(), store.load())
         listen = functools.partial(open_server_transport, config.listen_address, config.port,
                                    offload=config.offload)
@@ -369,5 +374,6 @@ def run_server(config: ServerConfig) -> int:
             )
             run_until_signalled(daemon)
     finally:
+        held.close()
         control_server.discard()
     return 0
