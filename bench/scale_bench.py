@@ -109,7 +109,7 @@ def measure(clients: int, keys: list[bytes]) -> dict:
 
     def route_all() -> int:
         for batch in to_clients:
-            server.tun_packets_received(batch, NOW + 2)
+            server.tun_packets_received(batch, NOW + 2).to_network
         return SAMPLE
 
     ids = [i for i in picks]

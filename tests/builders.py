@@ -20,9 +20,10 @@ from vpncrypt.core.client import ClientCore
 from vpncrypt.core.epochs import DEFAULT_EPOCH_SECONDS, epoch_key
 from vpncrypt.core.inner import PartialChecksumPacket
 from vpncrypt.core.peer import Peer
+from vpncrypt.core.pmtu import SEARCH_COMPLETE
 from vpncrypt.core.replay import WINDOW
 from vpncrypt.core.server import ClientEntry, ServerCore
-from vpncrypt.core.wire import KIND_DATA, TO_SERVER
+from vpncrypt.core.wire import KIND_DATA, KIND_KEEPALIVE, TO_SERVER
 from vpncrypt.tun.offload import F_NEEDS_CSUM, VNET_HEADER, ipv4_header_checksum, pseudo_header_sum
 
 NOW = 1_800_000_000.0  # a fixed clock: the core never reads the real one
@@ -120,6 +121,19 @@ def make_server(now=NOW, **options) -> ServerCore:
         ClientEntry(2, KEY_B, KEY_EPOCH, (net(B_ADDR + "/32"), net("2001:db8:b::/64")), "b"),
     ]
     return ServerCore(SERVER_ID, clients, now, **options)
+
+
+def keepalives(datagrams):
+    """The keepalives (kind 0x22) among a client timer's (datagram, endpoint)
+    pairs, without the path MTU probes that come from the same timer."""
+    return [(datagram, endpoint) for datagram, endpoint in datagrams if datagram[0] >> 2 == KIND_KEEPALIVE]
+
+
+def without_path_search(client: ClientCore) -> ClientCore:
+    """``client`` with its path MTU search at rest (tests/core/test_pmtu.py has
+    it), so that its timer is the keepalives' and the keys' only."""
+    client.path.state, client.path.due = SEARCH_COMPLETE, float("inf")
+    return client
 
 
 def make_client(client_id=1, key=KEY_A, now=NOW, **options) -> ClientCore:

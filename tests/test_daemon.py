@@ -32,7 +32,7 @@ async def exchange(count: int) -> tuple[list[bytes], list[bytes], dict, dict]:
     server_transport = open_server_transport("127.0.0.1", 0)
     port = server_transport.sock.getsockname()[1]
     client_core = ClientCore(1, KEY, key_epoch=KEY_EPOCH, server_id=3, server_endpoint=("127.0.0.1", port),
-                             routes=[ipaddress.ip_network("203.0.113.0/24")], now=now)
+                             routes=[ipaddress.ip_network("203.0.113.0/24")], now=now, underlay_version=4)
     server_tun, client_tun = MemoryTun("s"), MemoryTun("c")
     server = Daemon(server_tun, server_transport, server_core)
     client_transport = open_client_transport(socket.AF_INET)
@@ -176,7 +176,8 @@ def test_keepalives_keep_their_pace_when_the_wall_clock_is_stepped_back():
         listener.bind(("127.0.0.1", 0))
         listener.setblocking(False)
         core = ClientCore(1, KEY, key_epoch=KEY_EPOCH, server_id=3, server_endpoint=listener.getsockname(),
-                          routes=[ipaddress.ip_network("203.0.113.0/24")], now=clock(), keepalive_interval=0.2)
+                          routes=[ipaddress.ip_network("203.0.113.0/24")], now=clock(), keepalive_interval=0.2,
+                          underlay_version=4)
         transport = open_client_transport(socket.AF_INET)
         tun = MemoryTun("k")
         daemon = Daemon(tun, transport, core, clock=clock)

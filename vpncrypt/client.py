@@ -19,6 +19,7 @@ from . import control, key_store, netconfig, sdnotify
 from .config import ClientConfig, parse_endpoint
 from .core.client import ClientCore
 from .core import siv
+from .core.wire import OVERHEAD
 from .daemon import (
     Daemon, drop_privileges, hand_over_state, hold_state, run_until_signalled, tunnel_and_transport,
 )
@@ -318,6 +319,8 @@ class LiveClient:
                 "tx_packets": peer.tx_packets,
                 "auth_failures": peer.auth_failures,
                 "time_drops": peer.time_drops,
+                "path_mtu": self.core.path.confirmed - OVERHEAD,
+                "path_mtu_state": self.core.path.state,
             },
             "clock_offset": self.core.clock_offset,
             "drops": dict(self.core.drops),
@@ -356,7 +359,7 @@ def run_client(config: ClientConfig) -> int:
     core = ClientCore(
         config.client_id, config.key, server_id=config.server_id, server_endpoint=endpoint,
         routes=config.allowed_sources, now=time.time(), time_window=config.time_window,
-        keepalive_interval=config.keepalive, mtu=config.mtu,
+        keepalive_interval=config.keepalive, mtu=config.mtu, underlay_version=6 if family == socket.AF_INET6 else 4,
         key_epoch=config.key_epoch, epoch_seconds=config.epoch_seconds,
         restart_bounds=saved if saved is not None else {}, restart_state_lost=saved is None,
     )

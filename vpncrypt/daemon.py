@@ -290,7 +290,7 @@ class Daemon:
 
     def tun_readable(self) -> None:
         """Drain the TUN device: seal and send batch by batch; what the core
-        answers back (a server's ICMP errors) is written to TUN."""
+        answers back (ICMP errors) is written to TUN."""
         for _ in range(MAX_BATCHES_PER_WAKEUP):
             packets = self.tun.read_batch(BATCH)
             if not packets:

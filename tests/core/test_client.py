@@ -8,7 +8,7 @@ from vpncrypt.core.client import ClientCore
 from tests.builders import (
     KEY_EPOCH,
     A_ADDR, A_EP, KEY_A, NOW, SERVER_ADDR, SERVER_EP, SERVER_ID, ipv4_packet, make_client, make_server, net,
-    seal_from_a,
+    seal_from_a, without_path_search,
 )
 
 
@@ -39,7 +39,7 @@ def test_client_round_trip_and_source_filter():
 
 
 def test_client_keepalive_timer():
-    client = make_client(keepalive_interval=25)
+    client = without_path_search(make_client(keepalive_interval=25))
     assert client.next_timer() == 0.0  # the first keepalive is due at once
     assert len(client.handle_timer(NOW)) == 1
     assert client.next_timer() == NOW + 25
@@ -51,7 +51,7 @@ def test_client_keepalive_timer():
 
 
 def test_client_keepalive_off():
-    client = make_client(keepalive_interval=0)
+    client = without_path_search(make_client(keepalive_interval=0))
     assert len(client.handle_timer(NOW)) == 1  # one at start, even so
     # Only the keys' next step is due, and it sends nothing.
     assert client.next_timer() == client.key_timer.due and client.handle_timer(NOW + 1000) == []

@@ -25,6 +25,10 @@ Version 2's rules that are not in ``wire.open_datagram`` the reference states it
   once, then FAILURE_RATE a second, spent by every authentication failure, the time
   answer's too. An ID without credit has its datagrams refused unopened
   (auth_failures_limited), after the replay window and before the cipher.
+- Path MTU probes (section 8): a server takes probes (0x25), a client their
+  acknowledgements (0x26); after step 9, one whose probed size (its first two
+  bytes) is not its datagram's length, or a probe whose confirmed size (the next
+  two) is above that, is bad_probe; any other is accepted and delivers nothing.
 - Step 7: an epoch whose key the receiver no longer holds (its configured key is of a
   later epoch, or the key of ``start - 512``'s epoch replaced it) is
   outside_time_window.
@@ -62,8 +66,8 @@ from vpncrypt.core.receive import TIME_ANSWER_INTERVAL, open_datagrams
 from vpncrypt.core.replay import REORDERED, REPLAYED, SUPERSEDED, TOO_OLD, WINDOW, ReplayWindow
 from vpncrypt.core.server import ClientEntry, ServerCore
 from vpncrypt.core.wire import (
-    DEFAULT_TIME_WINDOW, KIND_DATA, KIND_DATA_PARTIAL, KIND_KEEPALIVE, KIND_TIME_ANSWER, KINDS, MAX_DATAGRAM,
-    OVERHEAD, TIME_ANSWER_PAYLOAD, TIMESTAMP_MOD, TO_CLIENT, TO_SERVER, VERSION_1_KINDS, Rejected, decode_header,
+    DEFAULT_TIME_WINDOW, KIND_DATA, KIND_DATA_PARTIAL, KIND_KEEPALIVE, KIND_PROBE, KIND_PROBE_ACK, KIND_TIME_ANSWER,
+    KINDS, MAX_DATAGRAM, OVERHEAD, TIME_ANSWER_PAYLOAD, TIMESTAMP_MOD, TO_CLIENT, TO_SERVER, VERSION_1_KINDS, Rejected, decode_header,
     open_datagram, seal_datagram,
 )
 
@@ -206,6 +210,11 @@ class Reference:
         if verdict != REORDERED and self.follow_source:
             self.endpoints[client_id] = address
         if header.kind == KIND_KEEPALIVE:
+            return ACCEPTED, b"", False
+        if header.kind in (KIND_PROBE, KIND_PROBE_ACK):
+            fields = struct.unpack_from("!HH" if header.kind == KIND_PROBE else "!H", payload) + (0,)
+            if fields[0] != len(datagram) or fields[1] > len(datagram):
+                return DROPPED, reasons.BAD_PROBE
             return ACCEPTED, b"", False
         partial = header.kind == KIND_DATA_PARTIAL
         reason = self.inner_reason(payload, client_id, partial)
@@ -386,7 +395,7 @@ class Receivers:
             offered += 1
             if verdict[0] == DROPPED:
                 counted[verdict[1]] += 1
-            elif decode_header(datagram).kind != KIND_KEEPALIVE:
+            elif decode_header(datagram).kind not in (KIND_KEEPALIVE, KIND_PROBE, KIND_PROBE_ACK):
                 delivered.append(verdict[1:])
         return Opened(offered, delivered, counted, self.reference.answers[answers:])
 
@@ -589,6 +598,10 @@ def test_every_kind(direction):
         elif kind == KIND_TIME_ANSWER:
             # Not opened by a server; taken aside by a client.
             assert verdicts == {(DROPPED, reasons.UNKNOWN_KIND) if direction == TO_SERVER else ASIDE}
+        elif kind == (KIND_PROBE if direction == TO_SERVER else KIND_PROBE_ACK):
+            # Relabelled: not authentic; sealed: an IP packet is no probe, and empty too short.
+            assert verdicts == {(DROPPED, reasons.AUTH_FAILED), (DROPPED, reasons.BAD_PROBE),
+                                (DROPPED, reasons.BAD_LENGTH)}, hex(kind)
         elif kind not in KINDS:
             assert verdicts == {(DROPPED, reasons.UNKNOWN_KIND)}, hex(kind)
 

@@ -14,7 +14,7 @@ from vpncrypt.core.wire import KIND_DATA, KIND_KEEPALIVE, TO_CLIENT, TO_SERVER
 
 from tests.builders import (
     A_ADDR, A_EP, A_EP2, B_ADDR, KEY_A, LATE_ARRIVALS, NOW, SERVER_ADDR, SERVER_ID, Model, deliveries, ipv4_packet,
-    make_client, make_server, seal_from_a, sender,
+    keepalives, make_client, make_server, seal_from_a, sender,
 )
 
 
@@ -191,7 +191,7 @@ def test_endpoint_follows_the_newest_authenticated_datagram():
 def test_keepalive_moves_the_endpoint_and_reaches_no_tun():
     server = make_server()
     client = make_client()
-    out = server.datagrams_received([(d, A_EP) for d, _ in client.handle_timer(NOW + 1)], NOW + 1)
+    out = server.datagrams_received([(d, A_EP) for d, _ in keepalives(client.handle_timer(NOW + 1))], NOW + 1)
     assert out == ([], []) and server.peers[1].endpoint == A_EP
 
 

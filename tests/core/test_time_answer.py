@@ -9,7 +9,7 @@ from vpncrypt.core.receive import TIME_ANSWER_INTERVAL
 from vpncrypt.core.wire import HEADER, KIND_TIME_ANSWER, TIMESTAMP_BITS
 
 from tests.builders import (
-    A_ADDR, A_EP, NOW, SERVER_ADDR, SERVER_EP, ipv4_packet, make_client, make_server, spec_vectors,
+    A_ADDR, A_EP, NOW, SERVER_ADDR, SERVER_EP, ipv4_packet, make_client, make_server, keepalives, spec_vectors,
 )
 
 ELSEWHERE = ("198.51.100.9", 7777)
@@ -22,7 +22,7 @@ def answers_in(datagrams):
 @pytest.mark.parametrize("offset", [-500, -200, 200, 500])
 def test_a_client_whose_clock_is_off_is_heard_after_one_answer(offset):
     server, client = make_server(), make_client(now=NOW + offset)
-    first = client.handle_timer(NOW + 1 + offset)  # the keepalive at start, stamped by the wrong clock
+    first = keepalives(client.handle_timer(NOW + 1 + offset))  # the keepalive at start, stamped by the wrong clock
     out = server.datagrams_received([(d, A_EP) for d, _ in first], NOW + 1)
     [(answer, to)] = answers_in(out.to_network)
     assert to == A_EP and len(answer) == 32 and server.peers[1].endpoint is None  # answered, not accepted
@@ -75,7 +75,7 @@ def test_the_time_answer_vector_of_the_spec_is_opened_by_the_client():
     client = ClientCore(client_id, bytes.fromhex(vector["root_key"]), key_epoch=int(vector["root_epoch"]),
                         server_id=int(vector["server_id"]), server_endpoint=SERVER_EP, routes=[], now=ts - 1)
     client.server.counter = counter - 1  # so the keepalive below carries the vector's counter ...
-    [(keepalive, _)] = client.handle_timer(ts)  # ... and its timestamp
+    [(keepalive, _)] = keepalives(client.handle_timer(ts))  # ... and its timestamp
     assert HEADER.unpack_from(keepalive)[2] == counter
     client.datagrams_received([(bytes.fromhex(vector["datagram"]), SERVER_EP)], ts)
     assert client.clock_offset == pytest.approx(300.25, abs=1e-6)

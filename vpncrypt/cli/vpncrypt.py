@@ -110,6 +110,7 @@ def render_text(status: dict[str, Any]) -> str:
                 f"  addresses: {', '.join(client['addresses'])}",
                 f"  endpoint: {client['endpoint'] or '(not heard from yet)'}",
                 f"  last datagram: {ago(client['last_datagram'], now)}",
+                f"  path MTU: {client['path_mtu']}",
                 f"  transfer: {_transfer(client)}",
             ]
             troubles = [f"{label} {client[key]}" for key, label in (
@@ -126,6 +127,7 @@ def render_text(status: dict[str, Any]) -> str:
             f"  up: {duration(now - status['started'])}, pid {status['pid']}, config {status['config']}",
             f"  server: {server['endpoint']}",
             f"  last datagram from it: {ago(server['last_datagram'], now)}",
+            f"  path MTU: {server['path_mtu']} ({server['path_mtu_state'].replace('_', ' ')})",
             f"  transfer: {_transfer(server)}",
             f"  drops: {_drops(status)}",
         ]

@@ -22,7 +22,7 @@ Datagrams = list[tuple[bytes, Any]]  # (datagram, endpoint) pairs
 class Delivery(NamedTuple):
     """What a batch of received datagrams, or of packets read from TUN, produced."""
 
-    to_tun: list[bytes]  # inner IP packets for the TUN device (a server's ICMP errors too)
+    to_tun: list[bytes]  # inner IP packets for the TUN device (ICMP errors too)
     to_network: Datagrams  # datagrams to send
 
 
@@ -38,8 +38,8 @@ class Core(Protocol):
 
     def tun_packets_received(self, packets: Iterable[bytes], now: float) -> Delivery:
         """Seal a batch of IP packets read from the TUN device; what cannot be
-        delivered may be answered with packets for the TUN device (a server's
-        ICMP errors, core/icmp.py)."""
+        delivered may be answered with packets for the TUN device (ICMP errors,
+        core/pmtu.py)."""
 
     def next_timer(self) -> float | None:
         """The wall-clock time (Unix seconds) at which ``handle_timer`` has

@@ -9,6 +9,11 @@ A client whose clock is off by more than the time window (but less than 512
 seconds) is answered by the server with the server's time (a time answer,
 docs/PROTOCOL.md section 7): from then on it stamps and checks timestamps in
 the server's time, ``now + clock_offset``.
+
+The client also searches for the largest datagram that gets through to the
+server and back (core/pmtu.py, docs/PROTOCOL.md section 8): its probes come
+from the same timer, and packets from TUN larger than the tunnel's effective
+MTU, ``path.confirmed - 24``, are answered with ICMP "too big" back to TUN.
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ from cryptography.exceptions import InvalidTag
 from . import Datagrams, Delivery
 from . import drops as reasons
 from .epochs import DEFAULT_EPOCH_SECONDS, KeyTimer
-from .inner import Network, PrefixTable
+from .inner import Network, PrefixTable, clamp_mss
 from .peer import Peer
+from .pmtu import PathSearch, TooBigAnswers, base_size, max_size, needs_answer
 from .receive import open_datagrams
 from .restart import RestartBounds
 from .wire import (
-    AD_SUFFIX, COUNTER_MASK, DEFAULT_TIME_WINDOW, HEADER, HEADER_LEN, KIND_DATA, KIND_KEEPALIVE, KIND_TIME_ANSWER,
-    MAX_PAYLOAD, OVERHEAD, TIME_ANSWER_PAYLOAD, TIMESTAMP_MASK, TO_CLIENT, TO_SERVER,
+    AD_SUFFIX, COUNTER_MASK, DEFAULT_TIME_WINDOW, HEADER, HEADER_LEN, KIND_DATA, KIND_KEEPALIVE, KIND_PROBE,
+    KIND_TIME_ANSWER, MAX_PAYLOAD, OVERHEAD, TIME_ANSWER_PAYLOAD, TIMESTAMP_MASK, TO_CLIENT, TO_SERVER, probe_payload,
 )
 
 ANSWER_WAIT = 5.0  # seconds a time answer may take to echo one of our datagrams
@@ -42,7 +48,9 @@ class ClientCore:
     networks the server may send from; ``keepalive_interval`` seconds, 0 for
     only the first keepalive; ``key`` is the key of epoch ``key_epoch``;
     ``restart_bounds``, ``restart_state_lost``, ``mtu`` and ``epoch_seconds``
-    as for ServerCore. Raises ValueError for a key of the wrong length.
+    as for ServerCore; ``underlay_version`` 4 or 6, the IP version of the
+    server's address, which sets where the path MTU search starts
+    (pmtu.base_size). Raises ValueError for a key of the wrong length.
     """
 
     def __init__(
@@ -61,6 +69,7 @@ class ClientCore:
         restart_state_lost: bool = False,
         mtu: int = MAX_PAYLOAD,
         epoch_seconds: int = DEFAULT_EPOCH_SECONDS,
+        underlay_version: int = 6,
     ) -> None:
         self.server = Peer(
             client_id, key, key_epoch=key_epoch, server_id=server_id, send_direction=TO_SERVER,
@@ -84,6 +93,8 @@ class ClientCore:
         self.sources: PrefixTable[Peer] = PrefixTable()
         self.sources.add_all(routes, self.server)
         self._last_sent: float | None = None
+        self.path = PathSearch(base_size(underlay_version), max_size(underlay_version, mtu), now)
+        self.too_big = TooBigAnswers(now)
 
     def datagrams_received(self, datagrams: Iterable[tuple[bytes, Any]], now: float) -> Delivery:
         """Inner packets for the TUN device; a client forwards nothing back out.
@@ -95,13 +106,19 @@ class ClientCore:
             for datagram, _ in answers:
                 self._time_answer(datagram, now)
             datagrams = [d for d in datagrams if not (len(d[0]) >= 1 and d[0][0] >> 2 == KIND_TIME_ANSWER)]
+        probes: list = []
         opened = open_datagrams(
             datagrams, now + self.clock_offset, direction=TO_CLIENT, server_id=server.server_id,
             find_peer={server.client_id: server}.get,
             sources=self.sources, time_window=self.time_window, drops=self.drops,
             follow_source=False,  # an observer's copy from elsewhere must not move us
-            unsaved=self.restart.unsaved, held=self.restart.held, max_datagram=self.max_datagram,
+            unsaved=self.restart.unsaved, held=self.restart.held, max_datagram=self.max_datagram, probes=probes,
         )
+        if opened or probes:
+            path = self.path
+            path.heard(now)
+            for _, size, _, _ in probes:
+                path.acknowledged(size, now)
         return Delivery([packet for _, packet in opened], [])
 
     def _time_answer(self, datagram: bytes, now: float) -> None:
@@ -146,8 +163,22 @@ class ClientCore:
         return server.endpoint
 
     def tun_packets_received(self, packets: list[bytes], now: float) -> Delivery:
-        """Seal IP packets for the server; nothing goes back to TUN."""
-        return Delivery([], self._send(KIND_DATA, packets, now) if packets else [])
+        """Seal IP packets for the server. One larger than the effective MTU
+        that may not be fragmented (pmtu.needs_answer) is dropped
+        (packet_too_big) and answered with ICMP "too big" for TUN, within a
+        rate; TCP SYNs get their MSS clamped to the effective MTU."""
+        mtu = self.path.confirmed - OVERHEAD
+        to_tun = []
+        sending = []
+        for packet in packets:
+            if len(packet) > mtu and needs_answer(packet, mtu):
+                self.drops[reasons.PACKET_TOO_BIG] += 1
+                answer = self.too_big.answer(packet, mtu, now)
+                if answer is not None:
+                    to_tun.append(answer)
+            else:
+                sending.append(clamp_mss(packet, mtu))
+        return Delivery(to_tun, self._send(KIND_DATA, sending, now) if sending else [])
 
     def keys_to_save(self) -> dict[int, tuple[int, bytes]] | None:
         """This client's oldest kept key, {client ID: (epoch, key)}, to replace
@@ -176,10 +207,11 @@ class ClientCore:
         return []
 
     def next_timer(self) -> float | None:
-        """Unix seconds (this host's clock) of the next keepalive or key step: a
-        keepalive at once (0.0) before anything was sent, then
-        ``keepalive_interval`` after the last send (never, if they are off)."""
-        keys_due = self.key_timer.due - self.clock_offset
+        """Unix seconds (this host's clock) of the next keepalive, path MTU
+        probe or key step: a keepalive at once (0.0) before anything was
+        sent, then ``keepalive_interval`` after the last send (never, if they
+        are off)."""
+        keys_due = min(self.key_timer.due - self.clock_offset, self.path.next_timer())
         if self._last_sent is None:
             return 0.0
         if self.keepalive_interval <= 0:
@@ -192,15 +224,21 @@ class ClientCore:
         if self._last_sent is not None:
             self._last_sent += delta
         self.key_timer.stepped(delta)
+        self.path.stepped(delta)
 
     def handle_timer(self, now: float) -> Datagrams:
-        """A keepalive if one is due at ``now``, else nothing; keys that ``now``
-        no longer needs are erased."""
+        """A keepalive and a path MTU probe, each if due at ``now``; keys that
+        ``now`` no longer needs are erased. A probe carries the size confirmed
+        so far, so the server learns it too."""
         self.key_timer.advance([self.server], now + self.clock_offset)
-        if self._last_sent is not None and (self.keepalive_interval <= 0 or
-                                            now < self._last_sent + self.keepalive_interval):
-            return []
-        return self._send(KIND_KEEPALIVE, [b""], now)
+        out = []
+        if self._last_sent is None or (self.keepalive_interval > 0 and
+                                       now >= self._last_sent + self.keepalive_interval):
+            out = self._send(KIND_KEEPALIVE, [b""], now)
+        size = self.path.probe_due(now)
+        if size is not None:
+            out += self._send(KIND_PROBE, [probe_payload(size, self.path.confirmed)], now)
+        return out
 
     def _send(self, kind: int, payloads: list[bytes], now: float) -> Datagrams:
         self._last_sent = now
@@ -213,4 +251,5 @@ class ClientCore:
 
     def status(self) -> dict[str, Any]:
         """The server peer's counters and endpoint (raw), and the drops."""
-        return {"server": self.server.status(), "drops": dict(self.drops), "clock_offset": self.clock_offset}
+        return {"server": self.server.status(), "drops": dict(self.drops), "clock_offset": self.clock_offset,
+                "path_mtu": self.path.confirmed - OVERHEAD}

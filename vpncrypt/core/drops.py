@@ -43,6 +43,13 @@ NO_ENDPOINT = "no_endpoint"
 # that family to send from.
 ICMP_RATE_LIMITED = "icmp_rate_limited"
 ICMP_NO_SOURCE_ADDRESS = "icmp_no_source_address"
+# An authentic path MTU probe or acknowledgement whose probed size is not its
+# own length.
+BAD_PROBE = "bad_probe"
+# Larger than the path MTU found to the peer (core/pmtu.py) and not to be
+# fragmented (IPv4 DF, any IPv6 above 1280 bytes): answered with ICMP
+# "fragmentation needed" / "packet too big", within a rate.
+PACKET_TOO_BIG = "packet_too_big"
 # Time answers (client): one that echoes no datagram this client sent in the
 # last few seconds, or that fails authentication.
 UNEXPECTED_TIME_ANSWER = "unexpected_time_answer"
@@ -51,7 +58,7 @@ ALL = (
     BAD_LENGTH, UNKNOWN_KIND, OLD_VERSION, UNKNOWN_CLIENT, OUTSIDE_TIME_WINDOW, REPLAYED,
     COUNTER_TOO_OLD, SUPERSEDED, AUTH_FAILED, AUTH_FAILURES_LIMITED, PENDING_RESTART_STATE, INNER_MALFORMED,
     INNER_SOURCE_NOT_ALLOWED, CLIENT_TO_CLIENT_DENIED, TUN_MALFORMED, NO_ROUTE, NO_ENDPOINT, ICMP_RATE_LIMITED,
-    ICMP_NO_SOURCE_ADDRESS, UNEXPECTED_TIME_ANSWER,
+    ICMP_NO_SOURCE_ADDRESS, UNEXPECTED_TIME_ANSWER, BAD_PROBE, PACKET_TOO_BIG,
 )
 
 

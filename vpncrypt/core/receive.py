@@ -19,8 +19,9 @@ from .peer import Peer
 from .replay import NEWEST, REORDERED, REPLAYED, RING_INDEX_MASK, SUPERSEDED, TOO_OLD, WINDOW
 from .restart import HELD_MAX, SAVE_LEAD
 from .wire import (
-    AD_SUFFIX, COUNTER_MASK, HEADER, HEADER_LEN, KIND_DATA, KIND_DATA_PARTIAL, KIND_KEEPALIVE, MAX_DATAGRAM, OVERHEAD,
-    TIMESTAMP_BITS, TIMESTAMP_MASK, TIMESTAMP_MOD, VERSION_1_KINDS,
+    AD_SUFFIX, COUNTER_MASK, HEADER, HEADER_LEN, KIND_DATA, KIND_DATA_PARTIAL, KIND_KEEPALIVE, KIND_PROBE,
+    KIND_PROBE_ACK, MAX_DATAGRAM, OVERHEAD, PROBE, PROBE_ACK, PROBE_ACK_MIN, PROBE_MIN, TIMESTAMP_BITS, TIMESTAMP_MASK,
+    TIMESTAMP_MOD, TO_SERVER, VERSION_1_KINDS,
 )
 
 TIME_ANSWER_INTERVAL = 2.0  # seconds between two authentications of a peer's out-of-window datagrams
@@ -72,6 +73,7 @@ def open_datagrams(
     max_datagram: int = MAX_DATAGRAM,
     skewed: list | None = None,
     limited: list | None = None,
+    probes: list | None = None,
 ) -> list[tuple[Peer, bytes]]:
     """Authenticate, decrypt and filter; return (peer, inner packet) for each data packet.
 
@@ -93,6 +95,15 @@ def open_datagrams(
     does one refused as superseded or counter_too_old (a peer behind in time).
     With ``limited`` (the server), the peer of each datagram refused as
     auth_failures_limited is appended to it (core/filtered.py counts them).
+
+    Path MTU probes (docs/PROTOCOL.md section 8) are the kind of their
+    direction: a probe (0x25) sealed for the server, an acknowledgement
+    (0x26) sealed for the client; the other end's kind is unknown_kind. They
+    pass the same checks as data, record their counter and move the endpoint
+    as data does, and are never delivered as packets: an authentic one whose
+    probed size is not its length is counted (bad_probe), any other adds
+    (peer, probed size, confirmed size, endpoint) to ``probes`` (confirmed
+    size 0 for an acknowledgement, which carries none).
     """
     now_s = int(now)
     ts_base = now_s - TIMESTAMP_MOD // 2
@@ -103,6 +114,7 @@ def open_datagrams(
     hosts_get = sources.hosts.get
     suffixes: dict[int, bytes] = {}
     opened: list[tuple[Peer, bytes]] = []
+    probe_kind, probe_min = (KIND_PROBE, PROBE_MIN) if direction == TO_SERVER else (KIND_PROBE_ACK, PROBE_ACK_MIN)
     for datagram, address in datagrams:
         size = len(datagram)
         if size < OVERHEAD or size > max_datagram:
@@ -113,6 +125,10 @@ def open_datagrams(
         if kind != KIND_DATA:
             if kind == KIND_KEEPALIVE:
                 if size != OVERHEAD:
+                    drops[reasons.BAD_LENGTH] += 1
+                    continue
+            elif kind == probe_kind:
+                if size < probe_min:
                     drops[reasons.BAD_LENGTH] += 1
                     continue
             elif kind != KIND_DATA_PARTIAL:
@@ -210,6 +226,17 @@ def open_datagrams(
                 peer.roams += 1
             peer.endpoint = address
         if kind == KIND_KEEPALIVE:
+            continue
+        if kind == probe_kind:
+            # Its padding goes nowhere; only its fields are looked at.
+            if kind == KIND_PROBE:
+                probed, confirmed = PROBE.unpack_from(packet)
+            else:
+                (probed,), confirmed = PROBE_ACK.unpack_from(packet), 0
+            if probed != size:
+                drops[reasons.BAD_PROBE] += 1
+            elif probes is not None:
+                probes.append((peer, probed, confirmed, address))
             continue
         packet = well_formed(packet)
         if packet is None:

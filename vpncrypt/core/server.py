@@ -4,6 +4,11 @@ Input: batches of (datagram, address) from the UDP socket and batches of IP
 packets from the TUN device, each with ``now``. Output: packets for the TUN
 device and (datagram, address) pairs for the socket. Nothing here is answered
 that did not authenticate.
+
+Each client tells the server in its path MTU probes the datagram size it has
+confirmed to get through both ways (core/pmtu.py, docs/PROTOCOL.md section
+8); the server acknowledges each probe with a datagram of the same size, and
+keeps what goes to that client, and the MSS of its TCP flows, within it.
 """
 
 from __future__ import annotations
@@ -20,9 +25,17 @@ from .inner import Network, PrefixTable, clamp_mss, well_formed
 from .epochs import DEFAULT_EPOCH_SECONDS, KeyTimer
 from .filtered import FilteredIds
 from .peer import CipherBudget, Peer
+from .pmtu import TooBigAnswers, base_size, needs_answer
 from .receive import open_datagrams
 from .restart import RestartBounds
-from .wire import DEFAULT_TIME_WINDOW, KIND_DATA, MAX_PAYLOAD, OVERHEAD, TO_CLIENT, TO_SERVER, seal_time_answer
+from .wire import (
+    DEFAULT_TIME_WINDOW, KIND_DATA, KIND_PROBE_ACK, MAX_PAYLOAD, OVERHEAD, TO_CLIENT, TO_SERVER, probe_ack_payload,
+    seal_time_answer,
+)
+
+# The smallest confirmed size a client's probe may set: the base of an IPv6
+# underlay (pmtu.base_size), below which no client reports.
+MIN_REPORTED = base_size(6)
 
 
 @dataclass(frozen=True)
@@ -96,6 +109,10 @@ class ServerCore:
         own = {interface.version: interface.ip.packed for interface in reversed(tunnel)}
         self.unreachable = Unreachable(own.get(4), own.get(6))
         self.filtered = FilteredIds()  # client IDs flooded with forgeries, for the kernel to refuse
+        # The effective MTU to each client that has reported one in a probe
+        # (the configured ``mtu`` for the others), and the "too big" answers.
+        self.path_mtu: dict[Peer, int] = {}
+        self.too_big = TooBigAnswers(now)
         self.update_clients(clients, now)
 
     def update_clients(self, entries: Iterable[ClientEntry], now: float) -> None:
@@ -132,6 +149,8 @@ class ServerCore:
         self.cipher_budget.retain(peers.values())
         self.peers = peers
         self.routes = routes
+        kept = set(peers.values())
+        self.path_mtu = {peer: mtu for peer, mtu in self.path_mtu.items() if peer in kept}
         self._addresses = {entry.client_id: entry.addresses for entry in entries}
 
     def datagrams_received(self, datagrams: Iterable[tuple[bytes, Any]], now: float) -> Delivery:
@@ -142,11 +161,12 @@ class ServerCore:
         ``tun_packets_received``."""
         skewed: list = []
         limited: list[Peer] = []
+        probes: list = []
         opened = open_datagrams(
             datagrams, now, direction=TO_SERVER, server_id=self.server_id,
             find_peer=self.peers.get, sources=self.routes,
             time_window=self.time_window, drops=self.drops, unsaved=self.restart.unsaved, held=self.restart.held,
-            max_datagram=self.max_datagram, skewed=skewed, limited=limited,
+            max_datagram=self.max_datagram, skewed=skewed, limited=limited, probes=probes,
         )
         if limited:
             for peer, count in Counter(limited).items():
@@ -156,9 +176,10 @@ class ServerCore:
         hosts_get = self.routes.hosts.get
         longest_match = self.routes.longest_match
         tunnel_lookup = self.tunnel.lookup
+        path_mtu = self.path_mtu.get
         mtu = self.mtu
         for sender, packet in opened:
-            packet = clamp_mss(packet, mtu)
+            packet = clamp_mss(packet, path_mtu(sender, mtu))
             # open_datagrams checked the source, so the IP header is whole.
             destination = packet[16:20] if packet[0] >> 4 == 4 else packet[24:40]
             owner = hosts_get(destination)
@@ -183,7 +204,20 @@ class ServerCore:
             to_network = []
         if skewed:
             to_network += self._time_answers(skewed, now)
+        if probes:
+            to_network += self._probe_acks(probes, now)
         return Delivery(to_tun, to_network)
+
+    def _probe_acks(self, probes: list, now: float) -> Datagrams:
+        """Take each client's confirmed size (never below MIN_REPORTED nor above
+        the configured MTU's) and acknowledge each probe with a datagram of its
+        size, to the address it came from."""
+        acks: Datagrams = []
+        for peer, size, confirmed, address in probes:
+            self.path_mtu[peer] = min(max(confirmed, MIN_REPORTED), self.max_datagram) - OVERHEAD
+            [ack] = peer.seal(KIND_PROBE_ACK, [probe_ack_payload(size)], now)
+            acks.append((ack, address))
+        return acks
 
     def _time_answers(self, skewed: list, now: float) -> Datagrams:
         """Answer authentic datagrams from clients whose clocks are off with the
@@ -203,26 +237,35 @@ class ServerCore:
         A packet whose headers do not hold together is counted (tun_malformed).
         A destination nobody owns (no_route), or a client not heard from yet
         (no_endpoint), is counted and answered with ICMP destination
-        unreachable (icmp.py) to its source: sealed to the client that owns
-        the source if it has an endpoint, else written back to TUN for the
-        kernel to deliver."""
+        unreachable (icmp.py) to its source; a packet larger than the
+        effective MTU to its client that may not be fragmented
+        (pmtu.needs_answer) is counted (packet_too_big) and answered with ICMP
+        "too big" (pmtu.py), and TCP SYNs have their MSS clamped to it. An
+        answer is sealed to the client that owns its destination (the
+        packet's source) if it has an endpoint, else written back to TUN for
+        the kernel to deliver."""
         by_peer: dict[Peer, list[bytes]] = {}
         to_tun: list[bytes] = []
         lookup = self.routes.lookup
+        path_mtu = self.path_mtu.get
         mtu = self.mtu
         for packet in packets:
             packet = well_formed(packet)
             if packet is None:
                 self.drops[reasons.TUN_MALFORMED] += 1
                 continue
-            packet = clamp_mss(packet, mtu)
             destination = packet[16:20] if packet[0] >> 4 == 4 else packet[24:40]
             peer = lookup(destination)
             if peer is not None and peer.endpoint is not None:
-                by_peer.setdefault(peer, []).append(packet)
-                continue
-            self.drops[reasons.NO_ROUTE if peer is None else reasons.NO_ENDPOINT] += 1
-            error = self.unreachable.answer(packet, now, self.drops)
+                peer_mtu = path_mtu(peer, mtu)
+                if len(packet) <= peer_mtu or not needs_answer(packet, peer_mtu):
+                    by_peer.setdefault(peer, []).append(clamp_mss(packet, peer_mtu))
+                    continue
+                self.drops[reasons.PACKET_TOO_BIG] += 1
+                error = self.too_big.answer(packet, peer_mtu, now)
+            else:
+                self.drops[reasons.NO_ROUTE if peer is None else reasons.NO_ENDPOINT] += 1
+                error = self.unreachable.answer(packet, now, self.drops)
             if error is not None:
                 sender = lookup(error[16:20] if error[0] >> 4 == 4 else error[24:40])
                 if sender is not None and sender.endpoint is not None:
@@ -290,7 +333,7 @@ class ServerCore:
         errors sent; no key material."""
         return {
             "server_id": self.server_id,
-            "clients": [peer.status() for peer in self.peers.values()],
+            "clients": [dict(peer.status(), path_mtu=self.path_mtu.get(peer, self.mtu)) for peer in self.peers.values()],
             "drops": dict(self.drops),
             "icmp_sent": self.unreachable.sent,
             "kernel_filter": self.filter_status(),

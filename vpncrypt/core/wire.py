@@ -31,19 +31,28 @@ MAX_PAYLOAD = 65535
 MAX_DATAGRAM = OVERHEAD + MAX_PAYLOAD
 KEY_LEN = 64  # AES-256-SIV: two 256-bit halves (MAC key, CTR key)
 
-# Kind: 2 bits of version, 4 bits of type. Version 2 defines four types.
+# Kind: 2 bits of version, 4 bits of type. Version 2 defines six types.
 VERSION = 2
 TYPE_DATA = 1
 TYPE_KEEPALIVE = 2
 TYPE_DATA_PARTIAL = 3  # data whose TCP/UDP checksum is left to the receiver to finish
 TYPE_TIME_ANSWER = 4  # server to client: the server's time, for a client whose clock is off
+TYPE_PROBE = 5  # client to server: a padded path MTU probe (docs/PROTOCOL.md section 8)
+TYPE_PROBE_ACK = 6  # server to client: the acknowledgement of a probe, padded to the same size
 KIND_DATA = (VERSION << 4) | TYPE_DATA  # 0x21
 KIND_KEEPALIVE = (VERSION << 4) | TYPE_KEEPALIVE  # 0x22
 KIND_DATA_PARTIAL = (VERSION << 4) | TYPE_DATA_PARTIAL  # 0x23
 KIND_TIME_ANSWER = (VERSION << 4) | TYPE_TIME_ANSWER  # 0x24
-KINDS = frozenset({KIND_DATA, KIND_KEEPALIVE, KIND_DATA_PARTIAL})  # what open_datagram takes
+KIND_PROBE = (VERSION << 4) | TYPE_PROBE  # 0x25
+KIND_PROBE_ACK = (VERSION << 4) | TYPE_PROBE_ACK  # 0x26
+# What open_datagram takes in both directions; a server also takes probes, a client their acknowledgements.
+KINDS = frozenset({KIND_DATA, KIND_KEEPALIVE, KIND_DATA_PARTIAL})
 VERSION_1_KINDS = frozenset({0x11, 0x12, 0x13})  # dropped as old_version: the peer must be upgraded
 TIME_ANSWER_PAYLOAD = 8  # the server's time in milliseconds since the Unix epoch
+PROBE = struct.Struct("!HH")  # a probe's probed datagram size, and the size the client has confirmed
+PROBE_ACK = struct.Struct("!H")  # an acknowledgement's echo of the probed size
+PROBE_MIN = OVERHEAD + PROBE.size  # the shortest probe datagram, 28 bytes
+PROBE_ACK_MIN = OVERHEAD + PROBE_ACK.size  # the shortest acknowledgement, 26 bytes
 
 TIMESTAMP_BITS = 10
 TIMESTAMP_MOD = 1 << TIMESTAMP_BITS
@@ -142,6 +151,22 @@ def seal_time_answer(aead, client_id: int, counter: int, timestamp: int, server_
                          server_ms.to_bytes(TIME_ANSWER_PAYLOAD, "big"))
 
 
+def probe_payload(size: int, confirmed: int) -> bytes:
+    """The plaintext of a probe whose datagram is ``size`` bytes (24 of them
+    header and SIV), telling the server the datagram size ``confirmed`` to get
+    through both ways so far; zero padding after the 4 bytes of fields.
+    Raises ValueError for a ``size`` below 28 (no room for the fields)."""
+    if size < PROBE_MIN:
+        raise ValueError(f"a probe datagram has at least {PROBE_MIN} bytes")
+    return PROBE.pack(size, confirmed) + bytes(size - OVERHEAD - PROBE.size)
+
+
+def probe_ack_payload(size: int) -> bytes:
+    """The plaintext of the acknowledgement of a ``size``-byte probe: the size
+    echoed, padded with zeros so that the datagram is ``size`` bytes too."""
+    return PROBE_ACK.pack(size) + bytes(size - OVERHEAD - PROBE_ACK.size)
+
+
 class Rejected(Exception):
     """A datagram that ``open_datagram`` refuses; ``reason`` is a drops.* name."""
 
@@ -169,9 +194,11 @@ def open_datagram(
     if not OVERHEAD <= len(datagram) <= MAX_DATAGRAM:
         raise Rejected("bad_length")
     header = decode_header(datagram)
-    if header.kind not in KINDS:
+    probe_kind, probe_min = (KIND_PROBE, PROBE_MIN) if direction == TO_SERVER else (KIND_PROBE_ACK, PROBE_ACK_MIN)
+    if header.kind not in KINDS and header.kind != probe_kind:
         raise Rejected("old_version" if header.kind in VERSION_1_KINDS else "unknown_kind")
-    if header.kind == KIND_KEEPALIVE and len(datagram) != OVERHEAD:
+    if header.kind == KIND_KEEPALIVE and len(datagram) != OVERHEAD or header.kind == probe_kind and len(
+            datagram) < probe_min:
         raise Rejected("bad_length")
     now_seconds = int(now)
     timestamp = rebuild_timestamp(header.timestamp_low, now_seconds)
