@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+import time
+
 import pytest
 
 from tests.netlab import CLIENT_UNDERLAY, ROUTER_CLIENT_SIDE, TUNNEL_ADDRESS, TUNNEL_ADDRESS6, Lab, LabError, VpnLab
@@ -112,3 +116,55 @@ def test_tcp_over_ipv6_with_an_extension_header(vpn, option):
         assert received["bytes"] == result["bytes"] == size and received["sha256"] == result["sha256"]
         assert result["seconds"] < 10, result
     assert vpn.server_status()["drops"]["inner_malformed"] == 0
+
+
+# ICMP errors a hop would send about packets too big for it, dropped in the router
+# namespace both where it forwards them and where it makes them itself (output): a
+# path that filters ICMP. "counter" so the test can see they were there to drop.
+FILTER_ICMP = """
+table inet vcnoicmp {
+    chain forward {
+        type filter hook forward priority 0; policy accept;
+        icmp type destination-unreachable counter drop
+        icmpv6 type packet-too-big counter drop
+    }
+    chain output {
+        type filter hook output priority 0; policy accept;
+        icmp type destination-unreachable counter drop
+        icmpv6 type packet-too-big counter drop
+    }
+}
+"""
+DISCOVERY_SECONDS = 40  # the search takes about 3 s for each size lost (README)
+
+
+def icmp_dropped(vpn: VpnLab) -> int:
+    """How many ICMP errors the router's filter dropped so far."""
+    listed = vpn.lab.run(vpn.router_ns, ["nft", "list", "table", "inet", "vcnoicmp"]).stdout
+    return sum(int(word) for word in re.findall(r"counter packets (\d+)", listed))
+
+
+@pytest.mark.parametrize("mtu", [1400, 1280])
+def test_bulk_tcp_through_a_small_mtu_hop_with_icmp_filtered(vpn, mtu):
+    """Issue 13, black holes: as above, but the router drops the ICMP that would tell
+    a sender its datagrams are too big. Client a (IPv4 underlay, sent without DF) is
+    fragmented by the router and needs nothing more; over client b's IPv6 underlay
+    the server's big datagrams vanish, until client b's path MTU search (RFC 8899
+    probes, core/pmtu.py) finds what gets through and both ends keep to it."""
+    vpn.lab.run(vpn.router_ns, ["nft", "-f", "-"], input=FILTER_ICMP)
+    for name in ("a", "b"):
+        set_access_mtu(vpn, name, mtu)
+    fits = mtu - 48 - 24  # IPv6 and UDP headers, then vpncrypt's 24 bytes
+    deadline = time.monotonic() + DISCOVERY_SECONDS
+    while time.monotonic() < deadline:
+        clients = {client["name"]: client for client in vpn.server_status()["clients"]}
+        if fits - 16 <= clients["b"]["path_mtu"] <= fits:
+            break
+        time.sleep(0.5)
+    assert fits - 16 <= clients["b"]["path_mtu"] <= fits, clients["b"]
+    own = vpn.vpncrypt("show", "b", "--json")
+    assert json.loads(own.stdout)["server"]["path_mtu"] == clients["b"]["path_mtu"]
+    transfer_both_ways(vpn, "a", SERVER, 5401)
+    transfer_both_ways(vpn, "b", TUNNEL_ADDRESS6["server"], 5403)
+    assert icmp_dropped(vpn) > 0  # the hop did try to say "too big", and was not heard
+    assert vpn.server_status()["drops"]["auth_failed"] == 0

@@ -1,0 +1,341 @@
+"""Path MTU discovery (core/pmtu.py, docs/PROTOCOL.md section 8): the search alone,
+the probes on the wire between the two cores, and the "too big" answers checked
+with checksums computed here."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+import pytest
+
+from vpncrypt.core import pmtu
+from vpncrypt.core.pmtu import (
+    BASE, CONFIRMING, ERROR, MAX_PROBES, PMTU_RAISE_TIMER, PROBE_TIMER, SEARCH_COMPLETE, SEARCH_RESOLUTION, SEARCHING,
+    PathSearch,
+)
+from vpncrypt.core.wire import (
+    KIND_KEEPALIVE, KIND_PROBE, KIND_PROBE_ACK, OVERHEAD, TO_CLIENT, TO_SERVER, associated_data, decode_header,
+    probe_payload,
+)
+
+from tests.builders import (
+    A_ADDR, A_EP, ACK, KEY_A, KEY_B, NOW, SERVER_ADDR, SERVER_EP, SERVER_ID, SYN, epoch_aead, ipv4_packet, ipv6_packet,
+    make_client, make_server, ones_sum, sender, tcp_packet,
+)
+
+BASE6, MAX = 1232, 1444  # an IPv6 underlay and the default mtu of 1420
+
+
+def run_search(search: PathSearch, path: int, now: float, until: float) -> list[tuple[float, int]]:
+    """Drive ``search`` over a path that carries datagrams up to ``path`` bytes both
+    ways, answering each probe at once; returns the (time, size) of each probe."""
+    sent = []
+    while now < until:
+        size = search.probe_due(now)
+        if size is not None:
+            sent.append((now, size))
+            if size <= path:
+                search.acknowledged(size, now + 0.01)
+        now = max(now + 0.01, min(search.next_timer(), until))
+    return sent
+
+
+# --- the search, alone ---------------------------------------------------------------------
+
+def test_a_clean_path_is_confirmed_at_the_maximum_in_three_round_trips():
+    search = PathSearch(BASE6, MAX, NOW)
+    assert search.confirmed == BASE6 and search.state == BASE and search.next_timer() == NOW
+    assert search.probe_due(NOW) == BASE6
+    assert search.probe_due(NOW + 0.5) is None  # waiting for its answer
+    search.acknowledged(BASE6, NOW + 0.01)
+    assert search.state == SEARCHING and search.next_timer() == NOW + 0.01
+    assert search.probe_due(NOW + 0.01) == MAX  # the maximum first
+    search.acknowledged(MAX, NOW + 0.02)
+    assert search.confirmed == MAX and search.state == CONFIRMING
+    assert search.probe_due(NOW + 0.02) == MAX  # telling the server, and checking it
+    search.acknowledged(MAX, NOW + 0.03)
+    assert search.state == SEARCH_COMPLETE and search.next_timer() == NOW + 0.03 + PMTU_RAISE_TIMER
+    assert search.probe_due(NOW + 100) is None
+
+
+def test_a_size_counts_as_lost_after_max_probes_each_given_the_probe_timer():
+    search = PathSearch(BASE6, MAX, NOW)
+    search.probe_due(NOW)
+    search.acknowledged(BASE6, NOW)
+    sent = [search.probe_due(NOW)]
+    for attempt in range(1, MAX_PROBES):
+        assert search.probe_due(NOW + attempt * PROBE_TIMER - 0.01) is None
+        sent.append(search.probe_due(NOW + attempt * PROBE_TIMER))
+    assert sent == [MAX] * MAX_PROBES and search.confirmed == BASE6
+    # The third loss: the maximum is lost, the middle is next.
+    assert search.probe_due(NOW + MAX_PROBES * PROBE_TIMER) == (BASE6 + MAX) // 2
+    assert search.lost == MAX and search.state == SEARCHING
+
+
+@pytest.mark.parametrize("path", [1352, 1232, 1300, 1443, 1250])
+def test_the_search_ends_within_the_resolution_below_what_the_path_carries(path):
+    search = PathSearch(BASE6, MAX, NOW)
+    probes = run_search(search, path, NOW, NOW + 60)
+    assert search.state == SEARCH_COMPLETE
+    assert path - SEARCH_RESOLUTION <= search.confirmed <= path
+    assert all(size <= MAX for _, size in probes)
+    # Never more than MAX_PROBES of one size in a row, and done in seconds.
+    assert probes[-1][0] - NOW < 20
+
+
+def test_an_acknowledgement_of_another_size_raises_but_does_not_move_the_search():
+    search = PathSearch(BASE6, MAX, NOW)
+    search.probe_due(NOW)
+    search.acknowledged(1300, NOW)  # late, of an earlier probe
+    assert search.confirmed == 1300 and search.state == BASE and search.outstanding
+    search.acknowledged(1200, NOW)  # smaller than what is confirmed: nothing
+    assert search.confirmed == 1300
+
+
+def test_a_black_hole_found_by_the_confirmation_falls_back_to_the_base():
+    search = PathSearch(BASE6, MAX, NOW)
+    run_search(search, MAX, NOW, NOW + 10)
+    assert search.state == SEARCH_COMPLETE and search.confirmed == MAX
+    raised = search.next_timer()
+    # The path shrank (a new route, a tunnel on the way) and says nothing.
+    assert search.probe_due(raised) == MAX and search.state == CONFIRMING
+    for attempt in range(1, MAX_PROBES):
+        assert search.probe_due(raised + attempt * PROBE_TIMER) == MAX
+    assert search.probe_due(raised + MAX_PROBES * PROBE_TIMER) == BASE6
+    assert search.state == BASE and search.confirmed == BASE6
+    run_search(search, 1352, raised + MAX_PROBES * PROBE_TIMER, raised + 60)
+    assert search.state == SEARCH_COMPLETE and 1352 - SEARCH_RESOLUTION <= search.confirmed <= 1352
+
+
+def test_after_the_raise_timer_a_larger_path_is_found():
+    search = PathSearch(BASE6, MAX, NOW)
+    run_search(search, 1300, NOW, NOW + 60)
+    assert search.confirmed <= 1300
+    # Before the raise timer, nothing is sent even though the path grew.
+    assert run_search(search, MAX, NOW + 60, NOW + PMTU_RAISE_TIMER - 60) == []
+    probes = run_search(search, MAX, NOW + PMTU_RAISE_TIMER - 60, NOW + PMTU_RAISE_TIMER + 60)
+    assert search.confirmed == MAX and search.state == SEARCH_COMPLETE
+    assert probes[0][1] <= 1300 and probes[1][1] == MAX  # confirm what it had, then the maximum
+
+
+def test_with_nothing_getting_through_the_search_waits_in_error_until_the_server_is_heard():
+    search = PathSearch(BASE6, MAX, NOW)
+    assert run_search(search, 0, NOW, NOW + 30) == [(NOW + i * PROBE_TIMER, BASE6) for i in range(MAX_PROBES)]
+    assert search.state == ERROR and search.confirmed == BASE6
+    assert search.next_timer() == NOW + MAX_PROBES * PROBE_TIMER + PMTU_RAISE_TIMER
+    search.heard(NOW + 40)
+    assert search.state == BASE and search.next_timer() == NOW + 40
+    assert search.probe_due(NOW + 40) == BASE6
+    search.heard(NOW + 40.5)  # outside ERROR: nothing changes
+    assert search.outstanding and search.state == BASE
+
+
+def test_error_starts_over_at_the_raise_timer_without_being_heard():
+    search = PathSearch(BASE6, MAX, NOW)
+    run_search(search, 0, NOW, NOW + 30)
+    due = search.next_timer()
+    assert search.probe_due(due) == BASE6 and search.state == BASE
+
+
+def test_a_maximum_below_the_base_is_both():
+    search = PathSearch(BASE6, 1100, NOW)
+    assert search.probe_due(NOW) == 1100
+    search.acknowledged(1100, NOW)
+    assert search.probe_due(NOW) == 1100 and search.state == CONFIRMING
+
+
+def test_a_clock_step_moves_the_probe_timer():
+    search = PathSearch(BASE6, MAX, NOW)
+    search.probe_due(NOW)
+    search.stepped(-100)
+    assert search.next_timer() == NOW + PROBE_TIMER - 100
+
+
+def test_base_and_maximum_sizes_per_underlay():
+    assert pmtu.base_size(4) == 1252 and pmtu.base_size(6) == 1232
+    assert pmtu.max_size(6, 1420) == 1444 and pmtu.max_size(4, 65535) == 65507 and pmtu.max_size(6, 65535) == 65527
+
+
+# --- probes between the two cores ----------------------------------------------------------
+
+def probes_in(datagrams):
+    return [(d, e) for d, e in datagrams if d[0] >> 2 == KIND_PROBE]
+
+
+def test_probe_and_acknowledgement_between_the_cores():
+    server, client = make_server(), make_client(mtu=1420)
+    out = client.handle_timer(NOW + 1)
+    [(probe, to)] = probes_in(out)
+    assert to == SERVER_EP and len(probe) == BASE6
+    delivery = server.datagrams_received([(d, A_EP) for d, _ in out], NOW + 1)
+    assert delivery.to_tun == []  # the padding goes nowhere
+    [(ack, to)] = delivery.to_network
+    assert to == A_EP and len(ack) == BASE6 and decode_header(ack).kind == KIND_PROBE_ACK
+    assert server.path_mtu[server.peers[1]] == BASE6 - OVERHEAD
+    assert server.peers[1].endpoint == A_EP  # moved as by any datagram
+    assert server.peers[1].rx_packets == 0  # nothing delivered
+    assert client.datagrams_received([(ack, SERVER_EP)], NOW + 1.01) == ([], [])
+    assert client.path.state == SEARCHING and client.path.confirmed == BASE6
+    # The next probe is the maximum, telling the server what is confirmed so far.
+    [(probe, _)] = client.handle_timer(NOW + 1.01)
+    assert len(probe) == 1444
+    [(ack, _)] = server.datagrams_received([(probe, A_EP)], NOW + 1.02).to_network
+    assert len(ack) == 1444
+    client.datagrams_received([(ack, SERVER_EP)], NOW + 1.03)
+    [(probe, _)] = client.handle_timer(NOW + 1.03)  # the confirmation
+    server.datagrams_received([(probe, A_EP)], NOW + 1.04)
+    assert server.path_mtu[server.peers[1]] == 1420
+    assert server.status()["clients"][0]["path_mtu"] == 1420 and client.status()["path_mtu"] == 1420
+
+
+def test_a_replayed_or_forged_probe_is_dropped_counted_and_not_acknowledged():
+    server, client = make_server(), make_client(mtu=1420)
+    [(probe, _)] = probes_in(client.handle_timer(NOW + 1))
+    assert len(server.datagrams_received([(probe, A_EP)], NOW + 1).to_network) == 1
+    assert server.datagrams_received([(probe, ("198.51.100.66", 9))], NOW + 1).to_network == []
+    assert server.drops["replayed"] == 1 and server.peers[1].endpoint == A_EP
+    forged = probe[:7] + bytes([probe[7] ^ 0x40]) + probe[8:]  # another counter: not replayed, not authentic
+    assert server.datagrams_received([(forged, A_EP)], NOW + 1).to_network == []
+    assert server.drops["auth_failed"] == 1
+    # An acknowledgement sent back to the server, and a probe sent to a client: not their kinds.
+    ack = server.datagrams_received([(probes_in(client.handle_timer(NOW + 2))[0][0], A_EP)], NOW + 2).to_network[0][0]
+    assert server.datagrams_received([(ack, A_EP)], NOW + 2).to_network == []
+    assert server.drops["unknown_kind"] == 1
+    client.datagrams_received([(probe, SERVER_EP)], NOW + 2)
+    assert client.drops["unknown_kind"] == 1
+
+
+@pytest.mark.parametrize("fields, size", [((1300, 1232), 1299), ((1300, 1301), 1300), ((28, 0), 29)])
+def test_an_authentic_probe_whose_fields_disagree_with_its_length_is_bad_probe(fields, size):
+    server = make_server()
+    payload = struct.pack("!HH", *fields) + bytes(size - OVERHEAD - 4)
+    [probe] = sender().seal(KIND_PROBE, [payload], NOW + 1)
+    assert server.datagrams_received([(probe, A_EP)], NOW + 1) == ([], [])
+    assert server.drops["bad_probe"] == 1 and server.peers[1] not in server.path_mtu
+
+
+def test_a_probe_too_short_for_its_fields_is_refused_before_the_cipher():
+    server = make_server()
+    [probe] = sender().seal(KIND_PROBE, [b"\0\x1b\0"], NOW + 1)  # 27 bytes
+    server.datagrams_received([(probe, A_EP)], NOW + 1)
+    assert server.drops["bad_length"] == 1 and server.drops["auth_failed"] == 0
+
+
+def test_a_reported_size_is_kept_within_the_base_and_the_configured_mtu():
+    server = make_server(mtu=1420)
+    for confirmed, kept in ((100, 1208), (1444, 1420), (1300, 1276)):
+        [probe] = sender(counter=confirmed).seal(KIND_PROBE, [probe_payload(1444, confirmed)], NOW + 1)
+        server.datagrams_received([(probe, A_EP)], NOW + 1)
+        assert server.path_mtu[server.peers[1]] == kept
+
+
+def test_the_probe_ack_is_sealed_for_the_client_like_data():
+    server = make_server()
+    [probe] = sender().seal(KIND_PROBE, [probe_payload(1300, 1232)], NOW + 1)
+    [(ack, _)] = server.datagrams_received([(probe, A_EP)], NOW + 1).to_network
+    assert decode_header(ack).kind == KIND_PROBE_ACK and decode_header(ack).client_id == 1
+    opened = epoch_aead(KEY_A, NOW + 1).decrypt(
+        ack[8:], [associated_data(ack[:8], TO_CLIENT, server.server_id, int(NOW + 1))])
+    assert opened == (1300).to_bytes(2, "big") + bytes(1300 - OVERHEAD - 2)
+
+
+# --- the effective MTU, and "too big" answers ------------------------------------------------
+
+def ipv4_df(src, dst, size, flags=0x4000):
+    packet = bytearray(ipv4_packet(src, dst, bytes(size - 28)))
+    packet[6:8] = flags.to_bytes(2, "big")
+    return bytes(packet)
+
+
+def check_ipv4_too_big(answer: bytes, packet: bytes, mtu: int) -> None:
+    """Parsed and summed here, apart from the builder: RFC 792 / RFC 1191."""
+    assert answer[0] == 0x45 and answer[9] == 1 and int.from_bytes(answer[2:4], "big") == len(answer) <= 576
+    assert ones_sum(answer[:20]) == 0xFFFF  # the header checksum holds
+    assert answer[12:16] == packet[16:20] and answer[16:20] == packet[12:16]
+    icmp = answer[20:]
+    assert icmp[0] == 3 and icmp[1] == 4 and int.from_bytes(icmp[6:8], "big") == mtu
+    assert ones_sum(icmp) == 0xFFFF
+    assert icmp[8:] == packet[:len(icmp) - 8]
+
+
+def check_ipv6_too_big(answer: bytes, packet: bytes, mtu: int) -> None:
+    """RFC 4443 section 3.2, its checksum over the RFC 8200 pseudo-header."""
+    assert answer[0] >> 4 == 6 and answer[6] == 58 and len(answer) <= 1280
+    assert int.from_bytes(answer[4:6], "big") == len(answer) - 40
+    assert answer[8:24] == packet[24:40] and answer[24:40] == packet[8:24]
+    icmp = answer[40:]
+    pseudo = answer[8:40] + struct.pack("!I3xB", len(icmp), 58)
+    assert icmp[0] == 2 and icmp[1] == 0 and int.from_bytes(icmp[4:8], "big") == mtu
+    assert ones_sum(pseudo + icmp) == 0xFFFF
+    assert icmp[8:] == packet[:len(icmp) - 8]
+
+
+def test_the_client_answers_packets_too_big_for_the_path_and_sends_the_rest():
+    client = make_client(mtu=1420)  # nothing confirmed yet: the base, 1232 - 24
+    big4 = ipv4_df(A_ADDR, SERVER_ADDR, 1400)
+    fragmentable = ipv4_df(A_ADDR, SERVER_ADDR, 1400, flags=0)
+    big6 = ipv6_packet("2001:db8::2", "2001:db8::1", bytes(1400 - 48))
+    small6 = ipv6_packet("2001:db8::2", "2001:db8::1", bytes(1280 - 48))  # every IPv6 path carries 1280
+    fits = ipv4_df(A_ADDR, SERVER_ADDR, 1208)
+    to_tun, to_network = client.tun_packets_received([big4, fragmentable, big6, small6, fits], NOW)
+    assert len(to_network) == 3 and client.drops["packet_too_big"] == 2
+    check_ipv4_too_big(to_tun[0], big4, 1208)
+    check_ipv6_too_big(to_tun[1], big6, 1208)
+
+
+def test_too_big_answers_are_rate_limited():
+    client = make_client(mtu=1420)
+    big = ipv4_df(A_ADDR, SERVER_ADDR, 1400)
+    to_tun, _ = client.tun_packets_received([big] * 20, NOW)
+    assert len(to_tun) == pmtu.BURST and client.drops["packet_too_big"] == 20
+    assert len(client.tun_packets_received([big] * 5, NOW + 2).to_tun) == 2  # RATE a second
+
+
+def test_the_server_keeps_to_what_each_client_reported():
+    server = make_server(mtu=1420)
+    client = make_client(mtu=1420)
+    server.datagrams_received([(d, A_EP) for d, _ in client.handle_timer(NOW + 1)], NOW + 1)  # reports 1232
+    big = ipv4_df(SERVER_ADDR, A_ADDR, 1400)
+    to_tun, to_network = server.tun_packets_received([big, ipv4_df(SERVER_ADDR, A_ADDR, 1208)], NOW + 1)
+    assert len(to_network) == 1 and server.drops["packet_too_big"] == 1
+    check_ipv4_too_big(to_tun[0], big, 1208)
+    # A client that has not reported gets the configured MTU: nothing answered.
+    server.datagrams_received([(d, ("192.0.2.11", 1))
+                               for d in sender(client_id=2, key=KEY_B).seal(KIND_KEEPALIVE, [b""], NOW + 1)], NOW + 1)
+    assert len(server.tun_packets_received([ipv4_df(SERVER_ADDR, "203.0.113.3", 1420)], NOW + 1).to_network) == 1
+
+
+def test_tcp_mss_follows_the_effective_mtu():
+    """A SYN's MSS option (at byte 40, right after the IPv4 and TCP headers) is
+    clamped to the effective MTU less 40, by the client and by the server."""
+    syn = tcp_packet(0, b"", flags=SYN, options=bytes([2, 4]) + (1380).to_bytes(2, "big"))
+    client = make_client(mtu=1420)  # confirmed: the base so far, 1232 over IPv6, 1252 over IPv4
+    client_four = make_client(mtu=1420, underlay_version=4)
+    for core, mss in ((client, 1208 - 40), (client_four, 1228 - 40)):
+        [(datagram, _)] = core.tun_packets_received([syn], NOW).to_network
+        [opened] = make_server().datagrams_received([(datagram, A_EP)], NOW + 1).to_tun
+        assert opened[40:42] == bytes([2, 4]) and int.from_bytes(opened[42:44], "big") == mss
+    server = make_server(mtu=1420)
+    [probe] = sender().seal(KIND_PROBE, [probe_payload(1300, 1300)], NOW + 1)
+    server.datagrams_received([(probe, A_EP)], NOW + 1)
+    back = tcp_packet(0, b"", flags=SYN | ACK, options=bytes([2, 4]) + (1380).to_bytes(2, "big"), to=A_ADDR)
+    [(datagram, _)] = server.tun_packets_received([back], NOW + 1).to_network
+    opened = epoch_aead(KEY_A, NOW + 1).decrypt(datagram[8:], [associated_data(datagram[:8], TO_CLIENT, SERVER_ID,
+                                                                               int(NOW + 1))])
+    assert int.from_bytes(opened[42:44], "big") == 1300 - 24 - 40
+
+
+def test_too_big_is_never_sent_about_an_icmp_error_or_a_fragment():
+    error = bytearray(ipv4_df(A_ADDR, SERVER_ADDR, 1400))
+    error[9] = 1
+    error[20] = 3  # destination unreachable
+    assert pmtu.too_big(bytes(error), 1208) is None
+    fragment = ipv4_df(A_ADDR, SERVER_ADDR, 1400, flags=0x4000 | 10)
+    assert pmtu.too_big(fragment, 1208) is None
+    multicast = ipv6_packet("2001:db8::2", "ff02::1", bytes(1400))
+    assert pmtu.too_big(multicast, 1208) is None
+    echo = bytearray(error)
+    echo[20] = 8
+    assert pmtu.too_big(bytes(echo), 1208) is not None
+    assert ipaddress.ip_address(pmtu.too_big(bytes(echo), 1208)[12:16]) == ipaddress.ip_address(SERVER_ADDR)
