@@ -27,8 +27,8 @@ Version 2's rules that are not in ``wire.open_datagram`` the reference states it
   (auth_failures_limited), after the replay window and before the cipher.
 - Path MTU probes (section 8): a server takes probes (0x25), a client their
   acknowledgements (0x26); after step 9, one whose probed size (its first two
-  bytes) is not its datagram's length, or a probe whose confirmed size (the next
-  two) is above that, is bad_probe; any other is accepted and delivers nothing.
+  bytes) is not its datagram's length is bad_probe; any other is accepted and
+  delivers nothing.
 - Step 7: an epoch whose key the receiver no longer holds (its configured key is of a
   later epoch, or the key of ``start - 512``'s epoch replaced it) is
   outside_time_window.
@@ -213,7 +213,7 @@ class Reference:
             return ACCEPTED, b"", False
         if header.kind in (KIND_PROBE, KIND_PROBE_ACK):
             fields = struct.unpack_from("!HH" if header.kind == KIND_PROBE else "!H", payload) + (0,)
-            if fields[0] != len(datagram) or fields[1] > len(datagram):
+            if fields[0] != len(datagram):
                 return DROPPED, reasons.BAD_PROBE
             return ACCEPTED, b"", False
         partial = header.kind == KIND_DATA_PARTIAL
@@ -514,7 +514,9 @@ def test_every_vector_of_the_spec(vector):
         return
     for key in (root, own):
         verdict = receivers(key=key).same_verdict(datagram, now)
-        if payload:
+        if kind in (KIND_PROBE, KIND_PROBE_ACK):
+            assert verdict == (ACCEPTED, b"", False)  # taken, its padding delivered nowhere
+        elif payload:
             assert verdict == (ACCEPTED, payload, kind == KIND_DATA_PARTIAL)
         elif kind == KIND_KEEPALIVE:
             assert verdict == (ACCEPTED, b"", False)
@@ -529,7 +531,9 @@ def test_every_vector_of_the_spec(vector):
             receivers(time_window=time_window).same_verdict(datagram, now + late)
             receivers(time_window=time_window).same_verdict(datagram, now - late)
     assert receivers(server_id=server_id ^ 1).same_verdict(datagram, now) == (DROPPED, reasons.AUTH_FAILED)
-    assert receivers(direction=reflected).same_verdict(datagram, now) == (DROPPED, reasons.AUTH_FAILED)
+    # Reflected: a probe or its acknowledgement is not a kind the other end takes.
+    assert receivers(direction=reflected).same_verdict(datagram, now) == (
+        DROPPED, reasons.UNKNOWN_KIND if kind in (KIND_PROBE, KIND_PROBE_ACK) else reasons.AUTH_FAILED)
     other_id = (client_id + 1) & 0xFFFF
     assert receivers(client_id=other_id).same_verdict(datagram, now) == (DROPPED, reasons.UNKNOWN_CLIENT)
 

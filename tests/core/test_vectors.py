@@ -45,7 +45,7 @@ def spec_epoch_key(root: bytes, root_epoch: int, epoch: int) -> bytes:
 
 def test_the_spec_has_vectors_of_every_kind_direction_and_an_epoch_boundary():
     assert len(VECTORS) >= 9
-    assert {v["kind"] for v in VECTORS} == {"0x21", "0x22", "0x23", "0x24"}
+    assert {v["kind"] for v in VECTORS} == {"0x21", "0x22", "0x23", "0x24", "0x25", "0x26"}
     assert {v["direction"] for v in VECTORS} == {"0x01", "0x02"}
     assert {int(v["epoch"]) - int(v["root_epoch"]) for v in VECTORS} >= {0, 1, 2, 5}
     assert {v["epoch_seconds"] for v in VECTORS} == {"3600", "60"}
@@ -80,5 +80,7 @@ def test_vector_with_pycryptodome(vector):
     if kind == 0x24:  # a time answer: the client opens it as section 7.1 says
         assert len(datagram) == 32
         return
+    if kind in (0x25, 0x26):  # a probe and its acknowledgement: padded to the size they name (section 8)
+        assert int.from_bytes(payload[:2], "big") == len(datagram) and not any(payload[4 if kind == 0x25 else 2:])
     _, rebuilt_ts, opened = open_datagram(cipher_choice.AESSIV(key), datagram, direction=direction, server_id=server_id, now=ts + 0.5)
     assert (rebuilt_ts, opened) == (ts, payload)
