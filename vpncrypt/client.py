@@ -19,6 +19,7 @@ from . import control, key_store, netconfig, sdnotify
 from .config import ClientConfig, parse_endpoint
 from .core.client import ClientCore
 from .core import siv
+from .core.pmtu import ERROR, SEARCH_COMPLETE
 from .core.wire import OVERHEAD
 from .daemon import (
     Daemon, drop_privileges, hand_over_state, hold_state, run_until_signalled, tunnel_and_transport,
@@ -283,6 +284,7 @@ class LiveClient:
         # The server does not answer keepalives: an idle tunnel hears nothing, so silence says nothing.
         self.watch = EventWatch(format_endpoint, self.started, time_window=config.time_window,
                                 silent_after=float("inf"), who=lambda _peer: "the server")
+        self.path_logged: tuple[str, int] | None = None  # the path MTU search's last outcome logged
         daemon.tick = self.tick
 
     def handlers(self) -> dict[str, control.Handler]:
@@ -333,6 +335,17 @@ class LiveClient:
                                 tun_refused=self.daemon.tun_refused)
         for level, line in lines:
             log.log(level, "%s", line)
+        path = self.core.path
+        outcome = (path.state, path.confirmed)
+        if path.state in (SEARCH_COMPLETE, ERROR) and outcome != self.path_logged:
+            # Once per outcome of the search (core/pmtu.py), not per probe.
+            self.path_logged = outcome
+            if path.state == ERROR:
+                log.warning("path MTU: no probe of even %d bytes was answered by the server; keeping to an MTU of "
+                            "%d until it is heard", path.confirmed, path.confirmed - OVERHEAD)
+            else:
+                log.info("path MTU: datagrams of %d bytes get through both ways; the tunnel's MTU is %d",
+                         path.confirmed, path.confirmed - OVERHEAD)
 
 
 def run_client(config: ClientConfig) -> int:

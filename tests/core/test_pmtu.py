@@ -339,3 +339,17 @@ def test_too_big_is_never_sent_about_an_icmp_error_or_a_fragment():
     echo[20] = 8
     assert pmtu.too_big(bytes(echo), 1208) is not None
     assert ipaddress.ip_address(pmtu.too_big(bytes(echo), 1208)[12:16]) == ipaddress.ip_address(SERVER_ADDR)
+
+
+def test_a_replayed_or_forged_acknowledgement_confirms_nothing():
+    server, client = make_server(), make_client(mtu=1420)
+    [(probe, _)] = probes_in(client.handle_timer(NOW + 1))
+    [(ack, _)] = server.datagrams_received([(probe, A_EP)], NOW + 1).to_network
+    forged = ack[:7] + bytes([ack[7] ^ 0x40]) + ack[8:]
+    assert client.datagrams_received([(forged, SERVER_EP)], NOW + 1) == ([], [])
+    assert client.drops["auth_failed"] == 1 and client.path.state == BASE and client.path.outstanding
+    client.datagrams_received([(ack, SERVER_EP)], NOW + 1)
+    assert client.path.state == SEARCHING
+    [(probe, _)] = client.handle_timer(NOW + 1)  # the maximum, in flight
+    client.datagrams_received([(ack, SERVER_EP)], NOW + 1.5)  # the base's acknowledgement again
+    assert client.drops["replayed"] == 1 and client.path.confirmed == BASE6 and client.path.outstanding

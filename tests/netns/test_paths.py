@@ -167,4 +167,6 @@ def test_bulk_tcp_through_a_small_mtu_hop_with_icmp_filtered(vpn, mtu):
     transfer_both_ways(vpn, "a", SERVER, 5401)
     transfer_both_ways(vpn, "b", TUNNEL_ADDRESS6["server"], 5403)
     assert icmp_dropped(vpn) > 0  # the hop did try to say "too big", and was not heard
+    found = clients["b"]["path_mtu"]
+    assert f"the tunnel's MTU is {found}" in (vpn.lab.workdir / "client-b.log").read_text()
     assert vpn.server_status()["drops"]["auth_failed"] == 0
