@@ -18,12 +18,16 @@ filtered, or a path that drops fragments.
 ``PathSearch`` is RFC 8899's state machine (section 5.2), sans-I/O: time
 comes in as ``now`` (wall-clock Unix seconds, as everywhere in the core).
 ``too_big`` builds the ICMP answer that tells an inner sender the effective
-MTU (RFC 1191 / RFC 4443), so its own path MTU discovery works.
+MTU (RFC 1191 / RFC 4443), so its own path MTU discovery works; it sits
+beside icmp.py's destination-unreachable builder (the server's), with its
+checksum, and is used by both ends.
 """
 
 from __future__ import annotations
 
 import struct
+
+from .icmp import internet_checksum
 
 # RFC 8200 section 5: every IPv6 link carries 1280 bytes. Less the outer
 # headers (IPv4 20 or IPv6 40, UDP 8), the datagram every path should carry
@@ -200,22 +204,14 @@ IPV4_ERROR_LIMIT = 576  # RFC 1812 4.3.2.3: an ICMPv4 error quotes no more than 
 TTL = 64  # Linux's default ip_default_ttl and hop_limit
 # At most RATE answers a second after a burst of BURST, for the whole tunnel
 # end (RFC 4443 2.4(f) asks for a limit; these are Linux's own defaults for
-# its ICMP errors, net.ipv4.icmp_ratelimit, XRLIM_BURST_FACTOR 6).
+# its ICMP errors, net.ipv4.icmp_ratelimit, XRLIM_BURST_FACTOR 6, as icmp.py
+# has them per source). One bucket, not one per sender: an answer lowers the
+# sender's path MTU for every flow to that destination, so a few suffice.
 RATE = 1.0
 BURST = 6.0
 
 _IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
 _IPV6_HEADER = struct.Struct("!IHBB16s16s")
-
-
-def internet_checksum(data: bytes) -> int:
-    """RFC 1071: the one's complement of the one's complement sum of 16-bit words."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def needs_answer(packet: bytes, mtu: int) -> bool:
