@@ -20,7 +20,7 @@ from vpncrypt.core.client import ClientCore
 from vpncrypt.core.epochs import DEFAULT_EPOCH_SECONDS, epoch_key
 from vpncrypt.core.inner import PartialChecksumPacket
 from vpncrypt.core.peer import Peer
-from vpncrypt.core.pmtu import SEARCH_COMPLETE
+from vpncrypt.core.pmtu import CONFIRMING
 from vpncrypt.core.replay import WINDOW
 from vpncrypt.core.server import ClientEntry, ServerCore
 from vpncrypt.core.wire import KIND_DATA, KIND_KEEPALIVE, TO_SERVER
@@ -131,8 +131,9 @@ def keepalives(datagrams):
 
 def without_path_search(client: ClientCore) -> ClientCore:
     """``client`` with its path MTU search at rest (tests/core/test_pmtu.py has
-    it), so that its timer is the keepalives' and the keys' only."""
-    client.path.state, client.path.due = SEARCH_COMPLETE, float("inf")
+    it): a confirmation in flight that never times out, so that its timer is
+    the keepalives' and the keys' only."""
+    client.path.state, client.path.outstanding, client.path.due = CONFIRMING, True, float("inf")
     return client
 
 

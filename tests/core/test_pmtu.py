@@ -353,3 +353,55 @@ def test_a_replayed_or_forged_acknowledgement_confirms_nothing():
     [(probe, _)] = client.handle_timer(NOW + 1)  # the maximum, in flight
     client.datagrams_received([(ack, SERVER_EP)], NOW + 1.5)  # the base's acknowledgement again
     assert client.drops["replayed"] == 1 and client.path.confirmed == BASE6 and client.path.outstanding
+
+
+def test_suspicion_confirms_at_once_only_when_the_search_is_complete():
+    search = PathSearch(BASE6, MAX, NOW)
+    search.suspect(NOW)  # searching anyway: nothing changes
+    assert search.state == BASE and search.probe_due(NOW) == BASE6
+    run_search(search, MAX, NOW, NOW + 10)
+    assert search.state == SEARCH_COMPLETE
+    search.suspect(NOW + 20)
+    assert search.state == CONFIRMING and search.probe_due(NOW + 20) == MAX
+
+
+def complete_client(path: int = 1444):
+    """A client whose search ended at ``path`` bytes, with its server."""
+    server, client = make_server(), make_client(mtu=1420)
+    now = NOW + 1
+    while True:
+        for probe, _ in probes_in(client.handle_timer(now)):
+            if len(probe) <= path:
+                for ack, _ in server.datagrams_received([(probe, A_EP)], now).to_network:
+                    client.datagrams_received([(ack, SERVER_EP)], now)
+        if client.path.state == SEARCH_COMPLETE:
+            return server, client, now
+        now = max(now + 0.01, client.path.next_timer())
+
+
+def test_data_unanswered_for_the_silence_finds_a_path_that_shrank():
+    server, client, now = complete_client()
+    assert client.path.confirmed == MAX
+    # The path shrinks; the client sends data, and hears nothing back.
+    client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR)], now)
+    assert client.next_timer() == now + pmtu.BLACK_HOLE_SILENCE
+    assert probes_in(client.handle_timer(now + pmtu.BLACK_HOLE_SILENCE - 0.01)) == []
+    [(probe, _)] = probes_in(client.handle_timer(now + pmtu.BLACK_HOLE_SILENCE))
+    assert len(probe) == MAX and client.path.state == CONFIRMING
+    later = now + pmtu.BLACK_HOLE_SILENCE
+    for attempt in range(1, MAX_PROBES):
+        assert [len(p) for p, _ in probes_in(client.handle_timer(later + attempt))] == [MAX]
+    [(probe, _)] = probes_in(client.handle_timer(later + MAX_PROBES))  # lost 3 times: back to the base
+    assert len(probe) == BASE6 and client.path.confirmed == BASE6
+    server.datagrams_received([(probe, A_EP)], later + MAX_PROBES)
+    assert server.path_mtu[server.peers[1]] == BASE6 - OVERHEAD  # told at once
+
+
+def test_data_that_is_answered_raises_no_suspicion():
+    server, client, now = complete_client()
+    [(datagram, _)] = client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR)], now).to_network
+    [(reply, _)] = server.tun_packets_received([ipv4_packet(SERVER_ADDR, A_ADDR)], now).to_network
+    client.datagrams_received([(reply, SERVER_EP)], now + 0.1)
+    assert client.next_timer() > now + pmtu.BLACK_HOLE_SILENCE
+    assert probes_in(client.handle_timer(now + pmtu.BLACK_HOLE_SILENCE)) == []
+    assert client.path.state == SEARCH_COMPLETE

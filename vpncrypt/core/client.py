@@ -28,7 +28,7 @@ from . import drops as reasons
 from .epochs import DEFAULT_EPOCH_SECONDS, KeyTimer
 from .inner import Network, PrefixTable, clamp_mss
 from .peer import Peer
-from .pmtu import PathSearch, TooBigAnswers, base_size, max_size, needs_answer
+from .pmtu import BLACK_HOLE_SILENCE, SEARCH_COMPLETE, PathSearch, TooBigAnswers, base_size, max_size, needs_answer
 from .receive import open_datagrams
 from .restart import RestartBounds
 from .wire import (
@@ -95,6 +95,8 @@ class ClientCore:
         self._last_sent: float | None = None
         self.path = PathSearch(base_size(underlay_version), max_size(underlay_version, mtu), now)
         self.too_big = TooBigAnswers(now)
+        # When data first went out since the server was last heard (None: heard since).
+        self._unanswered_since: float | None = None
 
     def datagrams_received(self, datagrams: Iterable[tuple[bytes, Any]], now: float) -> Delivery:
         """Inner packets for the TUN device; a client forwards nothing back out.
@@ -115,6 +117,7 @@ class ClientCore:
             unsaved=self.restart.unsaved, held=self.restart.held, max_datagram=self.max_datagram, probes=probes,
         )
         if opened or probes:
+            self._unanswered_since = None
             path = self.path
             path.heard(now)
             for _, size, _, _ in probes:
@@ -178,7 +181,11 @@ class ClientCore:
                     to_tun.append(answer)
             else:
                 sending.append(clamp_mss(packet, mtu))
-        return Delivery(to_tun, self._send(KIND_DATA, sending, now) if sending else [])
+        if not sending:
+            return Delivery(to_tun, [])
+        if self._unanswered_since is None:
+            self._unanswered_since = now
+        return Delivery(to_tun, self._send(KIND_DATA, sending, now))
 
     def keys_to_save(self) -> dict[int, tuple[int, bytes]] | None:
         """This client's oldest kept key, {client ID: (epoch, key)}, to replace
@@ -208,10 +215,12 @@ class ClientCore:
 
     def next_timer(self) -> float | None:
         """Unix seconds (this host's clock) of the next keepalive, path MTU
-        probe or key step: a keepalive at once (0.0) before anything was
-        sent, then ``keepalive_interval`` after the last send (never, if they
-        are off)."""
+        probe, black hole suspicion or key step: a keepalive at once (0.0)
+        before anything was sent, then ``keepalive_interval`` after the last
+        send (never, if they are off)."""
         keys_due = min(self.key_timer.due - self.clock_offset, self.path.next_timer())
+        if self._unanswered_since is not None and self.path.state == SEARCH_COMPLETE:
+            keys_due = min(keys_due, self._unanswered_since + BLACK_HOLE_SILENCE)
         if self._last_sent is None:
             return 0.0
         if self.keepalive_interval <= 0:
@@ -223,18 +232,26 @@ class ClientCore:
         ``keepalive_interval`` of real time after it."""
         if self._last_sent is not None:
             self._last_sent += delta
+        if self._unanswered_since is not None:
+            self._unanswered_since += delta
         self.key_timer.stepped(delta)
         self.path.stepped(delta)
 
     def handle_timer(self, now: float) -> Datagrams:
         """A keepalive and a path MTU probe, each if due at ``now``; keys that
         ``now`` no longer needs are erased. A probe carries the size confirmed
-        so far, so the server learns it too."""
+        so far, so the server learns it too. Data sent BLACK_HOLE_SILENCE
+        seconds ago with nothing heard since has the size confirmed now."""
         self.key_timer.advance([self.server], now + self.clock_offset)
         out = []
         if self._last_sent is None or (self.keepalive_interval > 0 and
                                        now >= self._last_sent + self.keepalive_interval):
             out = self._send(KIND_KEEPALIVE, [b""], now)
+        if self._unanswered_since is not None and now >= self._unanswered_since + BLACK_HOLE_SILENCE:
+            # Data went out and nothing came back: perhaps the path no longer
+            # carries the confirmed size (RFC 8899 section 4.3).
+            self._unanswered_since = None
+            self.path.suspect(now)
         size = self.path.probe_due(now)
         if size is not None:
             out += self._send(KIND_PROBE, [probe_payload(size, self.path.confirmed)], now)

@@ -42,6 +42,12 @@ MAX_UDP_PAYLOAD = {4: 65535 - 28, 6: 65535 - 8}  # IPv4 total length, IPv6 paylo
 PROBE_TIMER = 1.0
 MAX_PROBES = 3  # consecutive lost probes of one size before it counts as not getting through
 PMTU_RAISE_TIMER = 600.0  # seconds in SEARCH_COMPLETE before confirming and searching upward again
+# RFC 8899 section 4.3: black holes are also suspected when the PL sees its
+# packets go unanswered. The server answers no datagram as such, but a tunnel
+# that carries data out and hears nothing back for this long (WireGuard's
+# REKEY_TIMEOUT, its own "sent data, heard nothing" limit) has its size
+# confirmed at once instead of at the next PMTU_RAISE_TIMER.
+BLACK_HOLE_SILENCE = 5.0
 # The search stops when the largest size confirmed and the smallest size lost
 # are this close (bytes): three more probes would gain at most 1 %.
 SEARCH_RESOLUTION = 16
@@ -81,7 +87,8 @@ class PathSearch:
     range between the largest size acknowledged and the smallest lost;
     CONFIRMING probes the confirmed size (so the server learns it, and as a
     black hole check); SEARCH_COMPLETE waits PMTU_RAISE_TIMER, then confirms
-    and searches upward again; ERROR (the base size lost too) waits for the
+    and searches upward again, or confirms at once when ``suspect`` says data
+    went unanswered; ERROR (the base size lost too) waits for the
     server to be heard, or PMTU_RAISE_TIMER, and starts over. A size counts
     as lost after MAX_PROBES probes of it went unacknowledged for
     PROBE_TIMER each.
@@ -144,6 +151,14 @@ class PathSearch:
         else:
             self.state = SEARCHING
             self._next_search_size(now)
+
+    def suspect(self, now: float) -> None:
+        """Data went unanswered for BLACK_HOLE_SILENCE: in SEARCH_COMPLETE,
+        confirm the size at once (a lost confirmation falls back to the
+        base); in any other state a probe is due anyway."""
+        if self.state == SEARCH_COMPLETE:
+            self._confirm(raise_after=False)
+            self.due = now
 
     def heard(self, now: float) -> None:
         """An authentic datagram came from the server: after ERROR (the server
