@@ -156,6 +156,7 @@ def test_render_text_and_prometheus_of_a_client_daemon():
     metrics = render_prometheus([status])
     assert 'vpncrypt_server_last_datagram_timestamp_seconds{daemon="laptop"} 1063' in metrics
     assert 'vpncrypt_drops_total{daemon="laptop",reason="replayed"} 4' in metrics
+    assert 'vpncrypt_server_path_mtu_bytes{daemon="laptop"} 1327' in metrics
     assert metrics.count("# TYPE vpncrypt_drops_total counter") == 1
 
 
@@ -164,7 +165,8 @@ def test_prometheus_label_values_are_escaped_and_families_grouped():
         return {"role": "server", "name": name, "started": 1.0, "drops": {"no_route": 1}, "tun_write_refused": 0,
                 "udp_send_errors": 0, "icmp_sent": 2, "clients": [{
                     "name": client_name, "client_id": 1, "rx_bytes": 1, "rx_packets": 1, "tx_bytes": 1,
-                    "tx_packets": 1, "last_datagram": None, "roams": 0, "auth_failures": 0, "time_drops": 0}]}
+                    "tx_packets": 1, "last_datagram": None, "roams": 0, "auth_failures": 0, "time_drops": 0,
+                    "path_mtu": 1327}]}
 
     metrics = render_prometheus([server("s1", 'we"ird\\name\n'), server("s2", "b")]).splitlines()
     assert 'vpncrypt_client_roams_total{daemon="s1",name="we\\"ird\\\\name\\n",client_id="1"} 0' in metrics
@@ -172,3 +174,4 @@ def test_prometheus_label_values_are_escaped_and_families_grouped():
     assert len(family) == 2 and family[1] == family[0] + 1  # one family, its samples together
     assert 'vpncrypt_client_last_datagram_timestamp_seconds{daemon="s2",name="b",client_id="1"} 0' in metrics
     assert 'vpncrypt_icmp_sent_total{daemon="s1"} 2' in metrics
+    assert 'vpncrypt_client_path_mtu_bytes{daemon="s2",name="b",client_id="1"} 1327' in metrics

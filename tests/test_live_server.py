@@ -147,6 +147,9 @@ def test_show_reports_each_client_and_never_a_key(configs, run_dir):
     assert list(every) == ["server"] and every["server"]["clients"][0]["rx_packets"] == 5
     assert "client: a" in text.stdout and "last datagram: " in text.stdout and "600 B received (5 packets)" in text.stdout
     assert "endpoint: (not heard from yet)" in text.stdout
+    # b has sent no path MTU probe: the core's mtu (this one is built without the
+    # config's); a's search has told the server at least its base, 1232 - 24.
+    assert b["path_mtu"] == 65535 and 1208 <= a["path_mtu"] <= 65535 and "path MTU: 65535" in text.stdout
     assert 'vpncrypt_client_receive_packets_total{daemon="server",name="a",client_id="1"} 5' in prometheus.stdout
     for done in (as_json, text, prometheus):
         for name in ("a", "b"):

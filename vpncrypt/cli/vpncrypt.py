@@ -149,6 +149,8 @@ CLIENT_METRICS = [
      "Datagrams naming the client that failed authentication.", "auth_failures"),
     ("vpncrypt_client_time_window_drops_total", "counter",
      "Datagrams naming the client stamped outside the time window.", "time_drops"),
+    ("vpncrypt_client_path_mtu_bytes", "gauge", "The tunnel's effective MTU to the client (path MTU probes).",
+     "path_mtu"),
 ]
 SERVER_PEER_METRICS = [  # a client daemon's view of its server
     ("vpncrypt_server_receive_bytes_total", "counter", "Inner bytes received from the server.", "rx_bytes"),
@@ -157,6 +159,8 @@ SERVER_PEER_METRICS = [  # a client daemon's view of its server
     ("vpncrypt_server_transmit_packets_total", "counter", "Inner packets sent to the server.", "tx_packets"),
     ("vpncrypt_server_last_datagram_timestamp_seconds", "gauge",
      "When the server's newest datagram came (Unix time; 0 for never).", "last_datagram"),
+    ("vpncrypt_server_path_mtu_bytes", "gauge", "The tunnel's effective MTU to the server (path MTU probes).",
+     "path_mtu"),
 ]
 
 
