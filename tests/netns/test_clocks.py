@@ -125,9 +125,21 @@ def stamp_offset(datagram: bytes, now: float) -> int:
     return ts - int(now)
 
 
+def path_search_over(vpn: VpnLab, timeout: float = 20) -> None:
+    """Client a's path MTU search (core/pmtu.py) is over: until then its probes
+    and their acknowledgements travel beside the pings' datagrams."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if json.loads(vpn.vpncrypt("show", "a", "--json").stdout)["server"]["path_mtu_state"] == "search_complete":
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"client a's path MTU search not over in {timeout} s: {logs(vpn)}")
+
+
 def capture_pings(vpn: VpnLab, ns: str, interface: str, port: int, count: int = 10) -> list[bytes]:
     """``count`` pings from client a to the server, while ``interface`` in ``ns``
     captures the datagrams that arrive there for UDP ``port``. Returns them."""
+    path_search_over(vpn)
     capture = job(vpn, ns, "capture", interface, str(port), str(count))
     capture.wait_until_ready()
     assert pings(vpn, vpn.client_ns["a"], SERVER, count) == count, logs(vpn)
