@@ -67,8 +67,8 @@ from vpncrypt.core.replay import REORDERED, REPLAYED, SUPERSEDED, TOO_OLD, WINDO
 from vpncrypt.core.server import ClientEntry, ServerCore
 from vpncrypt.core.wire import (
     DEFAULT_TIME_WINDOW, KIND_DATA, KIND_DATA_PARTIAL, KIND_KEEPALIVE, KIND_PROBE, KIND_PROBE_ACK, KIND_TIME_ANSWER,
-    KINDS, MAX_DATAGRAM, OVERHEAD, TIME_ANSWER_PAYLOAD, TIMESTAMP_MOD, TO_CLIENT, TO_SERVER, VERSION_1_KINDS, Rejected, decode_header,
-    open_datagram, seal_datagram,
+    KINDS, MAX_DATAGRAM, OVERHEAD, TIME_ANSWER_PAYLOAD, TIMESTAMP_MOD, TO_CLIENT, TO_SERVER, VERSION_1_KINDS, Rejected,
+    decode_header, open_datagram, seal_datagram,
 )
 
 from tests.builders import (

@@ -333,7 +333,8 @@ class ServerCore:
         errors sent; no key material."""
         return {
             "server_id": self.server_id,
-            "clients": [dict(peer.status(), path_mtu=self.path_mtu.get(peer, self.mtu)) for peer in self.peers.values()],
+            "clients": [dict(peer.status(), path_mtu=self.path_mtu.get(peer, self.mtu))
+                        for peer in self.peers.values()],
             "drops": dict(self.drops),
             "icmp_sent": self.unreachable.sent,
             "kernel_filter": self.filter_status(),
