@@ -33,6 +33,17 @@ def set_access_mtu(vpn: VpnLab, name: str, mtu: int) -> None:
         vpn.lab.run(ns, ["ip", "link", "set", interface_with_address(vpn.lab, ns, address), "mtu", str(mtu)])
 
 
+def path_search_over(vpn: VpnLab, name: str, timeout: float = 20) -> dict:
+    """Client ``name``'s path MTU search (core/pmtu.py) is over; returns its status
+    of the server (``path_mtu``, ``path_mtu_state``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        own = json.loads(vpn.vpncrypt("show", name, "--json").stdout)["server"]
+        if own["path_mtu_state"] == "search_complete" or time.monotonic() > deadline:
+            return own
+        time.sleep(0.2)
+
+
 def transfer_both_ways(vpn, client: str, server_address: str, port: int, size: int = 20 * MIB) -> None:
     """``size`` bytes up and ``size`` down at once between client ``client`` and the
     server's tunnel address, each checked by SHA-256, within TRANSFER_SECONDS."""
@@ -55,7 +66,11 @@ def test_bulk_tcp_through_a_small_mtu_hop(vpn, mtu, request):
     the outer datagrams of full-sized inner packets (1420 + 24 + 28 or 48 bytes) do
     not fit, the sender's kernel refuses a GSO run with EMSGSIZE (client side, and
     server side once an ICMP message taught it the path MTU). 20 MiB both ways must
-    still go through, over each underlay."""
+    still go through, over each underlay. The clients' path MTU searches are let
+    finish first on the clean path: a connection opened before keeps the MSS of
+    the search's base, and its datagrams would never be large enough to be refused."""
+    for name in ("a", "b"):
+        path_search_over(vpn, name)
     for name in ("a", "b"):
         set_access_mtu(vpn, name, mtu)
     transfer_both_ways(vpn, "a", SERVER, 5201)
@@ -153,6 +168,8 @@ def test_bulk_tcp_through_a_small_mtu_hop_with_icmp_filtered(vpn, mtu):
     probes, core/pmtu.py) finds what gets through and both ends keep to it. At 1400
     bytes the path shrinks under client b, whose search had found 1420 on the clean
     path: its pings go unanswered, which makes it check; at 1280 it starts on it."""
+    if mtu == 1400:
+        assert path_search_over(vpn, "b")["path_mtu"] == 1420
     vpn.lab.run(vpn.router_ns, ["nft", "-f", "-"], input=FILTER_ICMP)
     for name in ("a", "b"):
         set_access_mtu(vpn, name, mtu)
