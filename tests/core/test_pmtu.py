@@ -369,7 +369,7 @@ def complete_client(path: int = 1444):
     """A client whose search ended at ``path`` bytes, with its server."""
     server, client = make_server(), make_client(mtu=1420)
     now = NOW + 1
-    while True:
+    for _ in range(100):  # bounded: a search that never ends fails here
         for probe, _ in probes_in(client.handle_timer(now)):
             if len(probe) <= path:
                 for ack, _ in server.datagrams_received([(probe, A_EP)], now).to_network:
@@ -377,6 +377,7 @@ def complete_client(path: int = 1444):
         if client.path.state == SEARCH_COMPLETE:
             return server, client, now
         now = max(now + 0.01, client.path.next_timer())
+    raise AssertionError(f"the search did not end: {client.path.state}")
 
 
 def test_data_unanswered_for_the_silence_finds_a_path_that_shrank():
