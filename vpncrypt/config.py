@@ -135,8 +135,8 @@ def read_toml(path: Path) -> tuple[dict[str, Any], os.stat_result]:
 
 
 def check_readers(path: Path, info: os.stat_result, account: Account | None) -> None:
-    """Only the owner may read a config (it names what a client may reach, and
-    the key store sits beside it), and the daemon's group: mode 0640 with the
+    """Only the owner may read a config (it names what a client may reach and
+    where its key store is), and the daemon's group: mode 0640 with the
     group of ``account`` (the config's ``group``), or, for a daemon started
     unprivileged (systemd's ``User=``/``Group=``), the group it runs as. With
     ``account``, that user must be able to read it after start-up (a reload
@@ -147,11 +147,11 @@ def check_readers(path: Path, info: os.stat_result, account: Account | None) -> 
         shared = (f" or, to let group {account.group!r} read it: chgrp {account.group} {path} && chmod 640 {path}"
                   if account is not None else " (or 640 with the daemon's group, set with group in the config)")
         raise ConfigError(f"{path}: is readable by group or others (mode {mode:04o}; a config names what a client"
-                          f" may reach, and the key store sits beside it); fix it with: chmod 600 {path}{shared}")
+                          f" may reach and where its key store is); fix it with: chmod 600 {path}{shared}")
     if account is not None and not (privileges.readable_by(info, account)
                                     and privileges.can_enter(path.parent, account)):
-        raise ConfigError(f"{path}: user {account.user!r} could not read it once running (a reload reads it"
-                          f" again); fix it with: chgrp {account.group} {path} && chmod 640 {path}, and let that"
+        raise ConfigError(f"{path}: user {account.user!r} could not read it once running (a server's reload"
+                          f" reads it again); fix it with: chgrp {account.group} {path} && chmod 640 {path}, and let that"
                           f" user enter {path.parent}")
 
 
@@ -192,6 +192,8 @@ class _Section:
 
     def get(self, key: str, kind: type, default: Any = ...) -> Any:
         if key not in self.table:
+            if default is ... and kind is dict:
+                raise ConfigError(f"{self.path}: the [{key}] table is missing")
             if default is ...:
                 raise self.fail(key, "missing")
             return default
@@ -453,7 +455,7 @@ def _fwmark(client: _Section) -> int:
     fwmark = client.integer("fwmark", 1, 2**32 - 1, DEFAULT_FWMARK)
     if fwmark in RESERVED_TABLES:
         raise client.fail("fwmark", f"{fwmark} numbers the system's routing table {RESERVED_TABLES[fwmark]!r}"
-                                    f" (253, 254 and 255 are reserved; ip-rule(8)), which the tunnel's default"
+                                    f" (253, 254 and 255 are reserved; ip-rule(8)), which a full tunnel's default"
                                     f" route would take over; pick another, such as {DEFAULT_FWMARK} (the default)")
     return fwmark
 

@@ -134,8 +134,13 @@ def load(path: Path, owners: Iterable[int] = ()) -> KeyTable:
                                     f"(mode {stat.S_IMODE(mode):04o}); fix it with: chmod 600 {path}")
             data = json.loads(file.read())
     except FileNotFoundError:
+        if not path.parent.is_dir():
+            raise KeyStoreError(f"{path}: no key store: the state directory {path.parent} does not exist"
+                                " (set state_directory in the config to where the key store is)") from None
+        others = sorted(p.name for p in path.parent.glob("*.keys.json"))
+        hint = f"; the key stores there: {', '.join(others)} (NAME.keys.json goes with NAME.toml)" if others else ""
         raise KeyStoreError(f"{path}: no key store (vpncrypt-keygen writes it; a client's comes from "
-                            "its server's operator)") from None
+                            f"its server's operator){hint}") from None
     except UntrustedFile as error:
         raise KeyStoreError(str(error)) from None
     except OSError as error:

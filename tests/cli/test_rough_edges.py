@@ -115,3 +115,22 @@ def test_a_tunnel_address_without_its_prefix_is_refused(configs):
     assert done.stderr.strip().endswith("'203.0.113.2' needs the tunnel's prefix (like 203.0.113.2/24, as keygen"
                                         " writes it)"), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_what_a_fresh_user_found_unclear_is_said_plainly(configs, tmp_path):
+    """A server.toml without [server]; a config renamed away from its key store;
+    a state directory that does not exist."""
+    (configs / "empty.toml").write_text("")
+    (configs / "empty.toml").chmod(0o600)
+    done = run("vpncrypt-server", "--config", configs / "empty.toml", "--dry-run", cwd=configs)
+    assert done.returncode == 2 and done.stderr.strip().endswith("empty.toml: the [server] table is missing")
+    renamed = configs / "laptop.toml"
+    (configs / "alice.toml").rename(renamed)
+    done = run("vpncrypt-client", "--config", renamed, "--dry-run", cwd=configs)
+    assert done.returncode == 2 and "the key stores there: alice.keys.json, server.keys.json (NAME.keys.json goes with NAME.toml)" \
+        in done.stderr, done.stderr
+    text = renamed.read_text().replace("[client]\n", f'[client]\nstate_directory = "{tmp_path}/nowhere"\n', 1)
+    renamed.write_text(text)
+    done = run("vpncrypt-client", "--config", renamed, "--dry-run", cwd=configs)
+    assert done.returncode == 2 and f"the state directory {tmp_path}/nowhere does not exist" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -190,7 +190,7 @@ def test_fwmark_254_is_refused_and_the_main_table_keeps_its_default_route(vpn):
     main_before = vpn.lab.run(a, ["ip", "route", "show", "table", "main"]).stdout
     configure(vpn, FULL_TUNNEL, "fwmark = 254")
     line = (f"{vpn.configs / 'a.toml'}: [client] fwmark: 254 numbers the system's routing table 'main' (253, 254"
-            " and 255 are reserved; ip-rule(8)), which the tunnel's default route would take over; pick another,"
+            " and 255 are reserved; ip-rule(8)), which a full tunnel's default route would take over; pick another,"
             " such as 30307 (the default)")
     refused_with(client_once(vpn, "--dry-run"), line)
     refused_with(client_once(vpn), line)
