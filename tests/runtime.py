@@ -23,8 +23,8 @@ from pathlib import Path
 import vpncrypt
 
 COMMANDS = {  # pyproject.toml, [project.scripts]
-    "vpncrypt-server": "vpncrypt.cli.daemons:server_main",
-    "vpncrypt-client": "vpncrypt.cli.daemons:client_main",
+    "vpncrypt-server": "vpncrypt.cli.start:server_main",
+    "vpncrypt-client": "vpncrypt.cli.start:client_main",
     "vpncrypt-keygen": "vpncrypt.cli.keygen:main",
     "vpncrypt": "vpncrypt.cli.vpncrypt:main",
 }

@@ -66,3 +66,31 @@ def test_sigterm_while_a_full_tunnel_starts_removes_its_rules(tmp_path):
         prefix = lab.prefix
         lab.close()
         assert lab_namespaces(prefix) == []
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02, 0.05, 0.1, 0.2, 0.4])
+def test_ctrl_c_at_any_moment_of_a_start_is_one_line_never_a_traceback(tmp_path, delay):
+    """Found by a fresh user: a Ctrl-C in the first tenth of a second (while
+    Python imports vpncrypt) printed a traceback. The client waits for a name
+    that cannot resolve in an empty namespace, so nothing is made or sent."""
+    import signal
+
+    lab = Lab(tmp_path / "lab")
+    try:
+        vpn = build_vpn_lab(lab, VENV_BIN, clients=("a",))
+        config = vpn.configs / "a.toml"
+        config.write_text(config.read_text().replace('server = "192.0.2.1:51820"', 'server = "vpn.invalid:51820"'))
+        empty = lab.namespace("empty")
+        command = [str(VENV_BIN / "vpncrypt-client"), "--config", str(config)]
+        client = lab.spawn(empty, command, "client.log", env=vpn.env())
+        time.sleep(delay)
+        client.send_signal(signal.SIGINT)  # ip netns exec passes it on: it execs the command
+        client.wait(20)
+        log = (lab.workdir / "client.log").read_text()
+        assert "Traceback" not in log, log
+        # At once, the signal may come before Python handles it at all: killed silently, nothing made.
+        assert client.returncode == 0 or (client.returncode == -signal.SIGINT and not log.strip()), log
+    finally:
+        prefix = lab.prefix
+        lab.close()
+        assert lab_namespaces(prefix) == []

@@ -48,6 +48,9 @@ def _main(program: str, argv, load, spec, run) -> int:
     except StopRequested as stop:
         logging.getLogger("vpncrypt").info("%s while starting: stopped, and undid what was made", stop)
         return 0
+    except KeyboardInterrupt:  # before the start made anything (unwind_on_stop_signals covers the rest)
+        logging.getLogger("vpncrypt").info("SIGINT while starting: stopped (nothing was made)")
+        return 0
     except (ConfigError, RoutingConflict) as error:
         return error_exit(program, error)
     except (TunError, NetconfigError, ResolveError, OSError, CipherUnusable, PrivilegeError) as error:
