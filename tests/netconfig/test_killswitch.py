@@ -41,3 +41,24 @@ def test_other_systems_refuse_it_in_one_line(platform):
 def test_a_split_tunnel_has_no_kill_switch():
     with pytest.raises(NetconfigError, match="^kill_switch goes with a full tunnel"):
         plan(spec(routes=(ipaddress.ip_network("192.0.2.0/24"),)), "linux")
+
+
+def test_a_system_without_nft_still_starts_a_client_without_the_kill_switch():
+    """The leftovers of a kill switch are cleared at start with nft; where nft
+    is not installed there can be none, and the start goes on."""
+    import subprocess
+
+    from vpncrypt.netconfig import NetconfigError, apply
+
+    ran = []
+
+    def run(command):
+        ran.append(command)
+        if command[0] == "nft":
+            raise NetconfigError("the 'nft' command is not installed")
+        return subprocess.CompletedProcess(command, 0 if "add" in command or "set" in command else 1, "", "")
+
+    network_plan = plan(TunnelSpec("vc-0", ADDRESSES, 1420, (), fwmark=0x7663), "linux")
+    assert ["nft", "delete", "table", "inet", "vpncrypt_ks_vc_0"] in network_plan.leftovers
+    apply(network_plan, run)
+    assert ran[-1] == network_plan.setup[-1]
