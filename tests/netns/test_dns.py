@@ -69,8 +69,8 @@ def resolve(vpn) -> str:
 
 
 def start_client(vpn, path_dir: Path):
-    # A sender restarted within the second of its last datagrams is not heard until it has passed.
-    time.sleep(1.0)
+    # A restarted client refuses the server's datagrams stamped up to 2 s after the last it heard (PROTOCOL 6.1).
+    time.sleep(2.0)
     vpn.snat(ROUTER_UNDERLAY, 40000)  # a new socket: the router forgets client a's old mapping
     client = vpn.start_client("a", env={"PATH": str(path_dir)})
     # Serving its control socket: its loop runs, so SIGTERM is handled (not the default action).

@@ -58,7 +58,7 @@ def wait_for(condition, timeout=10.0):
 
 
 def start_client(vpn):
-    time.sleep(1.0)  # a sender restarted within the second of its last datagrams is not heard until it has passed
+    time.sleep(2.0)  # a restarted client refuses the server's datagrams up to 2 s after the last it heard (PROTOCOL 6.1)
     vpn.snat(ROUTER_UNDERLAY, 40000)  # a new socket: the router forgets client a's old mapping
     client = vpn.start_client("a")
     assert wait_for(lambda: vpn.vpncrypt("show", "a", check=False).returncode == 0)  # its loop runs
