@@ -9,6 +9,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,33 @@ def test_missing_privileges_are_explained(configs):
             runtime.close()
     assert done.returncode == 1, done.stderr
     assert "run as root" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("entry", ["server_main", "client_main"])
+def test_a_ctrl_c_while_the_daemon_is_imported_is_one_line(entry):
+    """A KeyboardInterrupt while cli/start.py imports the rest of vpncrypt (its
+    heavy part: cryptography, uvloop) ends with one line and status 0, no traceback."""
+    program = textwrap.dedent(f"""
+        import builtins, sys
+        real_import = builtins.__import__
+        def interrupted(name, *args, **kwargs):
+            if name == "daemons" or name.endswith("cli.daemons"):
+                raise KeyboardInterrupt
+            return real_import(name, *args, **kwargs)
+        builtins.__import__ = interrupted
+        from vpncrypt.cli import start
+        sys.exit(start.{entry}(["--config", "unused.toml"]))
+    """)
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == f"vpncrypt-{entry.split('_')[0]}: stopped while starting (nothing was made)\n"
+
+
+def test_a_ctrl_c_while_the_config_loads_is_quiet(monkeypatch):
+    from vpncrypt.cli import daemons
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(daemons, "setup_logging", lambda verbose: None)
+    assert daemons._main("vpncrypt-server", ["--config", "x.toml"], interrupted, None, None) == 0

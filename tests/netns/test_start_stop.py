@@ -68,11 +68,14 @@ def test_sigterm_while_a_full_tunnel_starts_removes_its_rules(tmp_path):
         assert lab_namespaces(prefix) == []
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.02, 0.05, 0.1, 0.2, 0.4])
+@pytest.mark.parametrize("delay", [0.3, 0.6, 1.0])
 def test_ctrl_c_at_any_moment_of_a_start_is_one_line_never_a_traceback(tmp_path, delay):
     """Found by a fresh user: a Ctrl-C in the first tenth of a second (while
     Python imports vpncrypt) printed a traceback. The client waits for a name
-    that cannot resolve in an empty namespace, so nothing is made or sent."""
+    that cannot resolve in an empty namespace, so nothing is made or sent.
+    The moments here fall in the config load and the wait; the import itself
+    is tested without timing in tests/cli/test_commands.py (a signal during
+    Python's own start-up, before any of vpncrypt runs, is out of its reach)."""
     import signal
 
     lab = Lab(tmp_path / "lab")
@@ -90,8 +93,7 @@ def test_ctrl_c_at_any_moment_of_a_start_is_one_line_never_a_traceback(tmp_path,
         client.wait(20)
         log = (lab.workdir / "client.log").read_text()
         assert "Traceback" not in log, log
-        # At once, the signal may come before Python handles it at all: killed silently, nothing made.
-        assert client.returncode == 0 or (client.returncode == -signal.SIGINT and not log.strip()), log
+        assert client.returncode == 0, log
     finally:
         prefix = lab.prefix
         lab.close()
