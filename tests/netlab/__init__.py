@@ -288,6 +288,18 @@ class VpnLab:
         self.lab.run(self.router_ns, ["conntrack", "-D", "-p", "udp", "--orig-src", CLIENT_UNDERLAY["a"]], check=False)
 
 
+def wait_for(condition, timeout: float = 10.0, interval: float = 0.05):
+    """Poll ``condition()`` until it gives something true or ``timeout`` seconds
+    pass; returns its last value (the end-to-end tests' one polling loop)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    return condition()
+
+
 class ReadinessSocket:
     """Where a daemon started by the lab says it is ready, as systemd's
     ``Type=notify`` hears it (sd_notify(3)): ``NOTIFY_SOCKET`` in the daemon's

@@ -21,7 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.netlab import REPO_ROOT, ROUTER_CLIENT_SIDE, ROUTER_UNDERLAY, TUNNEL_ADDRESS, Lab, LabError, build_vpn_lab, lab_namespaces
+from tests.netlab import (
+    REPO_ROOT, ROUTER_CLIENT_SIDE, ROUTER_UNDERLAY, TUNNEL_ADDRESS, Lab, LabError, build_vpn_lab, lab_namespaces,
+    wait_for,
+)
 
 from .conftest import VENV_BIN
 
@@ -76,13 +79,6 @@ def start_client(vpn, path_dir: Path):
     # Serving its control socket: its loop runs, so SIGTERM is handled (not the default action).
     assert wait_for(lambda: vpn.vpncrypt("show", "a", check=False).returncode == 0)
     return client
-
-
-def wait_for(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not condition():
-        time.sleep(0.05)
-    return condition()
 
 
 def test_a_full_tunnel_resolves_through_the_tunnel_only_and_puts_resolv_conf_back(lab, tmp_path):

@@ -14,6 +14,7 @@ import pytest
 
 from tests.netlab import (
     CLIENT_UNDERLAY, PORT, ROUTER_CLIENT_SIDE, ROUTER_UNDERLAY, TUNNEL_ADDRESS, Lab, build_vpn_lab, lab_namespaces,
+    wait_for,
 )
 
 from .conftest import VENV_BIN, ping
@@ -48,13 +49,6 @@ def other_packets(vpn) -> int:
 
 def kill_switch_tables(vpn) -> int:
     return vpn.lab.run(vpn.client_ns["a"], ["nft", "list", "tables"]).stdout.count(TABLE)
-
-
-def wait_for(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not condition():
-        time.sleep(0.05)
-    return condition()
 
 
 def start_client(vpn):

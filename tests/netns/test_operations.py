@@ -16,7 +16,7 @@ import pytest
 
 from tests.netlab import (
     CLIENT_UNDERLAY, PORT, ROUTER_UNDERLAY, SERVER_UNDERLAY, TUNNEL_ADDRESS, TUNNEL_ADDRESS6, Lab, VpnLab,
-    build_vpn_lab, lab_namespaces,
+    build_vpn_lab, lab_namespaces, wait_for,
 )
 from vpncrypt.config import load_client_config
 from vpncrypt.core.keys import encode_key
@@ -48,16 +48,6 @@ def vpn(tmp_path) -> VpnLab:
 
 def log(vpn: VpnLab) -> str:
     return (vpn.lab.workdir / "server.log").read_text()
-
-
-def wait_for(condition, timeout: float = 10.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    return condition()
 
 
 def clients(vpn: VpnLab) -> dict[str, dict]:

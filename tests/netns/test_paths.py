@@ -114,7 +114,6 @@ def test_tcp_over_ipv6_with_an_extension_header(vpn, option):
     carry a destination options or hop-by-hop header; the splitter used to drop
     them silently (2 MiB did not finish in 25 s). Both directions of the tunnel:
     client a sends to the server, the server to client a."""
-    import subprocess
     import sys
 
     size = 8 * MIB

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.netlab import (
-    PORT, SERVER_UNDERLAY, TUNNEL_ADDRESS, Lab, ReadinessSocket, build_vpn_lab, lab_namespaces, start_daemon,
+    PORT, SERVER_UNDERLAY, TUNNEL_ADDRESS, Lab, ReadinessSocket, build_vpn_lab, lab_namespaces, start_daemon, wait_for,
 )
 from tests.runtime import ReadableRuntime
 from vpncrypt import key_store, privileges
@@ -34,16 +34,6 @@ SERVER = TUNNEL_ADDRESS["server"]
 BEHIND_A = "2001:db8:5::/64"  # a network behind client a, routed on the server after a reload
 CAP_NET_ADMIN_MASK = 1 << privileges.CAP_NET_ADMIN
 EPOCH_SECONDS = 60
-
-
-def wait_for(condition, timeout=10.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    return condition()
 
 
 def proc_status(pid: int) -> dict[str, str]:

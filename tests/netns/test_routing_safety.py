@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.netlab import ROUTER_UNDERLAY, SERVER_UNDERLAY, TUNNEL_ADDRESS, Lab, VpnLab, build_vpn_lab, lab_namespaces
+from tests.netlab import (
+    ROUTER_UNDERLAY, SERVER_UNDERLAY, TUNNEL_ADDRESS, Lab, VpnLab, build_vpn_lab, lab_namespaces, wait_for,
+)
 
 from .conftest import VENV_BIN, ping
 
@@ -73,15 +75,6 @@ def ours(vpn: VpnLab) -> list[dict]:
     return [rule for rule in rules(vpn) if rule.get("protocol") == PROTOCOL]
 
 
-def wait_for(condition, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
 def interface_counters(vpn: VpnLab, ns: str, interface: str) -> dict:
     shown = json.loads(vpn.lab.run(ns, ["ip", "-j", "-s", "link", "show", interface]).stdout)
     return shown[0]["stats64"]
@@ -140,10 +133,10 @@ def test_the_networks_beside_the_server_go_through_the_tunnel_without_a_loop(vpn
 
 def restart(vpn: VpnLab) -> None:
     """Client a again, as test_vpn.start_client_again does: the router's NAT forgets
-    the old socket's mapping, and a restart within the same second of the last
-    datagrams would not be heard (docs/PROTOCOL.md, section 6)."""
+    the old socket's mapping, and a restarted client refuses the server's
+    datagrams stamped up to 2 s after the last it heard (docs/PROTOCOL.md 6.1)."""
     vpn.snat(ROUTER_UNDERLAY, 40000)
-    time.sleep(1.0)
+    time.sleep(2.0)
     vpn.start_client("a")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.netlab import (
     CLIENT_B_UNDERLAY6, PORT, ROUTER_CLIENT_SIDE, ROUTER_SECOND_ADDRESS, ROUTER_UNDERLAY, SERVER_UNDERLAY,
-    SERVER_UNDERLAY6, TUNNEL_ADDRESS, TUNNEL_ADDRESS6,
+    SERVER_UNDERLAY6, TUNNEL_ADDRESS, TUNNEL_ADDRESS6, wait_for,
 )
 from vpncrypt.core.peer import Peer
 from vpncrypt.core.wire import KIND_DATA, TO_SERVER
@@ -23,16 +23,6 @@ SERVER, A, B = TUNNEL_ADDRESS["server"], TUNNEL_ADDRESS["a"], TUNNEL_ADDRESS["b"
 
 def client_status(vpn, name):
     return next(c for c in vpn.server_status()["clients"] if c["name"] == name)
-
-
-def wait_for(condition, timeout=5.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    return condition()
 
 
 def assert_intact(sent, received, size):
@@ -136,7 +126,7 @@ def test_default_route_through_the_tunnel(vpn):
     assert vpn.lab.stop(vpn.processes["client-a"]) == 0
     start_client_again(vpn, "a", "routes = []", 'routes = ["0.0.0.0/0", "::/0"]')
     # The device is up before its routes and rules are: wait for the last of them.
-    assert wait_for(lambda: len(our_rules(vpn, a)) == 4)
+    assert wait_for(lambda: len(our_rules(vpn, a)) == 4, 5.0)
     assert ping(vpn, a, BEYOND_SERVER).returncode == 0
     assert ping(vpn, a, BEYOND_SERVER6).returncode == 0
     assert ping(vpn, a, ROUTER_CLIENT_SIDE["a"]).returncode == 0  # the local network: not through the tunnel
