@@ -68,6 +68,14 @@ def internet_checksum(data: bytes) -> int:
     return ~(int.from_bytes(data, "big") % 0xFFFF) & 0xFFFF or 0xFFFF
 
 
+def answerable(packet: bytes) -> bool:
+    """Whether an ICMP error may answer ``packet`` at all (RFC 1812 4.3.2.7,
+    RFC 4443 2.4(e)): not an ICMP error or redirect, not a non-first
+    fragment, not to or from multicast or broadcast, not from an unspecified
+    or loopback source. Shared by every ICMP error this core sends."""
+    return _v4_answerable(packet) if packet[0] >> 4 == 4 else _v6_answerable(packet)
+
+
 def _v4_answerable(packet: bytes) -> bool:
     source, destination = packet[12], packet[16]
     if source == 0 or source == 127 or source >= 224 or destination >= 224:

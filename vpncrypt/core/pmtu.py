@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import struct
 
-from .icmp import internet_checksum
+from .icmp import answerable, internet_checksum
 
 # RFC 8200 section 5: every IPv6 link carries 1280 bytes. Less the outer
 # headers (IPv4 20 or IPv6 40, UDP 8), the datagram every path should carry
@@ -249,26 +249,22 @@ def too_big(packet: bytes, mtu: int) -> bytes | None:
     sender the ``mtu``: ICMPv4 type 3 code 4 with the next-hop MTU (RFC 792,
     RFC 1191 section 4) or ICMPv6 Packet Too Big (RFC 4443 section 3.2),
     quoting as much of the packet as RFC 1812 4.3.2.3 and RFC 4443 2.4(c)
-    allow. None for a packet never answered (RFC 1812 4.3.2.7, RFC 4443
-    2.4(e)): an ICMP error, a non-first fragment, a multicast destination.
+    allow. None for a packet never answered (``icmp.answerable``: an ICMP
+    error, a non-first fragment, multicast ...).
 
     Its source is the packet's own destination: the address the packet was
     trying to reach, which routes through the tunnel (so the answer passes
     reverse-path filtering), and never this host's own address, which Linux
     drops as a martian when it is the sender itself."""
+    if not answerable(packet):
+        return None
     if packet[0] >> 4 == 4:
         return _v4_too_big(packet, mtu)
     return _v6_too_big(packet, mtu)
 
 
-def _v4_too_big(packet: bytes, mtu: int) -> bytes | None:
-    header_length = (packet[0] & 0x0F) * 4
+def _v4_too_big(packet: bytes, mtu: int) -> bytes:
     source, destination = packet[12:16], packet[16:20]
-    if int.from_bytes(packet[6:8], "big") & 0x1FFF or destination[0] >= 224 or source[0] in (0, 127):
-        return None  # a non-first fragment, multicast or broadcast, no real sender
-    if packet[9] == ICMPV4 and header_length < len(packet) and packet[header_length] not in (0, 8, 13, 14, 15, 16,
-                                                                                               17, 18):
-        return None  # an ICMP error (or unknown type): never answered
     quoted = packet[:IPV4_ERROR_LIMIT - 20 - 8]
     message = struct.pack("!BBHHH", ICMPV4_UNREACHABLE, ICMPV4_FRAGMENTATION_NEEDED, 0, 0, mtu) + quoted
     message = message[:2] + internet_checksum(message).to_bytes(2, "big") + message[4:]
@@ -277,12 +273,8 @@ def _v4_too_big(packet: bytes, mtu: int) -> bytes | None:
     return header + message
 
 
-def _v6_too_big(packet: bytes, mtu: int) -> bytes | None:
+def _v6_too_big(packet: bytes, mtu: int) -> bytes:
     source, destination = packet[8:24], packet[24:40]
-    if destination[0] == 0xFF or source[0] == 0xFF or not any(source[:15]) and source[15] <= 1:
-        return None  # multicast either way, an unspecified or loopback source
-    if packet[6] == ICMPV6 and len(packet) > 40 and packet[40] < 128:
-        return None  # an ICMPv6 error (right after the fixed header)
     quoted = packet[:IPV6_MIN_MTU - 40 - 8]
     length = 8 + len(quoted)
     message = struct.pack("!BBHI", ICMPV6_PACKET_TOO_BIG, 0, 0, mtu) + quoted
