@@ -1,4 +1,5 @@
-"""The compiled AES-SIV (vpncrypt/_siv.c), built against the system's libcrypto.
+"""The compiled AES-SIV (vpncrypt/_siv.c) and the batch path around it
+(vpncrypt/_batch.c), built against the system's libcrypto.
 
 Everything else about the package is in pyproject.toml. The extension is
 optional: where it does not build (no compiler, no OpenSSL headers), pip
@@ -11,7 +12,8 @@ setup(
     ext_modules=[
         Extension(
             "vpncrypt._siv",
-            sources=["vpncrypt/_siv.c"],
+            sources=["vpncrypt/_siv.c", "vpncrypt/_batch.c"],
+            depends=["vpncrypt/_siv.h"],
             libraries=["crypto"],
             extra_compile_args=["-O2", "-Wall", "-Wextra"],
             optional=True,

@@ -31,18 +31,14 @@
  * RuntimeError, never a mixed-up state.
  */
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_siv.h"
 
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include <openssl/opensslv.h>
-
-#define BLOCK 16
 
 /* Inputs from this size up are enciphered with the GIL released. Measured
  * here (AES-256, 2 shared cores): releasing and taking it back with no other
@@ -59,20 +55,6 @@
 
 /* Stack room for this many AD components; more take a heap array. */
 #define AD_ON_STACK 8
-
-typedef struct {
-    PyObject_HEAD
-    EVP_CIPHER_CTX *mac; /* AES-CBC, no padding, keyed with the first half */
-    EVP_CIPHER_CTX *ecb; /* AES-ECB, no padding, keyed with the second half: CTR's keystream */
-    unsigned char chain[BLOCK];         /* mac's CBC chaining value: its last output block */
-    unsigned char k1[BLOCK], k2[BLOCK]; /* CMAC subkeys (RFC 4493 2.3) */
-    unsigned char d0[BLOCK];            /* CMAC(0^128): S2V's first D */
-    int busy;                           /* a call holds the contexts, GIL released */
-} AesSivObject;
-
-typedef struct {
-    PyObject *invalid_tag; /* cryptography.exceptions.InvalidTag */
-} module_state;
 
 /* One CMAC computation. */
 typedef struct {
@@ -180,16 +162,10 @@ resync(AesSivObject *self)
         memset(self->chain, 0, BLOCK);
 }
 
-/* A borrowed slice: what S2V reads. */
-typedef struct {
-    const unsigned char *buf;
-    size_t len;
-} slice;
-
 /* S2V (RFC 5297 2.4) over the AD components then the plaintext: v gets the
  * synthetic IV. Returns 0 on an OpenSSL failure. */
-static int
-s2v(AesSivObject *self, const slice *ads, Py_ssize_t n_ads, const unsigned char *pt, size_t pt_len,
+int
+siv_s2v(AesSivObject *self, const slice *ads, Py_ssize_t n_ads, const unsigned char *pt, size_t pt_len,
     unsigned char v[BLOCK])
 {
     cmac_state st;
@@ -245,8 +221,8 @@ done:
  * keystream is not wiped from the stack: it is the plaintext XOR the
  * ciphertext, and the plaintext stays in Python objects anyway. (GCC and
  * Clang's __builtin_bswap64: the counter is big-endian.) */
-static int
-ctr_crypt(AesSivObject *self, const unsigned char v[BLOCK], const unsigned char *in, size_t len, unsigned char *out)
+int
+siv_ctr(AesSivObject *self, const unsigned char v[BLOCK], const unsigned char *in, size_t len, unsigned char *out)
 {
     unsigned char ks[SCRATCH];
     uint64_t lo;
@@ -469,11 +445,11 @@ AesSiv_encrypt(AesSivObject *self, PyObject *const *args, Py_ssize_t nargs, PyOb
     if (len >= GIL_RELEASE_BYTES) {
         self->busy = 1;
         Py_BEGIN_ALLOW_THREADS
-        ok = s2v(self, a.ads, a.n_ads, pt, len, o) && ctr_crypt(self, o, pt, len, o + BLOCK);
+        ok = siv_s2v(self, a.ads, a.n_ads, pt, len, o) && siv_ctr(self, o, pt, len, o + BLOCK);
         Py_END_ALLOW_THREADS
         self->busy = 0;
     } else {
-        ok = s2v(self, a.ads, a.n_ads, pt, len, o) && ctr_crypt(self, o, pt, len, o + BLOCK);
+        ok = siv_s2v(self, a.ads, a.n_ads, pt, len, o) && siv_ctr(self, o, pt, len, o + BLOCK);
     }
     if (!ok) {
         Py_CLEAR(out);
@@ -511,11 +487,11 @@ AesSiv_decrypt(AesSivObject *self, PyObject *const *args, Py_ssize_t nargs, PyOb
     if (len >= GIL_RELEASE_BYTES) {
         self->busy = 1;
         Py_BEGIN_ALLOW_THREADS
-        ok = ctr_crypt(self, in, in + BLOCK, len, o) && s2v(self, a.ads, a.n_ads, o, len, v);
+        ok = siv_ctr(self, in, in + BLOCK, len, o) && siv_s2v(self, a.ads, a.n_ads, o, len, v);
         Py_END_ALLOW_THREADS
         self->busy = 0;
     } else {
-        ok = ctr_crypt(self, in, in + BLOCK, len, o) && s2v(self, a.ads, a.n_ads, o, len, v);
+        ok = siv_ctr(self, in, in + BLOCK, len, o) && siv_s2v(self, a.ads, a.n_ads, o, len, v);
     }
     if (ok)
         authentic = CRYPTO_memcmp(v, in, BLOCK) == 0;
@@ -645,6 +621,7 @@ PyDoc_STRVAR(decrypt_doc,
 static PyMethodDef AesSiv_methods[] = {
     {"encrypt", (PyCFunction)(void (*)(void))AesSiv_encrypt, METH_FASTCALL | METH_KEYWORDS, encrypt_doc},
     {"decrypt", (PyCFunction)(void (*)(void))AesSiv_decrypt, METH_FASTCALL | METH_KEYWORDS, decrypt_doc},
+    {"seal_batch", (PyCFunction)(void (*)(void))batch_seal, METH_FASTCALL, batch_seal_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -688,6 +665,8 @@ module_exec(PyObject *module)
     PyObject *type = PyType_FromModuleAndSpec(module, &AesSiv_spec, NULL);
     if (type == NULL)
         return -1;
+    state->aes_siv = (PyTypeObject *)type;
+    Py_INCREF(type);
     if (PyModule_AddObject(module, "AesSiv", type) < 0) {
         Py_DECREF(type);
         return -1;
@@ -701,6 +680,7 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
 {
     module_state *state = PyModule_GetState(module);
     Py_VISIT(state->invalid_tag);
+    Py_VISIT(state->aes_siv);
     return 0;
 }
 
@@ -709,8 +689,14 @@ module_clear(PyObject *module)
 {
     module_state *state = PyModule_GetState(module);
     Py_CLEAR(state->invalid_tag);
+    Py_CLEAR(state->aes_siv);
     return 0;
 }
+
+static PyMethodDef module_methods[] = {
+    {"open_run", (PyCFunction)(void (*)(void))batch_open_run, METH_FASTCALL, batch_open_run_doc},
+    {NULL, NULL, 0, NULL},
+};
 
 static PyModuleDef_Slot module_slots[] = {
     {Py_mod_exec, module_exec},
@@ -722,6 +708,7 @@ static struct PyModuleDef module_def = {
     .m_name = "vpncrypt._siv",
     .m_doc = "AES-SIV (RFC 5297) composed from OpenSSL's AES-CBC (for CMAC) and AES-CTR, keyed once per object.",
     .m_size = sizeof(module_state),
+    .m_methods = module_methods,
     .m_slots = module_slots,
     .m_traverse = module_traverse,
     .m_clear = module_clear,

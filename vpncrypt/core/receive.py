@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable
 from cryptography.exceptions import InvalidTag
 
 from . import drops as reasons
+from . import siv
 from .inner import PartialChecksumPacket, PrefixTable, checksum_location, well_formed
 from .peer import Peer
 from .replay import NEWEST, REORDERED, REPLAYED, RING_INDEX_MASK, SUPERSEDED, TOO_OLD, WINDOW
@@ -25,6 +26,15 @@ from .wire import (
 )
 
 TIME_ANSWER_INTERVAL = 2.0  # seconds between two authentications of a peer's out-of-window datagrams
+
+# The compiled batch path (vpncrypt/_batch.c), None where it is not built;
+# used only while the compiled AES-SIV is the class in use (siv.choose).
+_open_run = siv.compiled_open_run
+# The drops it counts itself, in the order of its plan's reasons tuple.
+_RUN_REASONS = (
+    reasons.BAD_LENGTH, reasons.OLD_VERSION, reasons.UNKNOWN_KIND, reasons.UNKNOWN_CLIENT, reasons.REPLAYED,
+    reasons.INNER_MALFORMED, reasons.INNER_SOURCE_NOT_ALLOWED,
+)
 
 _WINDOW_DROPS = {REPLAYED: reasons.REPLAYED, TOO_OLD: reasons.COUNTER_TOO_OLD, SUPERSEDED: reasons.SUPERSEDED}
 _STALE = (SUPERSEDED, TOO_OLD)  # window verdicts a peer behind in time gets; answered with the time
@@ -55,6 +65,20 @@ def _authentic(peer: Peer, datagram: bytes, ts: int, direction: int, server_id: 
         peer.failure_credit -= 1
         return False
     return True
+
+
+def _left_by(run, datagrams: list, opened: list, drops: Counter, plan: tuple):
+    """The datagrams the compiled ``run`` leaves to the Python loop, one at a
+    time: it decides the ones before each, and the next call to it comes
+    only once the loop has decided the one yielded, so every datagram is
+    decided in order, by one path or the other."""
+    index, count = 0, len(datagrams)
+    while True:
+        index = run(datagrams, index, opened, drops, plan)
+        if index >= count:
+            return
+        yield datagrams[index]
+        index += 1
 
 
 def open_datagrams(
@@ -104,6 +128,10 @@ def open_datagrams(
     probed size is not its length is counted (bad_probe), any other adds
     (peer, probed size, confirmed size, endpoint) to ``probes`` (confirmed
     size 0 for an acknowledgement, which carries none).
+
+    Where the compiled AES-SIV is in use, the compiled batch path
+    (vpncrypt/_batch.c) decides the datagrams of the common path, as this
+    loop would, and leaves the others to it.
     """
     now_s = int(now)
     ts_base = now_s - TIMESTAMP_MOD // 2
@@ -115,6 +143,10 @@ def open_datagrams(
     suffixes: dict[int, bytes] = {}
     opened: list[tuple[Peer, bytes]] = []
     probe_kind, probe_min = (KIND_PROBE, PROBE_MIN) if direction == TO_SERVER else (KIND_PROBE_ACK, PROBE_ACK_MIN)
+    if _open_run is not None and siv.AESSIV is siv.CompiledAESSIV:
+        plan = (now_s, time_window, direction, server_id, find_peer, sources.hosts, longest_match, well_formed,
+                checksum_location, PartialChecksumPacket, follow_source, max_datagram, probe_kind, _RUN_REASONS)
+        datagrams = _left_by(_open_run, list(datagrams), opened, drops, plan)
     for datagram, address in datagrams:
         size = len(datagram)
         if size < OVERHEAD or size > max_datagram:

@@ -1,7 +1,10 @@
 """Which AES-SIV the core seals and opens with: the compiled one, or cryptography's.
 
 ``vpncrypt._siv.AesSiv`` (vpncrypt/_siv.c) composes AES-SIV (RFC 5297) from
-OpenSSL's AES with contexts keyed once per object; cryptography's ``AESSIV``
+OpenSSL's AES with contexts keyed once per object, and the same extension
+does the per-packet work around it for a batch (vpncrypt/_batch.c:
+``AesSiv.seal_batch`` for Peer.seal, ``compiled_open_run`` for
+receive.open_datagrams), where the compiled class is in use; cryptography's ``AESSIV``
 is the reference and the fallback, for a machine where the extension did not
 build or when the operator asks for it. The two take the same arguments,
 give the same bytes and raise the same exceptions (InvalidTag, ValueError
@@ -17,9 +20,10 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV as CryptographyAESSIV
 
 try:
-    from .._siv import OPENSSL_VERSION, AesSiv as CompiledAESSIV
+    from .._siv import OPENSSL_VERSION, AesSiv as CompiledAESSIV, open_run as compiled_open_run
 except ImportError as error:  # not built (no compiler or no OpenSSL headers at install)
     CompiledAESSIV = None
+    compiled_open_run = None
     OPENSSL_VERSION = ""
     NOT_BUILT = f"the compiled module is not built: {error}"
 else:

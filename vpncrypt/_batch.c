@@ -1,0 +1,805 @@
+/*
+ * vpncrypt._siv's batch path: the per-packet work of sealing and opening a
+ * batch of datagrams in one call, around the cipher of _siv.c.
+ *
+ * The Python code specifies it and stays the reference and the fallback:
+ *
+ *   - AesSiv.seal_batch is the loop of Peer.seal (vpncrypt/core/peer.py):
+ *     counter, header, associated data and AES-SIV for each payload.
+ *   - open_run is open_datagrams' loop (vpncrypt/core/receive.py) for the
+ *     datagrams of the common path: data and keepalives from a known peer,
+ *     inside the time window, NEWEST or REORDERED in its replay window, with
+ *     failure credit, whose epoch's context is already made and whose
+ *     timestamp is below the peer's save_at. It authenticates them, commits
+ *     the replay window, moves the endpoint, checks the inner packet and its
+ *     source, and appends (peer, packet) as the Python loop does. It also
+ *     counts the drops that change nothing but a counter (bad_length,
+ *     old_version, unknown_kind, unknown_client, replayed, and the inner
+ *     packet's two). Any other datagram (a probe, a time-window or restart
+ *     question, a forgery, a jump in the window, a missing context ...) it
+ *     leaves to the Python loop: it returns that datagram's index, the loop
+ *     decides it and calls open_run again for the rest. So the order of
+ *     decisions is the Python loop's, and whatever the C code does not know
+ *     is decided by the code that specifies it.
+ *
+ * A peer's state is read from its Python attributes when its first datagram
+ * of a run comes, kept here while the run lasts, and written back before
+ * control returns to Python (for a deferred datagram, a call into Python, or
+ * the end). The Python objects stay the only state: nothing is kept between
+ * calls.
+ *
+ * Threads: like an AesSiv object, each peer's state has one owner thread,
+ * the daemon's event loop thread; nothing here releases the GIL.
+ *
+ * The tests (tests/core/test_fast_path.py) feed the same datagrams to this
+ * path and to the Python loop and require identical results.
+ */
+
+#include "_siv.h"
+
+#include <stdint.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+/* The wire format: vpncrypt/core/wire.py, docs/PROTOCOL.md sections 2-5. */
+#define HEADER_LEN 8
+#define OVERHEAD (HEADER_LEN + BLOCK)
+#define TIMESTAMP_BITS 10
+#define TIMESTAMP_MOD 1024
+#define TIMESTAMP_MASK (TIMESTAMP_MOD - 1)
+#define KIND_DATA 0x21
+#define KIND_KEEPALIVE 0x22
+#define KIND_DATA_PARTIAL 0x23
+#define AD_LEN (HEADER_LEN + 1 + 4 + 8) /* header, direction, server ID, full timestamp */
+
+/* The replay window: vpncrypt/core/replay.py (RFC 6479). */
+#define WINDOW 2048
+#define HALF (UINT32_C(1) << 31)
+#define RING_BYTES 512
+#define BLOCK_MASK (UINT32_C(0xFFFFFFFF) >> 3)
+
+/* Inner protocols (IANA): vpncrypt/core/inner.py. */
+#define TCP 6
+#define UDP 17
+
+/* ---- seal ----------------------------------------------------------------- */
+
+const char batch_seal_doc[] =
+    "seal_batch(payloads, word0, partial_word0, client_id, counter, suffix, partial_type)\n"
+    "    -> (datagrams, counter, payload_bytes)\n\n"
+    "Peer.seal's loop: for each payload (a list of bytes-like objects) the next\n"
+    "counter (mod 2**32), the 8-byte header (word0, or partial_word0 for a\n"
+    "payload whose type is exactly partial_type), and AES-SIV with the header\n"
+    "followed by suffix (13 bytes: direction, server ID, full timestamp) as the\n"
+    "one AD string. Returns the datagrams, the last counter used and the\n"
+    "payloads' total length. Raises TypeError / ValueError for arguments of the\n"
+    "wrong type or range, RuntimeError if OpenSSL fails.";
+
+static void
+put_be32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+static void
+put_be64(unsigned char *p, uint64_t v)
+{
+    put_be32(p, (uint32_t)(v >> 32));
+    put_be32(p + 4, (uint32_t)v);
+}
+
+/* An int argument in [0, max], else an exception and -1. */
+static long long
+int_arg(PyObject *obj, long long max, const char *what)
+{
+    long long v = PyLong_AsLongLong(obj);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < 0 || v > max) {
+        PyErr_Format(PyExc_ValueError, "%s out of range", what);
+        return -1;
+    }
+    return v;
+}
+
+PyObject *
+batch_seal(AesSivObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_Format(PyExc_TypeError, "seal_batch() takes 7 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *payloads = args[0], *partial_type = args[6];
+    long long word0, partial_word0, client_id, counter;
+    if ((word0 = int_arg(args[1], 0xFFFF, "word0")) < 0
+        || (partial_word0 = int_arg(args[2], 0xFFFF, "partial_word0")) < 0
+        || (client_id = int_arg(args[3], 0xFFFF, "client_id")) < 0
+        || (counter = int_arg(args[4], 0xFFFFFFFF, "counter")) < 0)
+        return NULL;
+    if (!PyList_Check(payloads)) {
+        PyErr_SetString(PyExc_TypeError, "payloads must be a list");
+        return NULL;
+    }
+    Py_buffer suffix;
+    if (PyObject_GetBuffer(args[5], &suffix, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (suffix.len != AD_LEN - HEADER_LEN) {
+        PyBuffer_Release(&suffix);
+        PyErr_SetString(PyExc_ValueError, "suffix must be 13 bytes");
+        return NULL;
+    }
+    if (self->busy) {
+        PyBuffer_Release(&suffix);
+        PyErr_SetString(PyExc_RuntimeError, "this AesSiv object is in use by another thread");
+        return NULL;
+    }
+    unsigned char ad[AD_LEN];
+    memcpy(ad + HEADER_LEN, suffix.buf, AD_LEN - HEADER_LEN);
+    PyBuffer_Release(&suffix);
+    slice ad_slice = {ad, AD_LEN};
+
+    Py_ssize_t n = PyList_GET_SIZE(payloads);
+    PyObject *datagrams = PyList_New(n);
+    if (datagrams == NULL)
+        return NULL;
+    uint32_t c = (uint32_t)counter;
+    long long total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *payload = PyList_GET_ITEM(payloads, i);
+        Py_buffer view;
+        if (PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE) < 0)
+            goto fail;
+        c += 1;
+        uint32_t w = (uint32_t)((PyObject *)Py_TYPE(payload) == partial_type ? partial_word0 : word0);
+        PyObject *out = PyBytes_FromStringAndSize(NULL, OVERHEAD + view.len);
+        if (out == NULL) {
+            PyBuffer_Release(&view);
+            goto fail;
+        }
+        unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
+        o[0] = (unsigned char)(w >> 8);
+        o[1] = (unsigned char)w;
+        o[2] = (unsigned char)(client_id >> 8);
+        o[3] = (unsigned char)client_id;
+        put_be32(o + 4, c);
+        memcpy(ad, o, HEADER_LEN);
+        int ok = siv_s2v(self, &ad_slice, 1, view.buf, (size_t)view.len, o + HEADER_LEN)
+                 && siv_ctr(self, o + HEADER_LEN, view.buf, (size_t)view.len, o + OVERHEAD);
+        total += view.len;
+        PyBuffer_Release(&view);
+        PyList_SET_ITEM(datagrams, i, out);
+        if (!ok) {
+            PyErr_SetString(PyExc_RuntimeError, "OpenSSL's AES failed");
+            goto fail;
+        }
+    }
+    return Py_BuildValue("(NkL)", datagrams, (unsigned long)c, total);
+fail:
+    Py_DECREF(datagrams);
+    return NULL;
+}
+
+/* ---- open ----------------------------------------------------------------- */
+
+const char batch_open_run_doc[] =
+    "open_run(datagrams, start, opened, drops, plan) -> int\n\n"
+    "Decide datagrams[start:] (a list of (bytes, endpoint) pairs) as\n"
+    "vpncrypt.core.receive.open_datagrams does, appending (peer, packet) to\n"
+    "opened and counting drops in drops (a dict of reason -> int), up to the\n"
+    "first datagram it leaves to the Python loop; returns that datagram's index\n"
+    "(len(datagrams) when none is left). plan is the tuple open_datagrams\n"
+    "builds: (now_seconds, time_window, direction, server_id, find_peer, hosts,\n"
+    "longest_match, well_formed, checksum_location, partial_type, follow_source,\n"
+    "max_datagram, probe_kind, reasons), reasons the drop names (bad_length,\n"
+    "old_version, unknown_kind, unknown_client, replayed, inner_malformed,\n"
+    "inner_source_not_allowed). Raises only what a callback raises, or\n"
+    "MemoryError.";
+
+enum {
+    PLAN_NOW, PLAN_TIME_WINDOW, PLAN_DIRECTION, PLAN_SERVER_ID, PLAN_FIND_PEER, PLAN_HOSTS, PLAN_LONGEST_MATCH,
+    PLAN_WELL_FORMED, PLAN_CHECKSUM_LOCATION, PLAN_PARTIAL_TYPE, PLAN_FOLLOW_SOURCE, PLAN_MAX_DATAGRAM,
+    PLAN_PROBE_KIND, PLAN_REASONS, PLAN_SIZE
+};
+
+enum {
+    DROP_BAD_LENGTH, DROP_OLD_VERSION, DROP_UNKNOWN_KIND, DROP_UNKNOWN_CLIENT, DROP_REPLAYED, DROP_INNER_MALFORMED,
+    DROP_INNER_SOURCE_NOT_ALLOWED, DROP_REASONS
+};
+
+/* Attribute names, interned once. */
+enum {
+    NAME_WINDOW, NAME_FLOOR, NAME_NEWEST_TS, NAME_NEWEST_COUNTER, NAME_RING, NAME_FAILURE_CREDIT, NAME_SAVE_AT,
+    NAME_EPOCH_SECONDS, NAME_CONTEXTS, NAME_ENDPOINT, NAME_ROAMS, NAME_RX_PACKETS, NAME_RX_BYTES, NAMES
+};
+static const char *const name_strings[NAMES] = {
+    "window", "floor", "newest_ts", "newest_counter", "ring", "failure_credit", "save_at",
+    "epoch_seconds", "contexts", "endpoint", "roams", "rx_packets", "rx_bytes",
+};
+static PyObject *names[NAMES];
+
+static int
+intern_names(void)
+{
+    if (names[NAMES - 1] != NULL)
+        return 0;
+    for (int i = 0; i < NAMES; i++)
+        if (names[i] == NULL && (names[i] = PyUnicode_InternFromString(name_strings[i])) == NULL)
+            return -1;
+    return 0;
+}
+
+/* One peer's state while its datagrams follow each other in a run. */
+typedef struct {
+    long client_id;   /* whose state this is; -1: nobody's */
+    PyObject *peer;   /* the Peer, or NULL if find_peer gave None */
+    int usable;       /* the common path may decide this peer's datagrams */
+    PyObject *window; /* its ReplayWindow */
+    PyObject *ring;   /* window.ring, a bytearray of RING_BYTES */
+    int64_t floor, newest_ts, save_at, epoch_seconds;
+    uint32_t newest_counter;
+    int window_moved;
+    PyObject *contexts;  /* epoch -> AesSiv */
+    AesSivObject *ctx;   /* the context of ctx_epoch, or NULL */
+    int64_t ctx_epoch;
+    PyObject *endpoint;
+    int endpoint_moved;
+    long long roams, rx_packets, rx_bytes; /* to add */
+    unsigned char source[16];              /* an inner source address known to be this peer's */
+    Py_ssize_t source_len;                 /* 0: none yet */
+} peer_run;
+
+static void
+run_clear(peer_run *run)
+{
+    Py_CLEAR(run->peer);
+    Py_CLEAR(run->window);
+    Py_CLEAR(run->ring);
+    Py_CLEAR(run->contexts);
+    Py_CLEAR(run->ctx);
+    Py_CLEAR(run->endpoint);
+    run->client_id = -1;
+    run->usable = 0;
+}
+
+/* An int attribute as int64; *overflow is set (and 0 returned) past int64. */
+static int
+get_int64(PyObject *obj, int name, int64_t *out, int *overflow)
+{
+    PyObject *value = PyObject_GetAttr(obj, names[name]);
+    if (value == NULL)
+        return -1;
+    long long v = PyLong_AsLongLongAndOverflow(value, overflow);
+    Py_DECREF(value);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* attr += add, for a peer's int counters. */
+static int
+add_to_attr(PyObject *obj, int name, long long add)
+{
+    if (add == 0)
+        return 0;
+    PyObject *value = PyObject_GetAttr(obj, names[name]);
+    if (value == NULL)
+        return -1;
+    PyObject *delta = PyLong_FromLongLong(add);
+    PyObject *sum = delta ? PyNumber_Add(value, delta) : NULL;
+    Py_DECREF(value);
+    Py_XDECREF(delta);
+    if (sum == NULL)
+        return -1;
+    int failed = PyObject_SetAttr(obj, names[name], sum);
+    Py_DECREF(sum);
+    return failed;
+}
+
+static int
+set_int_attr(PyObject *obj, int name, long long v)
+{
+    PyObject *value = PyLong_FromLongLong(v);
+    if (value == NULL)
+        return -1;
+    int failed = PyObject_SetAttr(obj, names[name], value);
+    Py_DECREF(value);
+    return failed;
+}
+
+/* Write back what the run changed, then forget the peer. */
+static int
+run_flush(peer_run *run)
+{
+    int failed = 0;
+    if (run->peer != NULL) {
+        if (run->window_moved)
+            failed = set_int_attr(run->window, NAME_NEWEST_COUNTER, run->newest_counter) < 0
+                     || set_int_attr(run->window, NAME_NEWEST_TS, run->newest_ts) < 0;
+        if (!failed && run->endpoint_moved)
+            failed = PyObject_SetAttr(run->peer, names[NAME_ENDPOINT], run->endpoint) < 0;
+        if (!failed)
+            failed = add_to_attr(run->peer, NAME_ROAMS, run->roams) < 0
+                     || add_to_attr(run->peer, NAME_RX_PACKETS, run->rx_packets) < 0
+                     || add_to_attr(run->peer, NAME_RX_BYTES, run->rx_bytes) < 0;
+    }
+    run->window_moved = run->endpoint_moved = 0;
+    run->roams = run->rx_packets = run->rx_bytes = 0;
+    run->source_len = 0;
+    run_clear(run);
+    return failed ? -1 : 0;
+}
+
+/* Take up client_id's peer: find_peer(client_id), and its state. Returns -1
+ * on an error; run->peer is NULL for an unknown client, run->usable 0 for a
+ * peer whose datagrams the Python loop must decide. */
+static int
+run_load(peer_run *run, PyObject *find_peer, long client_id)
+{
+    int overflow;
+    int64_t newest_counter;
+    PyObject *id = PyLong_FromLong(client_id);
+    if (id == NULL)
+        return -1;
+    PyObject *peer = PyObject_CallOneArg(find_peer, id);
+    Py_DECREF(id);
+    if (peer == NULL)
+        return -1;
+    run->client_id = client_id;
+    if (peer == Py_None) {
+        Py_DECREF(peer);
+        return 0;
+    }
+    run->peer = peer;
+    if ((run->window = PyObject_GetAttr(peer, names[NAME_WINDOW])) == NULL)
+        return -1;
+    /* An empty window (newest_counter -1) takes its first datagram as a jump: Python's. */
+    if (get_int64(run->window, NAME_NEWEST_COUNTER, &newest_counter, &overflow) < 0)
+        return -1;
+    if (overflow || newest_counter < 0 || newest_counter > 0xFFFFFFFF)
+        return 0;
+    run->newest_counter = (uint32_t)newest_counter;
+    if (get_int64(run->window, NAME_NEWEST_TS, &run->newest_ts, &overflow) < 0)
+        return -1;
+    if (overflow)
+        return 0;
+    if (get_int64(run->window, NAME_FLOOR, &run->floor, &overflow) < 0)
+        return -1;
+    if (overflow)
+        return 0;
+    if ((run->ring = PyObject_GetAttr(run->window, names[NAME_RING])) == NULL)
+        return -1;
+    if (!PyByteArray_CheckExact(run->ring) || PyByteArray_GET_SIZE(run->ring) != RING_BYTES)
+        return 0;
+    PyObject *credit = PyObject_GetAttr(peer, names[NAME_FAILURE_CREDIT]);
+    if (credit == NULL)
+        return -1;
+    double c = PyFloat_AsDouble(credit);
+    Py_DECREF(credit);
+    if (c == -1.0 && PyErr_Occurred())
+        return -1;
+    if (!(c >= 1.0))
+        return 0; /* refilled or refused: Python's */
+    if (get_int64(peer, NAME_SAVE_AT, &run->save_at, &overflow) < 0)
+        return -1;
+    if (overflow)
+        run->save_at = overflow > 0 ? INT64_MAX : INT64_MIN;
+    if (get_int64(peer, NAME_EPOCH_SECONDS, &run->epoch_seconds, &overflow) < 0)
+        return -1;
+    if (overflow || run->epoch_seconds <= 0)
+        return 0;
+    if ((run->contexts = PyObject_GetAttr(peer, names[NAME_CONTEXTS])) == NULL)
+        return -1;
+    if (!PyDict_Check(run->contexts))
+        return 0;
+    if ((run->endpoint = PyObject_GetAttr(peer, names[NAME_ENDPOINT])) == NULL)
+        return -1;
+    run->usable = 1;
+    return 0;
+}
+
+/* well_formed's fast way through (vpncrypt/core/inner.py), for IPv4 without
+ * options or fragments and IPv6 without extension headers, carrying TCP or
+ * UDP, with no padding: 1 well formed, 0 malformed, -1 for well_formed itself
+ * to decide. */
+static int
+inner_fast(const unsigned char *p, Py_ssize_t size)
+{
+    if (size >= 28) {
+        Py_ssize_t end = p[2] << 8 | p[3];
+        unsigned fragment = (unsigned)(p[6] << 8 | p[7]);
+        unsigned protocol = p[9];
+        if (p[0] == 0x45 && end == size && !(fragment & 0x3FFF)) {
+            if (protocol == UDP) {
+                Py_ssize_t length = p[24] << 8 | p[25];
+                return 8 <= length && length <= size - 20;
+            }
+            if (protocol == TCP) {
+                Py_ssize_t offset = (p[32] >> 4) * 4;
+                return size >= 40 && 20 <= offset && offset <= size - 20;
+            }
+        } else if (p[0] >> 4 == 6 && size >= 48 && (p[4] << 8 | p[5]) == size - 40) {
+            protocol = p[6];
+            if (protocol == UDP) {
+                Py_ssize_t length = p[44] << 8 | p[45];
+                return 8 <= length && length <= size - 40;
+            }
+            if (protocol == TCP) {
+                Py_ssize_t offset = (p[52] >> 4) * 4;
+                return size >= 60 && 20 <= offset && offset <= size - 40;
+            }
+        }
+        return -1;
+    }
+    return size < 20 ? 0 : -1;
+}
+
+/* Whether the inner packet's source (an IPv4 or IPv6 address) routes to the
+ * run's peer: hosts.get(source), else longest_match(source), must be it.
+ * 1 yes, 0 no, -1 error. */
+static int
+source_allowed(peer_run *run, PyObject *packet, PyObject *hosts, PyObject *longest_match)
+{
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(packet);
+    const unsigned char *source = p[0] >> 4 == 4 ? p + 12 : p + 8;
+    Py_ssize_t len = p[0] >> 4 == 4 ? 4 : 16;
+    if (run->source_len == len && memcmp(run->source, source, (size_t)len) == 0)
+        return 1; /* the table does not change within a call */
+    PyObject *key = PyBytes_FromStringAndSize((const char *)source, len);
+    if (key == NULL)
+        return -1;
+    PyObject *owner = PyDict_GetItemWithError(hosts, key); /* borrowed */
+    if (owner == NULL && PyErr_Occurred()) {
+        Py_DECREF(key);
+        return -1;
+    }
+    int allowed;
+    if (owner == NULL || owner == Py_None) {
+        owner = PyObject_CallOneArg(longest_match, key);
+        Py_DECREF(key);
+        if (owner == NULL)
+            return -1;
+        allowed = owner == run->peer;
+        Py_DECREF(owner);
+    } else {
+        Py_DECREF(key);
+        allowed = owner == run->peer;
+    }
+    if (allowed) {
+        memcpy(run->source, source, (size_t)len);
+        run->source_len = len;
+    }
+    return allowed;
+}
+
+/* The verdicts of vpncrypt/core/replay.py that the common path takes. */
+#define NEWEST 1
+#define REORDERED 2
+#define REPLAYED (-1)
+#define PYTHONS 0 /* any other: the Python loop decides */
+
+static int
+window_verdict(const peer_run *run, int64_t ts, uint32_t counter, uint32_t *ahead)
+{
+    const unsigned char *ring = (const unsigned char *)PyByteArray_AS_STRING(run->ring);
+    *ahead = counter - run->newest_counter;
+    if (*ahead > 0 && *ahead < WINDOW && ts >= run->newest_ts)
+        return NEWEST;
+    if (ts < run->floor)
+        return PYTHONS; /* superseded */
+    if (*ahead > 0 && *ahead < HALF)
+        return PYTHONS; /* superseded, or a jump */
+    if (ts > run->newest_ts)
+        return PYTHONS; /* a restarted sender */
+    if (run->newest_counter - counter >= WINDOW)
+        return PYTHONS; /* too old */
+    if (ring[(counter >> 3) & (RING_BYTES - 1)] >> (counter & 7) & 1)
+        return REPLAYED;
+    return REORDERED;
+}
+
+static void
+window_commit(peer_run *run, int64_t ts, uint32_t counter, int verdict, uint32_t ahead)
+{
+    unsigned char *ring = (unsigned char *)PyByteArray_AS_STRING(run->ring);
+    if (verdict == NEWEST) {
+        if ((counter & 7) < ahead) {
+            /* counter entered a new ring byte: clear those the window slides onto (RFC 6479) */
+            uint32_t newest_block = run->newest_counter >> 3;
+            uint32_t skipped = ((counter >> 3) - newest_block) & BLOCK_MASK;
+            for (uint32_t k = 1; k <= skipped; k++)
+                ring[(newest_block + k) & (RING_BYTES - 1)] = 0;
+        }
+        run->newest_counter = counter;
+        run->newest_ts = ts;
+        run->window_moved = 1;
+    }
+    ring[(counter >> 3) & (RING_BYTES - 1)] |= (unsigned char)(1 << (counter & 7));
+}
+
+/* The context of epoch, borrowed from the run: NULL (no exception) if the
+ * peer has none made, or not a compiled one. */
+static AesSivObject *
+run_context(peer_run *run, int64_t epoch, PyTypeObject *aes_siv)
+{
+    if (run->ctx != NULL && run->ctx_epoch == epoch)
+        return run->ctx;
+    Py_CLEAR(run->ctx);
+    PyObject *key = PyLong_FromLongLong(epoch);
+    if (key == NULL)
+        return NULL;
+    PyObject *ctx = PyDict_GetItemWithError(run->contexts, key);
+    Py_DECREF(key);
+    if (ctx == NULL || !PyObject_TypeCheck(ctx, aes_siv))
+        return NULL;
+    Py_INCREF(ctx);
+    run->ctx = (AesSivObject *)ctx;
+    run->ctx_epoch = epoch;
+    return run->ctx;
+}
+
+/* The plaintext of datagram if it authenticates, else NULL without an
+ * exception (the Python loop decides it again and counts it); NULL with an
+ * exception for MemoryError. */
+static PyObject *
+open_one(AesSivObject *ctx, const unsigned char *d, Py_ssize_t size, int direction, uint32_t server_id, int64_t ts)
+{
+    unsigned char ad[AD_LEN], v[BLOCK];
+    memcpy(ad, d, HEADER_LEN);
+    ad[HEADER_LEN] = (unsigned char)direction;
+    put_be32(ad + HEADER_LEN + 1, server_id);
+    put_be64(ad + HEADER_LEN + 5, (uint64_t)ts);
+    slice ad_slice = {ad, AD_LEN};
+    size_t len = (size_t)(size - OVERHEAD);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+    if (out == NULL)
+        return NULL;
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
+    int ok = siv_ctr(ctx, d + HEADER_LEN, d + OVERHEAD, len, o) && siv_s2v(ctx, &ad_slice, 1, o, len, v)
+             && CRYPTO_memcmp(v, d + HEADER_LEN, BLOCK) == 0;
+    if (!ok) {
+        OPENSSL_cleanse(o, len); /* the plaintext of a forgery never leaves */
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+PyObject *
+batch_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "open_run() takes 5 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *datagrams = args[0], *opened = args[2], *drops = args[3], *plan = args[4];
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred())
+        return NULL;
+    if (!PyList_Check(datagrams) || !PyList_Check(opened) || !PyDict_Check(drops) || !PyTuple_Check(plan)
+        || PyTuple_GET_SIZE(plan) != PLAN_SIZE || !PyTuple_Check(PyTuple_GET_ITEM(plan, PLAN_REASONS))
+        || PyTuple_GET_SIZE(PyTuple_GET_ITEM(plan, PLAN_REASONS)) != DROP_REASONS
+        || !PyDict_Check(PyTuple_GET_ITEM(plan, PLAN_HOSTS))) {
+        PyErr_SetString(PyExc_TypeError, "open_run(list, int, list, dict, plan tuple)");
+        return NULL;
+    }
+    if (intern_names() < 0)
+        return NULL;
+    module_state *state = PyModule_GetState(module);
+    long long now = PyLong_AsLongLong(PyTuple_GET_ITEM(plan, PLAN_NOW));
+    long long time_window = PyLong_AsLongLong(PyTuple_GET_ITEM(plan, PLAN_TIME_WINDOW));
+    long direction = PyLong_AsLong(PyTuple_GET_ITEM(plan, PLAN_DIRECTION));
+    unsigned long server_id = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(plan, PLAN_SERVER_ID));
+    long long max_datagram = PyLong_AsLongLong(PyTuple_GET_ITEM(plan, PLAN_MAX_DATAGRAM));
+    long probe_kind = PyLong_AsLong(PyTuple_GET_ITEM(plan, PLAN_PROBE_KIND));
+    int follow_source = PyObject_IsTrue(PyTuple_GET_ITEM(plan, PLAN_FOLLOW_SOURCE));
+    if (PyErr_Occurred() || follow_source < 0)
+        return NULL;
+    if (server_id > 0xFFFFFFFFUL || direction < 0 || direction > 0xFF) {
+        PyErr_SetString(PyExc_ValueError, "open_run: server_id or direction out of range");
+        return NULL;
+    }
+    PyObject *find_peer = PyTuple_GET_ITEM(plan, PLAN_FIND_PEER);
+    PyObject *hosts = PyTuple_GET_ITEM(plan, PLAN_HOSTS);
+    PyObject *longest_match = PyTuple_GET_ITEM(plan, PLAN_LONGEST_MATCH);
+    PyObject *well_formed = PyTuple_GET_ITEM(plan, PLAN_WELL_FORMED);
+    PyObject *checksum_location = PyTuple_GET_ITEM(plan, PLAN_CHECKSUM_LOCATION);
+    PyObject *partial_type = PyTuple_GET_ITEM(plan, PLAN_PARTIAL_TYPE);
+    PyObject *reasons = PyTuple_GET_ITEM(plan, PLAN_REASONS);
+    /* rebuild_timestamp (wire.py): the full timestamp nearest to now */
+    int64_t ts_base = now - TIMESTAMP_MOD / 2, ts_min = now - time_window, ts_max = now + time_window;
+
+    long long counts[DROP_REASONS] = {0};
+    peer_run run;
+    memset(&run, 0, sizeof run);
+    run.client_id = -1;
+    Py_ssize_t n = PyList_GET_SIZE(datagrams), i = start < 0 ? 0 : start;
+    int failed = 0;
+
+    for (; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(datagrams, i);
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2)
+            break;
+        PyObject *datagram = PyTuple_GET_ITEM(item, 0), *address = PyTuple_GET_ITEM(item, 1);
+        if (!PyBytes_CheckExact(datagram))
+            break;
+        Py_ssize_t size = PyBytes_GET_SIZE(datagram);
+        const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(datagram);
+        if (size < OVERHEAD || size > max_datagram) {
+            counts[DROP_BAD_LENGTH]++;
+            continue;
+        }
+        unsigned word0 = (unsigned)(d[0] << 8 | d[1]);
+        long client_id = d[2] << 8 | d[3];
+        uint32_t counter = (uint32_t)d[4] << 24 | (uint32_t)d[5] << 16 | (uint32_t)d[6] << 8 | d[7];
+        unsigned kind = word0 >> TIMESTAMP_BITS;
+        if (kind == KIND_KEEPALIVE) {
+            if (size != OVERHEAD) {
+                counts[DROP_BAD_LENGTH]++;
+                continue;
+            }
+        } else if (kind == (unsigned)probe_kind) {
+            break;
+        } else if (kind != KIND_DATA && kind != KIND_DATA_PARTIAL) {
+            counts[kind == 0x11 || kind == 0x12 || kind == 0x13 ? DROP_OLD_VERSION : DROP_UNKNOWN_KIND]++;
+            continue;
+        }
+        if (client_id != run.client_id) {
+            if (run_flush(&run) < 0 || run_load(&run, find_peer, client_id) < 0) {
+                failed = 1;
+                break;
+            }
+        }
+        if (run.peer == NULL) {
+            counts[DROP_UNKNOWN_CLIENT]++;
+            continue;
+        }
+        if (!run.usable)
+            break;
+        int64_t ts = ts_base + (int64_t)(((uint64_t)word0 - (uint64_t)ts_base) & TIMESTAMP_MASK);
+        if (ts < ts_min || ts > ts_max || ts < 0)
+            break;
+        uint32_t ahead;
+        int verdict = window_verdict(&run, ts, counter, &ahead);
+        if (verdict == PYTHONS)
+            break;
+        if (verdict == REPLAYED) {
+            counts[DROP_REPLAYED]++;
+            continue;
+        }
+        if (ts >= run.save_at)
+            break;
+        AesSivObject *ctx = run_context(&run, ts / run.epoch_seconds, state->aes_siv);
+        if (ctx == NULL) {
+            if (PyErr_Occurred())
+                failed = 1;
+            break;
+        }
+        if (ctx->busy)
+            break;
+        PyObject *packet = open_one(ctx, d, size, (int)direction, (uint32_t)server_id, ts);
+        if (packet == NULL) {
+            if (PyErr_Occurred())
+                failed = 1;
+            break;
+        }
+        window_commit(&run, ts, counter, verdict, ahead);
+        if (follow_source && verdict != REORDERED && address != run.endpoint) {
+            int moved = PyObject_RichCompareBool(address, run.endpoint, Py_NE);
+            if (moved < 0) {
+                Py_DECREF(packet);
+                failed = 1;
+                break;
+            }
+            if (moved) {
+                if (run.endpoint != Py_None)
+                    run.roams++;
+                Py_INCREF(address);
+                Py_SETREF(run.endpoint, address);
+                run.endpoint_moved = 1;
+            }
+        }
+        if (kind == KIND_KEEPALIVE) {
+            Py_DECREF(packet);
+            continue;
+        }
+        int fast = inner_fast((const unsigned char *)PyBytes_AS_STRING(packet), PyBytes_GET_SIZE(packet));
+        if (fast < 0) {
+            PyObject *checked = PyObject_CallOneArg(well_formed, packet);
+            Py_DECREF(packet);
+            if (checked == NULL) {
+                failed = 1;
+                break;
+            }
+            if (checked != Py_None && !PyBytes_Check(checked)) {
+                Py_DECREF(checked);
+                PyErr_SetString(PyExc_TypeError, "well_formed must return bytes or None");
+                failed = 1;
+                break;
+            }
+            packet = checked;
+        } else if (fast == 0) {
+            Py_SETREF(packet, Py_NewRef(Py_None));
+        }
+        if (packet == Py_None) {
+            Py_DECREF(packet);
+            counts[DROP_INNER_MALFORMED]++;
+            continue;
+        }
+        int allowed = source_allowed(&run, packet, hosts, longest_match);
+        if (allowed <= 0) {
+            Py_DECREF(packet);
+            if (allowed < 0) {
+                failed = 1;
+                break;
+            }
+            counts[DROP_INNER_SOURCE_NOT_ALLOWED]++;
+            continue;
+        }
+        Py_ssize_t inner_size = PyBytes_GET_SIZE(packet);
+        if (kind == KIND_DATA_PARTIAL) {
+            /* Past the fast way through, a checksum's place is always found. */
+            if (fast < 0) {
+                PyObject *location = PyObject_CallOneArg(checksum_location, packet);
+                if (location == NULL) {
+                    Py_DECREF(packet);
+                    failed = 1;
+                    break;
+                }
+                int none = location == Py_None;
+                Py_DECREF(location);
+                if (none) {
+                    Py_DECREF(packet);
+                    counts[DROP_INNER_MALFORMED]++;
+                    continue;
+                }
+            }
+            Py_SETREF(packet, PyObject_CallOneArg(partial_type, packet));
+            if (packet == NULL) {
+                failed = 1;
+                break;
+            }
+        }
+        run.rx_packets++;
+        run.rx_bytes += inner_size;
+        PyObject *pair = PyTuple_Pack(2, run.peer, packet);
+        Py_DECREF(packet);
+        if (pair == NULL || PyList_Append(opened, pair) < 0) {
+            Py_XDECREF(pair);
+            failed = 1;
+            break;
+        }
+        Py_DECREF(pair);
+    }
+
+    /* What was counted goes into drops even when an error stops the run. */
+    PyObject *error_type, *error_value, *error_traceback;
+    PyErr_Fetch(&error_type, &error_value, &error_traceback);
+    if (run_flush(&run) < 0)
+        failed = 1;
+    for (int r = 0; r < DROP_REASONS && !PyErr_Occurred(); r++) {
+        if (counts[r] == 0)
+            continue;
+        PyObject *reason = PyTuple_GET_ITEM(reasons, r);
+        PyObject *had = PyDict_GetItemWithError(drops, reason);
+        if (had == NULL && PyErr_Occurred())
+            break;
+        PyObject *delta = PyLong_FromLongLong(counts[r]);
+        PyObject *sum = delta == NULL ? NULL : had == NULL ? Py_NewRef(delta) : PyNumber_Add(had, delta);
+        Py_XDECREF(delta);
+        if (sum == NULL || PyDict_SetItem(drops, reason, sum) < 0)
+            failed = 1;
+        Py_XDECREF(sum);
+    }
+    if (error_type != NULL) {
+        PyErr_Restore(error_type, error_value, error_traceback);
+        return NULL;
+    }
+    if (failed || PyErr_Occurred())
+        return NULL;
+    return PyLong_FromSsize_t(i);
+}
