@@ -1,7 +1,11 @@
 """vpncrypt against other VPNs, side by side in one run, on this machine (needs root).
 
-Run: tools/bench-vpn [--runs 3] [--seconds 5] [--peers vpncrypt,wireguard-go,quicktun,fastd,openvpn]
+Run: tools/bench-vpn [--runs 3] [--seconds 5]
+                    [--peers vpncrypt,vpncrypt-pure,wireguard-go,quicktun,fastd,openvpn]
                     [--path-mtu 1400]
+
+vpncrypt-pure is vpncrypt with VPNCRYPT_PURE_PYTHON=1: cryptography's AES-SIV
+and the Python loops, without the compiled path (vpncrypt/_siv.c, _batch.c).
 
 Two namespaces joined by a veth (underlay 192.0.2.1 and 192.0.2.2); each VPN
 in turn connects them (tunnel 203.0.113.1 and .2, inner MTU 1420 for all) and
@@ -25,6 +29,7 @@ Writes a Markdown table to stdout and, with --json, the raw figures.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata
 import json
 import os
@@ -72,8 +77,8 @@ class Pair:
             mac = lab.run(peer_ns, ["cat", f"/sys/class/net/{peer_if}/address"]).stdout.strip()
             lab.run(ns, ["ip", "neigh", "replace", peer_address, "lladdr", mac, "dev", interface, "nud", "permanent"])
 
-    def spawn(self, side: str, command: list[str], name: str) -> subprocess.Popen:
-        process = self.lab.spawn(getattr(self, side), command, name)
+    def spawn(self, side: str, command: list[str], name: str, env: dict | None = None) -> subprocess.Popen:
+        process = self.lab.spawn(getattr(self, side), command, name, env)
         self.processes.append(process)
         return process
 
@@ -120,8 +125,10 @@ def address_point_to_point(pair: Pair, ns: str, device: str, side: str) -> None:
 
 # --- the VPNs ------------------------------------------------------------------------------
 
-def start_vpncrypt(pair: Pair, workdir: Path) -> None:
+def start_vpncrypt(pair: Pair, workdir: Path, pure: bool = False) -> None:
+    """vpncrypt with the compiled path, or (``pure``) with VPNCRYPT_PURE_PYTHON=1."""
     venv = Path(sys.executable).parent
+    env = {**os.environ, "VPNCRYPT_PURE_PYTHON": "1"} if pure else None
     server = workdir / "server.toml"
     state = workdir / "state"  # key stores and restart state, never this machine's /var/lib/vpncrypt
     run([str(venv / "vpncrypt-keygen"), "server", "--endpoint", f"{LEFT_UNDERLAY}:{PORT}",
@@ -131,9 +138,9 @@ def start_vpncrypt(pair: Pair, workdir: Path) -> None:
     run([str(venv / "vpncrypt-keygen"), "client", "--server-config", str(server), "--name", "right",
          "--out", str(client), "--address", RIGHT_TUNNEL, "--address", RIGHT_TUNNEL6,
          "--key-out", str(state / "client.keys.json"), "--client-state-directory", str(state)])
-    pair.spawn("left", [str(venv / "vpncrypt-server"), "--config", str(server)], "vpncrypt-server.log")
+    pair.spawn("left", [str(venv / "vpncrypt-server"), "--config", str(server)], "vpncrypt-server.log", env)
     time.sleep(0.5)
-    pair.spawn("right", [str(venv / "vpncrypt-client"), "--config", str(client)], "vpncrypt-client.log")
+    pair.spawn("right", [str(venv / "vpncrypt-client"), "--config", str(client)], "vpncrypt-client.log", env)
 
 
 def start_wireguard_go(pair: Pair, workdir: Path) -> None:
@@ -252,6 +259,7 @@ def start_openvpn(pair: Pair, workdir: Path) -> None:
 
 VPNS = {
     "vpncrypt": start_vpncrypt,
+    "vpncrypt-pure": functools.partial(start_vpncrypt, pure=True),
     "wireguard-go": start_wireguard_go,
     "quicktun": start_quicktun,
     "fastd": start_fastd,
@@ -263,7 +271,7 @@ def versions(peers: list[str]) -> dict[str, str]:
     def package(name: str) -> str:
         return run(["dpkg-query", "-W", "-f", "${Version}", name], check=False).stdout.strip() or "?"
 
-    found = {name: package(name) for name in peers if name != "vpncrypt"}
+    found = {name: package(name) for name in peers if not name.startswith("vpncrypt")}
     found["vpncrypt"] = importlib.metadata.version("vpncrypt")
     found.update(iperf3=package("iperf3"), kernel=os.uname().release, python=sys.version.split()[0])
     return found
