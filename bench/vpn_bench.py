@@ -9,8 +9,10 @@ and the Python loops, without the compiled path (vpncrypt/_siv.c, _batch.c).
 
 Two namespaces joined by a veth (underlay 192.0.2.1 and 192.0.2.2); each VPN
 in turn connects them (tunnel 203.0.113.1 and .2, inner MTU 1420 for all) and
-is measured the same way, one timed run at a time:
-- TCP single stream each way (iperf3, median of --runs runs), over IPv4 and
+is measured the same way, one timed run at a time, round after round (each
+VPN once a round, --runs rounds: a load that comes and goes on this shared
+machine hits each VPN alike):
+- TCP single stream each way (iperf3, median of the rounds), over IPv4 and
   over IPv6 inside the tunnel;
 - full-sized (1392-byte) UDP datagrams sent flat out: Mbit/s that arrive,
   once from iperf3 (one datagram a system call) and once from a sender that
@@ -389,6 +391,22 @@ def measure(name: str, workdir: Path, runs: int, seconds: int, path_mtu: int | N
         return figures
 
 
+def combined(rounds: list[dict]) -> dict:
+    """One VPN's figures over the rounds: the median of each, every run kept."""
+    return {key: [run for figures in rounds for run in figures[key]] if key.endswith("_runs")
+            else statistics.median(figures[key] for figures in rounds) for key in rounds[0]}
+
+
+RATIO_KEYS = ("tcp_forward_mbit", "tcp_reverse_mbit", "tcp6_forward_mbit", "tcp6_reverse_mbit",
+              "mbit_per_cpu_s_forward", "mbit_per_cpu_s_reverse", "udp_gso_mbit")
+
+
+def round_ratios(rounds: list[dict], name: str, peer: str) -> dict[str, float]:
+    """The median over the rounds of name's figure over peer's in the same round."""
+    return {key: statistics.median(figures[name][key] / figures[peer][key] if figures[peer][key] else float("nan")
+                                   for figures in rounds) for key in RATIO_KEYS}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
@@ -398,12 +416,19 @@ def main() -> int:
     parser.add_argument("--path-mtu", type=int, help="also measure TCP with the underlay link at this MTU")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="vpncrypt-bench-"))
-    results = {}
     peers = args.peers.split(",")
-    for name in peers:
-        results[name] = measure(name, workdir, args.runs, args.seconds, args.path_mtu)
-        print(f"{name}: {json.dumps({k: v for k, v in results[name].items() if not k.endswith('_runs')})}",
-              file=sys.stderr, flush=True)
+    # Round after round, each VPN measured once a round: a load that comes and
+    # goes on this shared machine hits every VPN alike, not the one whose turn it is.
+    rounds = []
+    for number in range(1, args.runs + 1):
+        figures = {}
+        for name in peers:
+            figures[name] = measure(name, workdir / f"round-{number}", 1, args.seconds, args.path_mtu)
+            print(f"round {number}, {name}: "
+                  f"{json.dumps({k: v for k, v in figures[name].items() if not k.endswith('_runs')})}",
+                  file=sys.stderr, flush=True)
+        rounds.append(figures)
+    results = {name: combined([figures[name] for figures in rounds]) for name in peers}
     print(f"date {time.strftime('%Y-%m-%d')}; versions {json.dumps(versions(peers))}")
     print(f"command: {' '.join(sys.argv)}\n")
     print("| VPN | TCP -> Mbit/s | TCP <- Mbit/s | Mbit per CPU-s -> | Mbit per CPU-s <- |"
@@ -427,8 +452,19 @@ def main() -> int:
                 clean, small = f[f"tcp_{direction}_mbit"], f[f"tcp_{direction}_mbit_path_mtu"]
                 cells += [f"{clean:.0f}", f"{small:.0f}", f"{small / clean:.2f}" if clean else "-"]
             print(f"| {name} | " + " | ".join(cells) + " |")
+    ours = [name for name in peers if name.startswith("vpncrypt")]
+    others = [name for name in peers if not name.startswith("vpncrypt")]
+    if ours and others:
+        print("\nRatios, each the median over the rounds of the two figures of one round:\n")
+        print("| VPN / peer | TCP -> | TCP <- | TCP/IPv6 -> | TCP/IPv6 <- | Mbit per CPU-s -> | Mbit per CPU-s <- |"
+              " UDP GSO sender |")
+        print("|---|" + "---:|" * len(RATIO_KEYS))
+        for name in ours:
+            for peer in others:
+                ratios = round_ratios(rounds, name, peer)
+                print(f"| {name} / {peer} | " + " | ".join(f"{ratios[key]:.2f}" for key in RATIO_KEYS) + " |")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({"rounds": rounds, "medians": results}, indent=2))
     return 0
 
 
