@@ -83,6 +83,10 @@ def source_line(frame: str) -> str:
 
 def category(frames: list[str]) -> str:
     leaf = frames[-1]
+    if leaf.startswith("Peer.seal ") and "seal_batch(" in source_line(leaf):
+        return "seal, compiled batch (AES-SIV and headers)"
+    if leaf.startswith("_left_by ") and "run(" in source_line(leaf):
+        return "open, compiled batch (AES-SIV, checks, routing)"
     if leaf.startswith("Peer.seal ") and "encrypt(" in source_line(leaf):
         return "AES-SIV encrypt"
     if leaf.startswith("open_datagrams ") and "decrypt(" in source_line(leaf):
@@ -95,12 +99,18 @@ def category(frames: list[str]) -> str:
     return "other Python"
 
 
-def categorize(samples: Path) -> collections.Counter:
+def categorize(samples: Path) -> tuple[collections.Counter, collections.Counter]:
+    """Samples by category, and those of "other Python" by their innermost function."""
     shares: collections.Counter = collections.Counter()
+    other: collections.Counter = collections.Counter()
     for line in samples.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        shares[category(stack.split(";"))] += int(count)
-    return shares
+        frames = stack.split(";")
+        name = category(frames)
+        shares[name] += int(count)
+        if name == "other Python":
+            other[frames[-1].split(" (")[0]] += int(count)
+    return shares, other
 
 
 def cpu_profile(workdir: Path, profile: bool) -> None:
@@ -134,11 +144,13 @@ def cpu_profile(workdir: Path, profile: bool) -> None:
         user, system = (b - a for a, b in zip(before[name], after[name]))
         print(f"- {name}: user {user / bench.TICKS:.2f} s, system {system / bench.TICKS:.2f} s")
     for name, (out, _) in spies.items():
-        shares = categorize(out)
+        shares, other = categorize(out)
         total = sum(shares.values()) or 1
         print(f"\n{name}, py-spy samples ({total}):")
         for category, count in shares.most_common():
             print(f"- {category}: {100 * count / total:.0f} %")
+        print("  other Python, by innermost function: " + ", ".join(
+            f"{function} {100 * count / total:.0f} %" for function, count in other.most_common(8)))
 
 
 def main() -> int:
