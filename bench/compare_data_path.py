@@ -1,6 +1,6 @@
 """The server core's two data paths, this checkout against another, in one run.
 
-Run: python bench/compare_data_path.py OTHER_CHECKOUT [--rounds N]
+Run: python bench/compare_data_path.py OTHER_CHECKOUT [--rounds N] [--pure]
 (OTHER_CHECKOUT, say, from ``git archive main | tar -x -C /tmp/main-copy``)
 
 Microseconds a packet for ``datagrams_received`` (open and route 64 UDP
@@ -8,13 +8,16 @@ packets from a client to the server, or beyond the tunnel: "_beyond") and
 ``tun_packets_received`` (route and seal 64 packets read from TUN for a
 client), 64 and 1400 bytes, with nothing to answer. Each checkout runs in its own process, the two taking turns round
 after round so that noise on a shared machine hits both alike; the figure is
-each side's minimum, and the ratio this/other.
+each side's minimum, and the ratio this/other. With --pure both run the
+pure-Python path (cryptography's AESSIV, no compiled batch path), as
+VPNCRYPT_PURE_PYTHON=1 makes the daemon do.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +26,9 @@ from pathlib import Path
 PROBE = r"""
 import ipaddress, json, os, struct, sys, time
 sys.path.insert(0, sys.argv[1])
+from vpncrypt.core import siv
+if os.environ.get("VPNCRYPT_PURE_PYTHON") == "1":
+    siv.choose(True, "--pure")
 from vpncrypt.core.server import ClientEntry, ServerCore
 from vpncrypt.core.peer import Peer
 from vpncrypt.core.epochs import DEFAULT_EPOCH_SECONDS
@@ -78,13 +84,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("other", type=Path, help="the checkout to compare with")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--pure", action="store_true", help="both checkouts on the pure-Python path")
     args = parser.parse_args()
     this = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "VPNCRYPT_PURE_PYTHON": "1"} if args.pure else None
     sides: dict[str, dict[str, float]] = {"this": {}, "other": {}}
     for _ in range(args.rounds):
         for name, root in (("this", this), ("other", args.other.resolve())):
             figures = json.loads(subprocess.run([sys.executable, "-c", PROBE, str(root)], check=True,
-                                                capture_output=True, text=True).stdout)
+                                                capture_output=True, text=True, env=env).stdout)
             for key, value in figures.items():
                 sides[name][key] = min(sides[name].get(key, float("inf")), value)
     print(f"{'path':<16} {'this us':>9} {'other us':>9} {'ratio':>6}")
