@@ -12,7 +12,7 @@ setup(
     ext_modules=[
         Extension(
             "vpncrypt._siv",
-            sources=["vpncrypt/_siv.c", "vpncrypt/_batch.c"],
+            sources=["vpncrypt/_siv.c", "vpncrypt/_batch.c", "vpncrypt/_aesni.c"],
             depends=["vpncrypt/_siv.h"],
             libraries=["crypto"],
             extra_compile_args=["-O2", "-Wall", "-Wextra"],

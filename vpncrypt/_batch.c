@@ -167,7 +167,8 @@ batch_seal(AesSivObject *self, PyObject *const *args, Py_ssize_t nargs)
         o[3] = (unsigned char)client_id;
         put_be32(o + 4, c);
         memcpy(ad, o, HEADER_LEN);
-        int ok = siv_s2v(self, &ad_slice, 1, view.buf, (size_t)view.len, o + HEADER_LEN)
+        s2v_message m = {&ad_slice, 1, view.buf, (size_t)view.len, o + HEADER_LEN};
+        int ok = siv_s2v_many(self, &m, 1)
                  && siv_ctr(self, o + HEADER_LEN, view.buf, (size_t)view.len, o + OVERHEAD);
         total += view.len;
         PyBuffer_Release(&view);
@@ -559,7 +560,8 @@ open_one(AesSivObject *ctx, const unsigned char *d, Py_ssize_t size, int directi
     if (out == NULL)
         return NULL;
     unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
-    int ok = siv_ctr(ctx, d + HEADER_LEN, d + OVERHEAD, len, o) && siv_s2v(ctx, &ad_slice, 1, o, len, v)
+    s2v_message m = {&ad_slice, 1, o, len, v};
+    int ok = siv_ctr(ctx, d + HEADER_LEN, d + OVERHEAD, len, o) && siv_s2v_many(ctx, &m, 1)
              && CRYPTO_memcmp(v, d + HEADER_LEN, BLOCK) == 0;
     if (!ok) {
         OPENSSL_cleanse(o, len); /* the plaintext of a forgery never leaves */

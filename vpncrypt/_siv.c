@@ -1,24 +1,29 @@
 /*
- * vpncrypt._siv: AES-SIV (RFC 5297) composed from OpenSSL's AES, keyed once.
+ * vpncrypt._siv: AES-SIV (RFC 5297) composed from AES, keyed once.
  *
  * cryptography's AESSIV hands every call to OpenSSL's SIV, which copies a
  * cipher context per call and duplicates a CMAC context for every S2V step:
  * about 1.3 us a packet before any byte is enciphered. Here the two halves of
- * the key are each set up once per object, in an EVP_CIPHER_CTX that is
- * never initialised again (OpenSSL 3.0's EVP_EncryptInit_ex costs 0.1 to
- * 0.2 us even when it only sets an IV, more than the AES of a small packet;
- * without it a 64-byte seal takes 0.2 us instead of 0.42 here):
+ * the key are each set up once per object:
  *
- *   - the MAC half in AES-CBC with no padding: CMAC (RFC 4493) is CBC-MAC with
- *     a zero IV whose last block is first XORed with the subkey K1 (a full
- *     block) or K2 (a padded one). Instead of resetting the IV, the chaining
- *     value the previous message left (its last output block, kept here) is
- *     XORed into the next message's first block, which cancels it. K1 and K2
- *     (RFC 4493 2.3), and CMAC(0^128), with which S2V starts, are computed
- *     once, when the object is keyed;
- *   - the CTR half in AES-ECB: the counter blocks, from the synthetic IV with
- *     bits 31 and 63 cleared (RFC 5297 2.6), are written out and enciphered
- *     in one call a slice, and XORed into the data.
+ *   - the MAC half: S2V (RFC 5297 2.4) is composed here once, as CBC-MAC
+ *     chains (mac_chain, _siv.h): CMAC (RFC 4493) is CBC-MAC with a zero IV
+ *     whose last block is first XORed with the subkey K1 (a full block) or
+ *     K2 (a padded one). K1 and K2 (RFC 4493 2.3), and CMAC(0^128), with
+ *     which S2V starts, are computed once, when the object is keyed. The
+ *     chains go through one of two engines, the same for every object
+ *     (engine(), use_engine()):
+ *       "aes-ni" (vpncrypt/_aesni.c, where the CPU has AES-NI): up to 8
+ *       chains at once in lockstep, from round keys made at keying;
+ *       "openssl": OpenSSL's AES-CBC with no padding, in an EVP_CIPHER_CTX
+ *       that is never initialised again (OpenSSL 3.0's EVP_EncryptInit_ex
+ *       costs 0.1 to 0.2 us even when it only sets an IV, more than the AES
+ *       of a small packet). Instead of resetting the IV, the chaining value
+ *       the previous chain left (its last output block, kept here) is XORed
+ *       into the next chain's first block, which cancels it;
+ *   - the CTR half in OpenSSL's AES-ECB: the counter blocks, from the
+ *     synthetic IV with bits 31 and 63 cleared (RFC 5297 2.6), are written
+ *     out and enciphered in one call a slice, and XORed into the data.
  *
  * Same interface and exceptions as cryptography.hazmat.primitives.ciphers.aead
  * .AESSIV (encrypt and decrypt), which the tests hold it to byte for byte.
@@ -56,16 +61,15 @@
 /* Stack room for this many AD components; more take a heap array. */
 #define AD_ON_STACK 8
 
-/* One CMAC computation. */
-typedef struct {
-    EVP_CIPHER_CTX *ctx;
-    unsigned char *chain; /* the context's chaining value before this message */
-    int first;            /* no block of this message enciphered yet */
-    unsigned char last[BLOCK];
-    unsigned char scratch[SCRATCH];
-} cmac_state;
+/* Chains an engine call takes: SIV_LANES messages' final chains and their
+ * AD components' (more AD components go in further calls). */
+#define CHAINS (4 * SIV_LANES)
 
 static const unsigned char zero_block[BLOCK] = {0};
+
+/* Whether the MAC half goes through the AES-NI engine: this CPU has AES-NI
+ * (set at the module's start) and use_engine() did not say otherwise. */
+static int cpu_has_aesni, use_aesni;
 
 /* b = b * x in GF(2^128) with the polynomial x^128 + x^7 + x^2 + x + 1
  * (RFC 5297 2.3, RFC 4493 2.3): a shift, and 0x87 folded in under a mask made
@@ -86,70 +90,77 @@ xor_block(unsigned char *dst, const unsigned char *src)
         dst[i] ^= src[i];
 }
 
-/* CBC-encrypt whole blocks (len a multiple of 16) into the scratch, a slice
- * at a time; the chaining value stays in the context. The message's first
- * block has the previous message's chaining value XORed in, so that the
- * chain starts from zero as CMAC's does. Returns 0 on an OpenSSL failure. */
-static int
-cbc_blocks(cmac_state *st, const unsigned char *in, size_t len)
-{
-    int outl;
-    if (len > 0 && st->first) {
-        unsigned char first[BLOCK];
-        memcpy(first, in, BLOCK);
-        xor_block(first, st->chain);
-        st->first = 0;
-        if (!EVP_EncryptUpdate(st->ctx, st->scratch, &outl, first, BLOCK))
-            return 0;
-        in += BLOCK;
-        len -= BLOCK;
-    }
-    while (len > 0) {
-        size_t n = len < SCRATCH ? len : SCRATCH;
-        if (!EVP_EncryptUpdate(st->ctx, st->scratch, &outl, in, (int)n))
-            return 0;
-        in += n;
-        len -= n;
-    }
-    return 1;
-}
-
+/* CMAC's last block (RFC 4493 2.4) in place: its held bytes (1 to 16, or
+ * none for an empty message) XORed with K1 if a full block, else padded 10*
+ * and XORed with K2. */
 static void
-cmac_init(cmac_state *st, AesSivObject *self)
+finish_last(unsigned char block[BLOCK], size_t held, const unsigned char k1[BLOCK], const unsigned char k2[BLOCK])
 {
-    st->ctx = self->mac;
-    st->chain = self->chain;
-    st->first = 1;
+    if (held == BLOCK) {
+        xor_block(block, k1);
+    } else {
+        block[held] = 0x80;
+        memset(block + held + 1, 0, BLOCK - held - 1);
+        xor_block(block, k2);
+    }
 }
 
-/* The end of a CMAC (RFC 4493 2.4): in is the rest of the message after the
- * whole blocks already chained; its last block (1 to 16 bytes, or none for an
- * empty message) is XORed with K1 if full, else padded 10* and XORed with K2. */
-static int
-cmac_finish(cmac_state *st, const unsigned char k1[BLOCK], const unsigned char k2[BLOCK], const unsigned char *in,
-            size_t len, unsigned char out[BLOCK])
+/* The chain of CMAC(msg): its whole blocks from msg itself, its last block
+ * prepared in the chain. */
+static void
+cmac_chain(mac_chain *c, const AesSivObject *self, const unsigned char *msg, size_t len)
 {
     size_t whole = len == 0 ? 0 : (len - 1) / BLOCK * BLOCK;
-    size_t held = len - whole;
+    memset(c->x, 0, BLOCK);
+    c->runs[0].buf = msg;
+    c->runs[0].blocks = whole / BLOCK;
+    memcpy(c->last, msg + whole, len - whole);
+    finish_last(c->last, len - whole, self->k1, self->k2);
+    c->runs[1].buf = c->last;
+    c->runs[1].blocks = 1;
+    c->n_runs = 2;
+}
+
+/* The OpenSSL engine: each chain through the CBC context in turn. The
+ * context keeps the chaining value the previous chain left (self->chain):
+ * XORed into a chain's first block with the chain's own x, it is replaced by
+ * x, so nothing resets the context's IV. Returns 0 on an OpenSSL failure. */
+static int
+openssl_chains(AesSivObject *self, mac_chain *chains, int n)
+{
+    unsigned char scratch[SCRATCH];
     int outl;
 
-    if (!cbc_blocks(st, in, whole))
-        return 0;
-    memcpy(st->last, in + whole, held);
-    if (held == BLOCK) {
-        xor_block(st->last, k1);
-    } else {
-        st->last[held] = 0x80;
-        memset(st->last + held + 1, 0, BLOCK - held - 1);
-        xor_block(st->last, k2);
+    for (int i = 0; i < n; i++) {
+        mac_chain *c = &chains[i];
+        int first = 1;
+        for (int r = 0; r < c->n_runs; r++) {
+            const unsigned char *in = c->runs[r].buf;
+            size_t len = c->runs[r].blocks * BLOCK;
+            while (len > 0) {
+                size_t step = len < SCRATCH ? len : SCRATCH;
+                if (first) {
+                    unsigned char block[BLOCK];
+                    memcpy(block, in, BLOCK);
+                    xor_block(block, self->chain);
+                    xor_block(block, c->x);
+                    first = 0;
+                    step = BLOCK;
+                    int ok = EVP_EncryptUpdate(self->mac, scratch, &outl, block, BLOCK);
+                    OPENSSL_cleanse(block, BLOCK);
+                    if (!ok)
+                        return 0;
+                } else if (!EVP_EncryptUpdate(self->mac, scratch, &outl, in, (int)step)) {
+                    return 0;
+                }
+                memcpy(self->chain, scratch + step - BLOCK, BLOCK);
+                in += step;
+                len -= step;
+            }
+        }
+        if (!first)
+            memcpy(c->x, self->chain, BLOCK);
     }
-    if (st->first) {
-        xor_block(st->last, st->chain);
-        st->first = 0;
-    }
-    if (!EVP_EncryptUpdate(st->ctx, out, &outl, st->last, BLOCK) || outl != BLOCK)
-        return 0;
-    memcpy(st->chain, out, BLOCK);
     return 1;
 }
 
@@ -162,55 +173,129 @@ resync(AesSivObject *self)
         memset(self->chain, 0, BLOCK);
 }
 
-/* S2V (RFC 5297 2.4) over the AD components then the plaintext: v gets the
- * synthetic IV. Returns 0 on an OpenSSL failure. */
-int
-siv_s2v(AesSivObject *self, const slice *ads, Py_ssize_t n_ads, const unsigned char *pt, size_t pt_len,
-    unsigned char v[BLOCK])
+/* n chains through the engine in use. Returns 0 on an OpenSSL failure. */
+static int
+run_chains(AesSivObject *self, mac_chain *chains, int n)
 {
-    cmac_state st;
-    unsigned char d[BLOCK], mac[BLOCK];
-    int ok = 0;
+    if (use_aesni && self->mac_rounds) {
+        aesni_chains(self->mac_schedule, self->mac_rounds, chains, n);
+        return 1;
+    }
+    if (openssl_chains(self, chains, n))
+        return 1;
+    resync(self);
+    return 0;
+}
 
-    memcpy(d, self->d0, BLOCK);
-    for (Py_ssize_t i = 0; i < n_ads; i++) {
-        cmac_init(&st, self);
-        if (!cmac_finish(&st, self->k1, self->k2, ads[i].buf, ads[i].len, mac))
-            goto done;
-        dbl(d);
-        xor_block(d, mac);
+/* The chains c[from:used] through the engine, then D of each AD
+ * component's owner (RFC 5297 2.4: D = dbl(D) xor CMAC(S_i)), in order;
+ * the AD components' chains start at c[k]. */
+static int
+run_and_fold(AesSivObject *self, mac_chain *c, int from, int used, int k, const int *owner,
+             unsigned char (*d)[BLOCK])
+{
+    if (!run_chains(self, c + from, used - from))
+        return 0;
+    for (int j = k; j < used; j++) {
+        dbl(d[owner[j]]);
+        xor_block(d[owner[j]], c[j].x);
     }
-    cmac_init(&st, self);
-    if (pt_len >= BLOCK) {
-        /* T = plaintext xorend D: D goes into the last 16 bytes. The whole
-         * blocks before them are chained from the plaintext itself; the
-         * remaining 16 to 31 bytes, D XORed in, from a copy. */
-        size_t before = (pt_len - BLOCK) / BLOCK * BLOCK;
-        size_t rest = pt_len - before;
-        unsigned char tail[2 * BLOCK];
-        memcpy(tail, pt + before, rest);
-        xor_block(tail + rest - BLOCK, d);
-        ok = cbc_blocks(&st, pt, before) && cmac_finish(&st, self->k1, self->k2, tail, rest, v);
-        OPENSSL_cleanse(tail, sizeof tail);
-    } else {
-        /* T = dbl(D) xor pad(plaintext), pad being 10* to one block: a
-         * full block, so its CMAC takes K1. */
-        unsigned char t[BLOCK];
-        dbl(d);
-        memcpy(t, d, BLOCK);
-        for (size_t i = 0; i < pt_len; i++)
-            t[i] ^= pt[i];
-        t[pt_len] ^= 0x80;
-        ok = cmac_finish(&st, self->k1, self->k2, t, BLOCK, v);
-        OPENSSL_cleanse(t, BLOCK);
+    return 1;
+}
+
+/* S2V of up to SIV_LANES messages. First, in one engine call, the CMACs of
+ * their AD components and the whole blocks of their final CMACs that D does
+ * not reach (those before a plaintext's last 16 to 31 bytes); D folds the AD
+ * components' CMACs in, in order; then, in a second call, each final CMAC's
+ * last blocks, with D in them. */
+static int
+s2v_group(AesSivObject *self, const s2v_message *m, int k)
+{
+    mac_chain c[CHAINS]; /* the messages' final chains, then AD components' */
+    int owner[CHAINS];   /* whose AD component each chain from c[k] on is */
+    unsigned char d[SIV_LANES][BLOCK];
+    size_t before[SIV_LANES];
+    int used = k, from = 0, top = k, ok = 0;
+
+    for (int i = 0; i < k; i++) {
+        memcpy(d[i], self->d0, BLOCK);
+        before[i] = m[i].pt_len >= BLOCK ? (m[i].pt_len - BLOCK) / BLOCK * BLOCK : 0;
+        memset(c[i].x, 0, BLOCK);
+        c[i].runs[0].buf = m[i].pt;
+        c[i].runs[0].blocks = before[i] / BLOCK;
+        c[i].n_runs = 1;
     }
+    for (int i = 0; i < k; i++)
+        for (Py_ssize_t a = 0; a < m[i].n_ads; a++) {
+            if (used == CHAINS) {
+                /* the final chains' first part went with the first call */
+                if (!run_and_fold(self, c, from, used, k, owner, d))
+                    goto done;
+                from = used = k;
+            }
+            owner[used] = i;
+            cmac_chain(&c[used++], self, m[i].ads[a].buf, m[i].ads[a].len);
+            if (used > top)
+                top = used;
+        }
+    if (!run_and_fold(self, c, from, used, k, owner, d))
+        goto done;
+    for (int i = 0; i < k; i++) {
+        unsigned char *last = c[i].last;
+        size_t rest = m[i].pt_len - before[i];
+        if (m[i].pt_len >= BLOCK) {
+            /* T = plaintext xorend D: D into the last 16 bytes, of the 16 to
+             * 31 left after the whole blocks chained above */
+            memcpy(last, m[i].pt + before[i], rest);
+            xor_block(last + rest - BLOCK, d[i]);
+            if (rest == BLOCK) {
+                finish_last(last, BLOCK, self->k1, self->k2);
+            } else {
+                finish_last(last + BLOCK, rest - BLOCK, self->k1, self->k2);
+            }
+            c[i].runs[0].blocks = rest == BLOCK ? 1 : 2;
+        } else {
+            /* T = dbl(D) xor pad(plaintext), pad being 10* to one block: a
+             * full block, so its CMAC takes K1 */
+            dbl(d[i]);
+            memcpy(last, d[i], BLOCK);
+            for (size_t b = 0; b < m[i].pt_len; b++)
+                last[b] ^= m[i].pt[b];
+            last[m[i].pt_len] ^= 0x80;
+            finish_last(last, BLOCK, self->k1, self->k2);
+            c[i].runs[0].blocks = 1;
+        }
+        c[i].runs[0].buf = last;
+    }
+    if (!run_chains(self, c, k))
+        goto done;
+    for (int i = 0; i < k; i++)
+        memcpy(m[i].v, c[i].x, BLOCK);
+    ok = 1;
 done:
-    /* D, and a last block XORed with a subkey, stay on no stack. */
-    OPENSSL_cleanse(d, BLOCK);
-    OPENSSL_cleanse(st.last, BLOCK);
-    if (!ok)
-        resync(self);
+    /* D, and last blocks XORed with a subkey, stay on no stack. */
+    OPENSSL_cleanse(d, sizeof d);
+    OPENSSL_cleanse(c, (size_t)top * sizeof c[0]);
     return ok;
+}
+
+int
+siv_s2v_many(AesSivObject *self, const s2v_message *messages, int n)
+{
+    for (int i = 0; i < n; i += SIV_LANES)
+        if (!s2v_group(self, messages + i, n - i < SIV_LANES ? n - i : SIV_LANES))
+            return 0;
+    return 1;
+}
+
+/* S2V of one message: v gets the synthetic IV. Returns 0 on an OpenSSL
+ * failure. */
+static int
+s2v_one(AesSivObject *self, const slice *ads, Py_ssize_t n_ads, const unsigned char *pt, size_t pt_len,
+        unsigned char v[BLOCK])
+{
+    s2v_message m = {ads, n_ads, pt, pt_len, v};
+    return s2v_group(self, &m, 1);
 }
 
 /* AES-CTR of len bytes from in to out, the counter starting at V with bits
@@ -445,11 +530,11 @@ AesSiv_encrypt(AesSivObject *self, PyObject *const *args, Py_ssize_t nargs, PyOb
     if (len >= GIL_RELEASE_BYTES) {
         self->busy = 1;
         Py_BEGIN_ALLOW_THREADS
-        ok = siv_s2v(self, a.ads, a.n_ads, pt, len, o) && siv_ctr(self, o, pt, len, o + BLOCK);
+        ok = s2v_one(self, a.ads, a.n_ads, pt, len, o) && siv_ctr(self, o, pt, len, o + BLOCK);
         Py_END_ALLOW_THREADS
         self->busy = 0;
     } else {
-        ok = siv_s2v(self, a.ads, a.n_ads, pt, len, o) && siv_ctr(self, o, pt, len, o + BLOCK);
+        ok = s2v_one(self, a.ads, a.n_ads, pt, len, o) && siv_ctr(self, o, pt, len, o + BLOCK);
     }
     if (!ok) {
         Py_CLEAR(out);
@@ -487,11 +572,11 @@ AesSiv_decrypt(AesSivObject *self, PyObject *const *args, Py_ssize_t nargs, PyOb
     if (len >= GIL_RELEASE_BYTES) {
         self->busy = 1;
         Py_BEGIN_ALLOW_THREADS
-        ok = siv_ctr(self, in, in + BLOCK, len, o) && siv_s2v(self, a.ads, a.n_ads, o, len, v);
+        ok = siv_ctr(self, in, in + BLOCK, len, o) && s2v_one(self, a.ads, a.n_ads, o, len, v);
         Py_END_ALLOW_THREADS
         self->busy = 0;
     } else {
-        ok = siv_ctr(self, in, in + BLOCK, len, o) && siv_s2v(self, a.ads, a.n_ads, o, len, v);
+        ok = siv_ctr(self, in, in + BLOCK, len, o) && s2v_one(self, a.ads, a.n_ads, o, len, v);
     }
     if (ok)
         authentic = CRYPTO_memcmp(v, in, BLOCK) == 0;
@@ -523,13 +608,14 @@ ecb_for(size_t half)
     return half == 16 ? EVP_aes_128_ecb() : half == 24 ? EVP_aes_192_ecb() : EVP_aes_256_ecb();
 }
 
-/* Key both contexts and derive K1, K2 and CMAC(0^128). */
+/* Key both contexts and derive K1, K2 and CMAC(0^128); the MAC half's round
+ * keys for the AES-NI engine where the CPU has it. */
 static int
 set_key(AesSivObject *self, const unsigned char *key, size_t len)
 {
     size_t half = len / 2;
     unsigned char l[BLOCK];
-    cmac_state st;
+    mac_chain c;
     int outl, ok;
 
     self->mac = EVP_CIPHER_CTX_new();
@@ -541,6 +627,8 @@ set_key(AesSivObject *self, const unsigned char *key, size_t len)
         || !EVP_EncryptInit_ex(self->ecb, ecb_for(half), NULL, key + half, NULL)
         || !EVP_CIPHER_CTX_set_padding(self->ecb, 0))
         return 0;
+    if (cpu_has_aesni)
+        self->mac_rounds = aesni_expand_key(key, half, self->mac_schedule);
     /* L = AES(K, 0^128): one CBC block from a zero IV (RFC 4493 2.3); the
      * chaining value is L after it. */
     ok = EVP_EncryptUpdate(self->mac, l, &outl, zero_block, BLOCK) && outl == BLOCK;
@@ -550,9 +638,10 @@ set_key(AesSivObject *self, const unsigned char *key, size_t len)
         dbl(self->k1);
         memcpy(self->k2, self->k1, BLOCK);
         dbl(self->k2);
-        cmac_init(&st, self);
-        ok = cmac_finish(&st, self->k1, self->k2, zero_block, BLOCK, self->d0);
-        OPENSSL_cleanse(st.last, BLOCK);
+        cmac_chain(&c, self, zero_block, BLOCK);
+        ok = run_chains(self, &c, 1);
+        memcpy(self->d0, c.x, BLOCK);
+        OPENSSL_cleanse(&c, sizeof c);
     }
     OPENSSL_cleanse(l, BLOCK);
     return ok;
@@ -601,6 +690,7 @@ AesSiv_dealloc(AesSivObject *self)
     OPENSSL_cleanse(self->k1, BLOCK);
     OPENSSL_cleanse(self->k2, BLOCK);
     OPENSSL_cleanse(self->d0, BLOCK);
+    OPENSSL_cleanse(self->mac_schedule, sizeof self->mac_schedule);
     type->tp_free((PyObject *)self);
     Py_DECREF(type);
 }
@@ -671,6 +761,14 @@ module_exec(PyObject *module)
         Py_DECREF(type);
         return -1;
     }
+    /* The engines this CPU can run, the fastest first and in use. */
+    cpu_has_aesni = aesni_supported();
+    use_aesni = cpu_has_aesni;
+    PyObject *engines = cpu_has_aesni ? Py_BuildValue("(ss)", "aes-ni", "openssl") : Py_BuildValue("(s)", "openssl");
+    if (engines == NULL || PyModule_AddObject(module, "ENGINES", engines) < 0) {
+        Py_XDECREF(engines);
+        return -1;
+    }
     /* The library loaded at run time, which may differ from the headers. */
     return PyModule_AddStringConstant(module, "OPENSSL_VERSION", OpenSSL_version(OPENSSL_VERSION));
 }
@@ -693,8 +791,50 @@ module_clear(PyObject *module)
     return 0;
 }
 
+static PyObject *
+engine(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
+{
+    return PyUnicode_FromString(use_aesni ? "aes-ni" : "openssl");
+}
+
+static PyObject *
+use_engine(PyObject *Py_UNUSED(module), PyObject *name)
+{
+    if (!PyUnicode_Check(name)) {
+        PyErr_Format(PyExc_TypeError, "use_engine() takes a str, not %.100s", Py_TYPE(name)->tp_name);
+        return NULL;
+    }
+    if (PyUnicode_CompareWithASCIIString(name, "openssl") == 0) {
+        use_aesni = 0;
+    } else if (PyUnicode_CompareWithASCIIString(name, "aes-ni") == 0) {
+        if (!cpu_has_aesni) {
+            PyErr_SetString(PyExc_ValueError, "engine 'aes-ni': this CPU has no AES-NI (or this is not x86-64)");
+            return NULL;
+        }
+        use_aesni = 1;
+    } else {
+        PyErr_Format(PyExc_ValueError, "unknown engine %R: 'aes-ni' or 'openssl'", name);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(engine_doc,
+"engine() -> str\n\n"
+"The engine of the MAC half (S2V's CMACs) in use, for every AesSiv object:\n"
+"\"aes-ni\" (vpncrypt/_aesni.c, up to 8 CBC-MAC chains interleaved) or\n"
+"\"openssl\" (OpenSSL's AES-CBC, one chain at a time). CTR is OpenSSL's in both.");
+
+PyDoc_STRVAR(use_engine_doc,
+"use_engine(name) -> None\n\n"
+"Make name (one of ENGINES) the engine of every AesSiv object from the next\n"
+"call on; both give the same bytes. ValueError for another name, or for\n"
+"\"aes-ni\" on a CPU without it; TypeError for a non-str.");
+
 static PyMethodDef module_methods[] = {
     {"open_run", (PyCFunction)(void (*)(void))batch_open_run, METH_FASTCALL, batch_open_run_doc},
+    {"engine", engine, METH_NOARGS, engine_doc},
+    {"use_engine", use_engine, METH_O, use_engine_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -706,7 +846,8 @@ static PyModuleDef_Slot module_slots[] = {
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "vpncrypt._siv",
-    .m_doc = "AES-SIV (RFC 5297) composed from OpenSSL's AES-CBC (for CMAC) and AES-CTR, keyed once per object.",
+    .m_doc = "AES-SIV (RFC 5297) keyed once per object: S2V's CMACs on AES-NI where the CPU has it (else "
+             "OpenSSL's AES-CBC), CTR on OpenSSL's AES.",
     .m_size = sizeof(module_state),
     .m_methods = module_methods,
     .m_slots = module_slots,

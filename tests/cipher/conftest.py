@@ -1,7 +1,9 @@
-"""The AES-SIV classes under test: vpncrypt's compiled one against cryptography's."""
+"""The AES-SIV classes under test: vpncrypt's compiled one, with each engine of
+its MAC half, against cryptography's."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -10,6 +12,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from vpncrypt.core import siv
 
 PURE_ONLY = os.environ.get("VPNCRYPT_PURE_PYTHON") == "1"
+# vpncrypt._siv's engines for S2V's CMACs (vpncrypt/_aesni.c, OpenSSL's AES-CBC).
+ENGINES = ("aes-ni", "openssl")
 
 
 def compiled():
@@ -22,13 +26,43 @@ def compiled():
     return siv.CompiledAESSIV
 
 
-@pytest.fixture(params=["compiled", "cryptography"])
+@contextlib.contextmanager
+def engine_in_use(name: str):
+    """The compiled AES-SIV with ``name`` as its engine while the block runs
+    (every object, made before or after), then the engine it had. A skip, with
+    the reason, where this CPU cannot run it (no AES-NI): the engine picked
+    at start is the other one there."""
+    from vpncrypt import _siv
+
+    compiled()
+    if name not in _siv.ENGINES:
+        pytest.skip(f"engine {name!r} not on this CPU (it has {_siv.ENGINES})")
+    had = _siv.engine()
+    _siv.use_engine(name)
+    try:
+        yield
+    finally:
+        _siv.use_engine(had)
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request):
+    """Each engine of the compiled class in turn: its name."""
+    with engine_in_use(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=[f"compiled {name}" for name in ENGINES] + ["cryptography"])
 def aessiv(request):
-    """Each class in turn, for properties both must have."""
-    return compiled() if request.param == "compiled" else AESSIV
+    """Each class in turn (the compiled one with each engine), for properties all must have."""
+    if request.param == "cryptography":
+        yield AESSIV
+        return
+    with engine_in_use(request.param.split()[1]):
+        yield compiled()
 
 
 @pytest.fixture
-def aes_siv():
-    """The compiled class alone, for comparisons against the references."""
+def aes_siv(engine):
+    """The compiled class alone (with each engine), for comparisons against the references."""
     return compiled()

@@ -20,6 +20,8 @@ from tests.cipher.conftest import compiled
 from vpncrypt.core.inner import PartialChecksumPacket
 from vpncrypt.core.siv import compiled_open_run
 
+pytestmark = pytest.mark.usefixtures("engine")  # the compiled class with each engine of its MAC half
+
 KEY = bytes(range(64))
 SUFFIX = bytes(range(13))
 

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from tests.cipher.conftest import compiled
 
+pytestmark = pytest.mark.usefixtures("engine")  # the compiled class with each engine of its MAC half
+
 keys = st.sampled_from([32, 48, 64]).flatmap(lambda n: st.binary(min_size=n, max_size=n))
 ad_lists = st.one_of(st.none(), st.lists(st.binary(max_size=100), max_size=5))
 plaintexts = st.one_of(st.binary(max_size=100), st.binary(min_size=100, max_size=1600))

@@ -45,6 +45,7 @@ def test_the_compiled_path_otherwise(started, monkeypatch, value):
         monkeypatch.setenv("VPNCRYPT_PURE_PYTHON", value)
     monkeypatch.setattr(siv, "CompiledAESSIV", siv.CompiledAESSIV or AESSIV)  # the choice, built here or not
     monkeypatch.setattr(siv, "OPENSSL_VERSION", "OpenSSL 3.9.9 1 Jan 2030")
+    monkeypatch.setattr(siv, "compiled_engine", lambda: "aes-ni")
     status, ran, lines = started()
     assert (status, ran) == (0, [siv.CompiledAESSIV])
-    assert siv.in_use() == "compiled AES-SIV (OpenSSL 3.9.9 1 Jan 2030)"
+    assert siv.in_use() == "compiled AES-SIV (OpenSSL 3.9.9 1 Jan 2030, CMAC on aes-ni)"

@@ -32,7 +32,8 @@ class FakeCompiled:
 def test_the_compiled_class_unless_the_pure_path_is_asked_for(restore, monkeypatch):
     monkeypatch.setattr(siv, "CompiledAESSIV", FakeCompiled)
     monkeypatch.setattr(siv, "OPENSSL_VERSION", "OpenSSL 3.9.9 1 Jan 2030")
-    assert siv.choose(False) == "compiled AES-SIV (OpenSSL 3.9.9 1 Jan 2030)"
+    monkeypatch.setattr(siv, "compiled_engine", lambda: "aes-ni")
+    assert siv.choose(False) == "compiled AES-SIV (OpenSSL 3.9.9 1 Jan 2030, CMAC on aes-ni)"
     assert siv.AESSIV is FakeCompiled
     assert siv.choose(True, "VPNCRYPT_PURE_PYTHON=1") == (
         "cryptography's AESSIV (pure-Python path: VPNCRYPT_PURE_PYTHON=1)")

@@ -1,7 +1,9 @@
 """Which AES-SIV the core seals and opens with: the compiled one, or cryptography's.
 
 ``vpncrypt._siv.AesSiv`` (vpncrypt/_siv.c) composes AES-SIV (RFC 5297) from
-OpenSSL's AES with contexts keyed once per object, and the same extension
+AES keyed once per object: S2V's CMACs on the CPU's AES-NI with up to 8 of them
+interleaved (vpncrypt/_aesni.c, engine "aes-ni") where the CPU has it, else on
+OpenSSL's AES-CBC (engine "openssl"), and CTR on OpenSSL's AES. The same extension
 does the per-packet work around it for a batch (vpncrypt/_batch.c:
 ``AesSiv.seal_batch`` for Peer.seal, ``compiled_open_run`` for
 receive.open_datagrams), where the compiled class is in use; cryptography's ``AESSIV``
@@ -20,9 +22,10 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV as CryptographyAESSIV
 
 try:
-    from .._siv import OPENSSL_VERSION, AesSiv as CompiledAESSIV, open_run as compiled_open_run
+    from .._siv import OPENSSL_VERSION, AesSiv as CompiledAESSIV, engine as compiled_engine, open_run as compiled_open_run
 except ImportError as error:  # not built (no compiler or no OpenSSL headers at install)
     CompiledAESSIV = None
+    compiled_engine = None
     compiled_open_run = None
     OPENSSL_VERSION = ""
     NOT_BUILT = f"the compiled module is not built: {error}"
@@ -36,11 +39,13 @@ _IN_USE = ""  # what choose() said, for the daemon's start line
 def choose(pure: bool, why: str = "") -> str:
     """Use cryptography's AESSIV if ``pure`` (``why`` says who asked, e.g.
     "VPNCRYPT_PURE_PYTHON=1") or if the compiled one is not built, else the
-    compiled one. Returns what the daemon logs: which path, and why the pure one."""
+    compiled one. Returns what the daemon logs: which path (and the compiled
+    one's OpenSSL and CMAC engine), and why the pure one."""
     global AESSIV, _IN_USE
     if CompiledAESSIV is not None and not pure:
         AESSIV = CompiledAESSIV
-        _IN_USE = f"compiled AES-SIV ({OPENSSL_VERSION})"
+        engine = compiled_engine() if compiled_engine else "openssl"
+        _IN_USE = f"compiled AES-SIV ({OPENSSL_VERSION}, CMAC on {engine})"
     else:
         AESSIV = CryptographyAESSIV
         _IN_USE = f"cryptography's AESSIV (pure-Python path: {why if pure else NOT_BUILT})"
