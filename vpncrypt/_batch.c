@@ -561,32 +561,271 @@ run_context(peer_run *run, int64_t epoch, PyTypeObject *aes_siv)
     return run->ctx;
 }
 
-/* The plaintext of datagram if it authenticates, else NULL without an
- * exception (the Python loop decides it again and counts it); NULL with an
- * exception for MemoryError. */
-static PyObject *
-open_one(AesSivObject *ctx, const unsigned char *d, Py_ssize_t size, int direction, uint32_t server_id, int64_t ts)
+/* What the inner-packet checks and the delivery need, fixed for a call. */
+typedef struct {
+    int follow_source;
+    PyObject *hosts, *longest_match, *well_formed, *checksum_location, *partial_type, *opened;
+    long long *counts;
+} open_env;
+
+/* Datagrams decided together (at most SIV_LANES to open): consecutive
+ * datagrams of one peer, with one epoch's context, each of which the common
+ * path takes as it would if every earlier one had authenticated (its replay
+ * verdict against the window with theirs committed, so that a duplicate
+ * within the group is REPLAYED), and the drops counted between them, whose
+ * counting waits for the group's verdict. Their S2Vs run in one engine call
+ * (interleaved on AES-NI); then they are committed in order up to the first
+ * that does not authenticate, which goes back to the Python loop with
+ * everything after it, as if the group had never been taken. */
+#define GROUP_MAX (4 * SIV_LANES)
+
+typedef struct {
+    Py_ssize_t index;  /* in datagrams */
+    PyObject *item;    /* the (datagram, endpoint) pair: a new reference */
+    int reason;        /* a drop counted with the group's verdict, or OPEN */
+    int verdict;       /* NEWEST or REORDERED */
+    uint32_t counter, ahead;
+    int64_t ts;
+    unsigned kind;
+    PyObject *packet;  /* its plaintext, not yet authenticated: a new reference */
+    int deciphered;    /* 0: OpenSSL's CTR failed, left to the Python loop as a forgery would be */
+    unsigned char v[BLOCK];
+    unsigned char ad[AD_LEN];
+    slice ad_slice;
+} member;
+
+#define OPEN (-1)
+
+typedef struct {
+    member m[GROUP_MAX];
+    int count, opens;
+    AesSivObject *ctx; /* the context of all of them: a new reference */
+    /* the window before the group: a cut puts it back and commits again up to the cut */
+    uint32_t newest_counter;
+    int64_t newest_ts;
+    int window_moved;
+    unsigned char ring[RING_BYTES];
+} group;
+
+/* Take datagram index (d, size bytes) into the group, with its verdict
+ * committed to the run's window for the datagrams after it: the CTR half of
+ * opening it now, S2V with the group's. Returns -1 on MemoryError. */
+static int
+group_open(group *g, peer_run *run, PyObject *item, Py_ssize_t index, AesSivObject *ctx, const unsigned char *d,
+           Py_ssize_t size, int direction, uint32_t server_id, int64_t ts, uint32_t counter, int verdict,
+           uint32_t ahead, unsigned kind)
 {
-    unsigned char ad[AD_LEN], v[BLOCK];
-    memcpy(ad, d, HEADER_LEN);
-    ad[HEADER_LEN] = (unsigned char)direction;
-    put_be32(ad + HEADER_LEN + 1, server_id);
-    put_be64(ad + HEADER_LEN + 5, (uint64_t)ts);
-    slice ad_slice = {ad, AD_LEN};
     size_t len = (size_t)(size - OVERHEAD);
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
     if (out == NULL)
-        return NULL;
-    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
-    s2v_message m = {&ad_slice, 1, o, len, v};
-    int ok = siv_ctr(ctx, d + HEADER_LEN, d + OVERHEAD, len, o) && siv_s2v_many(ctx, &m, 1)
-             && CRYPTO_memcmp(v, d + HEADER_LEN, BLOCK) == 0;
-    if (!ok) {
-        OPENSSL_cleanse(o, len); /* the plaintext of a forgery never leaves */
-        Py_DECREF(out);
-        return NULL;
+        return -1;
+    if (g->opens == 0) {
+        g->newest_counter = run->newest_counter;
+        g->newest_ts = run->newest_ts;
+        g->window_moved = run->window_moved;
+        memcpy(g->ring, PyByteArray_AS_STRING(run->ring), RING_BYTES);
+        Py_INCREF(ctx);
+        g->ctx = ctx;
     }
-    return out;
+    member *m = &g->m[g->count++];
+    g->opens++;
+    Py_INCREF(item);
+    m->index = index;
+    m->item = item;
+    m->reason = OPEN;
+    m->verdict = verdict;
+    m->counter = counter;
+    m->ahead = ahead;
+    m->ts = ts;
+    m->kind = kind;
+    m->packet = out;
+    memcpy(m->ad, d, HEADER_LEN);
+    m->ad[HEADER_LEN] = (unsigned char)direction;
+    put_be32(m->ad + HEADER_LEN + 1, server_id);
+    put_be64(m->ad + HEADER_LEN + 5, (uint64_t)ts);
+    m->ad_slice.buf = m->ad;
+    m->ad_slice.len = AD_LEN;
+    m->deciphered = siv_ctr(ctx, d + HEADER_LEN, d + OVERHEAD, len, (unsigned char *)PyBytes_AS_STRING(out));
+    window_commit(run, ts, counter, verdict, ahead);
+    return 0;
+}
+
+/* Count a drop now, or with the group's verdict if one is open. */
+static void
+drop(group *g, long long *counts, Py_ssize_t index, int reason)
+{
+    if (g->opens == 0) {
+        counts[reason]++;
+        return;
+    }
+    member *m = &g->m[g->count++];
+    m->index = index;
+    m->item = NULL;
+    m->packet = NULL;
+    m->reason = reason;
+}
+
+/* The window as it was before the group, then the openings of its first
+ * `upto` members committed again. */
+static void
+group_cut(group *g, peer_run *run, int upto)
+{
+    run->newest_counter = g->newest_counter;
+    run->newest_ts = g->newest_ts;
+    run->window_moved = g->window_moved;
+    memcpy(PyByteArray_AS_STRING(run->ring), g->ring, RING_BYTES);
+    for (int j = 0; j < upto; j++)
+        if (g->m[j].reason == OPEN)
+            window_commit(run, g->m[j].ts, g->m[j].counter, g->m[j].verdict, g->m[j].ahead);
+}
+
+/* Forget the group's members, their plaintexts wiped from `from` on (not
+ * authenticated, or forged). */
+static void
+group_clear(group *g, int from)
+{
+    for (int j = 0; j < g->count; j++) {
+        member *m = &g->m[j];
+        if (m->packet != NULL && j >= from)
+            OPENSSL_cleanse(PyBytes_AS_STRING(m->packet), (size_t)PyBytes_GET_SIZE(m->packet));
+        Py_CLEAR(m->packet);
+        Py_CLEAR(m->item);
+    }
+    g->count = g->opens = 0;
+    Py_CLEAR(g->ctx);
+}
+
+/* The rest of the common path for an authentic datagram, as open_datagrams
+ * does it: the endpoint, then the inner packet's checks, and (peer, packet)
+ * appended. Takes m->packet. Returns -1 on an error from a callback. */
+static int
+deliver(peer_run *run, member *m, const open_env *env)
+{
+    PyObject *packet = m->packet, *address = PyTuple_GET_ITEM(m->item, 1);
+    m->packet = NULL;
+    if (env->follow_source && m->verdict != REORDERED && address != run->endpoint) {
+        int moved = PyObject_RichCompareBool(address, run->endpoint, Py_NE);
+        if (moved < 0) {
+            Py_DECREF(packet);
+            return -1;
+        }
+        if (moved) {
+            if (run->endpoint != Py_None)
+                run->roams++;
+            Py_INCREF(address);
+            Py_SETREF(run->endpoint, address);
+            run->endpoint_moved = 1;
+        }
+    }
+    if (m->kind == KIND_KEEPALIVE) {
+        Py_DECREF(packet);
+        return 0;
+    }
+    int fast = inner_fast((const unsigned char *)PyBytes_AS_STRING(packet), PyBytes_GET_SIZE(packet));
+    if (fast < 0) {
+        PyObject *checked = PyObject_CallOneArg(env->well_formed, packet);
+        Py_DECREF(packet);
+        if (checked == NULL)
+            return -1;
+        if (checked != Py_None && !PyBytes_Check(checked)) {
+            Py_DECREF(checked);
+            PyErr_SetString(PyExc_TypeError, "well_formed must return bytes or None");
+            return -1;
+        }
+        packet = checked;
+    } else if (fast == 0) {
+        Py_SETREF(packet, Py_NewRef(Py_None));
+    }
+    if (packet == Py_None) {
+        Py_DECREF(packet);
+        env->counts[DROP_INNER_MALFORMED]++;
+        return 0;
+    }
+    int allowed = source_allowed(run, packet, env->hosts, env->longest_match);
+    if (allowed <= 0) {
+        Py_DECREF(packet);
+        if (allowed < 0)
+            return -1;
+        env->counts[DROP_INNER_SOURCE_NOT_ALLOWED]++;
+        return 0;
+    }
+    Py_ssize_t inner_size = PyBytes_GET_SIZE(packet);
+    if (m->kind == KIND_DATA_PARTIAL) {
+        /* Past the fast way through, a checksum's place is always found. */
+        if (fast < 0) {
+            PyObject *location = PyObject_CallOneArg(env->checksum_location, packet);
+            if (location == NULL) {
+                Py_DECREF(packet);
+                return -1;
+            }
+            int none = location == Py_None;
+            Py_DECREF(location);
+            if (none) {
+                Py_DECREF(packet);
+                env->counts[DROP_INNER_MALFORMED]++;
+                return 0;
+            }
+        }
+        Py_SETREF(packet, PyObject_CallOneArg(env->partial_type, packet));
+        if (packet == NULL)
+            return -1;
+    }
+    run->rx_packets++;
+    run->rx_bytes += inner_size;
+    PyObject *pair = PyTuple_Pack(2, run->peer, packet);
+    Py_DECREF(packet);
+    if (pair == NULL || PyList_Append(env->opened, pair) < 0) {
+        Py_XDECREF(pair);
+        return -1;
+    }
+    Py_DECREF(pair);
+    return 0;
+}
+
+/* Decide the group: the S2Vs of its openings together, then its members in
+ * order up to the first forgery (or OpenSSL failure), whose index goes to
+ * *stop (else it stays). Returns -1 on an error from a callback (the window
+ * then committed up to the member it stopped at, as one at a time would). */
+static int
+group_finish(group *g, peer_run *run, const open_env *env, Py_ssize_t *stop)
+{
+    s2v_message msgs[SIV_LANES] = {{0}}; /* k >= 1: g->opens > 0 */
+    int k = 0, cut = g->count, failed = 0, j;
+
+    if (g->opens == 0)
+        return 0;
+    for (j = 0; j < g->count; j++)
+        if (g->m[j].reason == OPEN) {
+            member *m = &g->m[j];
+            msgs[k++] = (s2v_message){&m->ad_slice, 1, (const unsigned char *)PyBytes_AS_STRING(m->packet),
+                                      (size_t)PyBytes_GET_SIZE(m->packet), m->v};
+        }
+    int ok = siv_s2v_many(g->ctx, msgs, k);
+    for (j = 0; j < g->count; j++) {
+        member *m = &g->m[j];
+        if (m->reason != OPEN)
+            continue;
+        const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(PyTuple_GET_ITEM(m->item, 0));
+        if (!ok || !m->deciphered || CRYPTO_memcmp(m->v, d + HEADER_LEN, BLOCK) != 0) {
+            cut = j;
+            *stop = m->index;
+            group_cut(g, run, cut);
+            break;
+        }
+    }
+    for (j = 0; j < cut; j++) {
+        member *m = &g->m[j];
+        if (m->reason != OPEN) {
+            env->counts[m->reason]++;
+        } else if (deliver(run, m, env) < 0) {
+            failed = 1;
+            if (j + 1 < cut)
+                group_cut(g, run, j + 1);
+            break;
+        }
+    }
+    group_clear(g, cut);
+    return failed ? -1 : 0;
 }
 
 PyObject *
@@ -623,34 +862,56 @@ batch_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "open_run: server_id or direction out of range");
         return NULL;
     }
+    long long counts[DROP_REASONS] = {0};
+    open_env env = {
+        .follow_source = follow_source,
+        .hosts = PyTuple_GET_ITEM(plan, PLAN_HOSTS),
+        .longest_match = PyTuple_GET_ITEM(plan, PLAN_LONGEST_MATCH),
+        .well_formed = PyTuple_GET_ITEM(plan, PLAN_WELL_FORMED),
+        .checksum_location = PyTuple_GET_ITEM(plan, PLAN_CHECKSUM_LOCATION),
+        .partial_type = PyTuple_GET_ITEM(plan, PLAN_PARTIAL_TYPE),
+        .opened = opened,
+        .counts = counts,
+    };
     PyObject *find_peer = PyTuple_GET_ITEM(plan, PLAN_FIND_PEER);
-    PyObject *hosts = PyTuple_GET_ITEM(plan, PLAN_HOSTS);
-    PyObject *longest_match = PyTuple_GET_ITEM(plan, PLAN_LONGEST_MATCH);
-    PyObject *well_formed = PyTuple_GET_ITEM(plan, PLAN_WELL_FORMED);
-    PyObject *checksum_location = PyTuple_GET_ITEM(plan, PLAN_CHECKSUM_LOCATION);
-    PyObject *partial_type = PyTuple_GET_ITEM(plan, PLAN_PARTIAL_TYPE);
     PyObject *reasons = PyTuple_GET_ITEM(plan, PLAN_REASONS);
     /* rebuild_timestamp (wire.py): the full timestamp nearest to now */
     int64_t ts_base = now - TIMESTAMP_MOD / 2, ts_min = now - time_window, ts_max = now + time_window;
 
-    long long counts[DROP_REASONS] = {0};
     peer_run run;
     memset(&run, 0, sizeof run);
     run.client_id = -1;
+    group *g = PyMem_Malloc(sizeof(group));
+    if (g == NULL)
+        return PyErr_NoMemory();
+    g->count = g->opens = 0;
+    g->ctx = NULL;
     Py_ssize_t n = PyList_GET_SIZE(datagrams), i = start < 0 ? 0 : start;
     int failed = 0;
 
+    /* A `break` leaves datagram i to the Python loop, after the group. */
     for (; i < n; i++) {
+        if (g->opens == SIV_LANES || g->count == GROUP_MAX) {
+            Py_ssize_t stop = -1;
+            if (group_finish(g, &run, &env, &stop) < 0) {
+                failed = 1;
+                break;
+            }
+            if (stop >= 0) {
+                i = stop;
+                goto stopped;
+            }
+        }
         PyObject *item = PyList_GET_ITEM(datagrams, i);
         if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2)
             break;
-        PyObject *datagram = PyTuple_GET_ITEM(item, 0), *address = PyTuple_GET_ITEM(item, 1);
+        PyObject *datagram = PyTuple_GET_ITEM(item, 0);
         if (!PyBytes_CheckExact(datagram))
             break;
         Py_ssize_t size = PyBytes_GET_SIZE(datagram);
         const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(datagram);
         if (size < OVERHEAD || size > max_datagram) {
-            counts[DROP_BAD_LENGTH]++;
+            drop(g, counts, i, DROP_BAD_LENGTH);
             continue;
         }
         unsigned word0 = (unsigned)(d[0] << 8 | d[1]);
@@ -659,23 +920,33 @@ batch_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         unsigned kind = word0 >> TIMESTAMP_BITS;
         if (kind == KIND_KEEPALIVE) {
             if (size != OVERHEAD) {
-                counts[DROP_BAD_LENGTH]++;
+                drop(g, counts, i, DROP_BAD_LENGTH);
                 continue;
             }
         } else if (kind == (unsigned)probe_kind) {
             break;
         } else if (kind != KIND_DATA && kind != KIND_DATA_PARTIAL) {
-            counts[kind == 0x11 || kind == 0x12 || kind == 0x13 ? DROP_OLD_VERSION : DROP_UNKNOWN_KIND]++;
+            drop(g, counts, i, kind == 0x11 || kind == 0x12 || kind == 0x13 ? DROP_OLD_VERSION : DROP_UNKNOWN_KIND);
             continue;
         }
         if (client_id != run.client_id) {
+            /* the group is the run's peer's: decided before its state goes back */
+            Py_ssize_t stop = -1;
+            if (group_finish(g, &run, &env, &stop) < 0) {
+                failed = 1;
+                break;
+            }
+            if (stop >= 0) {
+                i = stop;
+                goto stopped;
+            }
             if (run_flush(&run) < 0 || run_load(&run, find_peer, client_id) < 0) {
                 failed = 1;
                 break;
             }
         }
         if (run.peer == NULL) {
-            counts[DROP_UNKNOWN_CLIENT]++;
+            drop(g, counts, i, DROP_UNKNOWN_CLIENT);
             continue;
         }
         if (!run.usable)
@@ -688,7 +959,7 @@ batch_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (verdict == PYTHONS)
             break;
         if (verdict == REPLAYED) {
-            counts[DROP_REPLAYED]++;
+            drop(g, counts, i, DROP_REPLAYED);
             continue;
         }
         if (ts >= run.save_at)
@@ -701,100 +972,41 @@ batch_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         if (ctx->busy)
             break;
-        PyObject *packet = open_one(ctx, d, size, (int)direction, (uint32_t)server_id, ts);
-        if (packet == NULL) {
-            if (PyErr_Occurred())
-                failed = 1;
-            break;
-        }
-        window_commit(&run, ts, counter, verdict, ahead);
-        if (follow_source && verdict != REORDERED && address != run.endpoint) {
-            int moved = PyObject_RichCompareBool(address, run.endpoint, Py_NE);
-            if (moved < 0) {
-                Py_DECREF(packet);
+        if (g->opens > 0 && ctx != g->ctx) {
+            /* another epoch's key: the group so far first */
+            Py_ssize_t stop = -1;
+            Py_INCREF(ctx);
+            int finished = group_finish(g, &run, &env, &stop);
+            Py_DECREF(ctx); /* run->ctx still holds it */
+            if (finished < 0) {
                 failed = 1;
                 break;
             }
-            if (moved) {
-                if (run.endpoint != Py_None)
-                    run.roams++;
-                Py_INCREF(address);
-                Py_SETREF(run.endpoint, address);
-                run.endpoint_moved = 1;
+            if (stop >= 0) {
+                i = stop;
+                goto stopped;
             }
         }
-        if (kind == KIND_KEEPALIVE) {
-            Py_DECREF(packet);
-            continue;
-        }
-        int fast = inner_fast((const unsigned char *)PyBytes_AS_STRING(packet), PyBytes_GET_SIZE(packet));
-        if (fast < 0) {
-            PyObject *checked = PyObject_CallOneArg(well_formed, packet);
-            Py_DECREF(packet);
-            if (checked == NULL) {
-                failed = 1;
-                break;
-            }
-            if (checked != Py_None && !PyBytes_Check(checked)) {
-                Py_DECREF(checked);
-                PyErr_SetString(PyExc_TypeError, "well_formed must return bytes or None");
-                failed = 1;
-                break;
-            }
-            packet = checked;
-        } else if (fast == 0) {
-            Py_SETREF(packet, Py_NewRef(Py_None));
-        }
-        if (packet == Py_None) {
-            Py_DECREF(packet);
-            counts[DROP_INNER_MALFORMED]++;
-            continue;
-        }
-        int allowed = source_allowed(&run, packet, hosts, longest_match);
-        if (allowed <= 0) {
-            Py_DECREF(packet);
-            if (allowed < 0) {
-                failed = 1;
-                break;
-            }
-            counts[DROP_INNER_SOURCE_NOT_ALLOWED]++;
-            continue;
-        }
-        Py_ssize_t inner_size = PyBytes_GET_SIZE(packet);
-        if (kind == KIND_DATA_PARTIAL) {
-            /* Past the fast way through, a checksum's place is always found. */
-            if (fast < 0) {
-                PyObject *location = PyObject_CallOneArg(checksum_location, packet);
-                if (location == NULL) {
-                    Py_DECREF(packet);
-                    failed = 1;
-                    break;
-                }
-                int none = location == Py_None;
-                Py_DECREF(location);
-                if (none) {
-                    Py_DECREF(packet);
-                    counts[DROP_INNER_MALFORMED]++;
-                    continue;
-                }
-            }
-            Py_SETREF(packet, PyObject_CallOneArg(partial_type, packet));
-            if (packet == NULL) {
-                failed = 1;
-                break;
-            }
-        }
-        run.rx_packets++;
-        run.rx_bytes += inner_size;
-        PyObject *pair = PyTuple_Pack(2, run.peer, packet);
-        Py_DECREF(packet);
-        if (pair == NULL || PyList_Append(opened, pair) < 0) {
-            Py_XDECREF(pair);
+        if (group_open(g, &run, item, i, ctx, d, size, (int)direction, (uint32_t)server_id, ts, counter, verdict,
+                       ahead, kind) < 0) {
             failed = 1;
             break;
         }
-        Py_DECREF(pair);
     }
+    if (failed) {
+        /* an error: the group's openings are undone, the call raises */
+        if (g->opens > 0)
+            group_cut(g, &run, 0);
+        group_clear(g, 0);
+    } else {
+        Py_ssize_t stop = -1;
+        if (group_finish(g, &run, &env, &stop) < 0)
+            failed = 1;
+        else if (stop >= 0)
+            i = stop;
+    }
+stopped:
+    PyMem_Free(g);
 
     /* What was counted goes into drops even when an error stops the run. */
     PyObject *error_type, *error_value, *error_traceback;
