@@ -1,5 +1,7 @@
 """Micro-benchmark of the protocol core against the bare cipher, in one run,
-with each AES-SIV path: the compiled one (vpncrypt._siv) and cryptography's.
+with each AES-SIV path: the compiled one (vpncrypt._siv), with each engine of
+its MAC half this CPU has ("aes-ni": S2V's CMACs interleaved on AES-NI;
+"openssl": OpenSSL's AES-CBC), and cryptography's.
 
 Run: python bench/core_bench.py [--json FILE]
 
@@ -125,7 +127,14 @@ def measure(size: int, repeats: int, loops: int) -> dict[str, float]:
     return result
 
 
-PATHS = {"compiled": False, "cryptography": True}  # name: pure, for siv.choose
+def paths() -> dict[str, str | None]:
+    """Path name: the compiled class's engine, or None for cryptography's."""
+    from vpncrypt import _siv
+
+    return {**{f"compiled {engine}": engine for engine in _siv.ENGINES}, "cryptography": None}
+
+
+
 TIMED = ("bare_encrypt_us", "seal_us", "bare_decrypt_us", "open_us")
 
 
@@ -133,9 +142,13 @@ def measure_paths(size: int, rounds: int, repeats: int, loops: int) -> dict[str,
     """Each path's figures at ``size``, the best of ``rounds`` turns taken in
     alternation, ratios recomputed from the bests."""
     best: dict[str, dict[str, float]] = {}
+    from vpncrypt import _siv
+
     for _ in range(rounds):
-        for path, pure in PATHS.items():
-            siv.choose(pure, "benchmark")
+        for path, engine in paths().items():
+            if engine is not None:
+                _siv.use_engine(engine)
+            siv.choose(engine is None, "benchmark")
             figures = measure(size, repeats, loops)
             kept = best.setdefault(path, figures)
             for name, value in figures.items():
@@ -159,24 +172,37 @@ def main() -> int:
     if siv.CompiledAESSIV is None:
         parser.error(siv.NOT_BUILT + " (run tools/setup)")
     figures = {size: measure_paths(size, args.rounds, args.repeats, args.loops) for size in (64, 512, 1400)}
+    from vpncrypt import _siv
+
+    _siv.use_engine(_siv.ENGINES[0])
     print(f"compiled: {siv.choose(False)}")
     print()
     print("| size | path | bare encrypt us | seal us | seal/bare | bare decrypt us | open us | open/bare |"
           " reject unknown client / open | reject bad length / open | reject stale time / open |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for size, paths in figures.items():
-        for path, f in paths.items():
+    for size, by_path in figures.items():
+        for path, f in by_path.items():
             print(f"| {size} | {path} | {f['bare_encrypt_us']:.2f} | {f['seal_us']:.2f} | {f['seal_ratio']:.3f} |"
                   f" {f['bare_decrypt_us']:.2f} | {f['open_us']:.2f} | {f['open_ratio']:.3f} |"
                   f" {f['reject_unknown_client_over_open']:.3f} | {f['reject_bad_length_over_open']:.3f} |"
                   f" {f['reject_stale_time_over_open']:.3f} |")
     print()
-    print("| size | bare encrypt compiled/cryptography | seal compiled/cryptography |"
+    print("| size | compiled engine | bare encrypt compiled/cryptography | seal compiled/cryptography |"
           " bare decrypt compiled/cryptography | open compiled/cryptography |")
-    print("|---:|---:|---:|---:|---:|")
-    for size, paths in figures.items():
-        c, p = paths["compiled"], paths["cryptography"]
-        print(f"| {size} | " + " | ".join(f"{c[name] / p[name]:.3f}" for name in TIMED) + " |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for size, by_path in figures.items():
+        p = by_path["cryptography"]
+        for path, c in by_path.items():
+            if path != "cryptography":
+                print(f"| {size} | {path.split()[1]} | " + " | ".join(f"{c[name] / p[name]:.3f}" for name in TIMED) + " |")
+    if "compiled openssl" in figures[1400] and "compiled aes-ni" in figures[1400]:
+        print()
+        print("| size | bare encrypt aes-ni/openssl | seal aes-ni/openssl | bare decrypt aes-ni/openssl |"
+              " open aes-ni/openssl |")
+        print("|---:|---:|---:|---:|---:|")
+        for size, by_path in figures.items():
+            a, o = by_path["compiled aes-ni"], by_path["compiled openssl"]
+            print(f"| {size} | " + " | ".join(f"{a[name] / o[name]:.3f}" for name in TIMED) + " |")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0
