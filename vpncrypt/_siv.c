@@ -719,7 +719,8 @@ PyDoc_STRVAR(AesSiv_doc,
 "AesSiv(key)\n\n"
 "AES-SIV (RFC 5297) keyed once: key is 32, 48 or 64 bytes (the MAC half, then\n"
 "the CTR half; AES-128, -192 or -256), else ValueError, as cryptography's\n"
-"AESSIV. Contexts are set up here and only their IVs reset per message.\n\n"
+"AESSIV. Its OpenSSL contexts, and the MAC half's round keys for the AES-NI\n"
+"engine, are set up here once; no call initialises them again.\n\n"
 "One thread at a time per object (vpncrypt's daemon is single-threaded): a\n"
 "call from a second thread while a large input is being enciphered with the\n"
 "GIL released raises RuntimeError.");

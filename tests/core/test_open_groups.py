@@ -17,6 +17,7 @@ batch path to the Python one on wider traffic).
 from __future__ import annotations
 
 import os
+import struct
 from unittest import mock
 
 import pytest
@@ -160,3 +161,34 @@ def test_any_mix_is_decided_as_the_python_loop_decides_it(sizes, operations, kee
         elif operation == "garbage":
             batch.insert(at, (bytes([0xFC, 0, 0, 1]) + datagram[4:], endpoint))  # kind 0x3F: unknown_kind
     assert_same([batch[:split], batch[split:]])
+
+
+def test_an_error_from_a_callback_leaves_the_window_as_the_python_loop_does():
+    """well_formed raising on the third datagram of a group: the call raises
+    on both paths, and the window holds the datagrams up to that one (the
+    Python loop commits before the inner checks), none after."""
+    from tests.builders import OPAQUE
+
+    peer = sender()
+    datagrams = [peer.seal(KIND_DATA, [ipv4_packet(A_ADDR, SERVER_ADDR, bytes(n), OPAQUE)], NOW)[0] for n in range(7)]
+    states = []
+    for compiled in (True, False):
+        server = make_server(now=START)
+        server.datagrams_received([(datagrams[0], A_EP)], NOW)
+        calls = [0]
+        checked = receive.well_formed
+
+        def failing(packet):
+            calls[0] += 1
+            if calls[0] == 3:
+                raise RuntimeError("a callback's error")
+            return checked(packet)
+
+        with mock.patch.object(receive, "well_formed", failing), \
+                mock.patch.object(receive, "_open_run", receive._open_run if compiled else None), \
+                pytest.raises(RuntimeError, match="a callback's error"):
+            server.datagrams_received([(d, A_EP) for d in datagrams[1:]], NOW)
+        window = server.peers[1].window
+        states.append((window.newest_counter, bytes(window.ring)))
+    assert states[0] == states[1]
+    assert states[0][0] == (struct.unpack_from("!I", datagrams[3], 4)[0])
