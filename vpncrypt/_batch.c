@@ -12,7 +12,8 @@
  *     datagrams of the common path: data and keepalives from a known peer,
  *     inside the time window, NEWEST or REORDERED in its replay window, with
  *     failure credit, whose epoch's context is already made and whose
- *     timestamp is below the peer's save_at. It authenticates them, commits
+ *     timestamp is below the peer's save_at. It authenticates them (up to
+ *     SIV_LANES consecutive ones of a peer together: see `group`), commits
  *     the replay window, moves the endpoint, checks the inner packet and its
  *     source, and appends (peer, packet) as the Python loop does. It also
  *     counts the drops that change nothing but a counter (bad_length,
