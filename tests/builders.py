@@ -7,6 +7,7 @@ Test files import builders from here, never from each other."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -23,7 +24,7 @@ from vpncrypt.core.peer import Peer
 from vpncrypt.core.pmtu import CONFIRMING
 from vpncrypt.core.replay import WINDOW
 from vpncrypt.core.server import ClientEntry, ServerCore
-from vpncrypt.core.wire import KIND_DATA, KIND_KEEPALIVE, TO_SERVER
+from vpncrypt.core.wire import KIND_DATA, KIND_KEEPALIVE, TO_SERVER, seal_datagram
 from vpncrypt.tun.offload import F_NEEDS_CSUM, VNET_HEADER, ipv4_header_checksum, pseudo_header_sum
 
 NOW = 1_800_000_000.0  # a fixed clock: the core never reads the real one
@@ -54,6 +55,18 @@ def ipv6_packet(src: str, dst: str, payload: bytes = b"", next_header: int = OPA
         ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed,
     )
     return header + payload
+
+
+def tcp(source: str, destination: str, body: bytes = b"data") -> bytes:
+    """A TCP segment with no options (data offset 5 words), checksum left zero."""
+    make = ipv6_packet if ":" in source else ipv4_packet
+    return make(source, destination, bytes(12) + b"\x50" + bytes(7) + body, 6)
+
+
+def udp(source: str, destination: str, body: bytes = b"data") -> bytes:
+    """A UDP datagram whose length field is right, checksum left zero."""
+    make = ipv6_packet if ":" in source else ipv4_packet
+    return make(source, destination, bytes(4) + (8 + len(body)).to_bytes(2, "big") + bytes(2) + body, 17)
 
 
 class Model:
@@ -157,6 +170,59 @@ def epoch_aead(key: bytes, timestamp: float) -> AESSIV:
 
 def seal_from_a(payloads, now=NOW + 5, peer=None):
     return (peer or sender()).seal(KIND_DATA, payloads, now)
+
+
+# --- datagrams as the reference seals them, and as the network changes them ----------------
+
+@functools.lru_cache(maxsize=None)
+def epoch_cipher(key: bytes, key_epoch: int, epoch: int) -> AESSIV:
+    """The AES-SIV context of ``epoch``, from ``key``, the key of ``key_epoch``
+    (docs/PROTOCOL.md section 1.1); cryptography's, whatever the core uses."""
+    return AESSIV(epoch_key(key, key_epoch, epoch))
+
+
+def seal(kind: int = KIND_DATA, payload: bytes = b"", *, client_id: int = 1, key: bytes = KEY_A, counter: int = 1000,
+         ts: int = int(NOW), direction: int = TO_SERVER, server_id: int = SERVER_ID, key_epoch: int = KEY_EPOCH,
+         epoch_seconds: int = DEFAULT_EPOCH_SECONDS, epoch: int | None = None) -> bytes:
+    """A datagram as the reference (wire.seal_datagram) seals it: with the key of
+    its timestamp's epoch (or of ``epoch``, to forge), derived from ``key``, the
+    key of ``key_epoch``."""
+    epoch = ts // epoch_seconds if epoch is None else epoch
+    return seal_datagram(epoch_cipher(key, key_epoch, epoch), kind, client_id, counter, ts, direction, server_id,
+                         payload)
+
+
+# What the network may do to a datagram, any number of times: (what, position, value).
+CHANGE = st.tuples(st.sampled_from(["flip", "set", "cut", "extend", "header"]), st.integers(0, MASK),
+                   st.integers(0, MASK))
+
+
+def changed(datagram: bytes, changes: list) -> bytes:
+    """``datagram`` with ``changes`` (drawn from CHANGE) made in order: a bit
+    flipped, a byte set, cut short, extended, or a header field rewritten."""
+    data = bytearray(datagram)
+    for what, position, value in changes:
+        if what == "flip" and data:
+            data[position % len(data)] ^= 1 << value % 8
+        elif what == "set" and data:
+            data[position % len(data)] = value & 0xFF
+        elif what == "cut":
+            del data[position % (len(data) + 1):]
+        elif what == "extend":
+            data += value.to_bytes(4, "big") * (position % 20 + 1)
+        elif what == "header" and len(data) >= 8:
+            word0, client_id, counter = struct.unpack_from("!HHI", data)
+            field = position % 4
+            if field == 0:
+                word0 = (value & 0x3F) << 10 | word0 & 0x3FF  # the kind
+            elif field == 1:
+                word0 = word0 & 0xFC00 | value & 0x3FF  # the timestamp's low bits
+            elif field == 2:
+                client_id = value & 0xFFFF
+            else:
+                counter = value
+            data[:8] = struct.pack("!HHI", word0, client_id, counter)
+    return bytes(data)
 
 
 # --- docs/PROTOCOL.md's test vectors -------------------------------------------------------

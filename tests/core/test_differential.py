@@ -42,7 +42,6 @@ no key timer runs: a receiver holds the keys it started with.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import os
 import struct
@@ -72,8 +71,9 @@ from vpncrypt.core.wire import (
 )
 
 from tests.builders import (
-    A_ADDR, B_ADDR, KEY_A, KEY_B, KEY_EPOCH, LATE_ARRIVALS, MASK, NOW, SERVER_ADDR, SERVER_EP, SERVER_ID,
-    ipv4_packet, ipv6_packet, long_run_with_late_arrivals, net, sender, spec_vectors,
+    A_ADDR, B_ADDR, CHANGE, KEY_A, KEY_B, KEY_EPOCH, LATE_ARRIVALS, MASK, NOW, SERVER_ADDR, SERVER_EP, SERVER_ID,
+    changed, epoch_cipher, ipv4_packet, ipv6_packet, long_run_with_late_arrivals, net, seal, sender, spec_vectors, tcp,
+    udp,
 )
 
 START = NOW - 1000  # receivers start long before: their floor refuses nothing the time window lets in
@@ -91,12 +91,6 @@ ASIDE = ("aside",)  # the verdict on a time answer to a client: taken aside, nev
 # The cores open with each AES-SIV class in turn; the reference always with cryptography's.
 pytestmark = pytest.mark.usefixtures("each_cipher")
 WINDOW_DROPS = {REPLAYED: reasons.REPLAYED, TOO_OLD: reasons.COUNTER_TOO_OLD, SUPERSEDED: reasons.SUPERSEDED}
-
-
-@functools.lru_cache(maxsize=None)
-def epoch_cipher(key: bytes, key_epoch: int, epoch: int) -> AESSIV:
-    """The AES-SIV context of ``epoch``, from ``key``, the key of ``key_epoch`` (section 1.1)."""
-    return AESSIV(epoch_key(key, key_epoch, epoch))
 
 
 class CipherReached(Exception):
@@ -426,26 +420,6 @@ class Receivers:
         return verdict
 
 
-def seal(kind: int = KIND_DATA, payload: bytes = b"", *, client_id: int = 1, key: bytes = KEY_A, counter: int = 1000,
-         ts: int = int(NOW), direction: int = TO_SERVER, server_id: int = SERVER_ID, key_epoch: int = KEY_EPOCH,
-         epoch_seconds: int = DEFAULT_EPOCH_SECONDS, epoch: int | None = None) -> bytes:
-    """A datagram as the reference seals it: with the key of its timestamp's epoch (or
-    of ``epoch``, to forge), derived from ``key``, the key of ``key_epoch``."""
-    epoch = ts // epoch_seconds if epoch is None else epoch
-    return seal_datagram(epoch_cipher(key, key_epoch, epoch), kind, client_id, counter, ts, direction, server_id,
-                         payload)
-
-
-def tcp(source: str, destination: str, body: bytes = b"data") -> bytes:
-    make = ipv6_packet if ":" in source else ipv4_packet
-    return make(source, destination, bytes(12) + b"\x50" + bytes(7) + body, 6)  # data offset 5 words
-
-
-def udp(source: str, destination: str, body: bytes = b"data") -> bytes:
-    make = ipv6_packet if ":" in source else ipv4_packet
-    return make(source, destination, bytes(4) + (8 + len(body)).to_bytes(2, "big") + bytes(2) + body, 17)
-
-
 INNER = [  # what client 1 might send, or its server send to it
     ipv4_packet(A_ADDR, SERVER_ADDR, b"hello"),
     ipv6_packet("2001:db8::2", "2001:db8::1", b"hello"),
@@ -707,36 +681,6 @@ def inner_packets(draw) -> bytes:
     elif shape == 3 and packet[0] >> 4 == 4:
         packet = bytes([0x40 | draw(st.integers(0, 15))]) + packet[1:]  # any header length
     return packet
-
-
-CHANGE = st.tuples(st.sampled_from(["flip", "set", "cut", "extend", "header"]), st.integers(0, MASK),
-                   st.integers(0, MASK))
-
-
-def changed(datagram: bytes, changes: list) -> bytes:
-    data = bytearray(datagram)
-    for what, position, value in changes:
-        if what == "flip" and data:
-            data[position % len(data)] ^= 1 << value % 8
-        elif what == "set" and data:
-            data[position % len(data)] = value & 0xFF
-        elif what == "cut":
-            del data[position % (len(data) + 1):]
-        elif what == "extend":
-            data += value.to_bytes(4, "big") * (position % 20 + 1)
-        elif what == "header" and len(data) >= 8:
-            word0, client_id, counter = struct.unpack_from("!HHI", data)
-            field = position % 4
-            if field == 0:
-                word0 = (value & 0x3F) << 10 | word0 & 0x3FF  # the kind
-            elif field == 1:
-                word0 = word0 & 0xFC00 | value & 0x3FF  # the timestamp's low bits
-            elif field == 2:
-                client_id = value & 0xFFFF
-            else:
-                counter = value
-            data[:8] = struct.pack("!HHI", word0, client_id, counter)
-    return bytes(data)
 
 
 @settings(max_examples=400, deadline=None)
