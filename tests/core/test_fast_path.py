@@ -43,8 +43,9 @@ import contextlib
 import ipaddress
 import os
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from unittest import mock
 
 import pytest
@@ -56,6 +57,7 @@ from vpncrypt.core import receive
 from vpncrypt.core import server as server_module
 from vpncrypt.core import siv
 from vpncrypt.core.client import ClientCore
+from vpncrypt.core.inner import PartialChecksumPacket
 from vpncrypt.core.peer import CipherBudget, Peer
 from vpncrypt.core.replay import WINDOW
 from vpncrypt.core.server import ClientEntry, ServerCore
@@ -68,7 +70,7 @@ from tests.builders import (
     CHANGE, KEY_A, KEY_B, KEY_EPOCH, MASK, NOW, SERVER_EP, SERVER_ID, changed, ipv6_packet, net, seal,
 )
 
-PATHS = ("loop", "pure")
+PATHS = ("batch", "loop", "pure")
 KEY_C = os.urandom(64)
 OTHER_KEY = os.urandom(64)  # no one's: what a forger has
 
@@ -118,16 +120,27 @@ def compiled_path_built():
     if os.environ.get("VPNCRYPT_PURE_PYTHON") == "1":
         pytest.skip("VPNCRYPT_PURE_PYTHON=1: no compiled batch path to hold to the Python one")
     assert siv.CompiledAESSIV is not None, siv.NOT_BUILT
+    assert receive._open_run is siv.compiled_open_run is not None, "receive._open_run is not the compiled open_run"
 
 
 @contextlib.contextmanager
 def taking(path: str):
-    """Run the core on ``path`` (one of PATHS) while the block runs."""
+    """Run the core on ``path`` (one of PATHS) while the block runs; yields a
+    Counter whose "compiled" is how many datagrams the compiled open_run
+    decided itself (those before the index it returns)."""
+    decided: Counter = Counter()
+    compiled = receive._open_run
+
+    def counting(datagrams, start, opened, drops, plan):
+        end = compiled(datagrams, start, opened, drops, plan)
+        decided["compiled"] += end - start
+        return end
+
     chosen = siv.AESSIV
     siv.AESSIV = siv.CryptographyAESSIV if path == "pure" else siv.CompiledAESSIV
     try:
-        with mock.patch.object(receive, "_open_run", None, create=True) if path == "loop" else contextlib.nullcontext():
-            yield
+        with mock.patch.object(receive, "_open_run", counting if path == "batch" else None):
+            yield decided
     finally:
         siv.AESSIV = chosen
 
@@ -264,16 +277,17 @@ class Step:
         return core.handle_timer(self.now)
 
 
-def run(path: str, world: World, steps: list[Step]) -> list:
-    """What can be seen after each step, on ``path``."""
-    with taking(path), watching_open_datagrams() as calls:
+def run(path: str, world: World, steps: list[Step]) -> tuple[list, int]:
+    """What can be seen after each step, on ``path``, and how many datagrams
+    the compiled open_run decided."""
+    with taking(path) as decided, watching_open_datagrams() as calls:
         core = world.make()
         trace = [{"state": core_state(core)}]
         for step in steps:
             calls.clear()
             out = step.apply(core)
             trace.append({"out": delivery(out), "open_datagrams": list(calls), "state": core_state(core)})
-    return trace
+    return trace, decided["compiled"]
 
 
 def first_difference(left: Any, right: Any, where: str = "") -> str | None:
@@ -300,18 +314,28 @@ def first_difference(left: Any, right: Any, where: str = "") -> str | None:
     return None
 
 
-def same_on_every_path(world: World, steps: list[Step]) -> list:
-    """Run ``steps`` on each path; they must agree after every step. Returns
-    the reference's (pure) trace."""
-    traces = {path: run(path, world, steps) for path in PATHS}
-    reference = traces["pure"]
+class Agreed(NamedTuple):
+    """What every path agreed on after each step (the first entry: after the
+    core was made), and how many datagrams the compiled open_run decided."""
+
+    trace: list
+    compiled: int
+
+    def state(self, step: int = -1) -> dict:
+        return self.trace[step]["state"]
+
+
+def same_on_every_path(world: World, steps: list[Step]) -> Agreed:
+    """Run ``steps`` on each path; they must agree after every step."""
+    runs = {path: run(path, world, steps) for path in PATHS}
+    reference, _ = runs["pure"]
     for path in PATHS[:-1]:
-        for index, (seen, expected) in enumerate(zip(traces[path], reference)):
+        for index, (seen, expected) in enumerate(zip(runs[path][0], reference)):
             difference = first_difference(seen, expected)
             assert difference is None, (
                 f"{path} against pure, after step {index} of {len(steps)}"
                 f"{' (' + steps[index - 1].what + f' at {steps[index - 1].now})' if index else ''}: {difference}")
-    return reference
+    return Agreed(reference, runs["batch"][1])
 
 
 # --- inner packets ---------------------------------------------------------------------------
@@ -423,7 +447,7 @@ COUNTER_STEPS = st.sampled_from([1] * 12 + [2, 3, 0, -1, -2, -5, -100, -(WINDOW 
                                 ) | st.integers(-3000, 3000)
 # Timestamp offsets from the receiver's clock: on time mostly, a second off, at the
 # edges of a 5 s and the default window, far off.
-OFFSETS = st.sampled_from([0] * 12 + [-1, 1, -2, 5, 6, -5, -6, DEFAULT_TIME_WINDOW, DEFAULT_TIME_WINDOW + 1,
+OFFSETS = st.sampled_from([0] * 60 + [-1, 1, -2] * 3 + [5, 6, -5, -6, DEFAULT_TIME_WINDOW, DEFAULT_TIME_WINDOW + 1,
                                       -DEFAULT_TIME_WINDOW, -DEFAULT_TIME_WINDOW - 1, 300, -500])
 # Where from: one of three endpoints of the sender, and from which datagram of a run on
 # the next one (a peer roaming in the middle of a batch).
@@ -447,7 +471,8 @@ ITEMS = weighted((6, FRESH), (6, RUN), (2, AGAIN), (2, FORGED), (1, FLOOD), (1, 
 # Seconds between steps: none, a little, past a refill or a time answer's interval, past
 # the key erasure 512 s after an epoch begins; and the clock stepped back now and then.
 ADVANCES = st.sampled_from([0.0, 0.0, 0.25, 0.5, 1.0, 1.0, 1.0, 2.0, 3.0, 0.75, 530.0, -1.0])
-BATCH = st.tuples(st.just("datagrams"), ADVANCES, st.lists(ITEMS, min_size=1, max_size=10))
+# A batch, and whether the restart bounds it asks for are saved right after (as the shell does).
+BATCH = st.tuples(st.just("datagrams"), ADVANCES, st.lists(ITEMS, min_size=1, max_size=10), st.booleans())
 SCENARIOS = st.lists(weighted(
     (6, BATCH),
     (1, st.tuples(st.just("tun"), ADVANCES, st.lists(st.tuples(SLOTS, INNER), min_size=1, max_size=8))),
@@ -583,10 +608,12 @@ class Traffic:
         for slot, inner in drawn:
             if self.direction == TO_SERVER:
                 internet = Sender(0, b"", ("198.51.100.30", "2001:db8:7::30"), TO_CLIENT)
-                packets.append(inner_packet(inner, internet, (internet,), self.senders[slot % 3].own))
+                packet = inner_packet(inner, internet, (internet,), self.senders[slot % 3].own)
             else:
                 me = Sender(1, KEY_A, ("203.0.113.2", "2001:db8::2"), TO_SERVER)
-                packets.append(inner_packet(inner, me, (me,), ("203.0.113.1", "2001:db8::1")))
+                packet = inner_packet(inner, me, (me,), ("203.0.113.1", "2001:db8::1"))
+            # A quarter as a kernel with checksum offload hands them over, to be sealed as their own kind.
+            packets.append(PartialChecksumPacket(packet) if inner[5] >= 12 else packet)
         return packets
 
     def steps(self, drawn: list, start: float) -> list[Step]:
@@ -595,6 +622,8 @@ class Traffic:
             now += entry[1]
             if entry[0] == "datagrams":
                 steps.append(Step("datagrams", now, self.items(entry[2], now)))
+                if entry[3]:
+                    steps.append(Step("save", now))
             elif entry[0] == "tun":
                 steps.append(Step("tun", now, self.tun_packets(entry[2])))
             else:
@@ -633,3 +662,227 @@ def test_a_server_on_every_path(world, starts, drawn, lead):
 def test_a_client_on_every_path(world, starts, drawn, lead):
     traffic = Traffic(TO_CLIENT, starts)
     same_on_every_path(world, traffic.steps(drawn, world.start + 1 + lead))
+
+
+# --- the edges, every time ---------------------------------------------------------------------
+
+def data(slot: int, counter: int, ts: int, packet: bytes, kind: int = KIND_DATA, direction: int = TO_SERVER) -> bytes:
+    """A datagram from sender ``slot`` (of the senders to a server, or to a client)."""
+    sender = (TO_SERVER_SENDERS if direction == TO_SERVER else TO_CLIENT_SENDERS)[slot]
+    return seal(kind, packet, client_id=sender.client_id, key=sender.key, counter=counter & MASK, ts=ts,
+                direction=direction)
+
+
+def udp_from(slot: int, size: int, seed: int = 0, v6: bool = False) -> bytes:
+    """A well-formed UDP packet of ``size`` bytes (at least 28, 48 for IPv6) from client ``slot``'s address."""
+    sender = TO_SERVER_SENDERS[slot]
+    header = 48 if v6 else 28
+    payload = transport("udp", pattern(seed, size - header), 0, seed)[1]
+    if v6:
+        return ipv6(sender.own[1], "2001:db8::1", 17, payload)
+    return ipv4(sender.own[0], "203.0.113.1", 17, payload)
+
+
+def at(host: str, port: int) -> tuple:
+    return (host, port)
+
+
+@pytest.mark.parametrize("direction", [TO_SERVER, TO_CLIENT], ids=["to server", "to client"])
+def test_every_inner_length_from_0_to_1500(direction):
+    """Inner packets of every length, as data and as partial-checksum data, in
+    batches of 64 (what the shell reads at once): below 20 bytes garbage; then
+    IPv4 with a protocol nobody parses, UDP from 28 bytes, and IPv6 UDP from
+    48, the last 5 % sent twice (replays)."""
+    t0 = int(NOW) + 1
+    slot_own = TO_SERVER_SENDERS[0].own if direction == TO_SERVER else TO_CLIENT_SENDERS[0].own
+    sent = []
+    for size in range(1501):
+        if size < 20:
+            packet = pattern(size, size)
+        elif size < 28 or size % 3 == 0:
+            packet = ipv4(slot_own[0], "203.0.113.2", 253, pattern(size, size - 20))
+        elif size < 48 or size % 3 == 1:
+            packet = ipv4(slot_own[0], "203.0.113.2", 17, transport("udp", pattern(size, size - 28), 0, 0)[1])
+        else:
+            packet = ipv6(slot_own[1], "2001:db8::2", 17, transport("udp", pattern(size, size - 48), 0, 0)[1])
+        kind = KIND_DATA_PARTIAL if size % 2 else KIND_DATA
+        sent.append(data(0, 1000 + size, t0, packet, kind, direction))
+    sent += sent[-75:]
+    steps = [Step("datagrams", t0 + 0.5, [(datagram, at("192.0.2.10", 40000)) for datagram in sent[start:start + 64]])
+             for start in range(0, len(sent), 64)]
+    agreed = same_on_every_path(World(direction), steps)
+    peer = agreed.state()["peers"][1]
+    assert peer["rx_packets"] > 1000 and agreed.state()["drops"]["replayed"] == 75
+    assert agreed.compiled >= len(sent) - len(steps)  # each batch's first datagram makes the context, in Python
+
+
+def test_in_order_and_late_across_the_counter_wrap():
+    """10,000 counters across the wrap, every 97th 1,000 late (the ring wraps
+    more than twice: a bit it failed to clear would show as a replay), every
+    50th sent again; two clients taking turns, batches of 64, the clock
+    ticking every 1,000 datagrams."""
+    t0 = int(NOW) - 5
+    order, late = [], []
+    for index in range(10_000):
+        if index % 97 == 0:
+            late.append(index)
+        else:
+            order.append(index)
+        while late and index - late[0] >= 1000:
+            order.append(late.pop(0))
+    order += late
+    order = [index for position, index in enumerate(order) for _ in range(2 if position % 50 == 49 else 1)]
+    pairs = []
+    for index in order:
+        for slot in (0, 1):
+            start = MASK - 5000 if slot == 0 else 77
+            pairs.append((data(slot, start + index, t0 + index // 1000, udp_from(slot, 60, index)),
+                          at("192.0.2.10", 40000 + slot)))
+    steps = [Step("datagrams", t0 + position // 2000 + 0.5, pairs[position:position + 64])
+             for position in range(0, len(pairs), 64)]
+    agreed = same_on_every_path(World(TO_SERVER, start=t0 - 10.0), steps)
+    for client_id in (1, 2):
+        assert agreed.state()["peers"][client_id]["rx_packets"] == 10_000
+    assert agreed.state()["drops"]["replayed"] == 2 * (len(order) - 10_000)
+    assert agreed.compiled >= len(pairs) - 2 * len(steps)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 1000], ids=lambda chunk: f"batches of {chunk}")
+def test_the_window_edges_and_roaming(chunk):
+    """Around the newest counter N: N - 2047 (the oldest the window takes),
+    N - 2048 (too old), N + 2047 (the farthest that slides it), N + 2048 (a
+    jump); replays of each; reordered ones from another endpoint (which must
+    not move the peer), newer ones from another (which must); across the
+    counter's wrap, in batches of ``chunk``."""
+    t0 = int(NOW) - 3
+    base = MASK - 2100
+    offsets = [
+        (0, 0), (1, 0), (2, 0), (3, 0), (3, 1), (3 + WINDOW - 1, 1), (3, 2), (4, 2), (2, 0), (1, 0), (5, 2),
+        (3 + WINDOW - 1, 0), (3 + 2 * WINDOW - 2, 0), (3 + WINDOW - 1, 0), (WINDOW, 1), (WINDOW + 1, 2),
+        (3 + 2 * WINDOW - 3, 2), (3 + 2 * WINDOW - 1, 1), (3 + 4 * WINDOW, 0), (3 + 4 * WINDOW - 1, 1),
+        (3 + 2 * WINDOW - 1, 2), (3 + 4 * WINDOW + 1, 2), (3 + 4 * WINDOW - 2047, 0), (3 + 4 * WINDOW - 2048, 0),
+    ]
+    offsets += [(3 + 4 * WINDOW + 8 + 9 * step, step % 3) for step in range(300)]  # ring bytes skipped
+    offsets += [(3 + 4 * WINDOW + 8 + 9 * step - 1, (step + 1) % 3) for step in range(0, 300, 7)]  # and filled in
+    offsets += offsets[-10:]
+    pairs = []
+    for position, (offset, where) in enumerate(offsets):
+        packet = udp_from(0, 40 + position % 50, position, v6=position % 2 == 1)
+        pairs.append((data(0, base + offset, t0 + (position > 17), packet), at("192.0.2.10", 40000 + where)))
+    steps = [Step("datagrams", t0 + 1.5, pairs[start:start + chunk]) for start in range(0, len(pairs), chunk)]
+    agreed = same_on_every_path(World(TO_SERVER, start=t0 - 10.0), steps)
+    peer = agreed.state()["peers"][1]
+    assert peer["roams"] > 10 and agreed.state()["drops"]["replayed"] >= 14
+    assert agreed.state()["drops"]["counter_too_old"] > 2
+    assert agreed.compiled > len(pairs) // 2
+
+
+def test_restart_bounds_hold_datagrams_then_release_them():
+    """A server that saved client 1's bound at t0 - 5 (its floor is t0 - 4)
+    and none for client 2 (never heard: nothing is refused, but everything
+    waits for a first save). At or above a peer's save_at the Python loop
+    decides (unsaved, held, pending_restart_state past HELD_MAX); a save
+    opens the held ones again, and what follows below the new save_at the
+    compiled path decides."""
+    t0 = int(NOW) - 2
+    world = World(TO_SERVER, start=t0 - 10.0, restart={1: t0 - 5})
+    counters = {0: 500, 1: MASK - 3}
+
+    def batch(slot: int, count: int, ts: int) -> list:
+        pairs = []
+        for _ in range(count):
+            counters[slot] += 1
+            pairs.append((data(slot, counters[slot], ts, udp_from(slot, 100, counters[slot] & 0xFF)),
+                          at("192.0.2.10", 40000 + slot)))
+        return pairs
+
+    steps = [
+        Step("datagrams", t0 + 0.5, batch(0, 3, t0 - 6) + batch(0, 5, t0) + batch(1, 3, t0)),
+        Step("datagrams", t0 + 0.6, batch(0, 260, t0)),
+        Step("save", t0 + 0.6),  # the held datagrams again, below the new save_at
+        Step("datagrams", t0 + 0.7, batch(0, 5, t0) + batch(1, 5, t0) + batch(0, 5, t0 + 1) + batch(0, 5, t0 + 2)),
+        Step("save", t0 + 1.5),
+        Step("datagrams", t0 + 1.6, batch(0, 20, t0 + 2) + batch(1, 20, t0 + 1)),
+    ]
+    agreed = same_on_every_path(world, steps)
+    assert [len(entry["state"]["held"]) for entry in agreed.trace] == [0, 8, 256, 0, 5, 0, 0]
+    drops = agreed.state()["drops"]
+    assert drops["superseded"] == 3 and drops["pending_restart_state"] == 12
+    assert [agreed.state()["peers"][client_id]["rx_packets"] for client_id in (1, 2)] == [288, 28]
+    assert agreed.compiled >= 256
+
+
+@pytest.mark.parametrize("budget", [2, 4096])
+def test_an_epoch_boundary_and_contexts_taken_away(budget):
+    """Three clients taking turns across the epoch that begins at NOW (a
+    peer's first datagram of an epoch makes its context, in Python), with
+    room for every peer's contexts or for two peers' (each peer's makes one
+    again, taking the others')."""
+    pairs = []
+    for round_ in range(12):
+        for slot in (0, 1, 2):
+            ts = int(NOW) - 1 + (round_ >= 6)
+            pairs.append((data(slot, 100 * slot + round_, ts, udp_from(slot, 64 + round_)), at("192.0.2.10", 40000)))
+    steps = [Step("datagrams", NOW + 0.25, pairs[:18]), Step("datagrams", NOW + 0.5, pairs[18:])]
+    agreed = same_on_every_path(World(TO_SERVER, start=NOW - 30, budget=budget), steps)
+    assert sum(peer["rx_packets"] for peer in agreed.state()["peers"].values()) == 36
+    assert agreed.compiled >= (0 if budget == 2 else 36 - 2 * 3)
+
+
+def test_forgeries_empty_the_failure_credit():
+    """70 forgeries naming client 1 (its credit is 64) among its datagrams and
+    client 2's, then a quarter of a second later (4 more), then ten seconds."""
+    t0 = int(NOW) - 2
+    counter = iter(range(3000, 10_000))
+
+    def real(slot: int) -> tuple:
+        return (data(slot, next(counter), t0, udp_from(slot, 80)), at("192.0.2.10", 40000 + slot))
+
+    def forged(slot: int) -> tuple:
+        sender = TO_SERVER_SENDERS[slot]
+        return (seal(KIND_DATA, udp_from(slot, 80), client_id=sender.client_id, key=OTHER_KEY, counter=next(counter),
+                     ts=t0), at("198.51.100.66", 666))
+
+    first = [real(0), real(1)] + [forged(0) for _ in range(70)] + [real(0), real(1), real(0)]
+    steps = [
+        Step("datagrams", t0 + 0.25, first),
+        Step("datagrams", t0 + 0.5, [forged(0) for _ in range(6)] + [real(0), real(0), real(1)]),
+        Step("datagrams", t0 + 10.5, [real(0) for _ in range(5)] + [forged(0)] + [real(0) for _ in range(5)]),
+    ]
+    agreed = same_on_every_path(World(TO_SERVER, start=t0 - 10.0), steps)
+    assert agreed.trace[1]["state"]["drops"]["auth_failures_limited"] > 0
+    assert agreed.state()["peers"][1]["rx_packets"] >= 11
+    assert agreed.compiled > 10
+
+
+@pytest.mark.parametrize("direction", [TO_SERVER, TO_CLIENT], ids=["server", "client"])
+def test_sealing_every_length(direction):
+    """Packets of every length from 20 to 1500 bytes read from TUN, plain and
+    partial-checksum, sealed in batches of 64 across the counter's wrap, and
+    an empty one (a keepalive's payload) from the timer: the same bytes on
+    every path (so seal_batch's as the Python loop's)."""
+    if direction == TO_SERVER:
+        # Clients heard from first, so that the server has endpoints to seal to.
+        hello = [(data(slot, 7, int(NOW), udp_from(slot, 40)), at("192.0.2.10", 40000 + slot)) for slot in (0, 1, 2)]
+        steps = [Step("datagrams", NOW + 0.5, hello)]
+        destination = ("203.0.113.2", "2001:db8::2")
+        source = ("198.51.100.30", "2001:db8:7::30")
+    else:
+        steps = [Step("timer", NOW + 0.5)]
+        destination = ("203.0.113.1", "2001:db8::1")
+        source = ("203.0.113.2", "2001:db8::2")
+    packets = []
+    for size in range(20, 1501):
+        if size >= 48 and size % 2:
+            packet = ipv6(source[1], destination[1], 17, transport("udp", pattern(size, size - 48), 0, size)[1])
+        elif size >= 28:
+            packet = ipv4(source[0], destination[0], 17, transport("udp", pattern(size, size - 28), 0, size)[1])
+        else:
+            packet = ipv4(source[0], destination[0], 253, pattern(size, size - 20))
+        packets.append(PartialChecksumPacket(packet) if size % 3 == 0 else packet)
+    steps += [Step("tun", NOW + 1 + start / 1000, packets[start:start + 64]) for start in range(0, len(packets), 64)]
+    steps.append(Step("timer", NOW + 30))
+    agreed = same_on_every_path(World(direction, start=NOW - 30, mtu=1500), steps)
+    sent = sum(len(entry["out"]["to_network"] if isinstance(entry["out"], dict) else entry["out"])
+               for entry in agreed.trace[1:])
+    assert sent > 1300
