@@ -748,32 +748,41 @@ def test_in_order_and_late_across_the_counter_wrap():
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7, 1000], ids=lambda chunk: f"batches of {chunk}")
-def test_the_window_edges_and_roaming(chunk):
+def test_the_window_edges_restarts_and_roaming(chunk):
     """Around the newest counter N: N - 2047 (the oldest the window takes),
     N - 2048 (too old), N + 2047 (the farthest that slides it), N + 2048 (a
-    jump); replays of each; reordered ones from another endpoint (which must
-    not move the peer), newer ones from another (which must); across the
-    counter's wrap, in batches of ``chunk``."""
+    jump), N + 5 stamped a second before N (superseded); replays of each;
+    reordered ones from another endpoint (which must not move the peer),
+    newer ones from another (which must); the sender restarted behind N
+    with a later clock (the window starts again, its floor after the old
+    instance), then the old instance's late datagrams; ring bytes skipped
+    and filled in; across the counter's wrap, in batches of ``chunk``."""
     t0 = int(NOW) - 3
     base = MASK - 2100
-    offsets = [
-        (0, 0), (1, 0), (2, 0), (3, 0), (3, 1), (3 + WINDOW - 1, 1), (3, 2), (4, 2), (2, 0), (1, 0), (5, 2),
-        (3 + WINDOW - 1, 0), (3 + 2 * WINDOW - 2, 0), (3 + WINDOW - 1, 0), (WINDOW, 1), (WINDOW + 1, 2),
-        (3 + 2 * WINDOW - 3, 2), (3 + 2 * WINDOW - 1, 1), (3 + 4 * WINDOW, 0), (3 + 4 * WINDOW - 1, 1),
-        (3 + 2 * WINDOW - 1, 2), (3 + 4 * WINDOW + 1, 2), (3 + 4 * WINDOW - 2047, 0), (3 + 4 * WINDOW - 2048, 0),
+    sequence = [  # (counter from base, endpoint, seconds after t0)
+        (0, 0, 0), (1, 0, 0), (2, 0, 0), (3, 0, 0), (3, 1, 0), (3 + WINDOW - 1, 1, 0), (3, 2, 0), (4, 2, 0),
+        (2, 0, 0), (1, 0, 0), (5, 2, 0), (3 + WINDOW - 1, 0, 0),
+        (3 + 2 * WINDOW - 1, 0, 0), (3 + 2 * WINDOW - 2, 1, 0), (3 + 2 * WINDOW + 4, 1, -1), (WINDOW, 1, 0),
+        (WINDOW + 1, 2, 0), (3 + 2 * WINDOW - 3, 2, 0), (3 + 2 * WINDOW, 1, 0),
+        (3 + 4 * WINDOW, 0, 1), (3 + 4 * WINDOW - 1, 1, 1), (3 + 2 * WINDOW - 1, 2, 1), (3 + 4 * WINDOW + 1, 2, 1),
+        (3 + 4 * WINDOW - 2047, 0, 1), (3 + 4 * WINDOW - 2048, 0, 1),
+        # Restarted 100 behind, a second later; then the old instance, ahead and behind the new one.
+        (3 + 4 * WINDOW - 100, 1, 2), (3 + 4 * WINDOW + 2, 2, 1), (3 + 4 * WINDOW - 110, 0, 1),
+        (3 + 4 * WINDOW - 105, 0, 2), (3 + 4 * WINDOW - 99, 0, 2), (3 + 4 * WINDOW - 105, 1, 2),
     ]
-    offsets += [(3 + 4 * WINDOW + 8 + 9 * step, step % 3) for step in range(300)]  # ring bytes skipped
-    offsets += [(3 + 4 * WINDOW + 8 + 9 * step - 1, (step + 1) % 3) for step in range(0, 300, 7)]  # and filled in
-    offsets += offsets[-10:]
+    newest = 3 + 4 * WINDOW - 99
+    sequence += [(newest + 8 + 9 * step, step % 3, 2) for step in range(300)]  # ring bytes skipped
+    sequence += [(newest + 8 + 9 * step - 1, (step + 1) % 3, 2) for step in range(0, 300, 7)]  # and filled in
+    sequence += sequence[-10:]
     pairs = []
-    for position, (offset, where) in enumerate(offsets):
+    for position, (offset, where, later) in enumerate(sequence):
         packet = udp_from(0, 40 + position % 50, position, v6=position % 2 == 1)
-        pairs.append((data(0, base + offset, t0 + (position > 17), packet), at("192.0.2.10", 40000 + where)))
-    steps = [Step("datagrams", t0 + 1.5, pairs[start:start + chunk]) for start in range(0, len(pairs), chunk)]
+        pairs.append((data(0, base + offset, t0 + later, packet), at("192.0.2.10", 40000 + where)))
+    steps = [Step("datagrams", t0 + 2.5, pairs[start:start + chunk]) for start in range(0, len(pairs), chunk)]
     agreed = same_on_every_path(World(TO_SERVER, start=t0 - 10.0), steps)
-    peer = agreed.state()["peers"][1]
-    assert peer["roams"] > 10 and agreed.state()["drops"]["replayed"] >= 14
-    assert agreed.state()["drops"]["counter_too_old"] > 2
+    peer, drops = agreed.state()["peers"][1], agreed.state()["drops"]
+    assert peer["roams"] > 10 and drops["replayed"] >= 14 and drops["counter_too_old"] > 2
+    assert drops["superseded"] >= 3 and peer["floor"] == t0 + 2
     assert agreed.compiled > len(pairs) // 2
 
 
@@ -886,3 +895,80 @@ def test_sealing_every_length(direction):
     sent = sum(len(entry["out"]["to_network"] if isinstance(entry["out"], dict) else entry["out"])
                for entry in agreed.trace[1:])
     assert sent > 1300
+
+
+# Every inner shape the checks look at: whose source, family, shape, protocol, and a
+# small and a large packet; then fields the checks read, set wrong.
+INNER_SHAPES = [
+    (whose, family, shape, protocol, size, options, seed, [], extensions)
+    for whose in ("own", "other", "nobody") for family in (4, 6)
+    for shape in ("plain", "options", "extensions", "fragment", "padded", "truncated", "garbage")
+    for protocol in ("udp", "tcp", "other")
+    for size, options, seed, extensions in ((0, 0, 0, (0,)), (9, 3, 1, (60, 44)), (40, 11, 2, (43, -44)),
+                                            (1400, 15, 3, (0, 60, 43)))
+] + [
+    ("own", family, "plain", protocol, size, 0, 0, [(position, value)], ())
+    for family, protocol, position in ((4, "udp", 25), (6, "udp", 45), (4, "tcp", 32), (6, "tcp", 52))
+    for size in (0, 12, 200)
+    for value in (0, 7, 8 + size - 1, 8 + size + 1, 0x40, 0xF0, 0x50)
+]
+
+
+@pytest.mark.parametrize("direction", [TO_SERVER, TO_CLIENT], ids=["to server", "to client"])
+def test_every_inner_shape(direction):
+    """INNER_SHAPES as data and as partial-checksum data, the server's three
+    clients taking turns in one batch, then the same in batches of 5."""
+    traffic = Traffic(direction, [MASK - 700, 5, 1 << 31])
+    t0 = int(NOW) + 1
+    slots = (0, 1, 2) if direction == TO_SERVER else (0,)
+    pairs = []
+    for index, spec in enumerate(INNER_SHAPES * 2):
+        slot = slots[index % len(slots)]
+        kind = ("data" if index < len(INNER_SHAPES) else "partial", 0)
+        pairs.append((traffic.datagram(slot, traffic.next_counter(slot), kind, spec, t0), traffic.endpoint(slot, (0, 99))))
+    steps = [Step("datagrams", t0 + 0.5, pairs[:len(pairs) // 2])]
+    steps += [Step("datagrams", t0 + 0.5, pairs[start:start + 5]) for start in range(len(pairs) // 2, len(pairs), 5)]
+    agreed = same_on_every_path(World(direction, start=t0 - 10.0), steps)
+    drops = agreed.state()["drops"]
+    assert drops["inner_malformed"] > 100 and drops["inner_source_not_allowed"] > 100
+    assert sum(peer["rx_packets"] for peer in agreed.state()["peers"].values()) > 200
+    assert agreed.compiled > len(pairs) - len(steps) - 2
+
+
+@pytest.mark.parametrize("direction", [TO_SERVER, TO_CLIENT], ids=["to server", "to client"])
+def test_the_cheap_checks_between_good_datagrams(direction):
+    """Each datagram the cheap checks refuse (every kind byte, sealed with
+    and without a payload; a keepalive with a body or cut short; one byte
+    past the MTU's bound and at it; probes of this end's kind, good, bad and
+    too short; an unknown client ID; a timestamp at and one second past each
+    edge of the time window) between two good datagrams of a sender, in one
+    batch and one by one."""
+    traffic = Traffic(direction, [100, MASK - 3, 7, 0])
+    t0 = int(NOW) + 1
+    world = World(direction, start=t0 - 10.0, mtu=1420)
+    good = ("own", 4, "plain", "udp", 100, 0, 0, [], ())
+
+    def sent(slot: int, kind: Any = ("data", 0), inner: tuple = good, ts: int = t0) -> tuple:
+        return (traffic.datagram(slot, traffic.next_counter(slot), kind, inner, ts), traffic.endpoint(slot, (0, 99)))
+
+    pairs = []
+    for slot in ((0, 1, 2) if direction == TO_SERVER else (0,)):
+        odd = []
+        for number in range(64):
+            odd += [sent(slot, ("kind", number), ("own", 4, "plain", "udp", 50, payload, 0, [], ()))
+                    for payload in (0, 1)]
+        keepalive, short_probe = sent(slot, ("keepalive", 0)), sent(slot, ("probe", 0))
+        odd += [(keepalive[0] + b"\0", keepalive[1]), (keepalive[0][:-1], keepalive[1])]
+        odd += [sent(slot, inner=("own", 4, "plain", "other", size - 20, 0, 1, [], ())) for size in (1420, 1421)]
+        odd += [sent(slot, ("probe", 0), ("own", 4, "plain", "udp", size, 0, 0, [], ())) for size in (0, 300, 1400)]
+        odd += [sent(slot, ("bad_probe", 0), ("own", 4, "plain", "udp", 300, 0, seed, [], ())) for seed in (0, 1)]
+        odd += [(short_probe[0][:OVERHEAD + 3], short_probe[1]), sent(3)]
+        window = world.time_window
+        odd += [sent(slot, ts=t0 + offset) for offset in (window, window + 1, -window, -window - 1)]
+        for pair in odd:
+            pairs += [sent(slot), pair, sent(slot)]
+    steps = [Step("datagrams", t0 + 0.5, pairs)] + [Step("datagrams", t0 + 0.5, [pair]) for pair in pairs]
+    agreed = same_on_every_path(world, steps)
+    drops = agreed.state()["drops"]
+    assert {"bad_length", "unknown_kind", "old_version", "unknown_client", "outside_time_window", "bad_probe"} <= {
+        reason for reason, count in drops.items() if count}
