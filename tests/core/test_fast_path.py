@@ -941,11 +941,12 @@ def test_the_cheap_checks_between_good_datagrams(direction):
     and without a payload; a keepalive with a body or cut short; one byte
     past the MTU's bound and at it; probes of this end's kind, good, bad and
     too short; an unknown client ID; a timestamp at and one second past each
-    edge of the time window) between two good datagrams of a sender, in one
-    batch and one by one."""
+    edge of the time window, with a counter the window would take as
+    reordered: the receiver started long before) between two good datagrams
+    of a sender, in one batch and one by one."""
     traffic = Traffic(direction, [100, MASK - 3, 7, 0])
-    t0 = int(NOW) + 1
-    world = World(direction, start=t0 - 10.0, mtu=1420)
+    t0 = int(NOW) + 200  # the time window inside one epoch: a context for every timestamp
+    world = World(direction, start=t0 - 1000.0, mtu=1420)
     good = ("own", 4, "plain", "udp", 100, 0, 0, [], ())
 
     def sent(slot: int, kind: Any = ("data", 0), inner: tuple = good, ts: int = t0) -> tuple:
@@ -964,7 +965,12 @@ def test_the_cheap_checks_between_good_datagrams(direction):
         odd += [sent(slot, ("bad_probe", 0), ("own", 4, "plain", "udp", 300, 0, seed, [], ())) for seed in (0, 1)]
         odd += [(short_probe[0][:OVERHEAD + 3], short_probe[1]), sent(3)]
         window = world.time_window
-        odd += [sent(slot, ts=t0 + offset) for offset in (window, window + 1, -window, -window - 1)]
+        # Behind in time, with counters left unsent behind the next good one; then ahead in time
+        # (accepted, which makes the good ones after it late: last).
+        gap = traffic.next_counter(slot, 10)
+        odd += [(traffic.datagram(slot, gap - 9 + index, ("data", 0), good, t0 + offset), traffic.endpoint(slot, (0, 99)))
+                for index, offset in enumerate((-window, -window - 1))]
+        odd += [sent(slot, ts=t0 + offset) for offset in (window + 1, window)]
         for pair in odd:
             pairs += [sent(slot), pair, sent(slot)]
     steps = [Step("datagrams", t0 + 0.5, pairs)] + [Step("datagrams", t0 + 0.5, [pair]) for pair in pairs]
