@@ -88,8 +88,8 @@ ROUTES = (net("203.0.113.0/24"), net("2001:db8::/32"))
 @dataclass(frozen=True)
 class Sender:
     """One end that seals datagrams for the core under test: its client ID,
-    its key (of KEY_EPOCH), an address of each family it owns (None: it owns
-    nothing the receiver knows of), and the direction it seals for."""
+    its key (of KEY_EPOCH), the source address of each family (IPv4, IPv6)
+    of its packets, and the direction it seals for."""
 
     client_id: int
     key: bytes
@@ -291,6 +291,7 @@ def run(path: str, world: World, steps: list[Step]) -> tuple[list, int]:
 
 
 def first_difference(left: Any, right: Any, where: str = "") -> str | None:
+    """Where two traces first differ (a path of keys and indexes, and both values), or None."""
     if isinstance(left, dict) and isinstance(right, dict):
         for key in sorted(set(left) | set(right), key=str):
             if key not in left or key not in right:
