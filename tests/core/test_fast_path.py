@@ -653,14 +653,14 @@ def worlds(draw, direction: int) -> World:
 COUNTER_STARTS = st.lists(st.integers(0, MASK) | st.integers(MASK - 60, MASK), min_size=4, max_size=4)
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(world=worlds(TO_SERVER), starts=COUNTER_STARTS, drawn=SCENARIOS, lead=st.floats(0, 3))
 def test_a_server_on_every_path(world, starts, drawn, lead):
     traffic = Traffic(TO_SERVER, starts)
     same_on_every_path(world, traffic.steps(drawn, world.start + 1 + lead))
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(world=worlds(TO_CLIENT), starts=COUNTER_STARTS, drawn=SCENARIOS, lead=st.floats(0, 3))
 def test_a_client_on_every_path(world, starts, drawn, lead):
     traffic = Traffic(TO_CLIENT, starts)
