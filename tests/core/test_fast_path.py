@@ -9,7 +9,11 @@ times, and run through three fresh cores:
 - ``batch``: the compiled class with the compiled batch path;
 - ``loop``: the compiled class with ``receive._open_run`` set to None, so the
   Python loop does everything (sealing still goes through ``seal_batch``);
-- ``pure``: cryptography's class (``siv.CryptographyAESSIV``), Python only.
+- ``pure``: cryptography's class (``siv.CryptographyAESSIV``), Python only;
+
+the first two with each engine of the compiled class's MAC half that this
+CPU has (``vpncrypt._siv.ENGINES``: AES-NI with 8 CMACs interleaved, which
+open_run's groups and seal_batch use, and OpenSSL's AES-CBC).
 
 After every step the three must agree on everything that can be seen: what
 each call of open_datagrams returned (client ID, packet type, bytes), the
@@ -66,11 +70,11 @@ from vpncrypt.core.wire import (
     OVERHEAD, PROBE, PROBE_ACK, TO_CLIENT, TO_SERVER,
 )
 
+from tests.cipher.conftest import ENGINES, engine_in_use
 from tests.builders import (
     CHANGE, KEY_A, KEY_B, KEY_EPOCH, MASK, NOW, SERVER_EP, SERVER_ID, changed, ipv6_packet, net, seal,
 )
 
-PATHS = ("batch", "loop", "pure")
 KEY_C = os.urandom(64)
 OTHER_KEY = os.urandom(64)  # no one's: what a forger has
 
@@ -123,11 +127,19 @@ def compiled_path_built():
     assert receive._open_run is siv.compiled_open_run is not None, "receive._open_run is not the compiled open_run"
 
 
+def paths() -> list[str]:
+    """"batch ENGINE" and "loop ENGINE" for each engine this CPU has, then "pure"."""
+    from vpncrypt import _siv
+
+    engines = [engine for engine in ENGINES if engine in _siv.ENGINES]
+    return [f"{kind} {engine}" for kind in ("batch", "loop") for engine in engines] + ["pure"]
+
+
 @contextlib.contextmanager
 def taking(path: str):
-    """Run the core on ``path`` (one of PATHS) while the block runs; yields a
-    Counter whose "compiled" is how many datagrams the compiled open_run
-    decided itself (those before the index it returns)."""
+    """Run the core on ``path`` (one of ``paths()``) while the block runs;
+    yields a Counter whose "compiled" is how many datagrams the compiled
+    open_run decided itself (those before the index it returns)."""
     decided: Counter = Counter()
     compiled = receive._open_run
 
@@ -136,10 +148,12 @@ def taking(path: str):
         decided["compiled"] += end - start
         return end
 
+    kind, _, engine = path.partition(" ")
     chosen = siv.AESSIV
-    siv.AESSIV = siv.CryptographyAESSIV if path == "pure" else siv.CompiledAESSIV
+    siv.AESSIV = siv.CryptographyAESSIV if kind == "pure" else siv.CompiledAESSIV
     try:
-        with mock.patch.object(receive, "_open_run", counting if path == "batch" else None):
+        with mock.patch.object(receive, "_open_run", counting if kind == "batch" else None), \
+                engine_in_use(engine) if engine else contextlib.nullcontext():
             yield decided
     finally:
         siv.AESSIV = chosen
@@ -327,16 +341,19 @@ class Agreed(NamedTuple):
 
 
 def same_on_every_path(world: World, steps: list[Step]) -> Agreed:
-    """Run ``steps`` on each path; they must agree after every step."""
-    runs = {path: run(path, world, steps) for path in PATHS}
-    reference, _ = runs["pure"]
-    for path in PATHS[:-1]:
-        for index, (seen, expected) in enumerate(zip(runs[path][0], reference)):
+    """Run ``steps`` on each path; they must agree after every step, and the
+    compiled open_run must have decided as many datagrams with each engine."""
+    runs = {path: run(path, world, steps) for path in paths()}
+    reference, _ = runs.pop("pure")
+    for path, (trace, _) in runs.items():
+        for index, (seen, expected) in enumerate(zip(trace, reference)):
             difference = first_difference(seen, expected)
             assert difference is None, (
                 f"{path} against pure, after step {index} of {len(steps)}"
                 f"{' (' + steps[index - 1].what + f' at {steps[index - 1].now})' if index else ''}: {difference}")
-    return Agreed(reference, runs["batch"][1])
+    decided = {path: compiled for path, (_, compiled) in runs.items() if path.startswith("batch")}
+    assert len(set(decided.values())) == 1, decided
+    return Agreed(reference, decided.popitem()[1])
 
 
 # --- inner packets ---------------------------------------------------------------------------
