@@ -998,3 +998,34 @@ def test_the_cheap_checks_between_good_datagrams(direction):
     drops = agreed.state()["drops"]
     assert {"bad_length", "unknown_kind", "old_version", "unknown_client", "outside_time_window", "bad_probe"} <= {
         reason for reason, count in drops.items() if count}
+
+
+def test_every_bit_flipped_inside_groups():
+    """Each bit of a data datagram and of a keepalive flipped in turn, the
+    changed datagram among good ones of the same client (so inside the
+    compiled path's groups of up to 8, at each place in one), 8 of them a
+    second so that the failure credit holds; client 2 in the same batches."""
+    t0 = int(NOW) - 60
+    counters = {0: MASK - 100, 1: 5000}
+
+    def good(slot: int, ts: int) -> tuple:
+        counters[slot] += 1
+        return (data(slot, counters[slot], ts, udp_from(slot, 60, counters[slot] & 0xFF)), at("192.0.2.10", 40000 + slot))
+
+    flips = [(kind, bit) for kind, size in ((KIND_DATA, OVERHEAD + 60), (KIND_KEEPALIVE, OVERHEAD))
+             for bit in range(8 * size)]
+    steps = []
+    for first in range(0, len(flips), 8):
+        ts = t0 + first // 8
+        pairs = []
+        for place, (kind, bit) in enumerate(flips[first:first + 8]):
+            pairs += [good(0, ts) for _ in range(place)] + [good(1, ts)]
+            counters[0] += 1
+            sealed = bytearray(data(0, counters[0], ts, udp_from(0, 60) if kind == KIND_DATA else b"", kind))
+            sealed[bit // 8] ^= 1 << bit % 8
+            pairs += [(bytes(sealed), at("198.51.100.66", 666))] + [good(0, ts) for _ in range(8 - place)]
+        steps.append(Step("datagrams", ts + 0.5, pairs))
+    agreed = same_on_every_path(World(TO_SERVER, start=t0 - 10.0), steps)
+    drops = agreed.state()["drops"]
+    assert drops["auth_failed"] > 700 and "auth_failures_limited" not in drops
+    assert agreed.compiled > sum(len(step.items) for step in steps) // 2
