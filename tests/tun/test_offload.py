@@ -439,3 +439,52 @@ def make_partial_at(packet: bytes, start: int) -> PartialChecksumPacket:
     partial = bytearray(packet)
     partial[start + offset:start + offset + 2] = pseudo.to_bytes(2, "big")
     return PartialChecksumPacket(bytes(partial))
+
+
+# --- What no kernel hands over: refused, never an exception -----------------------------------
+
+
+def long_tcp(payload_len: int, v6: bool) -> bytes:
+    """A TCP packet with ``payload_len`` bytes of payload whose length field may not
+    hold it (the splitters read the segment size, never that field)."""
+    packet = tcp_packet(1, b"", v6=v6)
+    return packet + bytes(payload_len)
+
+
+def test_the_splitters_refuse_truncated_and_malformed_super_packets():
+    """Every prefix too short for the headers and a byte of payload gives [],
+    as do an IPv4 header under 20 bytes (IHL below 5), an IP version other than
+    the GSO type's, and a first segment too long for its 16-bit length field.
+    Before, the shortest raised IndexError, IHL 0 to 2 struct.error, and IHL 3
+    or 4 cut segments out of the TCP header."""
+    merged, gso_type, mss = super_packet(flow(3))
+    merged6, gso_type6, mss6 = super_packet(flow(3, v6=True))
+    udp, size = udp_super_packet(datagrams(3))
+    udp6, size6 = udp_super_packet(datagrams(3, v6=True))
+    for cut in range(41):
+        assert split(merged[:cut], gso_type, mss) == [], cut
+    for cut in range(29):
+        assert split_datagrams(udp[:cut], size) == [], cut
+    for cut in range(61):
+        assert split(merged6[:cut], gso_type6, mss6) == [], cut
+    for cut in range(49):
+        assert split_datagrams(udp6[:cut], size6) == [], cut
+    for ihl in range(5):
+        assert split(bytes([0x40 | ihl]) + merged[1:], gso_type, mss) == [], ihl
+        assert split_datagrams(bytes([0x40 | ihl]) + udp[1:], size) == [], ihl
+    assert split(merged6, GSO_TCPV4, mss6) == [] and split(merged, GSO_TCPV6, mss) == []
+    assert split_datagrams(bytes([0x50]) + udp[1:], size) == []  # neither IPv4 nor IPv6
+    biggest4 = 65535 - 40  # the payload of the largest IPv4 segment
+    assert len(split(long_tcp(biggest4, v6=False), GSO_TCPV4, 65535)) == 1
+    assert split(long_tcp(biggest4 + 1, v6=False), GSO_TCPV4, 65535) == []
+    assert len(split(long_tcp(biggest4 + 1, v6=False), GSO_TCPV4, biggest4)) == 2
+    assert len(split(long_tcp(65535 - 20, v6=True), GSO_TCPV6, 65535)) == 1
+    assert split(long_tcp(65535 - 19, v6=True), GSO_TCPV6, 65535) == []
+
+
+def test_a_partial_packet_without_a_checksum_to_finish_is_written_plain():
+    """A PartialChecksumPacket where checksum_location finds no TCP or UDP
+    checksum goes as it is, as tun.finished leaves it (before: TypeError)."""
+    for packet in (bytes.fromhex("45000054000040004001") + bytes(10), b"", b"\x60" + bytes(20)):
+        partial = PartialChecksumPacket(packet)
+        assert coalesce([partial]) == [[PLAIN, partial]]

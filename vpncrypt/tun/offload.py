@@ -174,6 +174,13 @@ def _ipv6_unfragmented(packet: bytes | memoryview) -> tuple[int, int] | None:
     return walked[0], walked[1]
 
 
+def _too_long(version: int, header_len: int, gso_size: int, total_payload: int) -> bool:
+    """Whether the first (the largest) segment's IPv4 total length or IPv6
+    payload length would not fit its 16-bit field: the super-packet is not one
+    a kernel hands over."""
+    return header_len + min(gso_size, total_payload) - (40 if version == 6 else 0) > MAX_MERGED
+
+
 def split(packet: bytes | memoryview, gso_type: int, gso_size: int) -> list[PartialChecksumPacket]:
     """MSS-sized segments of a TCP super-packet (GSO_TCPV4 or GSO_TCPV6), each a
     complete IP packet whose TCP checksum holds the pseudo-header sum only.
@@ -182,18 +189,22 @@ def split(packet: bytes | memoryview, gso_type: int, gso_size: int) -> list[Part
     header checksum, sequence number + i * MSS, FIN and PSH on the last
     segment only, CWR on the first only. IPv6 extension headers (hop-by-hop,
     routing, destination options) are walked and copied into every segment.
-    Returns [] for what it cannot cut: not TCP over IPv4 or IPv6, a malformed
-    or fragmented header chain, no payload or no segment size, which the
-    kernel does not hand over; the caller passes such a packet on whole
-    (tun/linux.py), so nothing is dropped here.
+    Returns [] for what it cannot cut: not TCP over IPv4 or IPv6 (the version
+    the GSO type says), an IPv4 header shorter than 20 bytes, a malformed or
+    fragmented header chain, no payload, no segment size, or segments too
+    long for their length field, which the kernel does not hand over; the
+    caller passes such a packet on whole (tun/linux.py), so nothing is
+    dropped here. Never raises for the bytes it is given.
 
     This runs for every packet sent, so each header is one struct.pack of the
     fields that change between the parts that do not.
     """
     version = 4 if gso_type & ~GSO_ECN == GSO_TCPV4 else 6
+    if len(packet) <= 40 or packet[0] >> 4 != version:
+        return []  # too short for a header and a byte of payload, or not the IP version the GSO type says
     if version == 4:
         ip_len = (packet[0] & 0x0F) * 4
-        if packet[9] != 6:
+        if ip_len < 20 or packet[9] != 6:
             return []
     else:
         ip_len = 40
@@ -208,7 +219,7 @@ def split(packet: bytes | memoryview, gso_type: int, gso_size: int) -> list[Part
     header = bytes(packet[:ip_len + tcp_len])
     payload = memoryview(packet)[ip_len + tcp_len:]
     total_payload = len(payload)
-    if gso_size <= 0 or total_payload <= 0 or tcp_len < 20:
+    if gso_size <= 0 or total_payload <= 0 or tcp_len < 20 or _too_long(version, len(header), gso_size, total_payload):
         return []
     count = (total_payload + gso_size - 1) // gso_size
     seq0 = int.from_bytes(header[ip_len + 4:ip_len + 8], "big")
@@ -247,13 +258,20 @@ def split_datagrams(packet: bytes | memoryview, gso_size: int) -> list[PartialCh
     Per datagram: IP total length (IPv6 payload length), IPv4 ID + i with its
     header checksum, UDP length; IPv6 extension headers are walked and copied
     into every datagram. Returns [] for what it cannot cut (not UDP over IPv4
-    or IPv6, a broken header chain, no payload or no segment size), which the
-    caller passes on whole, as ``split``.
+    or IPv6, an IPv4 header shorter than 20 bytes, a broken header chain, no
+    payload, no segment size, datagrams too long for their length field),
+    which the caller passes on whole, as ``split``.
     """
+    if len(packet) <= 28:
+        return []  # too short for the headers and a byte of payload
     version = packet[0] >> 4
     if version == 4:
         ip_len = (packet[0] & 0x0F) * 4
         protocol = packet[9]
+        if ip_len < 20:
+            return []
+    elif version != 6:
+        return []
     else:
         ip_len = 40
         protocol = packet[6]
@@ -264,7 +282,7 @@ def split_datagrams(packet: bytes | memoryview, gso_size: int) -> list[PartialCh
             protocol, ip_len = walked
     payload = memoryview(packet)[ip_len + 8:]
     total_payload = len(payload)
-    if protocol != UDP or gso_size <= 0 or total_payload <= 0:
+    if protocol != UDP or gso_size <= 0 or total_payload <= 0 or _too_long(version, ip_len + 8, gso_size, total_payload):
         return []
     header = bytes(packet[:ip_len + 8])
     ports = header[ip_len:ip_len + 4]
@@ -311,10 +329,16 @@ def merged_plan(run: list[bytes], header_len: int, total: int, flags: int, mss: 
 
 
 def single_plan(packet: bytes) -> list:
-    """One packet as it is; a partial checksum is left for the kernel to finish."""
+    """One packet as it is; a partial checksum is left for the kernel to finish.
+
+    A PartialChecksumPacket without a TCP or UDP checksum where
+    ``checksum_location`` looks (which the receiving core's checks keep out)
+    is written plain, unchanged, as ``tun.finished`` would write it to a
+    device without offload."""
     if type(packet) is PartialChecksumPacket:
-        start, offset = checksum_location(packet)  # type: ignore[misc]  # checked when it was opened
-        return [VNET_HEADER.pack(F_NEEDS_CSUM, 0, 0, 0, start, offset), packet]
+        location = checksum_location(packet)
+        if location is not None:
+            return [VNET_HEADER.pack(F_NEEDS_CSUM, 0, 0, 0, *location), packet]
     return [PLAIN, packet]
 
 
@@ -358,3 +382,4 @@ def coalesce(packets: list[bytes], merge_datagrams: bool = True) -> list[list]:
         next_seq = None if seq is None else (seq + size) & 0xFFFFFFFF
     flush()
     return plans
+
