@@ -18,6 +18,7 @@ from .fake_kernel import (
     DARWIN_INET6, FREEBSD_INET6, darwin_over_socketpair, drain, framed, freebsd_over_socketpair,
     linux_over_socketpair, unframed,
 )
+from .offload_paths import chosen
 
 
 @dataclass
@@ -34,12 +35,14 @@ def memory() -> Harness:
     return Harness(tun, tun.peer.send, lambda: drain(tun.peer), tun.peer.close, tun.close)
 
 
-def linux(offload: bool) -> Callable[[], Harness]:
+def linux(offload: bool, path: str | None = None) -> Callable[[], Harness]:
     """LinuxTun over a socket pair, the ioctls faked (test_linux_device.py); with offload,
-    every packet carries a virtio header, and NEEDS_CSUM is finished as the kernel does."""
+    every packet carries a virtio header, and NEEDS_CSUM is finished as the kernel does.
+    ``path``: which offload functions it runs (offload_paths.py), None for the default."""
 
     def open_() -> Harness:
-        tun, peer, _ = linux_over_socketpair(offload)
+        with chosen(path):
+            tun, peer, _ = linux_over_socketpair(offload)
         if not offload:
             return Harness(tun, peer.send, lambda: drain(peer), peer.close, lambda: (tun.close(), peer.close()))
 
@@ -65,7 +68,8 @@ def family_header(over_socketpair: Callable, inet6: bytes) -> Callable[[], Harne
 
 
 BACKENDS = {
-    "memory": memory, "linux-offload": linux(True), "linux-plain": linux(False),
+    "memory": memory, "linux-offload": linux(True, "compiled"), "linux-offload-pure": linux(True, "pure"),
+    "linux-plain": linux(False),
     "freebsd": family_header(freebsd_over_socketpair, FREEBSD_INET6),
     "darwin": family_header(darwin_over_socketpair, DARWIN_INET6),
 }

@@ -20,13 +20,16 @@ from .fake_kernel import (
     ALL_OFFLOADS, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, NEEDS_CSUM, NO_PI, PLAIN, TCP_OFFLOADS, TUN, TUNSETIFF,
     TUN_EXCL, TUNSETOFFLOAD, USO, VNET, VNET_HDR, FakeKernel, drain, ifreq, linux_over_socketpair,
 )
+from .offload_paths import PATHS, chosen
 
-@pytest.fixture
-def linux():
+@pytest.fixture(params=PATHS)
+def linux(request):
+    """Opens devices over socket pairs, with the compiled offload functions and with the Python ones."""
     opened = []
 
     def make(offload: bool = True, **kernel):
-        made = linux_over_socketpair(offload, **kernel)
+        with chosen(request.param):
+            made = linux_over_socketpair(offload, **kernel)
         opened.append(made)
         return made
 

@@ -20,7 +20,9 @@ from typing import Callable
 
 from ..core.inner import PartialChecksumPacket, checksum_location, complete_checksum
 from . import TunError, finished
-from .offload import F_NEEDS_CSUM, GSO_UDP_L4, VNET_HEADER, VNET_HEADER_LEN, coalesce, split, split_datagrams
+from .offload import (
+    F_NEEDS_CSUM, GSO_UDP_L4, VNET_HEADER, VNET_HEADER_LEN, coalesce, compiled as compiled_offload, split, split_datagrams,
+)
 
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
@@ -68,6 +70,11 @@ class LinuxTun:
         self.segmentation = segmentation  # the TUN_F_* flags the kernel took, 0 for none
         self._buffer = bytearray(_READ_SIZE + VNET_HEADER_LEN)
         self._view = memoryview(self._buffer)
+        # The offload functions offload.choose chose: compiled, or the Python reference.
+        compiled = compiled_offload()
+        self._split = compiled.split if compiled else split
+        self._split_datagrams = compiled.split_datagrams if compiled else split_datagrams
+        self._write_compiled = compiled.write_coalesced if compiled else None
 
     @classmethod
     def open(cls, name: str, offload: bool = True, *, ioctl: Ioctl = kernel_ioctl,
@@ -121,7 +128,7 @@ class LinuxTun:
                     break
                 packets.append(bytes(view[:size]))
             return packets
-        unpack = VNET_HEADER.unpack_from
+        unpack, split_tcp, split_udp = VNET_HEADER.unpack_from, self._split, self._split_datagrams
         while len(packets) < limit:
             try:
                 size = readv(fd, buffers)
@@ -129,8 +136,8 @@ class LinuxTun:
                 break
             flags, gso_type, _, gso_size, start, offset = unpack(self._buffer)
             if gso_type:
-                segments = (split_datagrams(view[VNET_HEADER_LEN:size], gso_size) if gso_type == GSO_UDP_L4
-                            else split(view[VNET_HEADER_LEN:size], gso_type, gso_size))
+                segments = (split_udp(view[VNET_HEADER_LEN:size], gso_size) if gso_type == GSO_UDP_L4
+                            else split_tcp(view[VNET_HEADER_LEN:size], gso_type, gso_size))
                 if segments:
                     packets.extend(segments)
                     continue
@@ -163,10 +170,13 @@ class LinuxTun:
         return refused
 
     def _write_coalesced(self, packets: list[bytes]) -> int:
+        # A kernel that refused UDP segmentation also refuses merged UDP writes.
+        merge_datagrams = bool(self.segmentation & TUN_F_USO4)
+        if self._write_compiled is not None:  # this loop, compiled (vpncrypt/_offload.c)
+            return self._write_compiled(self._fd, packets, merge_datagrams)
         refused = 0
         writev, fd = os.writev, self._fd
-        # A kernel that refused UDP segmentation also refuses merged UDP writes.
-        for plan in coalesce(packets, merge_datagrams=bool(self.segmentation & TUN_F_USO4)):
+        for plan in coalesce(packets, merge_datagrams=merge_datagrams):
             try:
                 writev(fd, plan)
             except (BlockingIOError, OSError):

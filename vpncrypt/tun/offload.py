@@ -383,3 +383,43 @@ def coalesce(packets: list[bytes], merge_datagrams: bool = True) -> list[list]:
     flush()
     return plans
 
+
+# The same functions compiled (vpncrypt/_offload.c), with LinuxTun's write
+# loop: split, split_datagrams and coalesce give what the ones above give
+# (tests/tun/test_offload_compiled.py holds them to it); write_coalesced(fd,
+# packets, merge_datagrams) plans as coalesce does and writes each plan with
+# writev itself. The functions above stay the reference and the fallback.
+try:
+    from .. import _offload as COMPILED
+except ImportError as error:  # not built (no compiler at install)
+    COMPILED = None
+    NOT_BUILT = f"the compiled module is not built: {error}"
+else:
+    NOT_BUILT = ""
+
+_CHOSEN = COMPILED
+_IN_USE = ""
+
+
+def choose(pure: bool, why: str = "") -> str:
+    """Run the pure-Python functions if ``pure`` (``why`` says who asked, e.g.
+    "VPNCRYPT_PURE_PYTHON=1") or if the compiled ones are not built, else the
+    compiled ones. Called once at start, before a device opens; returns what
+    the daemon's start line says."""
+    global _CHOSEN, _IN_USE
+    if COMPILED is not None and not pure:
+        _CHOSEN, _IN_USE = COMPILED, "compiled"
+    else:
+        _CHOSEN, _IN_USE = None, f"pure Python ({why if pure else NOT_BUILT})"
+    return _IN_USE
+
+
+def compiled():
+    """vpncrypt._offload if it is the choice (by default where it is built),
+    else None: LinuxTun takes its functions from it when it opens."""
+    return _CHOSEN
+
+
+def in_use() -> str:
+    """What the last ``choose`` returned ("" before any)."""
+    return _IN_USE
