@@ -29,6 +29,7 @@ from .netconfig import dns, resolv_conf
 from .restart_state import RestartStore
 from .transport import format_endpoint, socket_options
 from .transport.udp import open_client_transport
+from .tun import offload_in_use
 
 log = logging.getLogger("vpncrypt.client")
 
@@ -397,8 +398,9 @@ def run_client(config: ClientConfig) -> int:
                             restart_store=store,
                             key_store_path=key_store.store_path(config.state_directory, config.path.stem))
             control_server.handlers = LiveClient(config, core, daemon, name=name, interface=tun.name).handlers()
-            log.info("client %r (ID %d) to server %s, interface %s; cipher: %s",
-                     config.name, config.client_id, format_endpoint(endpoint), tun.name, siv.in_use())
+            log.info("client %r (ID %d) to server %s, interface %s; cipher: %s, offload: %s",
+                     config.name, config.client_id, format_endpoint(endpoint), tun.name, siv.in_use(),
+                     offload_in_use(config.offload))
             on_start = None
             if is_name(host) and config.resolve_interval:
                 loop_route = functools.partial(netconfig.loop_route, spec, default_kept_out=marked)

@@ -32,6 +32,7 @@ from .events import EventWatch, RateLimiter
 from .restart_state import RestartStore
 from .transport import format_endpoint
 from .transport.udp import open_server_transport
+from .tun import offload_in_use
 
 log = logging.getLogger("vpncrypt.server")
 
@@ -370,8 +371,9 @@ def run_server(config: ServerConfig) -> int:
             live = LiveServer(config, core, daemon, name=name, interface=tun.name)
             control_server.handlers = live.handlers()
             log.info(
-                "server %d listening on UDP port %d, interface %s, %d clients; control socket %s; cipher: %s",
-                config.server_id, config.port, tun.name, len(config.clients), control_server.path, siv.in_use(),
+                "server %d listening on UDP port %d, interface %s, %d clients; control socket %s; cipher: %s,"
+                " offload: %s", config.server_id, config.port, tun.name, len(config.clients), control_server.path,
+                siv.in_use(), offload_in_use(config.offload),
             )
             run_until_signalled(daemon)
     finally:

@@ -5,6 +5,7 @@ each write hands the kernel must be the same."""
 
 from __future__ import annotations
 
+import importlib
 import random
 import signal
 import socket
@@ -20,7 +21,7 @@ from vpncrypt.tun import offload
 from vpncrypt.tun.offload import GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, ipv4_header_checksum
 
 from .fake_kernel import ALL_OFFLOADS, USO, drain, linux_over_socketpair
-from .offload_paths import chosen, compiled_module
+from .offload_paths import PURE_ONLY, chosen, compiled_module
 from .test_offload import (
     CHAINS, DEST_OPTIONS, FRAGMENT, PLAIN, altered, long_tcp, super_packet, udp_super_packet, with_extensions,
 )
@@ -575,3 +576,18 @@ def test_the_merged_packet_the_kernel_gets_has_valid_checksums():
     assert int.from_bytes(merged[36:38], "big") == ~fold(ones_sum(pseudo) + ones_sum(bytes(check[20:]))) & 0xFFFF
     assert ones_sum(bytes(merged[:20])) == 0xFFFF and merged[40:] == b"".join(p[40:] for p in packets)
     assert merged[33] == ACK and not merged[33] & (FIN | CWR | RST | URG | ECE)
+
+
+@pytest.mark.skipif(PURE_ONLY, reason="VPNCRYPT_PURE_PYTHON=1: the compiled offload functions are not required")
+def test_the_extension_is_built_and_chosen_by_default():
+    """Where tools/setup ran, vpncrypt._offload is built and LinuxTun takes its
+    functions: a failed build must fail here, not leave the daemon on the fallback."""
+    module = importlib.import_module("vpncrypt._offload")  # ImportError: tools/setup did not build it
+    assert offload.COMPILED is module and offload.NOT_BUILT == "" and offload.compiled() is module
+    tun, peer, _ = linux_over_socketpair(True)
+    try:
+        assert (tun._split, tun._split_datagrams, tun._write_compiled) == (
+            module.split, module.split_datagrams, module.write_coalesced)
+    finally:
+        tun.close()
+        peer.close()

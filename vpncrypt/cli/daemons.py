@@ -15,11 +15,13 @@ from ..config import ClientConfig, ConfigError, load_client_config, load_server_
 from ..netconfig import NetconfigError, RoutingConflict, TunnelSpec, describe, plan
 from ..privileges import PrivilegeError
 from ..server import run_server, tunnel_spec as server_spec
-from ..tun import TunError
+from ..tun import TunError, choose_offload
 from .common import RUNTIME_ERROR, add_version, error_exit, print_all, setup_logging
 
 PLATFORMS = ("linux", "freebsd", "darwin")  # the OSes a dry run can print the commands of
-PURE_VARIABLE = "VPNCRYPT_PURE_PYTHON"  # "1": seal and open with cryptography's AESSIV, not the compiled one
+# "1": seal and open with cryptography's AESSIV, and split and merge TUN
+# packets with vpncrypt/tun/offload.py, not the compiled ones.
+PURE_VARIABLE = "VPNCRYPT_PURE_PYTHON"
 
 
 def _main(program: str, argv, load, spec, run) -> int:
@@ -41,7 +43,9 @@ def _main(program: str, argv, load, spec, run) -> int:
         if args.dry_run:
             print_all(describe(plan(spec(config), args.platform or sys.platform)))
             return 0
-        siv.choose(os.environ.get(PURE_VARIABLE) == "1", f"{PURE_VARIABLE}=1")  # logged once started
+        pure = os.environ.get(PURE_VARIABLE) == "1"
+        siv.choose(pure, f"{PURE_VARIABLE}=1")  # both logged once started
+        choose_offload(pure, f"{PURE_VARIABLE}=1")
         check_cipher()
         unwind_on_stop_signals()
         return run(config)

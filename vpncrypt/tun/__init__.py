@@ -144,6 +144,31 @@ class FamilyHeaderTun:
             self._fd = -1
 
 
+_OFFLOAD_IN_USE = ""  # what choose_offload said, for the daemon's start line
+
+
+def choose_offload(pure: bool, why: str = "") -> str:
+    """Which offload code the backend runs: on Linux the compiled splitters
+    and write coalescer (vpncrypt/_offload.c) unless ``pure`` (``why`` says
+    who asked) or they are not built, then offload.py's Python; the other
+    systems' devices have no offloads. Called once at start, before the
+    device opens; returns what the daemon's start line says."""
+    global _OFFLOAD_IN_USE
+    if sys.platform.startswith("linux"):
+        from .offload import choose
+
+        _OFFLOAD_IN_USE = choose(pure, why)
+    else:
+        _OFFLOAD_IN_USE = "none on this system"
+    return _OFFLOAD_IN_USE
+
+
+def offload_in_use(enabled: bool) -> str:
+    """The start line's "offload: ..." for a device opened with ``offload=enabled``:
+    what the last ``choose_offload`` returned, or that the config turned it off."""
+    return _OFFLOAD_IN_USE if enabled else "off in the config"
+
+
 def open_tun(name: str, offload: bool = True) -> TunDevice:
     """Open (creating it if need be) the TUN device ``name`` for this platform.
 
