@@ -27,6 +27,8 @@ from .test_offload import (
 )
 
 RST, URG, ECE = 0x04, 0x20, 0x40
+
+
 def slow(examples: int) -> settings:
     """Settings for tests whose examples are large (super-packets and batches up to 64 KiB a packet)."""
     return settings(max_examples=examples, deadline=None,
@@ -183,8 +185,8 @@ def test_split_and_split_datagrams_take_any_bytes(packet, gso_type, gso_size):
 
 
 def test_split_every_flag_combination_and_segment_size_one():
-    """FIN and PSH on the last segment only, CWR on the first only, the rest everywhere:
-    each of the 256 flag bytes, over 1, 2 and 3 segments, and 1-byte segments."""
+    """Each of the 256 flag bytes (FIN and PSH go on the last segment only, CWR on
+    the first only, the rest on all), over 1, 2 and 3 segments of 1 byte and of 128."""
     compiled = compiled_module()
     for v6 in (False, True):
         for flags in range(256):

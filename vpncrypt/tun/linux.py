@@ -4,9 +4,10 @@ With ``offload`` the device also has IFF_VNET_HDR and, where the kernel
 agrees, TUNSETOFFLOAD with checksum offload and TCP and UDP segmentation
 offload (UDP from Linux 6.2; older kernels refuse it and get TCP only): every
 read and write carries a 10-byte virtio_net_hdr. A read may then return a TCP
-or UDP super-packet of up to 64 KiB (cut into segments here, see offload.py)
-and a write may hand the kernel one merged super-packet instead of its
-segments one by one; checksums are left to the kernel both ways.
+or UDP super-packet of up to 64 KiB (cut into segments here, see offload.py
+and its compiled twin vpncrypt/_offload.c) and a write may hand the kernel
+one merged super-packet instead of its segments one by one; checksums are
+left to the kernel both ways.
 """
 
 from __future__ import annotations

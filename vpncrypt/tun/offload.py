@@ -15,6 +15,9 @@ kernel (NEEDS_CSUM): the TCP or UDP field gets only the pseudo-header sum, and
 computing more in Python would cost as much as the cipher. A packet that
 arrived with a partial checksum (PartialChecksumPacket) is handed over the
 same way. The wire format is untouched.
+
+These functions are the reference: vpncrypt/_offload.c does the same work
+compiled, and LinuxTun runs whichever ``choose`` (at the end) picked.
 """
 
 from __future__ import annotations
