@@ -1,5 +1,7 @@
 """A TUN device alone with the kernel, no VPN: run as root inside a namespace that
-test_tun_offload.py made, ``python -m tests.netns.tun_probe MODE FAMILY``.
+test_tun_offload.py made, ``python -m tests.netns.tun_probe MODE FAMILY [PATH]``,
+PATH the offload functions the device runs: "compiled" (the default) or "pure"
+(vpncrypt/tun/offload.py).
 
   split         the kernel hands a UDP_SEGMENT super-packet to the device (USO);
                 vpncrypt cuts it (the TUN offloads on)
@@ -29,7 +31,7 @@ import sys
 import time
 
 from vpncrypt.core.inner import PartialChecksumPacket, complete_checksum
-from vpncrypt.tun import linux
+from vpncrypt.tun import linux, offload
 from vpncrypt.tun.linux import TUN_F_USO4, TUNSETOFFLOAD, LinuxTun
 from vpncrypt.tun.offload import GSO_ECN, VNET_HEADER, coalesce, split
 
@@ -84,8 +86,9 @@ def write_merged(tun: LinuxTun, family: str) -> dict:
     # A run with a short tail, a run of smaller ones with a tail, then 64 + 2 tiny ones.
     packets = (datagrams(20, last=77, v6=v6) + datagrams(3, size=500, v6=v6) + datagrams(1, size=9, v6=v6)
                + datagrams(66, size=20, v6=v6))
-    writes = count_calls(os, "writev")
+    before = rx_packets()
     refused = tun.write_batch(packets)
+    writes = rx_packets() - before
     received = []
     try:
         while len(received) < len(packets):
@@ -94,7 +97,7 @@ def write_merged(tun: LinuxTun, family: str) -> dict:
         pass
     ip_len = 40 if v6 else 20
     return {
-        "segmentation": tun.segmentation, "writes": writes[0], "refused": refused,
+        "segmentation": tun.segmentation, "writes": writes, "refused": refused, "offload": offload.in_use(),
         "sent": [packet[ip_len + 8:].hex() for packet in packets], "received": received,
     }
 
@@ -128,16 +131,9 @@ def forward_tcp(tun: LinuxTun, family: str) -> dict:
         plain.close()
 
 
-def count_calls(module, name: str) -> list[int]:
-    calls = [0]
-    original = getattr(module, name)
-
-    def counted(*args):
-        calls[0] += 1
-        return original(*args)
-
-    setattr(module, name, counted)
-    return calls
+def rx_packets() -> int:
+    """The packets the kernel took from the device: one a write, a merged one included."""
+    return int(open(f"/sys/class/net/{NAME}/statistics/rx_packets").read())
 
 
 def refuse_udp_offload() -> None:
@@ -151,7 +147,8 @@ def refuse_udp_offload() -> None:
     linux.fcntl.ioctl = older_kernel  # type: ignore[attr-defined]
 
 
-def main(mode: str, family: str) -> None:
+def main(mode: str, family: str, path: str = "compiled") -> None:
+    offload.choose(path == "pure", "the probe's argument")
     if mode == "merge-refused":
         refuse_udp_offload()
     tun = LinuxTun.open(NAME, offload=mode != "kernel-split")
