@@ -99,6 +99,9 @@ class ScheduledCore:
     def tun_packets_received(self, packets, now):
         return Delivery([], [])
 
+    def held_datagrams(self):
+        return 0
+
     def next_timer(self):
         return self.deadline
 

@@ -7,14 +7,19 @@ direction cannot starve the other. One timer, armed from the core's
 ``next_timer()``, runs its ``handle_timer()``, as aioquic's asyncio glue does.
 Beside the data path the loop serves the control socket (``control.py``),
 runs a once-a-second tick (events derived from the core's state) and turns
-SIGHUP into a reload; none of them runs per packet.
+SIGHUP into a reload; none of them runs per packet. The state files (key
+store, restart bounds) are written and synced in one thread of their own, so
+that no packet waits for the disk but one the core holds for its restart
+bounds (core/restart.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -27,6 +32,7 @@ from typing import Any, Awaitable, Callable, Iterator
 from . import files, key_store, netconfig, privileges, sdnotify
 from .control import ControlServer, RequestError
 from .core import Core
+from .core.restart import HELD_MAX
 from .restart_state import RestartStore
 from .transport import Transport
 from .tun import TunDevice, open_tun
@@ -216,6 +222,11 @@ class Daemon:
         self.restart_store = restart_store
         self.key_store_path = key_store_path
         self._save_due: asyncio.TimerHandle | None = None
+        self._saving: asyncio.Future | None = None  # the write under way in the save thread
+        self._saver: concurrent.futures.ThreadPoolExecutor | None = None
+        self._save_failed = False  # the last write failed: the next waits SAVE_RETRY
+        self._network_paused = False  # no reads from the network until the write under way ends
+        self._closing = False  # run() is ending: no new write, nothing resumed
         self._last_save = float("-inf")  # monotonic seconds
         self._tick_handle: asyncio.TimerHandle | None = None
         self._drop_summary: asyncio.TimerHandle | None = None
@@ -238,9 +249,11 @@ class Daemon:
                 self.tun_refused += self.tun.write_batch(to_tun)
             if to_network:
                 self.transport.send(to_network)
-            if len(datagrams) < BATCH:
+            if len(datagrams) < BATCH or self.core.held_datagrams() >= HELD_MAX:
                 break
         self._schedule_save()
+        if self.core.held_datagrams() >= HELD_MAX:
+            self._pause_network()
         self._arm_timer_if_earlier()
 
     def _apply_filter(self) -> None:
@@ -251,8 +264,21 @@ class Daemon:
         self.kernel_filter = self.transport.refuse_client_ids(self.core.filtered_client_ids())
 
     def _schedule_save(self) -> None:
-        """Coalesced: one write serves everything asked for in the meantime."""
+        """Coalesced: one write serves everything asked for in the meantime,
+        and one write at a time (a later table must not land before an earlier
+        one). Writes are SAVE_INTERVAL apart, but datagrams the core holds for
+        the restart bounds (core/restart.py) do not wait for that; after a
+        failed write, SAVE_RETRY apart."""
+        if self._saving is not None or self._closing or (self.restart_store is None and self.key_store_path is None):
+            return
+        held = self.core.held_datagrams()
         if self._save_due is not None:
+            if not held or self._save_failed:
+                return
+            self._save_due.cancel()
+            self._save_due = None
+        if held:
+            self._save_state()
             return
         wanted = (self.restart_store is not None and self.core.bounds_to_save() is not None) or (
             self.key_store_path is not None and self.core.keys_to_save() is not None)
@@ -261,32 +287,73 @@ class Daemon:
             self._save_due = asyncio.get_running_loop().call_later(delay, self._save_state)
 
     def _save_state(self) -> None:
-        """Write what the core asked for: the keys that moved forward (erasing
-        the old ones from disk, key_store.py), and the restart bounds, then let
-        it rely on them and deliver what waited (core/restart.py). A failed
-        write is logged and retried."""
+        """Hand what the core asked for to the save thread: the keys that moved
+        forward (erasing the old ones from disk, key_store.py) and the restart
+        bounds. The loop goes on serving while the files are written and
+        synced (milliseconds, or seconds behind keygen's lock); only datagrams
+        the core holds for the bounds wait (``_state_written``)."""
         self._save_due = None
         self._last_save = time.monotonic()
+        keys = self.core.keys_to_save() if self.key_store_path is not None else None
+        bounds = self.core.bounds_to_save() if self.restart_store is not None else None
+        if keys is None and bounds is None:
+            return
+        if self._saver is None:  # made here, after the privilege drop: the thread starts with its rights
+            self._saver = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vpncrypt-save")
+        self._saving = asyncio.get_running_loop().run_in_executor(self._saver, self._write_state, keys, bounds)
+        self._saving.add_done_callback(functools.partial(self._state_written, keys, bounds))
+
+    def _write_state(self, keys: dict | None, bounds: dict | None) -> tuple[bool, Exception | None]:
+        """In the save thread: the files only, never the core. Returns whether
+        the keys were written, and the error that stopped the writes, if any."""
         try:
-            keys = self.core.keys_to_save() if self.key_store_path is not None else None
             if keys is not None:
                 key_store.advance(self.key_store_path, keys)  # type: ignore[arg-type]
-                self.core.keys_saved()
-            bounds = self.core.bounds_to_save() if self.restart_store is not None else None
+        except (OSError, key_store.KeyStoreError) as error:
+            return False, error
+        try:
             if bounds is not None:
                 self.restart_store.save(bounds)  # type: ignore[union-attr]
-        except (OSError, key_store.KeyStoreError) as error:
+        except OSError as error:
+            return keys is not None, error
+        return keys is not None, None
+
+    def _state_written(self, keys: dict | None, bounds: dict | None, written: asyncio.Future) -> None:
+        """Back on the loop: let the core rely on what is on disk, deliver what
+        waited for it (core/restart.py), and write what was asked for meanwhile.
+        A failed write is logged and retried."""
+        self._saving = None
+        self._resume_network()
+        keys_written, error = written.result()
+        if keys_written:
+            self.core.keys_saved(keys)
+        self._save_failed = error is not None
+        if error is not None:
             log.warning("cannot save the state (%s); retrying in %gs", getattr(error, "strerror", None) or error,
                         SAVE_RETRY)
             self._save_due = asyncio.get_running_loop().call_later(SAVE_RETRY, self._save_state)
             return
-        if bounds is None:
+        if bounds is not None:
+            to_tun, to_network = self.core.bounds_saved(bounds, self.clock())
+            if to_tun:
+                self.tun_refused += self.tun.write_batch(to_tun)
+            if to_network:
+                self.transport.send(to_network)
+        self._schedule_save()
+
+    def _pause_network(self) -> None:
+        """The core holds all it may while a save is written: leave what comes
+        next in the socket's buffer until then, as a loop blocked in the write
+        would, rather than have the core drop it (pending_restart_state)."""
+        if self._network_paused or self._saving is None:
             return
-        to_tun, to_network = self.core.bounds_saved(bounds, self.clock())
-        if to_tun:
-            self.tun_refused += self.tun.write_batch(to_tun)
-        if to_network:
-            self.transport.send(to_network)
+        self._network_paused = True
+        asyncio.get_running_loop().remove_reader(self.transport.fileno())
+
+    def _resume_network(self) -> None:
+        if self._network_paused and not self._closing:
+            self._network_paused = False
+            asyncio.get_running_loop().add_reader(self.transport.fileno(), self.network_readable)
 
     def tun_readable(self) -> None:
         """Drain the TUN device: seal and send batch by batch; what the core
@@ -426,12 +493,17 @@ class Daemon:
             await self._stopped.wait()
         finally:
             self.notifier.stopping()
+            self._closing = True
             self._arm_timer(None)
             for handle in (self._drop_summary, self._tick_handle, self._save_due, self._watchdog):
                 if handle is not None:
                     handle.cancel()
             loop.remove_reader(self.transport.fileno())
             loop.remove_reader(self.tun.fileno())
+            if self._saving is not None:
+                await asyncio.wait([self._saving])  # a write under way ends whole
+            if self._saver is not None:
+                self._saver.shutdown()
             for number in signals:
                 loop.remove_signal_handler(number)
             for task in list(self._reloads):

@@ -53,7 +53,7 @@ def test_the_cores_erase_old_keys_on_their_timer_and_ask_for_them_to_be_saved():
     server, client = make_server(), make_client()
     for core in (server, client):
         assert core.keys_to_save() is not None  # the loaded key moved on at start already
-        core.keys_saved()
+        core.keys_saved(core.keys_to_save())
         assert core.keys_to_save() is None
     later = NOW + 3600 * 3 + 600
     assert server.next_timer() <= later
@@ -65,11 +65,25 @@ def test_the_cores_erase_old_keys_on_their_timer_and_ask_for_them_to_be_saved():
     assert saved[1][0] > KEY_EPOCH
 
 
+def test_keys_that_move_on_while_a_table_is_written_stay_to_be_saved():
+    """The shell writes in a thread while the loop runs on: a timer may move
+    the keys between keys_to_save and keys_saved."""
+    for core in (make_server(), make_client()):
+        writing = core.keys_to_save()
+        later = NOW + 3600 * 3 + 600
+        core.handle_timer(later)  # while ``writing`` is being written
+        core.keys_saved(writing)
+        newer = core.keys_to_save()
+        assert newer is not None and newer != writing
+        core.keys_saved(newer)
+        assert core.keys_to_save() is None
+
+
 def test_a_forward_step_undone_within_a_minute_erases_nothing():
     """Issue 10: a timer firing while the clock is an hour or two ahead must not
     erase the key of the hour that is really current."""
     client = make_client()
-    client.keys_saved()
+    client.keys_saved(client.keys_to_save())
     current = client.server.keys.key_epoch
     for step in (3600, 7200):
         client.clock_stepped(step)

@@ -136,6 +136,27 @@ def test_a_bound_from_an_unsaved_table_is_never_relied_on():
     assert server.bounds_to_save()[1] == int(NOW) + 6 + SAVE_LEAD and len(server.restart.held) == 1
 
 
+def test_a_datagram_that_comes_while_a_table_is_written_waits_for_a_table_that_covers_it():
+    """The daemon writes in a thread and goes on receiving: what the write
+    under way does not cover must wait for the next one, or a restart that
+    finds that write on disk would take it again."""
+    server = make_server(restart_bounds={})
+    client = make_client()
+    saved_after(server, [([(d, A_EP) for d in pings(client, 1, NOW + 1)], NOW + 1)])
+    [steady] = pings(client, 1, NOW + 2)
+    assert len(server.datagrams_received([(steady, A_EP)], NOW + 2).to_tun) == 1
+    writing = server.bounds_to_save()  # handed to the save thread
+    assert writing[1] == NOW + 2 + SAVE_LEAD
+    [late] = pings(client, 1, NOW + 4)  # comes while it is written
+    assert server.datagrams_received([(late, A_EP)], NOW + 4).to_tun == []
+    assert server.held_datagrams() == 1
+    assert server.bounds_saved(writing, NOW + 4).to_tun == []  # still above what is on disk
+    assert server.held_datagrams() == 1 and server.drops["pending_restart_state"] == 0
+    covering = server.bounds_to_save()
+    assert covering[1] == NOW + 4 + SAVE_LEAD
+    assert len(server.bounds_saved(covering, NOW + 5).to_tun) == 1 and server.held_datagrams() == 0
+
+
 @settings(max_examples=80, deadline=None)
 @given(
     offset=st.sampled_from(OFFSETS),
@@ -143,15 +164,20 @@ def test_a_bound_from_an_unsaved_table_is_never_relied_on():
         st.tuples(st.just("send"), st.integers(1, 4)),
         st.tuples(st.just("replay"), st.integers(0, 10_000)),
         st.tuples(st.just("save"), st.just(0)),
-        st.tuples(st.just("restart"), st.just(0)),
+        st.tuples(st.just("written"), st.just(0)),
+        st.tuples(st.just("restart"), st.integers(0, 1)),
         st.tuples(st.just("tick"), st.integers(1, 3)),
     ), max_size=60),
 )
 def test_each_datagram_is_delivered_at_most_once_across_restarts(offset, steps):
     """Random interleavings of sends, replays of anything sent, saves that may lag,
-    restarts from the last saved table, and time passing."""
+    restarts from the last saved table, and time passing. A save is begun
+    ("save") and ends later ("written"), with datagrams taken in between, as
+    the daemon's save thread does; a restart while one is under way finds the
+    old table or (a crash after its rename) the new one."""
     now = NOW
     table: dict = {}
+    writing: dict | None = None  # the table a save under way writes
     server = make_server(restart_bounds=table)
     client = make_client(now=NOW + offset)
     sent: list[bytes] = []
@@ -170,12 +196,15 @@ def test_each_datagram_is_delivered_at_most_once_across_restarts(offset, steps):
             delivered += server.datagrams_received([(d, A_EP) for d in datagrams], now).to_tun
         elif action == "replay" and sent:
             delivered += server.datagrams_received([(sent[value % len(sent)], THIRD_PARTY)], now).to_tun
-        elif action == "save":
-            wanted = server.bounds_to_save()
-            if wanted is not None:
-                delivered += server.bounds_saved(wanted, now).to_tun
-                table = wanted
+        elif action == "save" and writing is None:
+            writing = server.bounds_to_save()
+        elif action == "written" and writing is not None:
+            table, writing = writing, None
+            delivered += server.bounds_saved(table, now).to_tun
         elif action == "restart":
+            if value and writing is not None:
+                table = writing
+            writing = None
             now += 1
             server = make_server(now=now, restart_bounds=table)
     payloads = [p[20:] for p in delivered]

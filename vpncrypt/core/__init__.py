@@ -61,6 +61,19 @@ class Core(Protocol):
         """The table from ``bounds_to_save`` is on disk; returns what the
         datagrams that waited for it delivered."""
 
+    def held_datagrams(self) -> int:
+        """How many authentic datagrams wait for the restart bounds to be on
+        disk (at most restart.HELD_MAX): the shell writes at once while any
+        do, and reads no more from the network while HELD_MAX do."""
+
+    def keys_to_save(self) -> dict[int, tuple[int, bytes]] | None:
+        """Keys that moved forward (core/epochs.py), client ID -> (epoch, key),
+        for the shell to write to the key store, then report with
+        ``keys_saved``; None when nothing needs writing."""
+
+    def keys_saved(self, table: dict[int, tuple[int, bytes]]) -> None:
+        """The table from ``keys_to_save`` is on disk."""
+
     def filtered_client_ids(self) -> list[int]:
         """Client IDs whose datagrams the transport should have the kernel
         drop, sorted (core/filtered.py); always empty on a client."""

@@ -192,13 +192,19 @@ class ClientCore:
         its key file with; None if unchanged."""
         return self.key_timer.to_save([self.server])
 
-    def keys_saved(self) -> None:
-        """The table from ``keys_to_save`` is durably written."""
-        self.key_timer.unsaved = False
+    def keys_saved(self, table: dict[int, tuple[int, bytes]]) -> None:
+        """``table`` from ``keys_to_save`` is durably written; keys that moved
+        on since it was taken stay to be saved."""
+        self.key_timer.saved(table, [self.server])
 
     def bounds_to_save(self) -> dict[int, int] | None:
         """The server's restart bound to write (keyed by this client's ID), or None."""
         return self.restart.to_save([self.server])
+
+    def held_datagrams(self) -> int:
+        """How many authentic datagrams wait for the restart bounds to be
+        saved (at most restart.HELD_MAX; core/restart.py)."""
+        return len(self.restart.held)
 
     def bounds_saved(self, table: Mapping[int, int], now: float) -> Delivery:
         """``table`` from ``bounds_to_save`` is durably written: the datagrams

@@ -112,6 +112,12 @@ class KeyTimer:
             return None
         return {peer.client_id: (peer.keys.key_epoch, peer.keys.oldest) for peer in peers}
 
+    def saved(self, table: dict[int, tuple[int, bytes]], peers) -> None:
+        """``table`` from ``to_save`` is on disk. Written while the keys went
+        on moving (the shell writes in a thread of its own), it leaves them unsaved."""
+        if self.to_save(peers) == table:
+            self.unsaved = False
+
 
 class EpochKeys:
     """One peer's chain: the oldest key kept and the later ones derived from it, on demand.

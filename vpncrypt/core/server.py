@@ -283,6 +283,11 @@ class ServerCore:
         seconds in that client's clock), or None if none needs raising."""
         return self.restart.to_save(self.peers.values())
 
+    def held_datagrams(self) -> int:
+        """How many authentic datagrams wait for the restart bounds to be
+        saved (at most restart.HELD_MAX; core/restart.py)."""
+        return len(self.restart.held)
+
     def bounds_saved(self, table: Mapping[int, int], now: float) -> Delivery:
         """``table`` from ``bounds_to_save`` is durably written: the datagrams
         that waited for it are opened again."""
@@ -295,9 +300,10 @@ class ServerCore:
         the key store with (erasing older keys from disk); None if unchanged."""
         return self.key_timer.to_save(self.peers.values())
 
-    def keys_saved(self) -> None:
-        """The table from ``keys_to_save`` is durably written."""
-        self.key_timer.unsaved = False
+    def keys_saved(self, table: dict[int, tuple[int, bytes]]) -> None:
+        """``table`` from ``keys_to_save`` is durably written; keys that moved
+        on since it was taken stay to be saved."""
+        self.key_timer.saved(table, self.peers.values())
 
     @property
     def filter_version(self) -> int:

@@ -1,0 +1,250 @@
+"""The daemon writes the state files in a thread of its own: no packet waits for
+the disk but one the core holds for its restart bounds (issue 15: a ping that
+met the once-a-second save of the restart bounds waited for two fsyncs)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from vpncrypt import daemon as daemon_module
+from vpncrypt.core import Delivery
+from vpncrypt.core.restart import HELD_MAX
+from vpncrypt.daemon import Daemon
+from vpncrypt.transport.udp import open_server_transport
+from vpncrypt.tun.memory import MemoryTun
+
+WAIT = 10.0  # seconds any step may take on a loaded machine before the test gives up
+
+
+class HoldingCore:
+    """A core that wants its restart bounds saved from the start and seals what
+    it reads from TUN to ``send_to``. Each datagram is held until the next save,
+    which delivers them to TUN; from ``hold`` held on it says it holds all it
+    may (HELD_MAX)."""
+
+    filter_version = 0
+
+    def __init__(self, send_to, hold: int = HELD_MAX) -> None:
+        self.drops = Counter()
+        self.send_to = send_to
+        self.hold = hold
+        self.received = 0
+        self.held: list[bytes] = []
+        self.wanted = 1  # the bound asked for
+        self.saved: list[dict] = []
+
+    def datagrams_received(self, datagrams, now):
+        self.received += len(datagrams)
+        self.held += [d for d, _ in datagrams]
+        self.wanted += 1
+        return Delivery([], [])
+
+    def tun_packets_received(self, packets, now):
+        return Delivery([], [(p, self.send_to) for p in packets])
+
+    def held_datagrams(self) -> int:
+        return HELD_MAX if len(self.held) >= self.hold else len(self.held)
+
+    def bounds_to_save(self):
+        return None if self.saved and self.saved[-1][1] == self.wanted else {1: self.wanted}
+
+    def bounds_saved(self, table, now):
+        self.saved.append(dict(table))
+        held, self.held = self.held, []
+        return Delivery(held, [])
+
+    def keys_to_save(self):
+        return None
+
+    def next_timer(self):
+        return None
+
+    def status(self):
+        return {}
+
+
+class GatedStore:
+    """A restart store whose ``save`` waits, in whatever thread calls it, until
+    ``gate`` is set (at most WAIT seconds), and records whether it got through."""
+
+    def __init__(self) -> None:
+        self.path = None
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.tables: list[dict] = []
+        self.threads: set[str] = set()
+
+    def save(self, table) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.started.set()
+        self.gate.wait(WAIT)
+        self.tables.append(dict(table))
+
+
+async def until(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {WAIT} s: {what}")
+        await asyncio.sleep(0.01)
+
+
+def receiver() -> socket.socket:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.setblocking(False)
+    return listener
+
+
+def received(listener: socket.socket) -> list[bytes]:
+    out = []
+    while True:
+        try:
+            out.append(listener.recv(65536))
+        except BlockingIOError:
+            return out
+
+
+def test_a_packet_from_tun_is_sent_while_the_state_is_written_and_the_write_ends_before_run():
+    """Before, the write (two fsyncs) ran in the loop: the reply to a ping that
+    came in just before it waited for the disk."""
+    async def scenario():
+        listener = receiver()
+        transport = open_server_transport("127.0.0.1", 0)
+        tun = MemoryTun("t")
+        core = HoldingCore(listener.getsockname())
+        store = GatedStore()
+        daemon = Daemon(tun, transport, core, restart_store=store)  # type: ignore[arg-type]
+        task = asyncio.create_task(daemon.run())
+        sent: list[bytes] = []
+        try:
+            await until(store.started.is_set, "the first save starts")
+            tun.peer.send(b"echo reply")
+            await until(lambda: sent.extend(received(listener)) or sent, "the packet is sent during the save")
+            assert store.tables == [] and core.saved == []  # the write is still under way
+        finally:
+            daemon.stop()
+            asyncio.get_running_loop().call_later(0.2, store.gate.set)
+            await task
+            for closable in (transport, tun, listener):
+                closable.close()
+        return sent, store, core
+
+    sent, store, core = asyncio.run(scenario())
+    assert sent == [b"echo reply"]
+    # run() returned only after the write it had begun was done, and the core was told.
+    assert store.tables == [{1: 1}] and core.saved == [{1: 1}]
+    assert store.threads and threading.main_thread().name not in store.threads
+
+
+def test_a_held_datagram_is_written_for_at_once_and_reads_stop_while_the_core_holds_all_it_may(monkeypatch):
+    """Writes are SAVE_INTERVAL apart, but not for a datagram that waits for
+    one; and while the core holds HELD_MAX, what comes next stays in the
+    socket (as it did while the loop was blocked in the write) instead of
+    being dropped."""
+    monkeypatch.setattr(daemon_module, "SAVE_INTERVAL", 1000.0)
+
+    async def scenario():
+        listener = receiver()
+        transport = open_server_transport("127.0.0.1", 0)
+        address = transport.sock.getsockname()
+        tun = MemoryTun("h")
+        core = HoldingCore(listener.getsockname(), hold=1)
+        store = GatedStore()
+        store.gate.set()
+        daemon = Daemon(tun, transport, core, restart_store=store)  # type: ignore[arg-type]
+        task = asyncio.create_task(daemon.run())
+        try:
+            await until(lambda: core.saved == [{1: 1}], "the first save")
+            store.gate.clear()
+            store.started.clear()
+            listener.sendto(b"first", address)
+            await until(store.started.is_set, "a save for the held datagram, 1000 s early")
+            for payload in (b"second", b"third"):
+                listener.sendto(payload, address)
+            # Once a packet from TUN has gone through the loop, so has any
+            # wake-up for the datagrams queued before it.
+            tun.peer.send(b"marker")
+            await until(lambda: received(listener) == [b"marker"], "the loop serves TUN during the save")
+            paused_at = core.received
+            store.gate.set()
+            await until(lambda: core.received == 3, "reads resume after the save")
+            delivered = []
+            await until(lambda: delivered.extend(received_tun(tun)) or len(delivered) == 3, "all three delivered")
+            return paused_at, delivered
+        finally:
+            store.gate.set()
+            daemon.stop()
+            await task
+            for closable in (transport, tun, listener):
+                closable.close()
+
+    paused_at, delivered = asyncio.run(scenario())
+    assert paused_at == 1
+    assert delivered == [b"first", b"second", b"third"]
+
+
+def received_tun(tun: MemoryTun) -> list[bytes]:
+    out = []
+    while True:
+        try:
+            out.append(tun.peer.recv(65536))
+        except BlockingIOError:
+            return out
+
+
+def test_a_failed_write_leaves_reads_on_and_waits_its_retry(monkeypatch, caplog):
+    """The disk full while the core holds all it may: other datagrams are still
+    read (and counted as dropped by the core), and held ones do not make the
+    loop try again at every batch: once SAVE_RETRY has passed."""
+    monkeypatch.setattr(daemon_module, "SAVE_RETRY", 1000.0)
+
+    class FailingAfterTheFirst(GatedStore):
+        attempts = 0
+
+        def save(self, table) -> None:
+            self.attempts += 1
+            if self.tables:
+                raise OSError(28, "No space left on device")
+            self.tables.append(dict(table))
+
+    async def scenario():
+        listener = receiver()
+        transport = open_server_transport("127.0.0.1", 0)
+        address = transport.sock.getsockname()
+        tun = MemoryTun("f")
+        core = HoldingCore(listener.getsockname(), hold=1)
+        store = FailingAfterTheFirst()
+        daemon = Daemon(tun, transport, core, restart_store=store)  # type: ignore[arg-type]
+        task = asyncio.create_task(daemon.run())
+        try:
+            await until(lambda: core.saved == [{1: 1}], "the first save")
+            listener.sendto(b"first", address)
+            await until(lambda: store.attempts == 2, "a save for the held datagram, which fails")
+            for count, payload in enumerate((b"second", b"third"), start=2):
+                listener.sendto(payload, address)
+                await until(lambda: core.received == count, "reads go on after the failure")
+            return store.attempts, received_tun(tun)
+        finally:
+            daemon.stop()
+            await task
+            for closable in (transport, tun, listener):
+                closable.close()
+
+    with caplog.at_level("WARNING"):
+        attempts, delivered = asyncio.run(scenario())
+    assert attempts == 2 and delivered == []
+    assert caplog.text.count("cannot save the state (No space left on device); retrying in 1000s") == 1
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left():
+    before = set(threading.enumerate())
+    yield
+    assert not [t for t in threading.enumerate() if t not in before and t.name.startswith("vpncrypt-save")]
