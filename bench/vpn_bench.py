@@ -2,7 +2,7 @@
 
 Run: tools/bench-vpn [--runs 3] [--seconds 5]
                     [--peers vpncrypt,vpncrypt-pure,wireguard-go,quicktun,fastd,openvpn]
-                    [--path-mtu 1400]
+                    [--path-mtu 1400] [--only rtt]
 
 vpncrypt-pure is vpncrypt with VPNCRYPT_PURE_PYTHON=1: cryptography's AES-SIV
 and the Python loops, without the compiled path (vpncrypt/_siv.c, _batch.c).
@@ -19,7 +19,9 @@ machine hits each VPN alike):
   hands the kernel 32 at a time with UDP_SEGMENT, as QUIC stacks do;
 - 64-byte UDP datagrams received per second, sent flat out (median);
 - Mbit per CPU-second of the VPN processes (both ends) during those runs;
-- added round-trip time: ping through the tunnel minus ping on the underlay;
+- added round-trip time: ping through the tunnel minus ping on the underlay
+  (each the mean of 20 pings 50 ms apart, the first one included); with
+  --only rtt nothing else, and the figure of each round beside the median;
 - wire overhead: underlay bytes per tunnelled packet minus inner bytes, from
   interface counters during a ping run;
 - with --path-mtu N (e.g. 1400, a PPPoE or tunnelled access link): after the
@@ -130,7 +132,11 @@ def address_point_to_point(pair: Pair, ns: str, device: str, side: str) -> None:
 def start_vpncrypt(pair: Pair, workdir: Path, pure: bool = False) -> None:
     """vpncrypt with the compiled path, or (``pure``) with VPNCRYPT_PURE_PYTHON=1."""
     venv = Path(sys.executable).parent
-    env = {**os.environ, "VPNCRYPT_PURE_PYTHON": "1"} if pure else None
+    # Control sockets in the run's own directory, not /run/vpncrypt: another
+    # bench run, or a vpncrypt serving this machine, has a "server" there.
+    env = {**os.environ, "VPNCRYPT_RUN_DIR": str(workdir / "run")}
+    if pure:
+        env["VPNCRYPT_PURE_PYTHON"] = "1"
     server = workdir / "server.toml"
     state = workdir / "state"  # key stores and restart state, never this machine's /var/lib/vpncrypt
     run([str(venv / "vpncrypt-keygen"), "server", "--endpoint", f"{LEFT_UNDERLAY}:{PORT}",
@@ -346,7 +352,8 @@ def wire_overhead(pair: Pair, count: int = 50, size: int = 1000) -> float:
     return (after[0] - before[0] - count * (inner + framing)) / count
 
 
-def measure(name: str, workdir: Path, runs: int, seconds: int, path_mtu: int | None = None) -> dict:
+def measure(name: str, workdir: Path, runs: int, seconds: int, path_mtu: int | None = None,
+            only_rtt: bool = False) -> dict:
     pid_file = workdir / name / "iperf3.pid"
     with Lab(workdir / name) as lab:
         pair = Pair(lab)
@@ -358,6 +365,9 @@ def measure(name: str, workdir: Path, runs: int, seconds: int, path_mtu: int | N
             figures: dict = {"underlay_rtt_ms": underlay_rtt}
             figures["tunnel_rtt_ms"] = ping_rtt(pair, RIGHT_TUNNEL)
             figures["added_rtt_ms"] = figures["tunnel_rtt_ms"] - underlay_rtt
+            if only_rtt:
+                figures["added_rtt_runs"] = [figures["added_rtt_ms"]]
+                return figures
             figures["overhead_bytes"] = wire_overhead(pair)
             for direction, reverse in (("forward", False), ("reverse", True)):
                 rates, efficiencies = [], []
@@ -414,6 +424,7 @@ def main() -> int:
     parser.add_argument("--peers", default=",".join(VPNS))
     parser.add_argument("--json", type=Path)
     parser.add_argument("--path-mtu", type=int, help="also measure TCP with the underlay link at this MTU")
+    parser.add_argument("--only", choices=["rtt"], help="measure only the added round-trip time")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="vpncrypt-bench-"))
     peers = args.peers.split(",")
@@ -423,7 +434,8 @@ def main() -> int:
     for number in range(1, args.runs + 1):
         figures = {}
         for name in peers:
-            figures[name] = measure(name, workdir / f"round-{number}", 1, args.seconds, args.path_mtu)
+            figures[name] = measure(name, workdir / f"round-{number}", 1, args.seconds, args.path_mtu,
+                                    args.only == "rtt")
             print(f"round {number}, {name}: "
                   f"{json.dumps({k: v for k, v in figures[name].items() if not k.endswith('_runs')})}",
                   file=sys.stderr, flush=True)
@@ -431,6 +443,13 @@ def main() -> int:
     results = {name: combined([figures[name] for figures in rounds]) for name in peers}
     print(f"date {time.strftime('%Y-%m-%d')}; versions {json.dumps(versions(peers))}")
     print(f"command: {' '.join(sys.argv)}\n")
+    if args.only == "rtt":
+        print("| VPN | underlay RTT ms | tunnel RTT ms | added RTT ms | added RTT ms of each round |")
+        print("|---|---:|---:|---:|---|")
+        for name, f in results.items():
+            print(f"| {name} | {f['underlay_rtt_ms']:.3f} | {f['tunnel_rtt_ms']:.3f} | {f['added_rtt_ms']:.3f} |"
+                  f" {', '.join(f'{v:.3f}' for v in f['added_rtt_runs'])} |")
+        return 0
     print("| VPN | TCP -> Mbit/s | TCP <- Mbit/s | Mbit per CPU-s -> | Mbit per CPU-s <- |"
           " TCP/IPv6 -> Mbit/s | TCP/IPv6 <- Mbit/s | UDP 1392 B Mbit/s | UDP 1392 B, GSO sender Mbit/s |"
           " UDP 64 B packets/s | added RTT ms | overhead bytes/packet |")
