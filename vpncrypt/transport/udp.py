@@ -38,6 +38,7 @@ GSO_LIMITS_KEPT = 4096  # endpoints whose GSO size limit is remembered; then all
 GSO_RETRY_RUNS = 1 << 16  # segmented sends after which remembered limits are forgotten (a path may grow)
 _GRO_ANCILLARY = socket.CMSG_SPACE(4)
 _PKTINFO_ANCILLARY = socket.CMSG_SPACE(20)  # struct in6_pktinfo; in_pktinfo is 12 bytes, in_addr 4
+_MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: ``flags & socket.MSG_TRUNC`` runs enum code, a microsecond a read
 _missing_said = False
 _FPROG = struct.Struct("HP")  # struct sock_fprog {unsigned short len; struct sock_filter *filter;}, native
 
@@ -255,7 +256,7 @@ class UdpTransport:
             except OSError:
                 # ICMP errors surface here (ECONNREFUSED ...): nothing to read.
                 continue
-            if flags & socket.MSG_TRUNC:
+            if flags & _MSG_TRUNC:
                 continue
             segment = size
             source = None
