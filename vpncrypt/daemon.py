@@ -49,6 +49,7 @@ MAX_BATCHES_PER_WAKEUP = 16
 DROP_SUMMARY_INTERVAL = 60.0
 TICK_INTERVAL = 1.0  # seconds between looks at the core's state for events
 SAVE_INTERVAL = 0.2  # seconds at least between two writes of the restart state
+SAVE_DELAY = 0.01  # seconds a write that no datagram waits for is put off: the answer to what asked for it goes first
 CLOCK_STEP = 1.0  # a change of the wall clock against the monotonic one taken as a step, seconds
 SAVE_RETRY = 5.0  # seconds before trying again a write that failed
 
@@ -266,9 +267,11 @@ class Daemon:
     def _schedule_save(self) -> None:
         """Coalesced: one write serves everything asked for in the meantime,
         and one write at a time (a later table must not land before an earlier
-        one). Writes are SAVE_INTERVAL apart, but datagrams the core holds for
-        the restart bounds (core/restart.py) do not wait for that; after a
-        failed write, SAVE_RETRY apart."""
+        one). Writes are SAVE_INTERVAL apart and start SAVE_DELAY after they
+        are asked for (the thread takes a CPU and the GIL for a moment, and the
+        packet that asked may be a request whose answer is on its way); but
+        datagrams the core holds for the restart bounds (core/restart.py) wait
+        for neither. After a failed write, SAVE_RETRY apart."""
         if self._saving is not None or self._closing or (self.restart_store is None and self.key_store_path is None):
             return
         held = self.core.held_datagrams()
@@ -283,7 +286,7 @@ class Daemon:
         wanted = (self.restart_store is not None and self.core.bounds_to_save() is not None) or (
             self.key_store_path is not None and self.core.keys_to_save() is not None)
         if wanted:
-            delay = max(0.0, self._last_save + SAVE_INTERVAL - time.monotonic())
+            delay = max(SAVE_DELAY, self._last_save + SAVE_INTERVAL - time.monotonic())
             self._save_due = asyncio.get_running_loop().call_later(delay, self._save_state)
 
     def _save_state(self) -> None:
