@@ -334,7 +334,8 @@ class Daemon:
         if error is not None:
             log.warning("cannot save the state (%s); retrying in %gs", getattr(error, "strerror", None) or error,
                         SAVE_RETRY)
-            self._save_due = asyncio.get_running_loop().call_later(SAVE_RETRY, self._save_state)
+            if not self._closing:
+                self._save_due = asyncio.get_running_loop().call_later(SAVE_RETRY, self._save_state)
             return
         if bounds is not None:
             to_tun, to_network = self.core.bounds_saved(bounds, self.clock())
