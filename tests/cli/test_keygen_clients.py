@@ -150,6 +150,16 @@ def test_rotate_changes_the_key_only_and_keeps_every_file_line(server):
         "203.0.113.2/24", "2001:db8::2/64"]
 
 
+def test_rotate_says_the_state_directory_of_the_config_the_client_has(server):
+    directory = server.parent
+    assert keygen.main(["client", "--server-config", str(server), "--name", "laptop", "--out",
+                        str(directory / "laptop.toml"), "--client-state-directory", "/srv/vpn/laptop-state"]) == 0
+    done = keygen_run("rotate", "--server-config", server, "--name", "laptop", "--out", "laptop.toml",
+                      cwd=directory)
+    assert done.returncode == 0, done.stderr
+    assert "in its state directory (/srv/vpn/laptop-state)" in done.stdout + done.stderr
+
+
 def test_rotate_refuses_another_clients_file(server):
     add(server.parent, "laptop")
     add(server.parent, "phone")

@@ -258,8 +258,11 @@ def rotate_client(args: argparse.Namespace) -> int:
             if existing.get("client_id") != entry.client_id or existing.get("server_id") != server.server_id:
                 raise ConfigError(f"{out}: is not the config of client {entry.name!r} (ID {entry.client_id}) of"
                                   " this server; choose another --out")
+            # The client reads its key from the state directory of the config it has.
+            client_state_directory = existing.get("state_directory")
             wrote_config = False
         else:
+            client_state_directory = args.client_state_directory
             if not server.endpoint:
                 raise ConfigError(f"{server_path}: [server] endpoint is not set; clients need it")
             write_private(out, client_file_text(server, entry.name, entry.client_id,
@@ -279,7 +282,7 @@ def rotate_client(args: argparse.Namespace) -> int:
             write_client_keys(keys_out, table.epoch_seconds, entry.client_id, epoch, key)
     return finish(args, f"new key for client {entry.name!r} (ID {entry.client_id}) in {server_store(server)} and"
                         f" {keys_out}; its old key stops working when the server reloads"
-                        + copy_instructions(out, keys_out, args.client_state_directory))
+                        + copy_instructions(out, keys_out, client_state_directory))
 
 
 def list_clients(args: argparse.Namespace) -> int:
