@@ -142,6 +142,7 @@ def test_render_text_and_prometheus_of_a_client_daemon():
     status = {
         "format": 1, "role": "client", "name": "laptop", "config": "/etc/vpncrypt/laptop.toml", "pid": 9,
         "interface": "vpncrypt0", "client_id": 3, "server_id": 7, "addresses": ["203.0.113.2/24"],
+        "data_path": {"cipher": "compiled AES-SIV (OpenSSL 3.0.19, CMAC on aes-ni)", "offload": "compiled"},
         "started": 1000.0, "now": 1075.0,
         "server": {"endpoint": "192.0.2.1:51820", "last_datagram": 1063.0, "rx_bytes": 2048, "rx_packets": 2,
                    "tx_bytes": 3 << 20, "tx_packets": 3000, "auth_failures": 0, "time_drops": 0,
@@ -153,6 +154,8 @@ def test_render_text_and_prometheus_of_a_client_daemon():
     assert "2.00 KiB received (2 packets), 3.00 MiB sent (3000 packets)" in text
     assert "drops: replayed 4, udp_send_errors 1" in text
     assert "path MTU: 1327 (search complete)" in text
+    assert "data path: cipher compiled AES-SIV (OpenSSL 3.0.19, CMAC on aes-ni); offload compiled" in text
+    assert "data path: (not reported)" in render_text({**status, "data_path": None})
     metrics = render_prometheus([status])
     assert 'vpncrypt_server_last_datagram_timestamp_seconds{daemon="laptop"} 1063' in metrics
     assert 'vpncrypt_drops_total{daemon="laptop",reason="replayed"} 4' in metrics

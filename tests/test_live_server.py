@@ -23,7 +23,7 @@ from vpncrypt import control, key_store
 from vpncrypt.cli import keygen
 from vpncrypt.config import ConfigError, load_client_config, load_server_config
 from vpncrypt.core.client import ClientCore
-from vpncrypt.core import filtered
+from vpncrypt.core import filtered, siv
 from vpncrypt.core.filtered import FLOOD_REFUSALS
 from vpncrypt.core.keys import encode_key
 from vpncrypt.core.peer import FAILURE_BURST
@@ -33,6 +33,7 @@ from vpncrypt.daemon import Daemon
 from vpncrypt.events import RATE_INTERVAL
 from vpncrypt.server import LiveServer, client_routes, route_over_an_endpoint, tunnel_spec
 from vpncrypt.transport.udp import open_client_transport, open_server_transport
+from vpncrypt.tun import offload_in_use
 from vpncrypt.tun.memory import MemoryTun
 
 from tests.builders import install_client_keys, ipv4_packet
@@ -137,6 +138,8 @@ def test_show_reports_each_client_and_never_a_key(configs, run_dir):
     assert as_json.returncode == 0, as_json.stderr
     status = json.loads(as_json.stdout)
     assert status["format"] == 1 and status["role"] == "server" and status["server_id"] == 7
+    assert status["data_path"] == {"cipher": siv.in_use(), "offload": offload_in_use(load_server_config(
+        configs / "server.toml").offload)}
     a, b = status["clients"]
     assert (a["name"], a["client_id"], a["addresses"]) == ("a", 1, ["203.0.113.2/32"])
     assert a["rx_packets"] == 5 and a["rx_bytes"] == 5 * 120
@@ -147,6 +150,7 @@ def test_show_reports_each_client_and_never_a_key(configs, run_dir):
     assert list(every) == ["server"] and every["server"]["clients"][0]["rx_packets"] == 5
     assert "client: a" in text.stdout and "last datagram: " in text.stdout and "600 B received (5 packets)" in text.stdout
     assert "endpoint: (not heard from yet)" in text.stdout
+    assert "data path: cipher " in text.stdout
     # b has sent no path MTU probe: the core's mtu (this one is built without the
     # config's); a's search has told the server at least its base, 1232 - 24.
     assert b["path_mtu"] == 65535 and 1208 <= a["path_mtu"] <= 65535 and "path MTU: 65535" in text.stdout

@@ -308,6 +308,7 @@ class LiveClient:
             "config": str(self.config.path),
             "pid": os.getpid(),
             "interface": self.interface,
+            "data_path": {"cipher": siv.in_use(), "offload": offload_in_use(self.config.offload)},
             "client_id": peer.client_id,
             "server_id": peer.server_id,
             "addresses": [str(address) for address in self.config.addresses],

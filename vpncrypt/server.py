@@ -207,6 +207,7 @@ class LiveServer:
             "config": str(self.config.path),
             "pid": os.getpid(),
             "interface": self.interface,
+            "data_path": {"cipher": siv.in_use(), "offload": offload_in_use(self.config.offload)},
             "server_id": self.core.server_id,
             "listen_address": self.config.listen_address,
             "port": self.config.port,

@@ -85,6 +85,12 @@ def _transfer(entry: dict[str, Any]) -> str:
             f" {size(entry['tx_bytes'])} sent ({entry['tx_packets']} packets)")
 
 
+def _data_path(status: dict[str, Any]) -> str:
+    """The cipher and offload the daemon runs, as its start line says them."""
+    path = status.get("data_path")  # absent from a daemon started before the field was added
+    return f"cipher {path['cipher']}; offload {path['offload']}" if path else "(not reported)"
+
+
 def render_text(status: dict[str, Any]) -> str:
     now = status["now"]
     lines = []
@@ -95,6 +101,7 @@ def render_text(status: dict[str, Any]) -> str:
             f"server: {status['name']}",
             f"  server ID: {status['server_id']}",
             f"  listening on: UDP port {status['port']} ({status['listen_address']}), interface {status['interface']}",
+            f"  data path: {_data_path(status)}",
             f"  up: {duration(now - status['started'])}, pid {status['pid']}, config {status['config']}"
             + (f", reloaded {ago(status['reloaded'], now)}" if status["reloaded"] else ""),
             f"  clients: {len(status['clients'])}, {heard} heard from since start",
@@ -124,6 +131,7 @@ def render_text(status: dict[str, Any]) -> str:
             f"client: {status['name']}",
             f"  ID: {status['client_id']}, server ID {status['server_id']}",
             f"  interface: {status['interface']}, addresses {', '.join(status['addresses'])}",
+            f"  data path: {_data_path(status)}",
             f"  up: {duration(now - status['started'])}, pid {status['pid']}, config {status['config']}",
             f"  server: {server['endpoint']}",
             f"  last datagram from it: {ago(server['last_datagram'], now)}",
