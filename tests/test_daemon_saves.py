@@ -19,6 +19,8 @@ from vpncrypt.daemon import Daemon
 from vpncrypt.transport.udp import open_server_transport
 from vpncrypt.tun.memory import MemoryTun
 
+from tests.tun.fake_kernel import drain
+
 WAIT = 10.0  # seconds any step may take on a loaded machine before the test gives up
 
 
@@ -102,15 +104,6 @@ def receiver() -> socket.socket:
     return listener
 
 
-def received(listener: socket.socket) -> list[bytes]:
-    out = []
-    while True:
-        try:
-            out.append(listener.recv(65536))
-        except BlockingIOError:
-            return out
-
-
 def test_a_packet_from_tun_is_sent_while_the_state_is_written_and_the_write_ends_before_run():
     """Before, the write (two fsyncs) ran in the loop: the reply to a ping that
     came in just before it waited for the disk."""
@@ -126,7 +119,7 @@ def test_a_packet_from_tun_is_sent_while_the_state_is_written_and_the_write_ends
         try:
             await until(store.started.is_set, "the first save starts")
             tun.peer.send(b"echo reply")
-            await until(lambda: sent.extend(received(listener)) or sent, "the packet is sent during the save")
+            await until(lambda: sent.extend(drain(listener)) or sent, "the packet is sent during the save")
             assert store.tables == [] and core.saved == []  # the write is still under way
         finally:
             daemon.stop()
@@ -171,12 +164,12 @@ def test_a_held_datagram_is_written_for_at_once_and_reads_stop_while_the_core_ho
             # Once a packet from TUN has gone through the loop, so has any
             # wake-up for the datagrams queued before it.
             tun.peer.send(b"marker")
-            await until(lambda: received(listener) == [b"marker"], "the loop serves TUN during the save")
+            await until(lambda: drain(listener) == [b"marker"], "the loop serves TUN during the save")
             paused_at = core.received
             store.gate.set()
             await until(lambda: core.received == 3, "reads resume after the save")
             delivered = []
-            await until(lambda: delivered.extend(received_tun(tun)) or len(delivered) == 3, "all three delivered")
+            await until(lambda: delivered.extend(drain(tun.peer)) or len(delivered) == 3, "all three delivered")
             return paused_at, delivered
         finally:
             store.gate.set()
@@ -188,15 +181,6 @@ def test_a_held_datagram_is_written_for_at_once_and_reads_stop_while_the_core_ho
     paused_at, delivered = asyncio.run(scenario())
     assert paused_at == 1
     assert delivered == [b"first", b"second", b"third"]
-
-
-def received_tun(tun: MemoryTun) -> list[bytes]:
-    out = []
-    while True:
-        try:
-            out.append(tun.peer.recv(65536))
-        except BlockingIOError:
-            return out
 
 
 def test_a_failed_write_leaves_reads_on_and_waits_its_retry(monkeypatch, caplog):
@@ -230,7 +214,7 @@ def test_a_failed_write_leaves_reads_on_and_waits_its_retry(monkeypatch, caplog)
             for count, payload in enumerate((b"second", b"third"), start=2):
                 listener.sendto(payload, address)
                 await until(lambda: core.received == count, "reads go on after the failure")
-            return store.attempts, received_tun(tun)
+            return store.attempts, drain(tun.peer)
         finally:
             daemon.stop()
             await task
