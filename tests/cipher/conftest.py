@@ -4,14 +4,13 @@ its MAC half, against cryptography's."""
 from __future__ import annotations
 
 import contextlib
-import os
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
+from tests.compiled import built
 from vpncrypt.core import siv
 
-PURE_ONLY = os.environ.get("VPNCRYPT_PURE_PYTHON") == "1"
 # vpncrypt._siv's engines for S2V's CMACs (vpncrypt/_aesni.c, OpenSSL's AES-CBC).
 ENGINES = ("aes-ni", "openssl")
 
@@ -19,11 +18,7 @@ ENGINES = ("aes-ni", "openssl")
 def compiled():
     """vpncrypt._siv.AesSiv; a failure (not a skip) where it did not build,
     unless VPNCRYPT_PURE_PYTHON=1 says this machine runs without it."""
-    if siv.CompiledAESSIV is None:
-        if PURE_ONLY:
-            pytest.skip("VPNCRYPT_PURE_PYTHON=1: the compiled AES-SIV is not tested")
-        pytest.fail(siv.NOT_BUILT)
-    return siv.CompiledAESSIV
+    return built(siv.CompiledAESSIV, siv.NOT_BUILT, "the compiled AES-SIV is not tested")
 
 
 @contextlib.contextmanager

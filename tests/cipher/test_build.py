@@ -10,7 +10,7 @@ import pytest
 
 from vpncrypt.core import siv
 
-from tests.cipher.conftest import PURE_ONLY
+from tests.compiled import PURE_ONLY
 
 
 @pytest.mark.skipif(PURE_ONLY, reason="VPNCRYPT_PURE_PYTHON=1: the compiled AES-SIV is not required")

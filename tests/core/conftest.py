@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
 from tests.cipher.conftest import ENGINES, engine_in_use
+from tests.compiled import PURE_ONLY
 from vpncrypt.core import siv
 
 
@@ -19,7 +19,7 @@ def each_cipher(request):
     without the build); otherwise its absence fails the test (and
     tests/cipher/test_build.py says why)."""
     if request.param != "cryptography":
-        if os.environ.get("VPNCRYPT_PURE_PYTHON") == "1":
+        if PURE_ONLY:
             pytest.skip("VPNCRYPT_PURE_PYTHON=1: only the pure-Python path is tested")
         assert siv.CompiledAESSIV is not None, siv.NOT_BUILT
     chosen = siv.AESSIV

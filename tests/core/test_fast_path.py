@@ -71,6 +71,7 @@ from vpncrypt.core.wire import (
 )
 
 from tests.cipher.conftest import ENGINES, engine_in_use
+from tests.compiled import PURE_ONLY
 from tests.builders import (
     CHANGE, KEY_A, KEY_B, KEY_EPOCH, MASK, NOW, SERVER_EP, SERVER_ID, changed, ipv6_packet, net, seal,
 )
@@ -121,7 +122,7 @@ NOBODYS = ("198.51.100.7", "2001:db9::1")  # in no client's networks, outside th
 @pytest.fixture(scope="module", autouse=True)
 def compiled_path_built():
     """Fail (skip only with VPNCRYPT_PURE_PYTHON=1) where there is no compiled path."""
-    if os.environ.get("VPNCRYPT_PURE_PYTHON") == "1":
+    if PURE_ONLY:
         pytest.skip("VPNCRYPT_PURE_PYTHON=1: no compiled batch path to hold to the Python one")
     assert siv.CompiledAESSIV is not None, siv.NOT_BUILT
     assert receive._open_run is siv.compiled_open_run is not None, "receive._open_run is not the compiled open_run"

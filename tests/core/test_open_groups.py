@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from tests.builders import A_ADDR, A_EP, A_EP2, NOW, SERVER_ADDR, ipv4_packet, make_server, sender
 from tests.cipher.conftest import ENGINES, engine_in_use
+from tests.compiled import PURE_ONLY
 from vpncrypt.core import receive, siv
 from vpncrypt.core.wire import KIND_DATA, KIND_KEEPALIVE
 
@@ -35,7 +36,7 @@ START = NOW - 1000  # the server starts long before: its floor refuses nothing t
 @pytest.fixture(autouse=True, params=ENGINES)
 def compiled_engine(request):
     """The compiled class in use, with each engine of its MAC half."""
-    if os.environ.get("VPNCRYPT_PURE_PYTHON") == "1":
+    if PURE_ONLY:
         pytest.skip("VPNCRYPT_PURE_PYTHON=1: no compiled open_run to test")
     assert siv.CompiledAESSIV is not None and siv.compiled_open_run is not None, siv.NOT_BUILT
     chosen = siv.AESSIV

@@ -5,24 +5,17 @@ LinuxTun (or the functions) with each: "compiled" (vpncrypt._offload) and
 from __future__ import annotations
 
 import contextlib
-import os
 
-import pytest
-
+from tests.compiled import built
 from vpncrypt.tun import offload
 
 PATHS = ("compiled", "pure")
-PURE_ONLY = os.environ.get("VPNCRYPT_PURE_PYTHON") == "1"
 
 
 def compiled_module():
     """vpncrypt._offload; a failure (not a skip) where it did not build,
     unless VPNCRYPT_PURE_PYTHON=1 says this machine runs without it."""
-    if offload.COMPILED is None:
-        if PURE_ONLY:
-            pytest.skip("VPNCRYPT_PURE_PYTHON=1: the compiled offload functions are not tested")
-        pytest.fail(offload.NOT_BUILT)
-    return offload.COMPILED
+    return built(offload.COMPILED, offload.NOT_BUILT, "the compiled offload functions are not tested")
 
 
 @contextlib.contextmanager

@@ -16,12 +16,13 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from tests.builders import ACK, CWR, FIN, PSH, SYN, datagrams, flow, fold, make_partial, ones_sum, udp_packet
+from tests.compiled import PURE_ONLY
 from vpncrypt.core.inner import PartialChecksumPacket
 from vpncrypt.tun import offload
 from vpncrypt.tun.offload import GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, ipv4_header_checksum
 
 from .fake_kernel import ALL_OFFLOADS, USO, drain, linux_over_socketpair
-from .offload_paths import PURE_ONLY, chosen, compiled_module
+from .offload_paths import chosen, compiled_module
 from .test_offload import (
     CHAINS, DEST_OPTIONS, FRAGMENT, PLAIN, altered, long_tcp, super_packet, udp_super_packet, with_extensions,
 )
