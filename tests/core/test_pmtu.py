@@ -15,7 +15,7 @@ from vpncrypt.core.pmtu import (
     PathSearch,
 )
 from vpncrypt.core.wire import (
-    KIND_KEEPALIVE, KIND_PROBE, KIND_PROBE_ACK, OVERHEAD, TO_CLIENT, TO_SERVER, associated_data, decode_header,
+    KIND_KEEPALIVE, KIND_PROBE, KIND_PROBE_ACK, OVERHEAD, TO_CLIENT, associated_data, decode_header,
     probe_payload,
 )
 
