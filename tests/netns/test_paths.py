@@ -149,7 +149,9 @@ table inet vcnoicmp {
     }
 }
 """
-DISCOVERY_SECONDS = 40  # the search takes about 3 s for each size lost (README)
+# The search takes about 3 s for each size lost (README), 16 s in all here on a
+# quiet machine; CI runs have taken over 36 s on a loaded one (see the issue note).
+DISCOVERY_SECONDS = 90
 
 
 def icmp_dropped(vpn: VpnLab) -> int:
