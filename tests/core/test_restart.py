@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vpncrypt.core.restart import SAVE_LEAD
+from vpncrypt.core.restart import KEEP_AHEAD, SAVE_LEAD
 
 from tests.builders import (
-    A_ADDR, A_EP, NOW, SERVER_ADDR, SERVER_EP, ipv4_packet, make_client, make_server,
+    A_ADDR, A_EP, NOW, SERVER_ADDR, SERVER_EP, ipv4_packet, keepalives, make_client, make_server,
 )
 
 THIRD_PARTY = ("198.51.100.66", 5555)
@@ -218,3 +218,136 @@ def test_without_any_saved_state_the_floor_is_the_receivers_start():
     [before_start] = pings(client, 1, NOW + 10)
     assert server.datagrams_received([(before_start, A_EP)], NOW + 10).to_tun == []
     assert server.drops["superseded"] == 1
+
+
+# --- keeping the bounds of a peer that paused ahead of its clock (restart.keep_ahead) ---------
+
+def idle(core, start, end, late=0.0):
+    """Run ``core``'s timer from ``start`` to ``end`` (seconds), ``late``
+    seconds after each deadline (a busy loop), saving what it asks for, as the
+    daemon does; returns the last table saved."""
+    table = None
+    now = start
+    for _ in range(int(end - start) * 10 + 10):  # a timer that stops moving is a bug, not a hang
+        deadline = core.next_timer()
+        now = max(now, deadline + late if deadline is not None else end)
+        if now >= end:
+            return table
+        core.handle_timer(now)
+        wanted = core.bounds_to_save()
+        if wanted is not None:
+            core.bounds_saved(wanted, now)
+            table = wanted
+    raise AssertionError(f"the timer stopped moving at {now}")
+
+
+def server_after_a_burst(offset=0, start=1.0):
+    """A server that accepted a second of pings from a client whose clock runs
+    ``offset`` s ahead, from ``start`` s after NOW on."""
+    server = make_server(restart_bounds={})
+    client = make_client(now=NOW + offset)
+    saved_after(server, [([(d, A_EP) for d in pings(client, 2, NOW + offset + start + t / 4)],
+                          NOW + start + t / 4) for t in range(4)])
+    return server, client
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+@pytest.mark.parametrize("pause", [3, 10, KEEP_AHEAD - 2])
+@pytest.mark.parametrize("start, late", [(1.0, 0.0), (1.6, 0.5)])
+def test_a_peer_that_paused_is_not_made_to_wait_for_a_save(offset, pause, start, late):
+    """The first datagram after a pause of up to KEEP_AHEAD seconds is opened at
+    once: the server's timer kept the client's bound ahead of its clock, also
+    where its second began before the burst did and the timer runs late."""
+    server, client = server_after_a_burst(offset, start)
+    idle(server, NOW + 2, NOW + 3.05 + pause, late)
+    [datagram] = pings(client, 1, NOW + offset + 3.05 + pause)
+    assert len(server.datagrams_received([(datagram, A_EP)], NOW + 3.05 + pause).to_tun) == 1
+    assert server.held_datagrams() == 0
+
+
+@pytest.mark.parametrize("stop", [KEEP_AHEAD + quarter / 4 for quarter in range(-4, 17)])
+def test_a_peer_that_sent_for_longer_than_KEEP_AHEAD_is_still_kept_ahead_when_it_pauses(stop):
+    """Data every quarter of a second until ``stop``, then a pause of 10 s."""
+    server = make_server(restart_bounds={})
+    client = make_client()
+    t = 1.0
+    while t < stop:
+        saved_after(server, [([(d, A_EP) for d in pings(client, 1, NOW + t)], NOW + t)])
+        deadline = server.next_timer()
+        if deadline <= NOW + t + 0.25:
+            idle(server, deadline, NOW + t + 0.25)
+        t += 0.25
+    idle(server, NOW + t, NOW + t + 10)
+    [datagram] = pings(client, 1, NOW + t + 10)
+    assert len(server.datagrams_received([(datagram, A_EP)], NOW + t + 10).to_tun) == 1
+
+
+def test_a_server_that_paused_is_not_made_to_wait_by_the_client():
+    server = make_server()
+    client = make_client(restart_bounds={})
+    server.peers[1].endpoint = A_EP
+
+    def reply(now):
+        return [(d, SERVER_EP) for d, _ in server.tun_packets_received(
+            [ipv4_packet(SERVER_ADDR, A_ADDR, b"x")], now).to_network]
+
+    saved_after(client, [(reply(NOW + 1 + t / 4), NOW + 1 + t / 4) for t in range(4)])
+    idle(client, NOW + 2, NOW + 12)
+    assert len(client.datagrams_received(reply(NOW + 12), NOW + 12).to_tun) == 1
+    assert client.held_datagrams() == 0
+
+
+def test_after_KEEP_AHEAD_seconds_of_silence_bounds_stay_where_they_are():
+    server, client = server_after_a_burst()
+    last_ts = server.peers[1].window.newest_ts
+    idle(server, NOW + 2, NOW + 2 + 3 * KEEP_AHEAD)
+    bound = server.peers[1].durable_bound
+    assert last_ts + KEEP_AHEAD - 1 <= bound <= last_ts + KEEP_AHEAD + SAVE_LEAD + 1
+    assert server.restart.keep_ahead_due is None and server.bounds_to_save() is None
+    # Nothing more to do: the timer is the keys' again, not once a second.
+    assert server.next_timer() > NOW + 3 * KEEP_AHEAD
+    [late] = pings(client, 1, NOW + 2 + 3 * KEEP_AHEAD)
+    assert server.datagrams_received([(late, A_EP)], NOW + 2 + 3 * KEEP_AHEAD).to_tun == []  # waits, as before
+    assert server.held_datagrams() == 1
+
+
+def test_keepalives_alone_keep_no_bound_ahead():
+    """A tunnel idle but for keepalives asks for no write a second."""
+    server = make_server(restart_bounds={})
+    client = make_client()
+    for second in range(1, 60, 25):
+        keepalive = [(d, A_EP) for d, _ in keepalives(client.handle_timer(NOW + second))]
+        saved_after(server, [(keepalive, NOW + second)])
+    assert server.peers[1].window.newest_counter >= 0  # they were accepted
+    assert server.restart.keep_ahead_due is None and not server.restart.active
+
+
+def test_a_wall_clock_jump_cannot_push_a_bound_far_past_the_peers_timestamps():
+    """The server's clock steps an hour forward unnoticed: the client is still
+    refused after a restart for at most KEEP_AHEAD + SAVE_LEAD + 1 seconds past
+    its last datagram."""
+    server, client = server_after_a_burst()
+    last_ts = server.peers[1].window.newest_ts
+    idle(server, NOW + 3600, NOW + 3605)
+    assert server.peers[1].durable_bound <= last_ts + KEEP_AHEAD + SAVE_LEAD + 1
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+def test_nothing_accepted_before_a_restart_is_accepted_after_it_with_bounds_kept_ahead(offset):
+    """A pause with the bound kept ahead, a datagram, kill -9 and restart: the
+    captured datagrams are refused, and the client is heard again within
+    SAVE_LEAD + 1 seconds of the server's last save."""
+    server, client = server_after_a_burst(offset)
+    table = idle(server, NOW + 2, NOW + 8)
+    [datagram] = pings(client, 1, NOW + offset + 8)
+    assert len(server.datagrams_received([(datagram, A_EP)], NOW + 8).to_tun) == 1
+    restarted = make_server(now=NOW + 9, restart_bounds=table)
+    assert restarted.datagrams_received([(datagram, THIRD_PARTY)], NOW + 9).to_tun == []
+    heard_at = None
+    for t in range(1, 6):
+        delivered, _ = saved_after(restarted, [([(d, A_EP) for d in pings(client, 1, NOW + offset + 8 + t)],
+                                                NOW + 8 + t)])
+        if delivered:
+            heard_at = t
+            break
+    assert heard_at is not None and heard_at <= SAVE_LEAD + 2

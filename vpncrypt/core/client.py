@@ -221,10 +221,13 @@ class ClientCore:
 
     def next_timer(self) -> float | None:
         """Unix seconds (this host's clock) of the next keepalive, path MTU
-        probe, black hole suspicion or key step: a keepalive at once (0.0)
+        probe, black hole suspicion, key step or raise of the server's restart
+        bound after a pause (restart.keep_ahead): a keepalive at once (0.0)
         before anything was sent, then ``keepalive_interval`` after the last
         send (never, if they are off)."""
         keys_due = min(self.key_timer.due - self.clock_offset, self.path.next_timer())
+        if self.restart.keep_ahead_due is not None:
+            keys_due = min(keys_due, self.restart.keep_ahead_due - self.clock_offset)
         if self._unanswered_since is not None and self.path.state == SEARCH_COMPLETE:
             keys_due = min(keys_due, self._unanswered_since + BLACK_HOLE_SILENCE)
         if self._last_sent is None:
@@ -242,13 +245,18 @@ class ClientCore:
             self._unanswered_since += delta
         self.key_timer.stepped(delta)
         self.path.stepped(delta)
+        self.restart.stepped(delta)
 
     def handle_timer(self, now: float) -> Datagrams:
         """A keepalive and a path MTU probe, each if due at ``now``; keys that
-        ``now`` no longer needs are erased. A probe carries the size confirmed
+        ``now`` no longer needs are erased, and the server's restart bound is
+        kept ahead after a pause (restart.keep_ahead). A probe carries the size confirmed
         so far, so the server learns it too. Data sent BLACK_HOLE_SILENCE
         seconds ago with nothing heard since has the size confirmed now."""
         self.key_timer.advance([self.server], now + self.clock_offset)
+        keep_ahead_due = self.restart.keep_ahead_due
+        if keep_ahead_due is not None and now + self.clock_offset >= keep_ahead_due:
+            self.restart.keep_ahead({self.server.client_id: self.server}, now + self.clock_offset)
         out = []
         if self._last_sent is None or (self.keepalive_interval > 0 and
                                        now >= self._last_sent + self.keepalive_interval):

@@ -14,6 +14,16 @@ under a second), and a restarted receiver hears a peer with a correct clock
 within ``SAVE_LEAD`` seconds of its last datagram. A datagram that had to wait
 is kept (at most ``HELD_MAX``) and opened again once the save is done.
 
+A peer that pauses would make its first datagram after the pause wait for a
+save (two fsyncs, milliseconds to tens of them): every keystroke of an
+interactive session after a second of thought. So for ``KEEP_AHEAD``
+seconds after a peer's last data packet its bound is kept ahead of where its
+clock should be by now (``keep_ahead``, once a second), as if it had gone on
+sending. After a restart such a peer is heard again at most ``SAVE_LEAD + 1``
+seconds after its clock passes the receiver's last save, one second more
+than a steady sender, and never more than ``KEEP_AHEAD + SAVE_LEAD + 1``
+seconds after its last accepted timestamp, whatever the clocks do.
+
 A peer with no saved bound in a state that exists was never accepted, so
 nothing from it is refused. Where the state itself is missing (first start, or
 lost) every peer falls back to version 1's rule, refusing what is stamped
@@ -25,6 +35,8 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 SAVE_LEAD = 1  # seconds a saved bound runs ahead of the newest accepted timestamp
+KEEP_AHEAD = 30.0  # seconds after a peer's last data packet that its bound is kept ahead of its clock
+KEEP_AHEAD_INTERVAL = 1.0  # seconds between two raises of the bounds kept ahead
 HELD_MAX = 256  # authentic datagrams kept while their bound is being saved, then opened again
 UNTRACKED = 1 << 64  # a bound no timestamp reaches: restart bounds are not kept
 
@@ -44,6 +56,10 @@ class RestartBounds:
         self.loaded = dict(saved or {})  # kept: a removed client's bound still guards its old datagrams
         self.unsaved: set = set()  # peers whose wanted bound is above their saved one
         self.held: list = []  # (datagram, endpoint) pairs waiting for a save
+        # Peers whose bound may be kept ahead (keep_ahead): peer -> [its
+        # rx_packets when last looked at, local time it was last seen sending data].
+        self.active: dict = {}
+        self.keep_ahead_due: float | None = None  # local Unix seconds of the next keep_ahead; None: nobody to keep
 
     def start_peer(self, peer, now: float) -> None:
         """Set a new peer's floor and saved bound: from the state read at
@@ -80,4 +96,48 @@ class RestartBounds:
             if peer is not None and bound > peer.durable_bound:  # type: ignore[attr-defined]
                 peer.durable_bound = bound  # type: ignore[attr-defined]
                 peer.save_at = bound - SAVE_LEAD + 1  # type: ignore[attr-defined]
+        for peer in self.unsaved:
+            if peer.data_sample is not None and peer not in self.active:
+                self.active[peer] = [peer.rx_packets, peer.data_sample[0]]
+                due = peer.data_sample[0] + KEEP_AHEAD_INTERVAL
+                if self.keep_ahead_due is None or due < self.keep_ahead_due:
+                    self.keep_ahead_due = due
         self.unsaved = {peer for peer in self.unsaved if peer.wanted_bound > peer.durable_bound}
+
+    def keep_ahead(self, peers: Mapping[int, object], now: float) -> None:
+        """Ask for the bounds of the peers that sent data within KEEP_AHEAD
+        seconds before ``now`` (local Unix seconds, the clock ``open_datagrams``
+        was given) to run ahead of their clocks as a steady sender's do: to
+        where a peer's clock should be a second from now, plus SAVE_LEAD. A
+        peer's clock is taken from ``data_sample``, the last data packet that
+        asked for a bound (which it lags by less than a second); the bound
+        never runs more than KEEP_AHEAD + SAVE_LEAD + 1 seconds past its
+        newest accepted timestamp. ``peers`` maps client IDs to the peers in
+        use: any other is forgotten. Sets ``keep_ahead_due``."""
+        for peer, seen in list(self.active.items()):
+            if peers.get(peer.client_id) is not peer:
+                del self.active[peer]
+                continue
+            if peer.rx_packets != seen[0]:
+                seen[0], seen[1] = peer.rx_packets, now
+            if now - seen[1] > KEEP_AHEAD or peer.durable_bound == UNTRACKED:
+                del self.active[peer]
+                continue
+            sampled_at, sampled_ts = peer.data_sample
+            expected = int(now - sampled_at) + sampled_ts + 1  # its clock at the next keep_ahead
+            wanted = min(expected, peer.window.newest_ts + int(KEEP_AHEAD) + 1) + SAVE_LEAD
+            if wanted > peer.wanted_bound:
+                peer.wanted_bound = wanted
+            if wanted > peer.durable_bound:
+                self.unsaved.add(peer)
+        self.keep_ahead_due = now + KEEP_AHEAD_INTERVAL if self.active else None
+
+    def stepped(self, delta: float) -> None:
+        """The local clock jumped by ``delta`` seconds: move the local times
+        kept with it, so a step neither lengthens nor ends keeping ahead."""
+        for peer, seen in self.active.items():
+            seen[1] += delta
+            sampled_at, sampled_ts = peer.data_sample
+            peer.data_sample = (sampled_at + delta, sampled_ts)
+        if self.keep_ahead_due is not None:
+            self.keep_ahead_due += delta

@@ -316,16 +316,23 @@ class ServerCore:
         return self.filtered.client_ids()
 
     def next_timer(self) -> float | None:
-        """When the keys must next move forward or a filtered client ID be let
-        go, whichever is first (Unix seconds)."""
-        expiry = self.filtered.next_expiry()
-        return self.key_timer.due if expiry is None else min(self.key_timer.due, expiry)
+        """When the keys must next move forward, a filtered client ID be let
+        go or restart bounds be kept ahead, whichever is first (Unix seconds)."""
+        due = self.key_timer.due
+        for deadline in (self.filtered.next_expiry(), self.restart.keep_ahead_due):
+            if deadline is not None and deadline < due:
+                due = deadline
+        return due
 
     def handle_timer(self, now: float) -> Datagrams:
-        """Erase the keys ``now`` no longer needs and let go of filtered client
-        IDs whose hold ended; the server sends nothing by itself."""
+        """Erase the keys ``now`` no longer needs, let go of filtered client
+        IDs whose hold ended and keep the restart bounds of clients that paused
+        ahead of their clocks (restart.keep_ahead); the server sends nothing
+        by itself."""
         self.key_timer.advance(self.peers.values(), now)  # nothing before it is due
         self.filtered.expire(now)
+        if self.restart.keep_ahead_due is not None and now >= self.restart.keep_ahead_due:
+            self.restart.keep_ahead(self.peers, now)
         return []
 
     def clock_stepped(self, delta: float) -> None:
@@ -333,6 +340,7 @@ class ServerCore:
         filtered client IDs keep the length of their hold."""
         self.key_timer.stepped(delta)
         self.filtered.stepped(delta)
+        self.restart.stepped(delta)
 
     def status(self) -> dict[str, Any]:
         """Per client its counters and raw endpoint, the drops and the ICMP
