@@ -53,6 +53,9 @@ class HoldingCore:
     def held_datagrams(self) -> int:
         return HELD_MAX if len(self.held) >= self.hold else len(self.held)
 
+    def bounds_at_stop(self):
+        return {1: 0}  # below the bound asked for: what a clean stop writes (restart.at_stop)
+
     def bounds_to_save(self):
         return None if self.saved and self.saved[-1][1] == self.wanted else {1: self.wanted}
 
@@ -80,10 +83,10 @@ class GatedStore:
         self.gate = threading.Event()
         self.started = threading.Event()
         self.tables: list[dict] = []
-        self.threads: set[str] = set()
+        self.threads: list[str] = []  # the thread of each save, in order
 
     def save(self, table) -> None:
-        self.threads.add(threading.current_thread().name)
+        self.threads.append(threading.current_thread().name)
         self.started.set()
         self.gate.wait(WAIT)
         self.tables.append(dict(table))
@@ -132,8 +135,9 @@ def test_a_packet_from_tun_is_sent_while_the_state_is_written_and_the_write_ends
     sent, store, core = asyncio.run(scenario())
     assert sent == [b"echo reply"]
     # run() returned only after the write it had begun was done, and the core was told.
-    assert store.tables == [{1: 1}] and core.saved == [{1: 1}]
-    assert store.threads and threading.main_thread().name not in store.threads
+    # Then, nothing more read, the bounds at stop were written, in the loop's thread.
+    assert store.tables == [{1: 1}, {1: 0}] and core.saved == [{1: 1}]
+    assert store.threads[0] != threading.main_thread().name and store.threads[1] == threading.main_thread().name
 
 
 def test_a_held_datagram_is_written_for_at_once_and_reads_stop_while_the_core_holds_all_it_may(monkeypatch):

@@ -345,6 +345,23 @@ class Daemon:
                 self.transport.send(to_network)
         self._schedule_save()
 
+    def _save_bounds_at_stop(self) -> None:
+        """Nothing more is read or opened: write the restart bounds down to
+        what was accepted (core.bounds_at_stop), so that after this clean
+        stop a peer is heard again as soon as its clock passes its last
+        datagram, rather than once it passes a bound kept ahead of it. A
+        write that fails leaves the last table, which is as safe."""
+        if self.restart_store is None:
+            return
+        table = self.core.bounds_at_stop()
+        if table is None:
+            return
+        try:
+            self.restart_store.save(table)
+        except OSError as error:
+            log.warning("cannot save the restart state at stop (%s): peers are heard again once their clocks"
+                        " pass the state saved before", getattr(error, "strerror", None) or error)
+
     def _pause_network(self) -> None:
         """The core holds all it may while a save is written: leave what comes
         next in the socket's buffer until then, as a loop blocked in the write
@@ -506,6 +523,7 @@ class Daemon:
             loop.remove_reader(self.tun.fileno())
             if self._saving is not None:
                 await asyncio.wait([self._saving])  # a write under way ends whole
+            self._save_bounds_at_stop()
             if self._saver is not None:
                 self._saver.shutdown()
             for number in signals:

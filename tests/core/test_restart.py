@@ -351,3 +351,29 @@ def test_nothing_accepted_before_a_restart_is_accepted_after_it_with_bounds_kept
             heard_at = t
             break
     assert heard_at is not None and heard_at <= SAVE_LEAD + 2
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+def test_a_clean_stop_writes_the_bounds_down_to_what_was_accepted(offset):
+    """Nothing accepted before the stop is accepted after it, and the client is
+    heard at once in its next second, not once its clock passes the bound that
+    was kept ahead of it; client 2, never heard, keeps its saved bound."""
+    server = make_server(restart_bounds={2: int(NOW) - 50})
+    client = make_client(now=NOW + offset)
+    saved_after(server, [([(d, A_EP) for d in pings(client, 2, NOW + offset + 1 + t / 4)], NOW + 1 + t / 4)
+                         for t in range(4)])
+    idle(server, NOW + 2, NOW + 8)
+    captured = pings(client, 3, NOW + offset + 8.5)
+    assert len(server.datagrams_received([(d, A_EP) for d in captured], NOW + 8.5).to_tun) == 3
+    assert server.peers[1].durable_bound > server.peers[1].window.newest_ts  # kept ahead
+    table = server.bounds_at_stop()
+    assert table == {1: server.peers[1].window.newest_ts, 2: int(NOW) - 50}
+    restarted = make_server(now=NOW + 9, restart_bounds=table)
+    assert restarted.datagrams_received([(d, THIRD_PARTY) for d in captured], NOW + 9).to_tun == []
+    [next_second] = pings(client, 1, NOW + offset + 9.5)
+    delivered, _ = saved_after(restarted, [([(next_second, A_EP)], NOW + 9.5)])  # after a write, as ever
+    assert len(delivered) == 1
+
+
+def test_a_receiver_without_restart_state_writes_none_at_stop():
+    assert make_server().bounds_at_stop() is None and make_client().bounds_at_stop() is None

@@ -26,7 +26,7 @@ from tests.netlab import (
     wait_for,
 )
 
-from .conftest import VENV_BIN
+from .conftest import RESTART_REFUSAL_SECONDS, VENV_BIN
 
 ANSWER = "192.0.2.80"  # what the tunnel's DNS server says www.example.internal is
 NAME = "www.example.internal"
@@ -72,8 +72,7 @@ def resolve(vpn) -> str:
 
 
 def start_client(vpn, path_dir: Path):
-    # A restarted client refuses the server's datagrams stamped up to 2 s after the last it heard (PROTOCOL 6.1).
-    time.sleep(2.0)
+    time.sleep(RESTART_REFUSAL_SECONDS)
     vpn.snat(ROUTER_UNDERLAY, 40000)  # a new socket: the router forgets client a's old mapping
     client = vpn.start_client("a", env={"PATH": str(path_dir)})
     # Serving its control socket: its loop runs, so SIGTERM is handled (not the default action).

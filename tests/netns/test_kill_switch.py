@@ -17,7 +17,7 @@ from tests.netlab import (
     wait_for,
 )
 
-from .conftest import VENV_BIN, ping
+from .conftest import RESTART_REFUSAL_SECONDS, VENV_BIN, ping
 
 TABLE = "vpncrypt_ks_vpncrypt0"
 COUNT_OTHER_THAN_DATAGRAMS = (  # what client a sends the router but its datagrams to the server
@@ -52,7 +52,7 @@ def kill_switch_tables(vpn) -> int:
 
 
 def start_client(vpn):
-    time.sleep(2.0)  # a restarted client refuses the server's datagrams up to 2 s after the last it heard (PROTOCOL 6.1)
+    time.sleep(RESTART_REFUSAL_SECONDS)
     vpn.snat(ROUTER_UNDERLAY, 40000)  # a new socket: the router forgets client a's old mapping
     client = vpn.start_client("a")
     assert wait_for(lambda: vpn.vpncrypt("show", "a", check=False).returncode == 0)  # its loop runs

@@ -15,7 +15,7 @@ from tests.netlab import (
     ROUTER_UNDERLAY, SERVER_UNDERLAY, TUNNEL_ADDRESS, Lab, VpnLab, build_vpn_lab, lab_namespaces, wait_for,
 )
 
-from .conftest import VENV_BIN, ping
+from .conftest import RESTART_REFUSAL_SECONDS, VENV_BIN, ping
 
 PROTOCOL = "118"  # vpncrypt's, on every rule and route it makes (netconfig.linux.PROTOCOL)
 # The rules wg-quick makes, at the priorities the kernel gives them on a fresh system: vpncrypt's own.
@@ -134,9 +134,9 @@ def test_the_networks_beside_the_server_go_through_the_tunnel_without_a_loop(vpn
 def restart(vpn: VpnLab) -> None:
     """Client a again, as test_vpn.start_client_again does: the router's NAT forgets
     the old socket's mapping, and a restarted client refuses the server's
-    datagrams stamped up to 2 s after the last it heard (docs/PROTOCOL.md 6.1)."""
+    datagrams for RESTART_REFUSAL_SECONDS."""
     vpn.snat(ROUTER_UNDERLAY, 40000)
-    time.sleep(2.0)
+    time.sleep(RESTART_REFUSAL_SECONDS)
     vpn.start_client("a")
 
 

@@ -15,7 +15,7 @@ from tests.netlab import (
 from vpncrypt.core.peer import Peer
 from vpncrypt.core.wire import KIND_DATA, TO_SERVER
 
-from .conftest import job, ping
+from .conftest import RESTART_REFUSAL_SECONDS, job, ping
 
 MIB = 1 << 20
 SERVER, A, B = TUNNEL_ADDRESS["server"], TUNNEL_ADDRESS["a"], TUNNEL_ADDRESS["b"]
@@ -94,11 +94,7 @@ def start_client_again(vpn, name: str, old: str | None = None, new: str | None =
         config.write_text(text.replace(old, new))
     # A new socket: the router's NAT forgets the old one's fixed mapping (client a's).
     vpn.snat(ROUTER_UNDERLAY, 40000)
-    # A restarted client refuses what its saved restart bound covers: the server's
-    # datagrams stamped up to 2 s after the last one it heard (the bound runs
-    # SAVE_LEAD = 1 s ahead; docs/PROTOCOL.md 6.1), and path MTU probes make that
-    # recent. Start after it.
-    time.sleep(2.0)
+    time.sleep(RESTART_REFUSAL_SECONDS)
     vpn.start_client(name)
 
 

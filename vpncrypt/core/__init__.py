@@ -61,6 +61,11 @@ class Core(Protocol):
         """The table from ``bounds_to_save`` is on disk; returns what the
         datagrams that waited for it delivered."""
 
+    def bounds_at_stop(self) -> dict[int, int] | None:
+        """Restart bounds to write once nothing more will be opened (a clean
+        stop): each down to the newest timestamp accepted (restart.at_stop);
+        None when bounds are not kept."""
+
     def held_datagrams(self) -> int:
         """How many authentic datagrams wait for the restart bounds to be on
         disk (at most restart.HELD_MAX): the shell writes at once while any

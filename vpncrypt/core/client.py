@@ -201,6 +201,10 @@ class ClientCore:
         """The server's restart bound to write (keyed by this client's ID), or None."""
         return self.restart.to_save([self.server])
 
+    def bounds_at_stop(self) -> dict[int, int] | None:
+        """The restart bounds to write at a clean stop (restart.at_stop), or None."""
+        return self.restart.at_stop([self.server])
+
     def held_datagrams(self) -> int:
         """How many authentic datagrams wait for the restart bounds to be
         saved (at most restart.HELD_MAX; core/restart.py)."""

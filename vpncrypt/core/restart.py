@@ -19,10 +19,11 @@ save (two fsyncs, milliseconds to tens of them): every keystroke of an
 interactive session after a second of thought. So for ``KEEP_AHEAD``
 seconds after a peer's last data packet its bound is kept ahead of where its
 clock should be by now (``keep_ahead``, once a second), as if it had gone on
-sending. After a restart such a peer is heard again at most ``SAVE_LEAD + 1``
-seconds after its clock passes the receiver's last save, one second more
-than a steady sender, and never more than ``KEEP_AHEAD + SAVE_LEAD + 1``
-seconds after its last accepted timestamp, whatever the clocks do.
+sending. After a restart such a peer is heard again at most ``SAVE_LEAD + 2``
+seconds after the receiver's last save (its clock is known to within a
+second: one second more than a steady sender's wait), and never more than
+``KEEP_AHEAD + SAVE_LEAD + 2`` seconds after its last accepted timestamp,
+whatever the clocks do.
 
 A peer with no saved bound in a state that exists was never accepted, so
 nothing from it is refused. Where the state itself is missing (first start, or
@@ -103,6 +104,22 @@ class RestartBounds:
                 if self.keep_ahead_due is None or due < self.keep_ahead_due:
                     self.keep_ahead_due = due
         self.unsaved = {peer for peer in self.unsaved if peer.wanted_bound > peer.durable_bound}
+
+    def at_stop(self, peers: Iterable) -> dict[int, int] | None:
+        """The whole table to write once the receiver accepts nothing more (a
+        clean stop), client ID -> bound: each peer heard from gets the newest
+        timestamp accepted from it, below the bound kept ahead, since nothing
+        above it was accepted; the others keep theirs. A peer is then heard
+        again after a restart as soon as its clock passes its last datagram's
+        second. None where bounds are not kept."""
+        if not self.tracking:
+            return None
+        table = dict(self.loaded)
+        for peer in peers:
+            if peer.durable_bound != UNTRACKED:
+                heard = peer.window.newest_counter >= 0
+                table[peer.client_id] = peer.window.newest_ts if heard else peer.durable_bound
+        return table
 
     def keep_ahead(self, peers: Mapping[int, object], now: float) -> None:
         """Ask for the bounds of the peers that sent data within KEEP_AHEAD

@@ -283,6 +283,10 @@ class ServerCore:
         seconds in that client's clock), or None if none needs raising."""
         return self.restart.to_save(self.peers.values())
 
+    def bounds_at_stop(self) -> dict[int, int] | None:
+        """The restart bounds to write at a clean stop (restart.at_stop), or None."""
+        return self.restart.at_stop(self.peers.values())
+
     def held_datagrams(self) -> int:
         """How many authentic datagrams wait for the restart bounds to be
         saved (at most restart.HELD_MAX; core/restart.py)."""
