@@ -53,10 +53,10 @@ def job(vpn: VpnLab, ns: str, *args: str) -> Job:
 
 
 # An end restarted after a kill refuses the other's datagrams stamped up to
-# about 3 s after the last it heard: its restart bound for a peer that was
-# sending is kept SAVE_LEAD + 1 s ahead of that peer's clock (docs/PROTOCOL.md
-# 6.1, rule 5), and path MTU probes keep the peer recent; after a clean stop,
-# up to the last second it heard (rule 6). Tests start a client again after it.
+# about 2 s (at most 3) after the last it heard: its restart bound for a peer
+# that was sending runs ahead of that peer's clock (docs/PROTOCOL.md 6.1, rules
+# 3 and 5), and path MTU probes keep the peer recent; after a clean stop, up to
+# the last second it heard (rule 6). Tests start a client again after it.
 RESTART_REFUSAL_SECONDS = 3.0
 
 

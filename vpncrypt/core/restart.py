@@ -19,11 +19,12 @@ save (two fsyncs, milliseconds to tens of them): every keystroke of an
 interactive session after a second of thought. So for ``KEEP_AHEAD``
 seconds after a peer's last data packet its bound is kept ahead of where its
 clock should be by now (``keep_ahead``, once a second), as if it had gone on
-sending. After a restart such a peer is heard again at most ``SAVE_LEAD + 2``
-seconds after the receiver's last save (its clock is known to within a
-second: one second more than a steady sender's wait), and never more than
-``KEEP_AHEAD + SAVE_LEAD + 2`` seconds after its last accepted timestamp,
-whatever the clocks do.
+sending. After a crash of the receiver such a peer is heard again about
+``SAVE_LEAD + 1`` seconds after the receiver's last save, as a steady sender
+is (at most a second more: its clock is known to within a second), and never
+more than ``KEEP_AHEAD + SAVE_LEAD + 1`` seconds after its last accepted
+timestamp, whatever the clocks do; after a clean stop (``at_stop``) as soon
+as its clock passes its last datagram's second.
 
 A peer with no saved bound in a state that exists was never accepted, so
 nothing from it is refused. Where the state itself is missing (first start, or
@@ -33,6 +34,7 @@ before the receiver's own start (docs/PROTOCOL.md, section 6).
 
 from __future__ import annotations
 
+import math
 from typing import Iterable, Mapping
 
 SAVE_LEAD = 1  # seconds a saved bound runs ahead of the newest accepted timestamp
@@ -125,11 +127,11 @@ class RestartBounds:
         """Ask for the bounds of the peers that sent data within KEEP_AHEAD
         seconds before ``now`` (local Unix seconds, the clock ``open_datagrams``
         was given) to run ahead of their clocks as a steady sender's do: to
-        where a peer's clock should be a second from now, plus SAVE_LEAD. A
-        peer's clock is taken from ``data_sample``, the last data packet that
-        asked for a bound (which it lags by less than a second); the bound
-        never runs more than KEEP_AHEAD + SAVE_LEAD + 1 seconds past its
-        newest accepted timestamp. ``peers`` maps client IDs to the peers in
+        the newest timestamp a peer may stamp before the next call, a second
+        from now. A peer's clock is taken from ``data_sample``, the last data
+        packet that asked for a bound (its clock then, to within a second);
+        the bound never runs more than KEEP_AHEAD + SAVE_LEAD seconds past
+        its newest accepted timestamp. ``peers`` maps client IDs to the peers in
         use: any other is forgotten. Sets ``keep_ahead_due``."""
         for peer, seen in list(self.active.items()):
             if peers.get(peer.client_id) is not peer:
@@ -141,8 +143,11 @@ class RestartBounds:
                 del self.active[peer]
                 continue
             sampled_at, sampled_ts = peer.data_sample
-            expected = int(now - sampled_at) + sampled_ts + 1  # its clock at the next keep_ahead
-            wanted = min(expected, peer.window.newest_ts + int(KEEP_AHEAD) + 1) + SAVE_LEAD
+            # Its newest stamp until the next keep_ahead, a second from now: its
+            # clock was sampled_ts + f at sampled_at (0 <= f < 1), so it is at most
+            # sampled_ts + ceil(now - sampled_at) + 1 by then; SAVE_LEAD is that + 1.
+            expected = sampled_ts + math.ceil(now - sampled_at)
+            wanted = min(expected, peer.window.newest_ts + int(KEEP_AHEAD)) + SAVE_LEAD
             if wanted > peer.wanted_bound:
                 peer.wanted_bound = wanted
             if wanted > peer.durable_bound:
