@@ -231,6 +231,61 @@ def test_a_failed_write_leaves_reads_on_and_waits_its_retry(monkeypatch, caplog)
     assert caplog.text.count("cannot save the state (No space left on device); retrying in 1000s") == 1
 
 
+class WakingCore(HoldingCore):
+    """A HoldingCore whose held datagrams, once the save delivers them, make
+    its timer due at once (as a path MTU probe's acknowledgement, or the
+    server heard after the search's ERROR, do in ClientCore); the timer
+    sends one datagram, ``timer``, to ``send_to``."""
+
+    def __init__(self, send_to) -> None:
+        super().__init__(send_to, hold=1)
+        self.deadline: float | None = None
+
+    def bounds_saved(self, table, now):
+        delivered = super().bounds_saved(table, now)
+        if delivered.to_tun:
+            self.deadline = now
+        return delivered
+
+    def next_timer(self):
+        return self.deadline
+
+    def handle_timer(self, now):
+        self.deadline = None
+        return [(b"timer", self.send_to)]
+
+
+def test_a_datagram_delivered_by_a_save_gets_the_timer_it_asks_for():
+    """Flaky test_paths (black-holed 1280-byte hop): the restarted client's first
+    datagram from the server waited for the restart bounds, and once the save
+    delivered it, the path MTU search it ended the ERROR of was due at once;
+    but only a datagram received in the loop re-armed the timer, so the next
+    probe went out with the next keepalive, 23 s later."""
+    async def scenario():
+        listener = receiver()
+        transport = open_server_transport("127.0.0.1", 0)
+        tun = MemoryTun("w")
+        core = WakingCore(listener.getsockname())
+        store = GatedStore()
+        store.gate.set()
+        daemon = Daemon(tun, transport, core, restart_store=store)  # type: ignore[arg-type]
+        task = asyncio.create_task(daemon.run())
+        try:
+            await until(lambda: core.saved == [{1: 1}], "the first save")
+            listener.sendto(b"held", transport.sock.getsockname())
+            sent: list[bytes] = []
+            await until(lambda: sent.extend(drain(listener)) or sent, "the timer the delivery asked for")
+            return sent, drain(tun.peer)
+        finally:
+            daemon.stop()
+            await task
+            for closable in (transport, tun, listener):
+                closable.close()
+
+    sent, delivered = asyncio.run(scenario())
+    assert delivered == [b"held"] and sent == [b"timer"]
+
+
 @pytest.fixture(autouse=True)
 def no_thread_left():
     before = set(threading.enumerate())

@@ -343,6 +343,12 @@ class Daemon:
                 self.tun_refused += self.tun.write_batch(to_tun)
             if to_network:
                 self.transport.send(to_network)
+            if not self._closing:
+                # What waited was received only now: as for any datagram
+                # received (network_readable), the core may want its timer
+                # earlier (a probe's acknowledgement, the server heard after
+                # a path MTU search's ERROR: core/pmtu.py).
+                self._arm_timer_if_earlier()
         self._schedule_save()
 
     def _save_bounds_at_stop(self) -> None:
