@@ -19,7 +19,7 @@ from . import control, key_store, netconfig, sdnotify
 from .config import ClientConfig, parse_endpoint
 from .core.client import ClientCore
 from .core import siv
-from .core.pmtu import ERROR, SEARCH_COMPLETE
+from .core.pmtu import ERROR, PROBE_TIMER, SEARCH_COMPLETE
 from .core.wire import OVERHEAD
 from .daemon import (
     Daemon, drop_privileges, hand_over_state, hold_state, run_until_signalled, tunnel_and_transport,
@@ -344,7 +344,8 @@ class LiveClient:
             self.path_logged = outcome
             if path.state == ERROR:
                 log.warning("path MTU: no probe of even %d bytes was answered by the server; keeping to an MTU of "
-                            "%d until it is heard", path.confirmed, path.confirmed - OVERHEAD)
+                            "%d and probing it again every %g s until it is heard", path.confirmed,
+                            path.confirmed - OVERHEAD, PROBE_TIMER)
             else:
                 log.info("path MTU: datagrams of %d bytes get through both ways; the tunnel's MTU is %d",
                          path.confirmed, path.confirmed - OVERHEAD)

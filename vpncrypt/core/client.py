@@ -119,9 +119,11 @@ class ClientCore:
         if opened or probes:
             self._unanswered_since = None
             path = self.path
-            path.heard(now)
+            # Acknowledgements first: one of ERROR's base probe moves the
+            # search on, where being heard would start it over.
             for _, size, _, _ in probes:
                 path.acknowledged(size, now)
+            path.heard(now)
         return Delivery([packet for _, packet in opened], [])
 
     def _time_answer(self, datagram: bytes, now: float) -> None:

@@ -42,6 +42,12 @@ MAX_UDP_PAYLOAD = {4: 65535 - 28, 6: 65535 - 8}  # IPv4 total length, IPv6 paylo
 PROBE_TIMER = 1.0
 MAX_PROBES = 3  # consecutive lost probes of one size before it counts as not getting through
 PMTU_RAISE_TIMER = 600.0  # seconds in SEARCH_COMPLETE before confirming and searching upward again
+# In ERROR the base size is probed again every PROBE_TIMER (RFC 8899 section
+# 5.2: ERROR is left when probes no longer detect the error; Linux's SCTP
+# PLPMTUD also keeps probing BASE_PLPMTU in its Error state): a client whose
+# base probes were all lost (its server down, a restart's refusal window, a
+# brief outage) finds the path again by itself, with no traffic to wake it,
+# at the cost of one base-size datagram a second meanwhile.
 # RFC 8899 section 4.3: black holes are also suspected when the PL sees its
 # packets go unanswered. The server answers no datagram as such, but a tunnel
 # that carries data out and hears nothing back for this long (WireGuard's
@@ -88,10 +94,11 @@ class PathSearch:
     CONFIRMING probes the confirmed size (so the server learns it, and as a
     black hole check); SEARCH_COMPLETE waits PMTU_RAISE_TIMER, then confirms
     and searches upward again, or confirms at once when ``suspect`` says data
-    went unanswered; ERROR (the base size lost too) waits for the
-    server to be heard, or PMTU_RAISE_TIMER, and starts over. A size counts
-    as lost after MAX_PROBES probes of it went unacknowledged for
-    PROBE_TIMER each.
+    went unanswered; ERROR (the base size lost too) keeps the base and
+    probes it again every PROBE_TIMER, searching on from the first
+    acknowledgement, or starts over at once when the server is heard. A
+    size counts as lost after MAX_PROBES probes of it went unacknowledged
+    for PROBE_TIMER each.
     """
 
     def __init__(self, base: int, maximum: int, now: float) -> None:
@@ -116,7 +123,8 @@ class PathSearch:
 
     def probe_due(self, now: float) -> int | None:
         """The size of the probe to send at ``now``, or None. An outstanding
-        probe whose PROBE_TIMER ran out counts as lost first."""
+        probe whose PROBE_TIMER ran out counts as lost first; in ERROR each
+        is the base size again, PROBE_TIMER after the last."""
         if now < self.due:
             return None
         if self.outstanding:
@@ -126,9 +134,7 @@ class PathSearch:
                 self._size_lost(now)
         elif self.state == SEARCH_COMPLETE:
             self._confirm(raise_after=True)
-        elif self.state == ERROR:
-            self._start_over()
-        if self.state in (SEARCH_COMPLETE, ERROR):
+        if self.state == SEARCH_COMPLETE:
             return None
         self.outstanding = True
         self.due = now + PROBE_TIMER
@@ -137,7 +143,8 @@ class PathSearch:
     def acknowledged(self, size: int, now: float) -> None:
         """The server acknowledged a probe of ``size`` bytes: both directions
         carry it. A late acknowledgement of an earlier size still raises
-        ``confirmed``; only one of the probe in flight moves the search on."""
+        ``confirmed``; only one of the probe in flight moves the search on
+        (in BASE and ERROR, to SEARCHING)."""
         if size > self.confirmed:
             self.confirmed = size
             self.lost = max(self.lost, size + 1)
@@ -162,7 +169,8 @@ class PathSearch:
 
     def heard(self, now: float) -> None:
         """An authentic datagram came from the server: after ERROR (the server
-        unreachable, or the network not up yet), search again at once."""
+        unreachable, or the network not up yet), search again at once. The
+        owner reports the acknowledgements in the same datagrams first."""
         if self.state == ERROR:
             self._start_over()
             self.due = now
@@ -178,9 +186,8 @@ class PathSearch:
             self.confirmed = self.probed = self.base
             self.state = BASE
             self.lost = self.maximum + 1
-        else:  # BASE: nothing gets through; keep the base and wait
+        else:  # BASE or ERROR: nothing gets through; keep the base and probe it again
             self.state = ERROR
-            self.due = now + PMTU_RAISE_TIMER
 
     def _next_search_size(self, now: float) -> None:
         """Probe the maximum first, then the middle of what is left; done
