@@ -311,13 +311,32 @@ def test_after_KEEP_AHEAD_seconds_of_silence_bounds_stay_where_they_are():
     assert server.held_datagrams() == 1
 
 
+def test_data_in_the_second_of_a_keepalive_that_asked_for_a_bound_is_kept_ahead_too():
+    """The keepalive crosses the bound, the data after it in the same second
+    does not: the data still counts, and the pause after it does not wait."""
+    server = make_server(restart_bounds={})
+    client = make_client()
+    keepalive = [(d, A_EP) for d, _ in keepalives(client.handle_timer(NOW + 1.1))]
+    saved_after(server, [(keepalive, NOW + 1.1)])
+    saved_after(server, [([(d, A_EP) for d in pings(client, 2, NOW + 1.5)], NOW + 1.5)])
+    assert server.bounds_to_save() is None  # the data asked for nothing
+    idle(server, NOW + 1.6, NOW + 9.6)
+    [datagram] = pings(client, 1, NOW + 9.6)
+    assert len(server.datagrams_received([(datagram, A_EP)], NOW + 9.6).to_tun) == 1
+
+
 def test_keepalives_alone_keep_no_bound_ahead():
     """A tunnel idle but for keepalives asks for no write a second."""
     server = make_server(restart_bounds={})
     client = make_client()
+    saves = 0
     for second in range(1, 60, 25):
         keepalive = [(d, A_EP) for d, _ in keepalives(client.handle_timer(NOW + second))]
         saved_after(server, [(keepalive, NOW + second)])
+        saves += 1
+        bound = server.peers[1].durable_bound
+        idle(server, NOW + second, NOW + second + 24)
+        assert server.peers[1].durable_bound == bound  # nothing raised it meanwhile
     assert server.peers[1].window.newest_counter >= 0  # they were accepted
     assert server.restart.keep_ahead_due is None and not server.restart.active
 

@@ -74,7 +74,7 @@ class Peer:
         "client_id", "name", "server_id", "send_direction", "keys", "epoch_seconds", "budget",
         "contexts", "window", "endpoint", "counter", "last_ts",
         "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "roams", "auth_failures", "time_drops",
-        "durable_bound", "save_at", "wanted_bound", "data_sample", "time_window",
+        "durable_bound", "save_at", "wanted_bound", "clock_sample", "time_window",
         "failure_credit", "credit_time", "_context", "time_answer_due", "clock_offset",
     )
 
@@ -120,9 +120,10 @@ class Peer:
         # a higher one is wanted, and the highest wanted.
         self.durable_bound = self.save_at = UNTRACKED
         self.wanted_bound = 0
-        # (local Unix seconds, timestamp) of the last data packet that asked
-        # for a higher bound: how its clock relates to ours (restart.keep_ahead).
-        self.data_sample: tuple[float, int] | None = None
+        # (local Unix seconds, timestamp, rx_packets then) of the last datagram
+        # that asked for a higher bound: how its clock relates to ours, and
+        # whether data came since (restart.keep_ahead).
+        self.clock_sample: tuple[float, int, int] | None = None
         self.time_window = time_window  # how far a stamp may run ahead of the clock
         # Authentication failures this peer's ID may still cost (a token
         # bucket, refilled only when empty), and when it was last refilled.

@@ -235,8 +235,7 @@ def open_datagrams(
             # past it accept nothing until it is saved.
             if ts + SAVE_LEAD > peer.wanted_bound:
                 peer.wanted_bound = ts + SAVE_LEAD
-            if kind == KIND_DATA or kind == KIND_DATA_PARTIAL:
-                peer.data_sample = (now, ts)
+            peer.clock_sample = (now, ts, peer.rx_packets)
             if unsaved is not None:
                 unsaved.add(peer)
             if ts > peer.durable_bound:

@@ -100,9 +100,10 @@ class RestartBounds:
                 peer.durable_bound = bound  # type: ignore[attr-defined]
                 peer.save_at = bound - SAVE_LEAD + 1  # type: ignore[attr-defined]
         for peer in self.unsaved:
-            if peer.data_sample is not None and peer not in self.active:
-                self.active[peer] = [peer.rx_packets, peer.data_sample[0]]
-                due = peer.data_sample[0] + KEEP_AHEAD_INTERVAL
+            if peer.clock_sample is not None and peer not in self.active:
+                # Kept ahead from the first keep_ahead on only if data came since the sample.
+                self.active[peer] = [peer.clock_sample[2], float("-inf")]
+                due = peer.clock_sample[0] + KEEP_AHEAD_INTERVAL
                 if self.keep_ahead_due is None or due < self.keep_ahead_due:
                     self.keep_ahead_due = due
         self.unsaved = {peer for peer in self.unsaved if peer.wanted_bound > peer.durable_bound}
@@ -128,8 +129,9 @@ class RestartBounds:
         seconds before ``now`` (local Unix seconds, the clock ``open_datagrams``
         was given) to run ahead of their clocks as a steady sender's do: to
         the newest timestamp a peer may stamp before the next call, a second
-        from now. A peer's clock is taken from ``data_sample``, the last data
-        packet that asked for a bound (its clock then, to within a second);
+        from now. A peer's clock is taken from ``clock_sample``, the last
+        datagram that asked for a bound (its clock then, to within a second),
+        and it sent data if its rx_packets moved since that datagram;
         the bound never runs more than KEEP_AHEAD + SAVE_LEAD seconds past
         its newest accepted timestamp. ``peers`` maps client IDs to the peers in
         use: any other is forgotten. Sets ``keep_ahead_due``."""
@@ -142,7 +144,7 @@ class RestartBounds:
             if now - seen[1] > KEEP_AHEAD or peer.durable_bound == UNTRACKED:
                 del self.active[peer]
                 continue
-            sampled_at, sampled_ts = peer.data_sample
+            sampled_at, sampled_ts, _ = peer.clock_sample
             # Its newest stamp until the next keep_ahead, a second from now: its
             # clock was sampled_ts + f at sampled_at (0 <= f < 1), so it is at most
             # sampled_ts + ceil(now - sampled_at) + 1 by then; SAVE_LEAD is that + 1.
@@ -159,7 +161,7 @@ class RestartBounds:
         kept with it, so a step neither lengthens nor ends keeping ahead."""
         for peer, seen in self.active.items():
             seen[1] += delta
-            sampled_at, sampled_ts = peer.data_sample
-            peer.data_sample = (sampled_at + delta, sampled_ts)
+            sampled_at, sampled_ts, received = peer.clock_sample
+            peer.clock_sample = (sampled_at + delta, sampled_ts, received)
         if self.keep_ahead_due is not None:
             self.keep_ahead_due += delta
