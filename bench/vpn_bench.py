@@ -2,7 +2,7 @@
 
 Run: tools/bench-vpn [--runs 3] [--seconds 5]
                     [--peers vpncrypt,vpncrypt-pure,wireguard-go,quicktun,fastd,openvpn]
-                    [--path-mtu 1400] [--only rtt] [--pings 20]
+                    [--path-mtu 1400] [--only rtt] [--pings 20] [--ping-interval 0.05]
 
 vpncrypt-pure is vpncrypt with VPNCRYPT_PURE_PYTHON=1: cryptography's AES-SIV
 and the Python loops, without the compiled path (vpncrypt/_siv.c, _batch.c).
@@ -20,9 +20,10 @@ machine hits each VPN alike):
 - 64-byte UDP datagrams received per second, sent flat out (median);
 - Mbit per CPU-second of the VPN processes (both ends) during those runs;
 - added round-trip time: ping through the tunnel minus ping on the underlay
-  (each the mean of --pings pings 50 ms apart, 20 by default, the first one
-  included); with --only rtt nothing else, and the figure of each round
-  beside the median;
+  (each the mean of --pings pings --ping-interval seconds apart, 20 and
+  0.05 by default, the first one included; an interval of 2 s shows what a
+  ping after a pause costs); with --only rtt nothing else, and the figure of
+  each round beside the median;
 - wire overhead: underlay bytes per tunnelled packet minus inner bytes, from
   interface counters during a ping run;
 - with --path-mtu N (e.g. 1400, a PPPoE or tunnelled access link): after the
@@ -329,9 +330,9 @@ def udp_gso_goodput(pair: Pair, seconds: int) -> float:
     return counted["bytes"] * 8 / counted["seconds"] / 1e6 if counted["seconds"] else float("nan")
 
 
-def ping_rtt(pair: Pair, address: str, count: int = 20) -> float:
-    done = pair.lab.run(pair.left, ["ping", "-c", str(count), "-i", "0.05", "-q", address], check=False,
-                        timeout=30 + count * 0.05)
+def ping_rtt(pair: Pair, address: str, count: int = 20, interval: float = 0.05) -> float:
+    done = pair.lab.run(pair.left, ["ping", "-c", str(count), "-i", str(interval), "-q", address], check=False,
+                        timeout=30 + count * interval)
     match = re.search(r"= [\d.]+/([\d.]+)/", done.stdout)
     return float(match.group(1)) if match else float("nan")
 
@@ -355,17 +356,17 @@ def wire_overhead(pair: Pair, count: int = 50, size: int = 1000) -> float:
 
 
 def measure(name: str, workdir: Path, runs: int, seconds: int, path_mtu: int | None = None,
-            only_rtt: bool = False, pings: int = 20) -> dict:
+            only_rtt: bool = False, pings: int = 20, interval: float = 0.05) -> dict:
     pid_file = workdir / name / "iperf3.pid"
     with Lab(workdir / name) as lab:
         pair = Pair(lab)
         pair.lab.run(pair.right, ["iperf3", "-s", "-D", "--pidfile", str(pid_file)])
         try:
-            underlay_rtt = ping_rtt(pair, RIGHT_UNDERLAY, pings)
+            underlay_rtt = ping_rtt(pair, RIGHT_UNDERLAY, pings, interval)
             VPNS[name](pair, workdir / name)
             wait_for_ping(pair)
             figures: dict = {"underlay_rtt_ms": underlay_rtt}
-            figures["tunnel_rtt_ms"] = ping_rtt(pair, RIGHT_TUNNEL, pings)
+            figures["tunnel_rtt_ms"] = ping_rtt(pair, RIGHT_TUNNEL, pings, interval)
             figures["added_rtt_ms"] = figures["tunnel_rtt_ms"] - underlay_rtt
             if only_rtt:
                 figures["added_rtt_runs"] = [figures["added_rtt_ms"]]
@@ -427,7 +428,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--path-mtu", type=int, help="also measure TCP with the underlay link at this MTU")
     parser.add_argument("--only", choices=["rtt"], help="measure only the added round-trip time")
-    parser.add_argument("--pings", type=int, default=20, help="pings 50 ms apart for each RTT figure")
+    parser.add_argument("--pings", type=int, default=20, help="pings for each RTT figure")
+    parser.add_argument("--ping-interval", type=float, default=0.05, help="seconds between two pings")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="vpncrypt-bench-"))
     peers = args.peers.split(",")
@@ -438,7 +440,7 @@ def main() -> int:
         figures = {}
         for name in peers:
             figures[name] = measure(name, workdir / f"round-{number}", 1, args.seconds, args.path_mtu,
-                                    args.only == "rtt", args.pings)
+                                    args.only == "rtt", args.pings, args.ping_interval)
             print(f"round {number}, {name}: "
                   f"{json.dumps({k: v for k, v in figures[name].items() if not k.endswith('_runs')})}",
                   file=sys.stderr, flush=True)
