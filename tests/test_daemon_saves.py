@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -196,6 +197,10 @@ def test_a_failed_write_leaves_reads_on_and_waits_its_retry(monkeypatch, caplog)
     class FailingAfterTheFirst(GatedStore):
         attempts = 0
 
+        def __init__(self) -> None:
+            super().__init__()
+            self.path = Path("/srv/vpn-state/server.bounds.json")  # named in the warning, never written
+
         def save(self, table) -> None:
             self.attempts += 1
             if self.tables:
@@ -228,7 +233,9 @@ def test_a_failed_write_leaves_reads_on_and_waits_its_retry(monkeypatch, caplog)
     with caplog.at_level("WARNING"):
         attempts, delivered = asyncio.run(scenario())
     assert attempts == 2 and delivered == []
-    assert caplog.text.count("cannot save the state (No space left on device); retrying in 1000s") == 1
+    assert caplog.text.count("cannot save the state in /srv/vpn-state (No space left on device): datagrams"
+                             " past the restart bounds saved wait, and beyond 256 are dropped (pending_restart_state),"
+                             " until it can; retrying in 1000s") == 1
 
 
 class WakingCore(HoldingCore):

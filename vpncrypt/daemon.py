@@ -332,8 +332,9 @@ class Daemon:
             self.core.keys_saved(keys)
         self._save_failed = error is not None
         if error is not None:
-            log.warning("cannot save the state (%s); retrying in %gs", getattr(error, "strerror", None) or error,
-                        SAVE_RETRY)
+            log.warning("cannot save the state in %s (%s): datagrams past the restart bounds saved wait, and"
+                        " beyond %d are dropped (pending_restart_state), until it can; retrying in %gs",
+                        self._state_directory(), getattr(error, "strerror", None) or error, HELD_MAX, SAVE_RETRY)
             if not self._closing:
                 self._save_due = asyncio.get_running_loop().call_later(SAVE_RETRY, self._save_state)
             return
@@ -367,6 +368,11 @@ class Daemon:
         except OSError as error:
             log.warning("cannot save the restart state at stop (%s): peers are heard again once their clocks"
                         " pass the state saved before", getattr(error, "strerror", None) or error)
+
+    def _state_directory(self) -> Path | str:
+        """Where the state files are, for the operator: the directory of either."""
+        path = self.key_store_path or getattr(self.restart_store, "path", None)
+        return path.parent if isinstance(path, Path) else "the state directory"
 
     def _pause_network(self) -> None:
         """The core holds all it may while a save is written: leave what comes
