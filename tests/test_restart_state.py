@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from vpncrypt.core.restart import KEEP_AHEAD, SAVE_LEAD
 from vpncrypt.restart_state import RestartStateError, RestartStore
 
 
@@ -55,3 +56,21 @@ def test_a_save_that_fails_leaves_the_old_table(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         store.save({1: 20})
     assert store.load() == {1: 10}
+
+
+def test_a_bound_no_accepted_stamp_can_reach_is_warned_of_and_kept(tmp_path, caplog):
+    """A bound further ahead of the clock than a peer's clock (time_window) plus
+    a bound kept ahead can be: this clock is behind, or the file was changed.
+    The daemon says which peer is refused and why; the table is not changed."""
+    store = RestartStore(tmp_path, "server")
+    now = 1_800_000_000.5
+    limit = 128 + KEEP_AHEAD + SAVE_LEAD + 1
+    table = {7: int(now) + 10, 8: int(now + limit), 9: int(now + limit) + 1, 10: 99_999_999_999}
+    with caplog.at_level("WARNING"):
+        store.warn_of_bounds_ahead(table, now, 128, {7: "client 'a'", 8: "client 'b'", 9: "client 'c'"})
+    assert table == {7: int(now) + 10, 8: int(now + limit), 9: int(now + limit) + 1, 10: 99_999_999_999}
+    warned = [record.getMessage() for record in caplog.records]
+    assert len(warned) == 2, warned
+    assert f"the bound for client 'c' (ID 9) is {int(limit) + 1} s ahead of this host's clock" in warned[0]
+    assert "the bound for a removed client (ID 10)" in warned[1] and str(store.path) in warned[1]
+    assert "check NTP" in warned[0]

@@ -372,6 +372,7 @@ def run_client(config: ClientConfig) -> int:
     held = contextlib.ExitStack()
     hold_state(held, config.state_directory, config.path.stem)
     saved = store.load()
+    store.warn_of_bounds_ahead(saved, time.time(), config.time_window, {config.client_id: "the server"})
     core = ClientCore(
         config.client_id, config.key, server_id=config.server_id, server_endpoint=endpoint,
         routes=config.allowed_sources, now=time.time(), time_window=config.time_window,

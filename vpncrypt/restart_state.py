@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Mapping
 
+from .core.restart import KEEP_AHEAD, SAVE_LEAD
 from .files import replace_durably
 
 log = logging.getLogger("vpncrypt")
@@ -44,6 +46,24 @@ class RestartStore:
         except (OSError, ValueError, KeyError, AttributeError, TypeError) as error:
             log.warning("restart state %s is unreadable (%s): treated as lost", self.path, error)
         return None
+
+    def warn_of_bounds_ahead(self, table: Mapping[int, int] | None, now: float, time_window: int,
+                             names: Mapping[int, str]) -> None:
+        """Log a warning for each bound in ``table`` (from ``load``) further
+        ahead of ``now`` (wall-clock Unix seconds) than any accepted stamp can
+        have been: a peer's clock ahead by up to ``time_window`` seconds, plus
+        a bound kept ahead of it (core/restart.py). This host's clock is then
+        behind (a boot before NTP, a step back), or the file was changed; the
+        peer ``names[client ID]`` is refused until its clock passes the bound.
+        Only logged: the bound stays, since lowering it could let a replay in."""
+        limit = time_window + KEEP_AHEAD + SAVE_LEAD + 1
+        for client_id, bound in sorted((table or {}).items()):
+            if bound > now + limit:
+                log.warning("restart state %s: the bound for %s (ID %d) is %d s ahead of this host's clock, so"
+                            " its datagrams are refused until its clock passes it; this clock is behind (check NTP),"
+                            " or the file was changed (then stop the daemon and remove the file: the first-start"
+                            " rule applies)", self.path, names.get(client_id, "a removed client"), client_id,
+                            bound - int(now))
 
     def prepare(self) -> None:
         """Make the directory, so that a start fails at once, not at the first save.

@@ -361,7 +361,10 @@ def run_server(config: ServerConfig) -> int:
         store = RestartStore(config.state_directory, config.path.stem)
         store.prepare()
         hold_state(held, config.state_directory, config.path.stem)
-        core = build_core(config, time.time(), store.load())
+        saved = store.load()
+        store.warn_of_bounds_ahead(saved, time.time(), config.time_window,
+                                   {client.client_id: f"client {client.name!r}" for client in config.clients})
+        core = build_core(config, time.time(), saved)
         listen = functools.partial(open_server_transport, config.listen_address, config.port,
                                    offload=config.offload)
         drop = functools.partial(drop_privileges, config.account, config.state_directory, config.path.stem)
