@@ -55,24 +55,20 @@ def round_trips(pings: int, cold: bool) -> dict[str, float]:
     server.datagrams_received([(datagram, A_EP) for datagram, _ in first], now)
     clock = time.perf_counter_ns
     times: dict[str, list[float]] = {step: [] for step in STEPS}
+
+    def timed(step: str, call):
+        evict()
+        start = clock()
+        result = call()
+        times[step].append(clock() - start)
+        return result
+
     for _ in range(pings):
         now += 0.05
-        evict()
-        start = clock()
-        up = client.tun_packets_received([request], now).to_network
-        times[STEPS[0]].append(clock() - start)
-        evict()
-        start = clock()
-        opened = server.datagrams_received([(datagram, A_EP) for datagram, _ in up], now)
-        times[STEPS[1]].append(clock() - start)
-        evict()
-        start = clock()
-        down = server.tun_packets_received([reply], now).to_network
-        times[STEPS[2]].append(clock() - start)
-        evict()
-        start = clock()
-        back = client.datagrams_received([(datagram, SERVER_EP) for datagram, _ in down], now)
-        times[STEPS[3]].append(clock() - start)
+        up = timed(STEPS[0], lambda: client.tun_packets_received([request], now).to_network)
+        opened = timed(STEPS[1], lambda: server.datagrams_received([(datagram, A_EP) for datagram, _ in up], now))
+        down = timed(STEPS[2], lambda: server.tun_packets_received([reply], now).to_network)
+        back = timed(STEPS[3], lambda: client.datagrams_received([(datagram, SERVER_EP) for datagram, _ in down], now))
         if len(opened.to_tun) != 1 or len(back.to_tun) != 1:
             raise SystemExit(f"a ping was lost: server drops {dict(server.drops)}, client drops {dict(client.drops)}")
     return {step: statistics.median(values) / 1000 for step, values in times.items()}
