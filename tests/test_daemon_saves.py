@@ -5,6 +5,7 @@ met the once-a-second save of the restart bounds waited for two fsyncs)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -108,29 +109,40 @@ def receiver() -> socket.socket:
     return listener
 
 
+@contextlib.asynccontextmanager
+async def serving(make_core, store, tun_name: str):
+    """A Daemon serving ``make_core(send_to)`` (send_to: the listener's
+    address) with ``store`` for its restart state; yields (core, tun,
+    transport, listener). On the way out it is stopped, the store's gate is
+    opened 0.2 s later (a write under way ends whole), run() is awaited and
+    everything closed."""
+    listener = receiver()
+    transport = open_server_transport("127.0.0.1", 0)
+    tun = MemoryTun(tun_name)
+    core = make_core(listener.getsockname())
+    daemon = Daemon(tun, transport, core, restart_store=store)  # type: ignore[arg-type]
+    task = asyncio.create_task(daemon.run())
+    try:
+        yield core, tun, transport, listener
+    finally:
+        daemon.stop()
+        asyncio.get_running_loop().call_later(0.2, store.gate.set)
+        await task
+        for closable in (transport, tun, listener):
+            closable.close()
+
+
 def test_a_packet_from_tun_is_sent_while_the_state_is_written_and_the_write_ends_before_run():
     """Before, the write (two fsyncs) ran in the loop: the reply to a ping that
     came in just before it waited for the disk."""
     async def scenario():
-        listener = receiver()
-        transport = open_server_transport("127.0.0.1", 0)
-        tun = MemoryTun("t")
-        core = HoldingCore(listener.getsockname())
         store = GatedStore()
-        daemon = Daemon(tun, transport, core, restart_store=store)  # type: ignore[arg-type]
-        task = asyncio.create_task(daemon.run())
         sent: list[bytes] = []
-        try:
+        async with serving(HoldingCore, store, "t") as (core, tun, _, listener):
             await until(store.started.is_set, "the first save starts")
             tun.peer.send(b"echo reply")
             await until(lambda: sent.extend(drain(listener)) or sent, "the packet is sent during the save")
             assert store.tables == [] and core.saved == []  # the write is still under way
-        finally:
-            daemon.stop()
-            asyncio.get_running_loop().call_later(0.2, store.gate.set)
-            await task
-            for closable in (transport, tun, listener):
-                closable.close()
         return sent, store, core
 
     sent, store, core = asyncio.run(scenario())
@@ -149,16 +161,11 @@ def test_a_held_datagram_is_written_for_at_once_and_reads_stop_while_the_core_ho
     monkeypatch.setattr(daemon_module, "SAVE_INTERVAL", 1000.0)
 
     async def scenario():
-        listener = receiver()
-        transport = open_server_transport("127.0.0.1", 0)
-        address = transport.sock.getsockname()
-        tun = MemoryTun("h")
-        core = HoldingCore(listener.getsockname(), hold=1)
         store = GatedStore()
         store.gate.set()
-        daemon = Daemon(tun, transport, core, restart_store=store)  # type: ignore[arg-type]
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with serving(lambda send_to: HoldingCore(send_to, hold=1), store, "h") as (core, tun, transport,
+                                                                                          listener):
+            address = transport.sock.getsockname()
             await until(lambda: core.saved == [{1: 1}], "the first save")
             store.gate.clear()
             store.started.clear()
@@ -176,12 +183,6 @@ def test_a_held_datagram_is_written_for_at_once_and_reads_stop_while_the_core_ho
             delivered = []
             await until(lambda: delivered.extend(drain(tun.peer)) or len(delivered) == 3, "all three delivered")
             return paused_at, delivered
-        finally:
-            store.gate.set()
-            daemon.stop()
-            await task
-            for closable in (transport, tun, listener):
-                closable.close()
 
     paused_at, delivered = asyncio.run(scenario())
     assert paused_at == 1
@@ -208,15 +209,10 @@ def test_a_failed_write_leaves_reads_on_and_waits_its_retry(monkeypatch, caplog)
             self.tables.append(dict(table))
 
     async def scenario():
-        listener = receiver()
-        transport = open_server_transport("127.0.0.1", 0)
-        address = transport.sock.getsockname()
-        tun = MemoryTun("f")
-        core = HoldingCore(listener.getsockname(), hold=1)
         store = FailingAfterTheFirst()
-        daemon = Daemon(tun, transport, core, restart_store=store)  # type: ignore[arg-type]
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with serving(lambda send_to: HoldingCore(send_to, hold=1), store, "f") as (core, tun, transport,
+                                                                                          listener):
+            address = transport.sock.getsockname()
             await until(lambda: core.saved == [{1: 1}], "the first save")
             listener.sendto(b"first", address)
             await until(lambda: store.attempts == 2, "a save for the held datagram, which fails")
@@ -224,11 +220,6 @@ def test_a_failed_write_leaves_reads_on_and_waits_its_retry(monkeypatch, caplog)
                 listener.sendto(payload, address)
                 await until(lambda: core.received == count, "reads go on after the failure")
             return store.attempts, drain(tun.peer)
-        finally:
-            daemon.stop()
-            await task
-            for closable in (transport, tun, listener):
-                closable.close()
 
     with caplog.at_level("WARNING"):
         attempts, delivered = asyncio.run(scenario())
@@ -269,25 +260,14 @@ def test_a_datagram_delivered_by_a_save_gets_the_timer_it_asks_for():
     but only a datagram received in the loop re-armed the timer, so the next
     probe went out with the next keepalive, 23 s later."""
     async def scenario():
-        listener = receiver()
-        transport = open_server_transport("127.0.0.1", 0)
-        tun = MemoryTun("w")
-        core = WakingCore(listener.getsockname())
         store = GatedStore()
         store.gate.set()
-        daemon = Daemon(tun, transport, core, restart_store=store)  # type: ignore[arg-type]
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with serving(WakingCore, store, "w") as (core, tun, transport, listener):
             await until(lambda: core.saved == [{1: 1}], "the first save")
             listener.sendto(b"held", transport.sock.getsockname())
             sent: list[bytes] = []
             await until(lambda: sent.extend(drain(listener)) or sent, "the timer the delivery asked for")
             return sent, drain(tun.peer)
-        finally:
-            daemon.stop()
-            await task
-            for closable in (transport, tun, listener):
-                closable.close()
 
     sent, delivered = asyncio.run(scenario())
     assert delivered == [b"held"] and sent == [b"timer"]
