@@ -23,7 +23,8 @@ machine hits each VPN alike):
   (each the mean of --pings pings --ping-interval seconds apart, 20 and
   0.05 by default, the first one included; an interval of 2 s shows what a
   ping after a pause costs); with --only rtt nothing else, and the figure of
-  each round beside the median;
+  each round beside the median, and the CPU time both ends spent per ping
+  (every thread, timers included, from /proc/PID/task/*/schedstat);
 - wire overhead: underlay bytes per tunnelled packet minus inner bytes, from
   interface counters during a ping run;
 - with --path-mtu N (e.g. 1400, a PPPoE or tunnelled access link): after the
@@ -103,6 +104,23 @@ class Pair:
                 continue
             total += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
         return total / TICKS
+
+    def cpu_ns(self) -> int:
+        """Nanoseconds on a CPU of every thread of every VPN process so far
+        (the first field of /proc/PID/task/TID/schedstat: exact, where the
+        utime and stime of cpu_seconds count in ticks of 10 ms)."""
+        total = 0
+        for process in self.processes:
+            try:
+                threads = os.listdir(f"/proc/{process.pid}/task")
+            except FileNotFoundError:
+                continue
+            for thread in threads:
+                try:
+                    total += int(Path(f"/proc/{process.pid}/task/{thread}/schedstat").read_text().split()[0])
+                except FileNotFoundError:  # the thread ended since the listing
+                    continue
+        return total
 
 
 def wait_for_ping(pair: Pair, timeout: float = 20) -> None:
@@ -366,7 +384,10 @@ def measure(name: str, workdir: Path, runs: int, seconds: int, path_mtu: int | N
             VPNS[name](pair, workdir / name)
             wait_for_ping(pair)
             figures: dict = {"underlay_rtt_ms": underlay_rtt}
+            cpu = pair.cpu_ns()
             figures["tunnel_rtt_ms"] = ping_rtt(pair, RIGHT_TUNNEL, pings, interval)
+            # Both ends' CPU time per ping, timers (keepalives, saves) included.
+            figures["cpu_us_per_ping"] = (pair.cpu_ns() - cpu) / pings / 1000
             figures["added_rtt_ms"] = figures["tunnel_rtt_ms"] - underlay_rtt
             if only_rtt:
                 figures["added_rtt_runs"] = [figures["added_rtt_ms"]]
@@ -449,11 +470,12 @@ def main() -> int:
     print(f"date {time.strftime('%Y-%m-%d')}; versions {json.dumps(versions(peers))}")
     print(f"command: {' '.join(sys.argv)}\n")
     if args.only == "rtt":
-        print("| VPN | underlay RTT ms | tunnel RTT ms | added RTT ms | added RTT ms of each round |")
-        print("|---|---:|---:|---:|---|")
+        print("| VPN | underlay RTT ms | tunnel RTT ms | added RTT ms | added RTT ms of each round |"
+              " CPU us per ping, both ends |")
+        print("|---|---:|---:|---:|---|---:|")
         for name, f in results.items():
             print(f"| {name} | {f['underlay_rtt_ms']:.3f} | {f['tunnel_rtt_ms']:.3f} | {f['added_rtt_ms']:.3f} |"
-                  f" {', '.join(f'{v:.3f}' for v in f['added_rtt_runs'])} |")
+                  f" {', '.join(f'{v:.3f}' for v in f['added_rtt_runs'])} | {f['cpu_us_per_ping']:.0f} |")
         return 0
     print("| VPN | TCP -> Mbit/s | TCP <- Mbit/s | Mbit per CPU-s -> | Mbit per CPU-s <- |"
           " TCP/IPv6 -> Mbit/s | TCP/IPv6 <- Mbit/s | UDP 1392 B Mbit/s | UDP 1392 B, GSO sender Mbit/s |"
