@@ -7,10 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vpncrypt.core import restart
 from vpncrypt.core.restart import KEEP_AHEAD, SAVE_LEAD
 
 from tests.builders import (
-    A_ADDR, A_EP, NOW, SERVER_ADDR, SERVER_EP, ipv4_packet, keepalives, make_client, make_server,
+    A_ADDR, A_EP, B_ADDR, B_EP, KEY_B, NOW, SERVER_ADDR, SERVER_EP, ipv4_packet, keepalives, make_client, make_server,
 )
 
 THIRD_PARTY = ("198.51.100.66", 5555)
@@ -396,3 +397,51 @@ def test_a_clean_stop_writes_the_bounds_down_to_what_was_accepted(offset):
 
 def test_a_receiver_without_restart_state_writes_none_at_stop():
     assert make_server().bounds_at_stop() is None and make_client().bounds_at_stop() is None
+
+
+def two_clients_after_a_burst():
+    """A server that accepted a second of pings from clients 1 and 2."""
+    server = make_server(restart_bounds={})
+    clients = ((make_client(), A_ADDR, A_EP), (make_client(client_id=2, key=KEY_B), B_ADDR, B_EP))
+
+    def ping_each(now):
+        return [(d, endpoint) for client, source, endpoint in clients
+                for d, _ in client.tun_packets_received([ipv4_packet(source, SERVER_ADDR, b"p")], now).to_network]
+
+    saved_after(server, [(ping_each(NOW + 1 + t / 4), NOW + 1 + t / 4) for t in range(4)])
+    return server, ping_each
+
+
+def test_a_round_over_more_peers_than_a_slice_takes_a_call_a_slice_each_due_at_once(monkeypatch):
+    """However many clients are active, one call holds the event loop only
+    for KEEP_AHEAD_SLICE of them; the next round is due a second after the
+    first call of this one."""
+    monkeypatch.setattr(restart, "KEEP_AHEAD_SLICE", 1)
+    server, _ = two_clients_after_a_burst()
+    assert len(server.restart.active) == 2 and not server.restart.unsaved
+    start = server.next_timer()
+    server.handle_timer(start)
+    assert len(server.restart.unsaved) == 1
+    assert server.next_timer() == start  # the other peer, at once
+    server.handle_timer(start + 0.01)
+    assert len(server.restart.unsaved) == 2
+    assert server.next_timer() == start + 1
+
+
+@pytest.mark.parametrize("pause", [3, KEEP_AHEAD - 2])
+def test_peers_that_paused_are_not_made_to_wait_when_a_round_takes_several_calls(monkeypatch, pause):
+    monkeypatch.setattr(restart, "KEEP_AHEAD_SLICE", 1)
+    server, ping_each = two_clients_after_a_burst()
+    idle(server, NOW + 2, NOW + 3.05 + pause, late=0.3)
+    assert len(server.datagrams_received(ping_each(NOW + 3.05 + pause), NOW + 3.05 + pause).to_tun) == 2
+    assert server.held_datagrams() == 0
+
+
+def test_a_clock_step_in_the_middle_of_a_round_moves_the_next_round_with_it(monkeypatch):
+    monkeypatch.setattr(restart, "KEEP_AHEAD_SLICE", 1)
+    server, _ = two_clients_after_a_burst()
+    start = server.next_timer()
+    server.handle_timer(start)
+    server.clock_stepped(100.0)
+    server.handle_timer(start + 100.01)
+    assert server.next_timer() == start + 101
