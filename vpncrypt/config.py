@@ -397,6 +397,9 @@ def _load_server_config(path: Path, keys: key_store.KeyTable | None) -> ServerCo
     seen_ids: dict[int, str] = {}
     seen_names: set[str] = set()
     owners: list[tuple[Network, str]] = [(ipaddress.ip_network(i.ip), "the server") for i in tunnel]
+    # A missing key is reported after overlaps: an overlapping entry is often
+    # a hand-copied one, which has no key yet either, and the overlap is the mistake.
+    keyless: ConfigError | None = None
     for index, table in enumerate(top.get("client", list, [])):
         section = _Section(path, f"[[client]] #{index + 1}", table, {"name", "client_id", "key", "addresses"})
         name = section.get("name", str)
@@ -414,12 +417,16 @@ def _load_server_config(path: Path, keys: key_store.KeyTable | None) -> ServerCo
         owners.extend((network, f"client {name!r}") for network in addresses)
         section.refuse_key()
         if client_id not in key_table.keys:
-            raise section.fail("client_id", f"has no key in the key store of {path.name} (in {state_directory}):"
-                                            f" give it one with: vpncrypt-keygen rotate --server-config {path}"
-                                            f" --name {name} --out {name}.toml")
+            keyless = keyless or section.fail("client_id", f"has no key in the key store of {path.name} (in"
+                                                          f" {state_directory}): give it one with: vpncrypt-keygen"
+                                                          f" rotate --server-config {path} --name {name} --out"
+                                                          f" {name}.toml")
+            continue
         key_epoch, key = key_table.keys[client_id]
         clients.append(ClientEntry(client_id, key, key_epoch, addresses, name))
     _check_overlaps(path, owners)
+    if keyless is not None:
+        raise keyless
     return ServerConfig(
         path=path,
         server_id=server.integer("server_id", 0, 2**32 - 1),

@@ -65,7 +65,8 @@ def test_keygen_keeps_the_server_file_mode_and_takes_a_given_address(configs):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--address", "203.0.113.2"], "already used"),
+    (["--address", "203.0.113.2"], "--address: 203.0.113.2 of client 'carol' overlaps 203.0.113.2/32 of client 'alice'"),
+    (["--address", "2001:db8::1"], "--address: 2001:db8::1 of client 'carol' overlaps 2001:db8::1/128 of the server"),
     (["--address", "198.51.100.1"], "not inside the tunnel network"),
     (["--address", "nonsense"], "not an IP address"),
 ])
@@ -76,6 +77,44 @@ def test_keygen_refuses_bad_addresses_and_leaves_the_server_file_alone(configs, 
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     assert (configs / "server.toml").read_text() == before
     assert not (configs / "carol.toml").exists()
+
+
+def test_keygen_names_the_network_behind_a_client_that_an_address_falls_in(configs):
+    edit(configs / "server.toml", 'addresses = ["203.0.113.3/32"', 'addresses = ["203.0.113.64/26"')
+    done = run("vpncrypt-keygen", "client", "--server-config", "server.toml", "--name", "carol",
+               "--out", "carol.toml", "--address", "203.0.113.70", cwd=configs)
+    assert done.returncode == 2
+    assert done.stderr == ("vpncrypt-keygen: error: --address: 203.0.113.70 of client 'carol' overlaps"
+                           " 203.0.113.64/26 of client 'bob'\n")
+
+
+HAND_COPIED = """
+[[client]]
+name = "carol"
+client_id = 3
+addresses = ["203.0.113.2/32"]
+"""
+
+
+@pytest.mark.parametrize("command", [
+    ("vpncrypt-keygen", "client", "--server-config", "server.toml", "--name", "dave", "--out", "dave.toml"),
+    ("vpncrypt-keygen", "list", "--server-config", "server.toml"),
+    ("vpncrypt-server", "--config", "server.toml", "--dry-run"),
+])
+def test_an_overlap_is_the_first_and_only_error_even_when_the_entry_has_no_key(configs, command):
+    """A client entry copied by hand has no key in the store yet: the overlap it
+    brings is the mistake to name, not the missing key."""
+    with (configs / "server.toml").open("a") as file:
+        file.write(HAND_COPIED)
+    done = run(*command, cwd=configs)
+    assert done.returncode == 2
+    assert done.stderr.endswith("error: server.toml: address 203.0.113.2/32 of client 'carol' overlaps"
+                                " 203.0.113.2/32 of client 'alice'\n")
+    assert len(done.stderr.splitlines()) == 1 and not (configs / "dave.toml").exists()
+    # Once the overlap is mended, the missing key is what is left to say.
+    edit(configs / "server.toml", '"203.0.113.2/32"]\n', '"203.0.113.9/32"]\n')
+    done = run(*command, cwd=configs)
+    assert done.returncode == 2 and "[[client]] 'carol' client_id: has no key in the key store" in done.stderr
 
 
 def test_dry_run_prints_the_network_commands(configs):

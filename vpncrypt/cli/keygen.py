@@ -40,8 +40,9 @@ from .client_keys import (
 )
 from .common import RUNTIME_ERROR, add_version, error_exit, print_all
 from .server_file import (
-    check_name, choose_client_id, client_addresses, client_file_text, client_index, client_spans, free_address, locked,
-    network_text, read_text, rewrite_server_file, taken_networks, toml_value, with_retired, write_private,
+    address_owner, check_name, choose_client_id, client_addresses, client_file_text, client_index, client_spans,
+    free_address, locked, network_text, read_text, rewrite_server_file, taken_networks, toml_value, with_retired,
+    write_private,
 )
 
 PROGRAM = "vpncrypt-keygen"
@@ -175,8 +176,9 @@ def make_client(args: argparse.Namespace) -> int:
             if any(address in network for network in server.retired_addresses):
                 raise ConfigError(f"--address: {address} is retired (a removed client had it);"
                                   f" delete it from [retired] in {server_path} to use it again")
-            if any(address in network for network in taken):
-                raise ConfigError(f"--address: {address} is already used")
+            used = address_owner(server, address)
+            if used is not None:
+                raise ConfigError(f"--address: {address} of client {name!r} overlaps {used[0]} of {used[1]}")
             chosen.append(ipaddress.ip_interface(f"{address}/{interface.network.prefixlen}"))
         if requested:
             raise ConfigError(f"--address: the server has no IPv{next(iter(requested))} tunnel network")

@@ -23,6 +23,7 @@ from ..config_toml import plain_table_headers
 from ..config import (
     DEFAULT_INTERFACE, DEFAULT_KEEPALIVE, DEFAULT_STATE_DIRECTORY, ConfigError, ServerConfig, load_server_config,
 )
+from ..core.inner import Network
 from ..core.server import ClientEntry
 from ..core.wire import MAX_CLIENT_ID
 
@@ -178,6 +179,20 @@ def taken_networks(server: ServerConfig) -> list:
         taken.extend(client.addresses)
     taken.extend(server.retired_addresses)
     return taken
+
+
+def address_owner(server: ServerConfig, address) -> tuple[Network, str] | None:
+    """The network holding ``address`` and whom it belongs to, as config errors
+    name them (``"the server"``, ``"client 'laptop'"``): the server's own tunnel
+    address or one of a client's addresses; None if no one has it."""
+    for interface in server.tunnel:
+        if address == interface.ip:
+            return ipaddress.ip_network(interface.ip), "the server"
+    for client in server.clients:
+        network = next((n for n in client.addresses if address in n), None)
+        if network is not None:
+            return network, f"client {client.name!r}"
+    return None
 
 
 def choose_client_id(server: ServerConfig, path: Path, wanted: int | None) -> int:
