@@ -134,6 +134,48 @@ def test_time_window_drops_and_a_clock_ahead_are_named():
     assert texts(events.tick(T0 + 200, [peer])) == ["client 'skewed' (ID 3): its clock is in step again"]
 
 
+def test_a_clock_measured_by_a_time_answer_is_named_once_and_again_when_it_moves():
+    """A client told the server's time stamps in it: only ``clock_offset``
+    (core/server.py, _time_answers) shows how far off its own clock is."""
+    events, peer = watch(time_window=128), FakePeer(3, "skewed")
+    peer.clock_offset = None
+    events.tick(T0, [peer])
+    peer.clock_offset = 299.6  # answered; its next datagrams are stamped in step
+    peer.heard(T0 + 1)
+    lines = events.tick(T0 + 1, [peer])
+    assert lines[1] == (logging.WARNING, "client 'skewed' (ID 3): its clock is about 300 s ahead of this host's"
+                                         " (measured by a time answer; it stamps in this host's time now: check NTP)")
+    for second in range(2, 200):  # in step by its stamps, the same offset: said once
+        peer.heard(T0 + second)
+        assert events.tick(T0 + second, [peer]) == []
+    peer.clock_offset = 305.0  # a few seconds of drift: not news
+    assert events.tick(T0 + 200, [peer]) == []
+    peer.clock_offset = -42.2  # stepped back, answered again
+    assert texts(events.tick(T0 + 201, [peer])) == [
+        "client 'skewed' (ID 3): its clock is about 42 s behind this host's (measured by a time answer; it stamps"
+        " in this host's time now: check NTP)"]
+    peer.clock_offset = -120.0  # within a minute of the last clock line: held, then said
+    assert events.tick(T0 + 230, [peer]) == []
+    assert texts(events.tick(T0 + 201 + RATE_INTERVAL, [peer]))[0].startswith(
+        "client 'skewed' (ID 3): its clock is about 120 s behind")
+    peer.clock_offset = 1.0
+    peer.heard(T0 + 400)
+    assert texts(events.tick(T0 + 400, [peer])) == [
+        "client 'skewed' (ID 3): its clock is in step again (measured by a time answer)"]
+    peer.heard(T0 + 460)
+    assert events.tick(T0 + 460, [peer]) == []
+
+
+def test_a_small_offset_a_time_answer_measured_is_no_news():
+    """A restarted client stamping a second behind its predecessor earns a time
+    answer too (core/receive.py): an offset under CLOCK_OFF is not worth a line."""
+    events, peer = watch(), FakePeer()
+    peer.clock_offset = -3.0
+    peer.heard(T0)
+    assert texts(events.tick(T0, [peer])) == ["client 'laptop' (ID 1) heard for the first time since start,"
+                                              " from 198.51.100.7:4000"]
+
+
 def test_send_errors_and_tun_refusals_are_summed_into_one_line_a_minute():
     events, peer = watch(), FakePeer()
     assert events.tick(T0, [peer], send_errors=5) == []  # before start: not news

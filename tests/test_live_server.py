@@ -9,6 +9,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -77,9 +78,9 @@ class Runs:
         return subprocess.CompletedProcess(command, 2 if failed else 0, "", "RTNETLINK answers: refused")
 
 
-async def with_server(configs: Path, body, runs: Runs | None = None):
+async def with_server(configs: Path, body, runs: Runs | None = None, client_clock=time.time):
     """A live server from configs/server.toml with client a connected; ``body(live, client_daemon)``
-    runs in the loop (a coroutine)."""
+    runs in the loop (a coroutine). ``client_clock`` is client a's wall clock."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -97,10 +98,10 @@ async def with_server(configs: Path, body, runs: Runs | None = None):
     a = load_client_config(configs / "a.toml")
     client_core = ClientCore(a.client_id, a.key, key_epoch=a.key_epoch, epoch_seconds=a.epoch_seconds, server_id=7,
                              server_endpoint=("127.0.0.1", port),
-                             routes=a.allowed_sources, now=now)
+                             routes=a.allowed_sources, now=client_clock())
     client_tun = MemoryTun("c")
     client_transport = open_client_transport(socket.AF_INET)
-    client = Daemon(client_tun, client_transport, client_core)
+    client = Daemon(client_tun, client_transport, client_core, clock=client_clock)
     # The client first: the server's signal handlers (SIGHUP) are the ones that stay.
     tasks = [asyncio.create_task(client.run()), asyncio.create_task(daemon.run())]
     try:
@@ -165,6 +166,29 @@ def edit(path: Path, old: str, new: str) -> None:
     text = path.read_text()
     assert old in text, old
     path.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize("offset, side", [(300, "ahead of"), (-300, "behind")])
+def test_the_server_logs_once_how_far_off_a_time_answered_clients_clock_is(configs, run_dir, caplog, offset, side):
+    """Client a's clock is off by more than the time window: the server answers it
+    with its time (docs/PROTOCOL.md, 7.1), a stamps in the server's time from
+    then on, and the server's log says how far off a's own clock is, once."""
+    async def body(live, client):
+        deadline = time.monotonic() + 5
+        while live.core.peers[1].rx_packets < 3 and time.monotonic() < deadline:
+            client.tun.peer.send(ipv4_packet("203.0.113.2", "203.0.113.1", bytes(20)))
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(1.5)  # the server's ticks, once a second, after a's traffic came
+        return live.core.peers[1].clock_offset, live.core.peers[1].rx_packets
+
+    with caplog.at_level("INFO", logger="vpncrypt.server"):
+        measured, received = asyncio.run(with_server(configs, body, client_clock=lambda: time.time() + offset))
+    assert received >= 3 and abs(measured - offset) < 2
+    [line] = [r.getMessage() for r in caplog.records if "its clock" in r.getMessage()]
+    # Stamps are whole seconds: the offset measured is within a second of the true one.
+    about = re.fullmatch(rf"client 'a' \(ID 1\): its clock is about (\d+) s {side} this host's \(measured by a"
+                         r" time answer; it stamps in this host's time now: check NTP\)", line)
+    assert about is not None and abs(int(about.group(1)) - abs(offset)) <= 1, line
 
 
 def test_a_broken_config_is_refused_with_the_line_a_start_gives_and_the_old_one_stays(configs, run_dir):

@@ -92,6 +92,7 @@ class _Seen:
     heard_at: float | None = None  # the server's time at the tick that first saw ``heard``
     silent: bool = False
     clock_reported: int | None = None  # the offset last logged, None while in step
+    answered_reported: int | None = None  # the time-answered offset last logged, None before any
     moves: collections.deque = field(default_factory=collections.deque)  # (time, count, from, to)
 
 
@@ -182,6 +183,7 @@ class EventWatch:
             if self._allow(peer, "silent", now):
                 lines.append((WARNING, f"{who} silent: no datagram for {duration(now - seen.heard_at)}"
                              f" (last from {show(peer.endpoint)})"))
+        self._check_answered_clock(peer, who, seen, now, lines)
         self._check_moves(peer, who, seen, now, lines)
         self._check_failures(peer, who, seen, now, lines)
 
@@ -200,6 +202,31 @@ class EventWatch:
             if self._allow(peer, "clock", now):
                 seen.clock_reported = None
                 lines.append((INFO, f"{who}: its clock is in step again"))
+
+    def _check_answered_clock(self, peer: Any, who: str, seen: _Seen, now: float, lines: list[Line]) -> None:
+        """The offset a time answer measured (``peer.clock_offset``: its stamp
+        minus this host's clock, seconds; None before any answer, and on a
+        client's peer, whose core keeps it elsewhere). A client told the time
+        stamps in this host's time afterwards, so ``_check_clock`` cannot see
+        its clock: this says it when an offset of CLOCK_OFF or more is first
+        measured or moves by CLOCK_OFF, and when a later answer finds it in
+        step, within the clock lines' rate limit."""
+        offset = getattr(peer, "clock_offset", None)
+        if offset is None:
+            return
+        rounded = round(offset)
+        if abs(rounded) >= CLOCK_OFF:
+            reported = seen.answered_reported
+            if (reported is None or abs(rounded - reported) >= CLOCK_OFF) and self._allow(peer, "clock", now):
+                seen.answered_reported = rounded
+                seen.clock_reported = None  # its stamps are in step now: no "in step again" for them
+                side = "ahead of" if rounded > 0 else "behind"
+                lines.append((WARNING, f"{who}: its clock is about {abs(rounded)} s {side} this host's (measured"
+                              " by a time answer; it stamps in this host's time now: check NTP)"))
+        elif seen.answered_reported is not None and abs(rounded) < CLOCK_OFF // 2:
+            if self._allow(peer, "clock", now):
+                seen.answered_reported = None
+                lines.append((INFO, f"{who}: its clock is in step again (measured by a time answer)"))
 
     def _check_moves(self, peer: Any, who: str, seen: _Seen, now: float, lines: list[Line]) -> None:
         show = self.format_endpoint
