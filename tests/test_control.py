@@ -89,6 +89,51 @@ def test_a_handler_that_breaks_does_not_take_the_daemon_down(run_dir):
     assert answer[0]["ok"] is False and answer[0]["status"] == 1 and answer[1]["ok"] is True
 
 
+def test_answer_pending_serves_one_request_a_connection_with_no_event_loop(run_dir):
+    """As a client waiting for its server's name serves the socket: garbage, a
+    refusal, a bug and a connection that says nothing each cost one call, and
+    never an exception."""
+    path = control.socket_path("client")
+    listener = control.bind(path)
+
+    def show(_request):
+        return {"status": {"waiting": True}}
+
+    def reload(_request):
+        raise control.RequestError("a client cannot reload", 2)
+
+    def broken(_request):
+        raise KeyError("bug")
+
+    handlers = {"show": show, "reload": reload, "broken": broken}
+    answers = []
+
+    def ask(*lines: bytes) -> None:
+        with socket.socket(socket.AF_UNIX) as connection:
+            connection.connect(str(path))
+            connection.sendall(b"".join(lines))
+            control.answer_pending(listener, handlers, 1.0)
+            connection.settimeout(5)
+            answers.append(connection.recv(1 << 16))
+
+    try:
+        control.answer_pending(listener, handlers, 0.01)  # nobody there: returns
+        ask(b'{"command": "show"}\n', b'{"command": "show"}\n')  # the first line only
+        ask(b'{"command": "reload"}\n')
+        ask(b'{"command": "broken"}\n')
+        ask(b"nonsense\n")
+        ask(b"")  # says nothing: dropped after PENDING_READ_TIMEOUT, with no answer
+    finally:
+        listener.close()
+    assert [json.loads(a) if a else None for a in answers] == [
+        {"ok": True, "status": {"waiting": True}},
+        {"ok": False, "error": "a client cannot reload", "status": 2},
+        {"ok": False, "error": "broken failed: 'bug'", "status": 1},
+        {"ok": False, "error": "unknown request; commands: broken, reload, show"},
+        None,
+    ]
+
+
 def test_a_socket_left_by_a_killed_daemon_is_replaced_but_a_live_one_is_not(run_dir):
     path = control.socket_path("server")
     run_dir.mkdir(mode=0o700)
@@ -161,6 +206,31 @@ def test_render_text_and_prometheus_of_a_client_daemon():
     assert 'vpncrypt_drops_total{daemon="laptop",reason="replayed"} 4' in metrics
     assert 'vpncrypt_server_path_mtu_bytes{daemon="laptop"} 1327' in metrics
     assert metrics.count("# TYPE vpncrypt_drops_total counter") == 1
+
+
+def test_render_text_and_prometheus_of_a_client_waiting_for_its_servers_name():
+    status = {"format": 1, "role": "client", "name": "laptop", "config": "/etc/vpncrypt/laptop.toml", "pid": 901,
+              "started": 1000.0, "now": 1063.0,
+              "waiting_for_server": {"server": "vpn.example.org:51820", "failed_lookups": 6,
+                                     "error": "cannot resolve server 'vpn.example.org': Name or service not known",
+                                     "next_lookup": 1088.0}}
+    assert render_text(status) == (
+        "client: laptop\n"
+        "  waiting for the server's name: vpn.example.org:51820 (no tunnel yet)\n"
+        "  lookups: 6 failed so far, the next in 25 s\n"
+        "  last error: cannot resolve server 'vpn.example.org': Name or service not known\n"
+        "  up: 1 min 3 s, pid 901, config /etc/vpncrypt/laptop.toml")
+    status["now"] = status["waiting_for_server"]["next_lookup"]
+    assert "  lookups: 6 failed so far, the next one under way\n" in render_text(status)
+    first = {**status, "waiting_for_server": {**status["waiting_for_server"], "failed_lookups": 0, "error": None,
+                                              "next_lookup": None}}
+    assert render_text(first).splitlines()[2:] == ["  lookups: the first one under way",
+                                                   "  up: 1 min 28 s, pid 901, config /etc/vpncrypt/laptop.toml"]
+    assert render_prometheus([status]).splitlines()[-3:] == [
+        "# HELP vpncrypt_server_name_lookup_failures_total Failed lookups of the server's name by a client still"
+        " waiting for it.",
+        "# TYPE vpncrypt_server_name_lookup_failures_total counter",
+        'vpncrypt_server_name_lookup_failures_total{daemon="laptop"} 6']
 
 
 def test_prometheus_label_values_are_escaped_and_families_grouped():

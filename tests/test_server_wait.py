@@ -1,16 +1,25 @@
 """A client whose server name does not resolve yet waits for it (client.wait_for_server),
-in-process with a fake resolver and a fake clock; a malformed name is a config error.
-The real process, its SIGTERM and the name appearing are in tests/netns/test_privileges.py."""
+in-process with a fake resolver and a fake clock, and answers ``vpncrypt show`` meanwhile;
+a malformed name is a config error. The real process, its SIGTERM and the name
+appearing are in tests/netns/test_privileges.py."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
-from vpncrypt import client
+from vpncrypt import client, control
 from vpncrypt.cli.daemons import client_main
 from vpncrypt.cli.keygen import main as keygen
 from vpncrypt.client import RESOLVE_RETRY_MAX, ResolveError, StopFlag, wait_for_server
@@ -147,3 +156,71 @@ def test_a_dry_run_with_a_name_that_does_not_resolve_is_as_before(tmp_path, monk
     assert capsys.readouterr().err == ("vpncrypt-client: error: cannot resolve server 'vpn.example': Name or service"
                                        " not known\n")
     assert lookups == ["vpn.example"]
+
+
+def test_vpncrypt_show_says_that_a_client_waits_for_its_servers_name(tmp_path, monkeypatch):
+    """run_client itself, in this process, with a name that does not resolve: its
+    control socket answers meanwhile, says what it waits for and never a key,
+    and goes when a SIGTERM ends the wait."""
+    keygen(["server", "--endpoint", "vpn.example:51820", "--tunnel", "203.0.113.1/24", "--out",
+            str(tmp_path / "server.toml"), "--server-id", "3"])
+    keygen(["client", "--server-config", str(tmp_path / "server.toml"), "--name", "alice", "--out",
+            str(tmp_path / "alice.toml")])
+    install_client_keys(tmp_path)
+    config = load_client_config(tmp_path / "alice.toml")
+    monkeypatch.setenv(control.RUN_DIR_VARIABLE, str(tmp_path / "run"))
+    lookups = []
+
+    def no_such_name(host, *args, **kwargs):
+        lookups.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_name)
+    path = control.socket_path("alice")
+    seen: dict = {}
+
+    def operator() -> None:
+        """What an operator runs while the client waits, then SIGTERM."""
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if path.exists() and control.request(path, "show")["status"]["waiting_for_server"]["failed_lookups"]:
+                    break
+                time.sleep(0.05)
+            seen["json"] = control.request(path, "show")
+            seen["text"] = subprocess.run([str(Path(sys.executable).parent / "vpncrypt"), "show", "alice"],
+                                          capture_output=True, text=True, timeout=30)
+            seen["prometheus"] = subprocess.run([str(Path(sys.executable).parent / "vpncrypt"), "show",
+                                                 "--prometheus"], capture_output=True, text=True, timeout=30)
+            seen["reload"] = control.request(path, "reload")
+            seen["garbage"] = control.request(path, "nonsense")
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    helper = threading.Thread(target=operator)
+    helper.start()
+    try:
+        assert client.run_client(config) == 0
+    finally:
+        helper.join(30)
+    status = seen["json"]["status"]
+    assert seen["json"]["ok"] and status["role"] == "client" and status["name"] == "alice"
+    waiting = status["waiting_for_server"]
+    assert waiting["server"] == "vpn.example:51820" and 1 <= waiting["failed_lookups"] <= len(lookups)
+    assert waiting["error"] == "cannot resolve server 'vpn.example': Name or service not known"
+    assert status["now"] <= waiting["next_lookup"] <= status["now"] + 2  # the second wait is 2 s
+    text = seen["text"]
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[:2] == ["client: alice", "  waiting for the server's name: vpn.example:51820 (no tunnel yet)"]
+    assert re.fullmatch(r"  lookups: \d+ failed so far, the next (in \d s|one under way)", lines[2]), lines[2]
+    assert lines[3] == "  last error: cannot resolve server 'vpn.example': Name or service not known"
+    [entry] = json.loads((Path(os.environ["STATE_DIRECTORY"]) / "alice.keys.json").read_text())["keys"].values()
+    assert entry["key"] not in json.dumps(status) and entry["key"] not in text.stdout
+    metrics = seen["prometheus"].stdout.splitlines()
+    assert seen["prometheus"].returncode == 0, seen["prometheus"].stderr
+    assert any(re.fullmatch(r'vpncrypt_server_name_lookup_failures_total\{daemon="alice"\} [1-9]', m) for m in metrics)
+    assert seen["reload"] == {"ok": False, "status": 2,
+                              "error": f"{config.path}: a client cannot reload its config; restart it"}
+    assert not seen["garbage"]["ok"] and "commands: reload, show" in seen["garbage"]["error"]
+    assert not path.exists()  # stopped while waiting: the socket goes with it

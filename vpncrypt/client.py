@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from . import control, key_store, netconfig, sdnotify
 from .config import ClientConfig, parse_endpoint
@@ -132,10 +132,12 @@ def resolve(host: str, port: int) -> tuple[int, Any]:
 class StopFlag:
     """Set by SIGINT or SIGTERM while the client waits for its server's name
     (the handler only sets it: no lock, no exception from a handler). ``sleep``
-    and ``wait`` poll it every STOP_POLL seconds."""
+    and ``wait`` poll it every STOP_POLL seconds, spending the time between
+    in ``idle(seconds)``: ``time.sleep``, or answering the control socket."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle: Callable[[float], None] = time.sleep) -> None:
         self.stopped = False
+        self.idle = idle
 
     def __call__(self, _number: int = 0, _frame: Any = None) -> None:
         self.stopped = True
@@ -143,13 +145,14 @@ class StopFlag:
     def sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while not self.stopped and (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(STOP_POLL, left))
+            self.idle(min(STOP_POLL, left))
 
     def wait(self, done: threading.Event) -> bool:
         """Until ``done`` is set (True) or a stop (False)."""
         while not self.stopped:
-            if done.wait(STOP_POLL):
+            if done.is_set():
                 return True
+            self.idle(STOP_POLL)
         return False
 
 
@@ -186,13 +189,16 @@ def wait_for_server(
     host: str, port: int, *, look_up: Callable[[str, int], tuple[int, Any] | None],
     sleep: Callable[[float], None], stopped: Callable[[], bool] = lambda: False,
     notifier: sdnotify.Notifier | None = None, clock: Callable[[], float] = time.monotonic,
+    failed: Callable[[str, float], None] = lambda _error, _delay: None,
 ) -> tuple[int, Any] | None:
     """(address family, socket address) of the server, looking its name up
     until it resolves: after a failure, ``sleep`` RESOLVE_RETRY_FIRST seconds,
     doubling up to RESOLVE_RETRY_MAX. Failures are logged, one line every
-    RESOLVE_LOG_INTERVAL seconds (of ``clock``, monotonic) at most, and told
+    RESOLVE_LOG_INTERVAL seconds (of ``clock``, monotonic) at most, told
     to systemd (STATUS=, and EXTEND_TIMEOUT_USEC so that its start timeout
-    waits too). None once ``stopped()`` (``look_up`` returns None then too)."""
+    waits too) and to ``failed(error line, seconds to the next lookup)``
+    (NameWait, for ``vpncrypt show``). None once ``stopped()`` (``look_up``
+    returns None then too)."""
     delay = RESOLVE_RETRY_FIRST
     failures = 0
     logged_at: float | None = None
@@ -209,6 +215,7 @@ def wait_for_server(
                 logged_at = now
             notifier.send(STATUS=f"waiting for the server's name: {error}; next lookup in {delay:g} s",
                           EXTEND_TIMEOUT_USEC=int((delay + RESOLVE_LOOKUP_ALLOWANCE) * 1e6))
+            failed(str(error), delay)
             sleep(delay)
             delay = min(delay * 2, RESOLVE_RETRY_MAX)
             continue
@@ -218,14 +225,67 @@ def wait_for_server(
     return None
 
 
-def wait_for_server_or_signal(host: str, port: int) -> tuple[int, Any] | None:
-    """``wait_for_server`` until SIGINT or SIGTERM (then None: nothing was made yet)."""
-    stop = StopFlag()
+class NameWait:
+    """A client waiting for its server's name as ``vpncrypt show`` sees it,
+    before there is a tunnel (and a LiveClient): the name, the failed lookups
+    so far with the last one's error, and when the next is due. ``clock`` is
+    the wall clock (Unix seconds) of the status, ``monotonic`` the one the
+    wait runs on."""
+
+    def __init__(self, config: ClientConfig, *, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.config, self.clock, self.monotonic = config, clock, monotonic
+        self.started = clock()
+        self.failures = 0
+        self.error: str | None = None
+        self.next_at: float | None = None  # monotonic
+
+    def failed(self, error: str, delay: float) -> None:
+        """``wait_for_server``'s ``failed``: a lookup failed with ``error``; the next in ``delay`` seconds."""
+        self.failures += 1
+        self.error = error
+        self.next_at = self.monotonic() + delay
+
+    def handlers(self) -> dict[str, control.PlainHandler]:
+        return {"show": lambda _request: {"status": self.status()},
+                "reload": lambda _request: refuse_reload(self.config)}
+
+    def status(self) -> dict[str, Any]:
+        """``vpncrypt show --json`` for a client with no tunnel yet (README, "Operating"); no key material."""
+        now = self.clock()
+        next_lookup = None if self.next_at is None else now + max(self.next_at - self.monotonic(), 0.0)
+        return {
+            "format": STATUS_FORMAT,
+            "role": "client",
+            "name": self.config.path.stem,
+            "config": str(self.config.path),
+            "pid": os.getpid(),
+            "started": self.started,
+            "now": now,
+            "waiting_for_server": {"server": self.config.server, "failed_lookups": self.failures,
+                                   "error": self.error, "next_lookup": next_lookup},
+        }
+
+
+def refuse_reload(config: ClientConfig) -> NoReturn:
+    """Raise a client's answer to ``vpncrypt reload`` (RequestError, status 2):
+    its key, ID and addresses are all it is, so it says to restart it."""
+    raise control.RequestError(f"{config.path}: a client cannot reload its config; restart it", 2)
+
+
+def wait_for_server_or_signal(host: str, port: int, waiting: NameWait,
+                              listener: socket.socket) -> tuple[int, Any] | None:
+    """``wait_for_server`` until SIGINT or SIGTERM (then None: nothing was made
+    yet), answering ``vpncrypt show`` on ``listener`` (the control socket) from
+    ``waiting`` meanwhile."""
+    handlers = waiting.handlers()
+    stop = StopFlag(lambda seconds: control.answer_pending(listener, handlers, seconds))
     previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
     notifier = sdnotify.Notifier.from_environment()
     try:
         found = wait_for_server(host, port, look_up=lambda h, p: look_up_in_thread(h, p, stop), sleep=stop.sleep,
-                                stopped=lambda: stop.stopped, notifier=notifier)
+                                stopped=lambda: stop.stopped, notifier=notifier,
+                                failed=waiting.failed)
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
@@ -295,7 +355,7 @@ class LiveClient:
         return {"status": self.status()}
 
     async def reload_request(self, _request: dict[str, Any]) -> dict[str, Any]:
-        raise control.RequestError(f"{self.config.path}: a client cannot reload its config; restart it", 2)
+        refuse_reload(self.config)
 
     def status(self) -> dict[str, Any]:
         """The stable JSON of ``vpncrypt show --json`` for a client (README, "Operating"); no key material."""
@@ -360,7 +420,21 @@ def run_client(config: ClientConfig) -> int:
     PrivilegeError if the drop fails."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop takes it over
     host, port = parse_endpoint(config.server)
-    found = wait_for_server_or_signal(host, port) if is_name(host) else resolve(host, port)
+    name = config.path.stem
+    # Bound first: a second client of this name stops at once, and ``vpncrypt
+    # show`` reaches one that waits for its server's name.
+    control_server = control.ControlServer.bind(control.socket_path(name))
+    try:
+        return _run_client(config, host, port, control_server)
+    finally:
+        control_server.discard()
+
+
+def _run_client(config: ClientConfig, host: str, port: int, control_server: control.ControlServer) -> int:
+    if is_name(host):
+        found = wait_for_server_or_signal(host, port, NameWait(config), control_server.sock)
+    else:
+        found = resolve(host, port)
     if found is None:
         return 0
     family, endpoint = found
@@ -394,7 +468,6 @@ def run_client(config: ClientConfig) -> int:
                                        offload=config.offload)
     name = config.path.stem
     drop = functools.partial(drop_privileges, config.account, config.state_directory, name)
-    control_server = control.ControlServer.bind(control.socket_path(name))
     try:
         with tunnel_and_transport(spec, config.offload, open_transport, drop) as (tun, transport):
             daemon = Daemon(tun, transport, core, status=lambda: client_status(core), control=control_server,
@@ -411,5 +484,4 @@ def run_client(config: ClientConfig) -> int:
             run_until_signalled(daemon, on_start=on_start)
     finally:
         held.close()
-        control_server.discard()
     return 0

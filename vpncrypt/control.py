@@ -12,6 +12,9 @@ one key=value a line: a request ``{"command": "show"}``, an answer
 ``{"ok": true, ...}`` or ``{"ok": false, "error": "one line"}``. Requests are
 served on the daemon's event loop, between batches of packets, so a handler
 must not block: slow work (reading a config, running ``ip``) goes to a thread.
+Before the loop runs (a client waiting for its server's name),
+``answer_pending`` serves the same socket from a polling loop, one request a
+connection.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import errno
 import json
 import logging
 import os
+import select
 import socket
 import stat
 import struct
@@ -38,6 +42,7 @@ READ_TIMEOUT = 10.0  # seconds a connection may sit without finishing its reques
 ANSWER_TIMEOUT = 30.0  # seconds the command waits for an answer (a reload runs ``ip``)
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+PlainHandler = Callable[[dict[str, Any]], dict[str, Any]]  # answer_pending's: no event loop to await on
 
 
 class ControlError(OSError):
@@ -197,24 +202,77 @@ class ControlServer:
 
     async def answer(self, line: bytes) -> dict[str, Any]:
         """The answer to one request line; never raises for a bad request."""
+        parsed = _parse(line, self.handlers)
+        if isinstance(parsed, dict):
+            return parsed
+        request, command = parsed
         try:
-            request = json.loads(line)
-            command = request["command"]
-            handler = self.handlers[command]
-        except (ValueError, TypeError, KeyError):
-            return {"ok": False, "error": f"unknown request; commands: {', '.join(sorted(self.handlers))}"}
-        try:
-            return {"ok": True, **await handler(request)}
-        except RequestError as error:
-            return {"ok": False, "error": str(error), "status": error.status}
-        except Exception as error:  # a bug must not take the daemon down with it
-            log.exception("control command %r failed", command)
-            return {"ok": False, "error": f"{command} failed: {error}", "status": 1}
+            return {"ok": True, **await self.handlers[command](request)}
+        except Exception as error:
+            return _refusal(command, error)
 
     @staticmethod
     async def _answer(writer: asyncio.StreamWriter, answer: dict[str, Any]) -> None:
         writer.write(json.dumps(answer, sort_keys=True).encode() + b"\n")
         await writer.drain()
+
+
+def _parse(line: bytes, handlers: dict[str, Any]) -> tuple[dict[str, Any], str] | dict[str, Any]:
+    """(request, command) for a request line naming one of ``handlers``, else the refusal to answer."""
+    try:
+        request = json.loads(line)
+        command = request["command"]
+        handlers[command]
+    except (ValueError, TypeError, KeyError):
+        return {"ok": False, "error": f"unknown request; commands: {', '.join(sorted(handlers))}"}
+    return request, command
+
+
+def _refusal(command: str, error: Exception) -> dict[str, Any]:
+    """The answer when a handler raised: its RequestError's line, or, for a
+    bug (which must not take the daemon down with it), a line and a logged traceback."""
+    if isinstance(error, RequestError):
+        return {"ok": False, "error": str(error), "status": error.status}
+    log.error("control command %r failed", command, exc_info=error)
+    return {"ok": False, "error": f"{command} failed: {error}", "status": 1}
+
+
+PENDING_READ_TIMEOUT = 1.0  # seconds answer_pending waits for a connection's request line
+
+
+def answer_pending(sock: socket.socket, handlers: dict[str, PlainHandler], timeout: float) -> None:
+    """Without an event loop: wait up to ``timeout`` seconds for a connection
+    to ``sock`` (a listening socket from ``bind``) and answer its first
+    request line with ``handlers`` (which return the answer's fields or raise
+    RequestError), as ControlServer does; then close it. Never raises: a
+    connection that fails or sends nothing within PENDING_READ_TIMEOUT is
+    dropped. A signal does not cut the wait short (select is retried, PEP
+    475): callers that must see one poll with a short ``timeout``."""
+    if not select.select([sock], [], [], timeout)[0]:
+        return
+    try:
+        connection, _ = sock.accept()
+    except OSError:  # taken back by the client, or interrupted
+        return
+    with connection:
+        try:
+            connection.settimeout(PENDING_READ_TIMEOUT)
+            if not _peer_allowed(connection):
+                answer: dict[str, Any] = {"ok": False, "error": "permission denied: root only"}
+            else:
+                with connection.makefile("rb") as reader:
+                    parsed = _parse(reader.readline(MAX_LINE), handlers)
+                if isinstance(parsed, dict):
+                    answer = parsed
+                else:
+                    request, command = parsed
+                    try:
+                        answer = {"ok": True, **handlers[command](request)}
+                    except Exception as error:
+                        answer = _refusal(command, error)
+            connection.sendall(json.dumps(answer, sort_keys=True).encode() + b"\n")
+        except OSError:  # socket.timeout included
+            pass
 
 
 def request(path: Path, command: str, timeout: float = ANSWER_TIMEOUT, **fields: Any) -> dict[str, Any]:

@@ -280,6 +280,10 @@ def test_a_client_waits_for_its_servers_name(named):
     finally:
         readiness.close()
     assert process.poll() is None
+    # vpncrypt show reaches it, and says what it waits for.
+    shown = vpn.vpncrypt("show", "a").stdout
+    assert f"waiting for the server's name: vpn.example:{PORT} (no tunnel yet)" in shown, shown
+    assert "last error: cannot resolve server 'vpn.example'" in shown, shown
     process.send_signal(signal.SIGTERM)
     assert process.wait(10) == 0
     assert "stopped while waiting for the server's name 'vpn.example'" in log.read_text()

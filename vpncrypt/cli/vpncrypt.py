@@ -91,10 +91,31 @@ def _data_path(status: dict[str, Any]) -> str:
     return f"cipher {path['cipher']}; offload {path['offload']}" if path else "(not reported)"
 
 
+def _waiting(status: dict[str, Any]) -> list[str]:
+    """A client with no tunnel yet: waiting for its server's name (client.NameWait)."""
+    now, waiting = status["now"], status["waiting_for_server"]
+    failed = waiting["failed_lookups"]
+    lookups = f"{failed} failed so far" if failed else "the first one under way"
+    if waiting["next_lookup"] is not None:
+        left = waiting["next_lookup"] - now
+        lookups += f", the next in {duration(left)}" if left > 0 else ", the next one under way"
+    lines = [
+        f"client: {status['name']}",
+        f"  waiting for the server's name: {waiting['server']} (no tunnel yet)",
+        f"  lookups: {lookups}",
+    ]
+    if waiting["error"]:
+        lines.append(f"  last error: {waiting['error']}")
+    lines.append(f"  up: {duration(now - status['started'])}, pid {status['pid']}, config {status['config']}")
+    return lines
+
+
 def render_text(status: dict[str, Any]) -> str:
     now = status["now"]
     lines = []
-    if status["role"] == "server":
+    if "waiting_for_server" in status:
+        lines += _waiting(status)
+    elif status["role"] == "server":
         heard = sum(1 for c in status["clients"] if c["last_datagram"] is not None)
         totals = status["totals"]
         lines += [
@@ -192,6 +213,11 @@ def render_prometheus(statuses: list[dict[str, Any]]) -> str:
         daemon = {"daemon": status["name"]}
         sample("vpncrypt_start_time_seconds", "gauge", "When the daemon started (Unix time).",
                daemon, status["started"])
+        if "waiting_for_server" in status:  # a client with no tunnel yet: nothing else to count
+            sample("vpncrypt_server_name_lookup_failures_total", "counter",
+                   "Failed lookups of the server's name by a client still waiting for it.",
+                   daemon, status["waiting_for_server"]["failed_lookups"])
+            continue
         if status["role"] == "server":
             sample("vpncrypt_clients", "gauge", "Clients in the server's config.", daemon, len(status["clients"]))
             if "icmp_sent" in status:  # not from a daemon older than the field
