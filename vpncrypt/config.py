@@ -361,14 +361,17 @@ def _collector_paused():
             gc.enable()
 
 
-def load_server_config(path: str | os.PathLike, keys: key_store.KeyTable | None = None) -> ServerConfig:
+def load_server_config(path: str | os.PathLike, keys: key_store.KeyTable | None = None, *,
+                       keyless: str | None = None) -> ServerConfig:
     """The server's config with each client's key from ``keys``, or from the key
-    store in its state directory if None. Raises ConfigError."""
+    store in its state directory if None. Raises ConfigError. ``keyless`` names
+    a client that may have no key yet, for ``vpncrypt-keygen rotate`` to give
+    it one: it is loaded with an empty key (never a config to run)."""
     with _collector_paused():
-        return _load_server_config(Path(path), keys)
+        return _load_server_config(Path(path), keys, keyless)
 
 
-def _load_server_config(path: Path, keys: key_store.KeyTable | None) -> ServerConfig:
+def _load_server_config(path: Path, keys: key_store.KeyTable | None, keyless: str | None) -> ServerConfig:
     data, info = read_toml(path)
     if "server" not in data and isinstance(data.get("client"), dict):
         raise ConfigError(f"{path}: is a client config ([client]); run it with vpncrypt-client")
@@ -399,7 +402,7 @@ def _load_server_config(path: Path, keys: key_store.KeyTable | None) -> ServerCo
     owners: list[tuple[Network, str]] = [(ipaddress.ip_network(i.ip), "the server") for i in tunnel]
     # A missing key is reported after overlaps: an overlapping entry is often
     # a hand-copied one, which has no key yet either, and the overlap is the mistake.
-    keyless: ConfigError | None = None
+    missing: ConfigError | None = None
     for index, table in enumerate(top.get("client", list, [])):
         section = _Section(path, f"[[client]] #{index + 1}", table, {"name", "client_id", "key", "addresses"})
         name = section.get("name", str)
@@ -416,8 +419,11 @@ def _load_server_config(path: Path, keys: key_store.KeyTable | None) -> ServerCo
             raise section.fail("addresses", "needs at least one address")
         owners.extend((network, f"client {name!r}") for network in addresses)
         section.refuse_key()
+        if client_id not in key_table.keys and name == keyless:
+            clients.append(ClientEntry(client_id, b"", 0, addresses, name))
+            continue
         if client_id not in key_table.keys:
-            keyless = keyless or section.fail("client_id", f"has no key in the key store of {path.name} (in"
+            missing = missing or section.fail("client_id", f"has no key in the key store of {path.name} (in"
                                                           f" {state_directory}): give it one with: vpncrypt-keygen"
                                                           f" rotate --server-config {path} --name {name} --out"
                                                           f" {name}.toml")
@@ -425,8 +431,8 @@ def _load_server_config(path: Path, keys: key_store.KeyTable | None) -> ServerCo
         key_epoch, key = key_table.keys[client_id]
         clients.append(ClientEntry(client_id, key, key_epoch, addresses, name))
     _check_overlaps(path, owners)
-    if keyless is not None:
-        raise keyless
+    if missing is not None:
+        raise missing
     return ServerConfig(
         path=path,
         server_id=server.integer("server_id", 0, 2**32 - 1),

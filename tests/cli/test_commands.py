@@ -117,6 +117,25 @@ def test_an_overlap_is_the_first_and_only_error_even_when_the_entry_has_no_key(c
     assert done.returncode == 2 and "[[client]] 'carol' client_id: has no key in the key store" in done.stderr
 
 
+@pytest.mark.parametrize("fix", ["rotate", "remove"])
+def test_a_client_added_by_hand_without_a_key_is_given_one_or_removed_as_the_error_says(configs, fix):
+    with (configs / "server.toml").open("a") as file:
+        file.write(HAND_COPIED.replace("203.0.113.2/32", "203.0.113.9/32"))
+    refused = run("vpncrypt-server", "--config", "server.toml", "--dry-run", cwd=configs)
+    assert refused.returncode == 2
+    advice = refused.stderr.split("give it one with: ")[1].split()
+    assert advice[:2] == ["vpncrypt-keygen", "rotate"]
+    command = advice if fix == "rotate" else ["vpncrypt-keygen", "remove", "--server-config", "server.toml",
+                                              "--name", "carol"]
+    done = run(*command, cwd=configs)
+    assert done.returncode == 0, done.stderr
+    install_client_keys(configs)
+    server = load_server_config(configs / "server.toml")
+    assert [c.name for c in server.clients] == (["alice", "bob", "carol"] if fix == "rotate" else ["alice", "bob"])
+    if fix == "rotate":
+        assert load_client_config(configs / "carol.toml").key == server.clients[2].key != b""
+
+
 def test_dry_run_prints_the_network_commands(configs):
     done = run("vpncrypt-client", "--config", "alice.toml", "--dry-run", cwd=configs)
     assert done.returncode == 0

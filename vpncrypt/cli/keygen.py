@@ -225,7 +225,7 @@ def make_client(args: argparse.Namespace) -> int:
 def remove_client(args: argparse.Namespace) -> int:
     server_path = Path(args.server_config)
     with locked(server_path):
-        server = load_server_config(server_path)
+        server = load_server_config(server_path, keyless=args.name)  # one added by hand may have none
         index = client_index(server, args.name, server_path)
         removed = server.clients[index]
         text = read_text(server_path)
@@ -250,7 +250,7 @@ def rotate_client(args: argparse.Namespace) -> int:
     out = Path(args.out)
     keys_out = client_key_file(out, args.key_out)
     with locked(server_path):
-        server = load_server_config(server_path)
+        server = load_server_config(server_path, keyless=args.name)  # one added by hand has none yet
         entry = server.clients[client_index(server, args.name, server_path)]
         check_client_key_file(keys_out, server, replaces=entry.client_id)
         if out.resolve() in (server_path.resolve(), server_store(server).resolve()):
