@@ -295,11 +295,24 @@ VPNS = {
 }
 
 
+def start_python_relay(pair: Pair, workdir: Path) -> None:
+    """bench/python_relay.py at both ends: unencrypted, a reference for the
+    added round-trip time only."""
+    for side, peer in (("left", RIGHT_UNDERLAY), ("right", LEFT_UNDERLAY)):
+        address, address6 = TUNNEL[side]
+        pair.spawn(side, [sys.executable, str(Path(__file__).resolve().parent / "python_relay.py"), f"relay{side}",
+                          f"{address}/24", f"{address6}/64", peer, str(PORT)], f"python-relay-{side}.log")
+
+
+# Not VPNs: measured only with --only rtt, and never by default.
+REFERENCES = {"python-relay": start_python_relay}
+
+
 def versions(peers: list[str]) -> dict[str, str]:
     def package(name: str) -> str:
         return run(["dpkg-query", "-W", "-f", "${Version}", name], check=False).stdout.strip() or "?"
 
-    found = {name: package(name) for name in peers if not name.startswith("vpncrypt")}
+    found = {name: package(name) for name in peers if name in VPNS and not name.startswith("vpncrypt")}
     found["vpncrypt"] = importlib.metadata.version("vpncrypt")
     found.update(iperf3=package("iperf3"), kernel=os.uname().release, python=sys.version.split()[0])
     return found
@@ -381,7 +394,7 @@ def measure(name: str, workdir: Path, runs: int, seconds: int, path_mtu: int | N
         pair.lab.run(pair.right, ["iperf3", "-s", "-D", "--pidfile", str(pid_file)])
         try:
             underlay_rtt = ping_rtt(pair, RIGHT_UNDERLAY, pings, interval)
-            VPNS[name](pair, workdir / name)
+            (VPNS.get(name) or REFERENCES[name])(pair, workdir / name)
             wait_for_ping(pair)
             figures: dict = {"underlay_rtt_ms": underlay_rtt}
             cpu = pair.cpu_ns()
@@ -452,8 +465,13 @@ def main() -> int:
     parser.add_argument("--pings", type=int, default=20, help="pings for each RTT figure")
     parser.add_argument("--ping-interval", type=float, default=0.05, help="seconds between two pings")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="vpncrypt-bench-"))
     peers = args.peers.split(",")
+    for name in peers:
+        if name not in VPNS and name not in REFERENCES:
+            parser.error(f"unknown peer {name!r}: choose from {', '.join([*VPNS, *REFERENCES])}")
+        if name in REFERENCES and args.only != "rtt":
+            parser.error(f"{name} is a reference for the round-trip time, not a VPN: use it with --only rtt")
+    workdir = Path(tempfile.mkdtemp(prefix="vpncrypt-bench-"))
     # Round after round, each VPN measured once a round: a load that comes and
     # goes on this shared machine hits every VPN alike, not the one whose turn it is.
     rounds = []

@@ -1,0 +1,66 @@
+"""The least a Python program can do to carry a tunnel, unencrypted: a
+reference for the added round-trip time of bench/vpn_bench.py, not a VPN.
+
+Run (as ``vpn_bench.py --only rtt --peers python-relay,...`` does, inside a
+namespace): python bench/python_relay.py DEVICE ADDRESS/PREFIX ADDRESS6/PREFIX PEER PORT
+
+It creates the TUN device DEVICE (no offloads) with the two tunnel
+addresses and, on uvloop as vpncrypt's daemons, copies each packet read from
+the device into one UDP datagram to PEER:PORT, and each datagram received on
+PORT back to the device: a read, a write and an epoll wait a wake-up, the
+system calls vpncrypt makes for a lone packet, and no other work. What
+vpncrypt adds above it is the work of its own Python around the compiled
+cipher (bench/RESULTS.md, "what the rest is").
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vpncrypt.tun.linux import LinuxTun  # noqa: E402
+
+MTU = 1420  # bench/vpn_bench.py's
+READ_SIZE = 65536
+
+
+def main() -> None:
+    device, address, address6, peer, port = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+    tun = LinuxTun.open(device, offload=False)
+    subprocess.run(["ip", "address", "add", address, "dev", device], check=True)
+    subprocess.run(["ip", "address", "add", address6, "dev", device, "nodad"], check=True)
+    subprocess.run(["ip", "link", "set", device, "mtu", str(MTU), "up"], check=True)
+    fd = tun.fileno()
+    os.set_blocking(fd, False)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", port))
+    sock.setblocking(False)
+    destination = (peer, port)
+
+    def device_readable() -> None:
+        try:
+            sock.sendto(os.read(fd, READ_SIZE), destination)
+        except BlockingIOError:
+            pass
+
+    def socket_readable() -> None:
+        try:
+            os.write(fd, sock.recv(READ_SIZE))
+        except BlockingIOError:
+            pass
+
+    loop = uvloop.new_event_loop()
+    loop.add_reader(fd, device_readable)
+    loop.add_reader(sock.fileno(), socket_readable)
+    loop.run_forever()
+
+
+if __name__ == "__main__":
+    main()
