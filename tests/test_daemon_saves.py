@@ -69,6 +69,9 @@ class HoldingCore:
     def keys_to_save(self):
         return None
 
+    def save_wanted(self, *, bounds, keys):
+        return bounds and self.bounds_to_save() is not None
+
     def next_timer(self):
         return None
 

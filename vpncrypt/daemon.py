@@ -283,9 +283,7 @@ class Daemon:
         if held:
             self._save_state()
             return
-        wanted = (self.restart_store is not None and self.core.bounds_to_save() is not None) or (
-            self.key_store_path is not None and self.core.keys_to_save() is not None)
-        if wanted:
+        if self.core.save_wanted(bounds=self.restart_store is not None, keys=self.key_store_path is not None):
             delay = max(SAVE_DELAY, self._last_save + SAVE_INTERVAL - time.monotonic())
             self._save_due = asyncio.get_running_loop().call_later(delay, self._save_state)
 

@@ -53,12 +53,14 @@ def test_the_cores_erase_old_keys_on_their_timer_and_ask_for_them_to_be_saved():
     server, client = make_server(), make_client()
     for core in (server, client):
         assert core.keys_to_save() is not None  # the loaded key moved on at start already
+        assert core.save_wanted(bounds=False, keys=True) and not core.save_wanted(bounds=True, keys=False)
         core.keys_saved(core.keys_to_save())
-        assert core.keys_to_save() is None
+        assert core.keys_to_save() is None and not core.save_wanted(bounds=True, keys=True)
     later = NOW + 3600 * 3 + 600
     assert server.next_timer() <= later
     server.handle_timer(later)
     client.handle_timer(later)
+    assert server.save_wanted(bounds=False, keys=True) and client.save_wanted(bounds=False, keys=True)
     saved = server.keys_to_save()
     assert set(saved) == {1, 2} and all(epoch == oldest_needed_epoch(later, 3600) for epoch, _ in saved.values())
     assert client.keys_to_save() == {1: saved[1]}  # both ends of client 1 agree

@@ -18,13 +18,21 @@ THIRD_PARTY = ("198.51.100.66", 5555)
 OFFSETS = (-120, -15, 0, 15, 120)
 
 
+def bounds_wanted(core):
+    """``bounds_to_save``, checked against the cheap ``save_wanted`` the daemon asks first."""
+    table = core.bounds_to_save()
+    assert core.save_wanted(bounds=True, keys=False) == (table is not None)
+    assert not core.save_wanted(bounds=False, keys=False)
+    return table
+
+
 def saved_after(core, now_datagrams):
     """Feed datagrams, saving whatever the core asks for after each batch, as the
     daemon does; returns the inner packets and the last saved table."""
     delivered, table = [], {}
     for datagrams, now in now_datagrams:
         delivered += core.datagrams_received(datagrams, now).to_tun
-        wanted = core.bounds_to_save()
+        wanted = bounds_wanted(core)
         if wanted is not None:
             delivered += core.bounds_saved(wanted, now).to_tun
             table = wanted
@@ -235,7 +243,7 @@ def idle(core, start, end, late=0.0):
         if now >= end:
             return table
         core.handle_timer(now)
-        wanted = core.bounds_to_save()
+        wanted = bounds_wanted(core)
         if wanted is not None:
             core.bounds_saved(wanted, now)
             table = wanted

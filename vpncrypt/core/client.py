@@ -189,6 +189,11 @@ class ClientCore:
             self._unanswered_since = now
         return Delivery(to_tun, self._send(KIND_DATA, sending, now))
 
+    def save_wanted(self, *, bounds: bool, keys: bool) -> bool:
+        """Whether bounds_to_save (if ``bounds``) or keys_to_save (if ``keys``)
+        would return a table now, without building it."""
+        return (bounds and bool(self.restart.unsaved)) or (keys and self.key_timer.unsaved)
+
     def keys_to_save(self) -> dict[int, tuple[int, bytes]] | None:
         """This client's oldest kept key, {client ID: (epoch, key)}, to replace
         its key file with; None if unchanged."""

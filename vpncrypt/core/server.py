@@ -299,6 +299,11 @@ class ServerCore:
         held, self.restart.held = self.restart.held, []
         return self.datagrams_received(held, now) if held else Delivery([], [])
 
+    def save_wanted(self, *, bounds: bool, keys: bool) -> bool:
+        """Whether bounds_to_save (if ``bounds``) or keys_to_save (if ``keys``)
+        would return a table now, without building it."""
+        return (bounds and bool(self.restart.unsaved)) or (keys and self.key_timer.unsaved)
+
     def keys_to_save(self) -> dict[int, tuple[int, bytes]] | None:
         """Each client's oldest kept key, client ID -> (epoch, key), to replace
         the key store with (erasing older keys from disk); None if unchanged."""
