@@ -24,9 +24,11 @@ def test_after_advancing_nothing_kept_derives_an_erased_epochs_key():
     key = os.urandom(64)
     keys = EpochKeys(key, 100)
     erased = {e: keys.for_epoch(e) for e in range(100, 105)}
-    keys.for_epoch(108)
+    derived = keys.for_epoch(108)
     assert keys.advance(105) and keys.key_epoch == 105
-    kept = list(keys._keys.items())
+    kept = [(105, keys.oldest)] + [(105 + 1 + i, secret) for i, secret in enumerate(keys._later)]
+    assert [epoch for epoch, _ in kept] == [105, 106, 107, 108] and kept[-1][1] == derived == keys.for_epoch(108)
+    assert all(secret == epoch_key(key, 100, epoch) for epoch, secret in kept)
     for epoch, secret in kept:  # derive forward from everything still held
         for later in range(epoch, 112):
             assert epoch_key(secret, epoch, later) not in erased.values()
