@@ -5,6 +5,7 @@ appearing are in tests/netns/test_privileges.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from vpncrypt import client, control
+from vpncrypt import client, control, daemon
 from vpncrypt.cli.daemons import client_main
 from vpncrypt.cli.keygen import main as keygen
 from vpncrypt.client import RESOLVE_RETRY_MAX, ResolveError, StopFlag, wait_for_server
@@ -161,7 +162,8 @@ def test_a_dry_run_with_a_name_that_does_not_resolve_is_as_before(tmp_path, monk
 def test_vpncrypt_show_says_that_a_client_waits_for_its_servers_name(tmp_path, monkeypatch):
     """run_client itself, in this process, with a name that does not resolve: its
     control socket answers meanwhile, says what it waits for and never a key,
-    and goes when a SIGTERM ends the wait."""
+    it holds its state's lock (a second daemon is refused at once), and the
+    socket goes when a SIGTERM ends the wait."""
     keygen(["server", "--endpoint", "vpn.example:51820", "--tunnel", "203.0.113.1/24", "--out",
             str(tmp_path / "server.toml"), "--server-id", "3"])
     keygen(["client", "--server-config", str(tmp_path / "server.toml"), "--name", "alice", "--out",
@@ -194,6 +196,12 @@ def test_vpncrypt_show_says_that_a_client_waits_for_its_servers_name(tmp_path, m
                                                  "--prometheus"], capture_output=True, text=True, timeout=30)
             seen["reload"] = control.request(path, "reload")
             seen["garbage"] = control.request(path, "nonsense")
+            try:  # what a second client with this state (from another namespace) would do
+                with contextlib.ExitStack() as stack:
+                    daemon.hold_state(stack, config.state_directory, "alice")
+                seen["second"] = "let in"
+            except daemon.StateInUse as error:
+                seen["second"] = str(error)
         finally:
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -223,4 +231,5 @@ def test_vpncrypt_show_says_that_a_client_waits_for_its_servers_name(tmp_path, m
     assert seen["reload"] == {"ok": False, "status": 2,
                               "error": f"{config.path}: a client cannot reload its config; restart it"}
     assert not seen["garbage"]["ok"] and "commands: reload, show" in seen["garbage"]["error"]
+    assert "another vpncrypt daemon runs with the state of 'alice'" in seen["second"]  # held while waiting
     assert not path.exists()  # stopped while waiting: the socket goes with it

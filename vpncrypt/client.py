@@ -424,14 +424,30 @@ def run_client(config: ClientConfig) -> int:
     # Bound first: a second client of this name stops at once, and ``vpncrypt
     # show`` reaches one that waits for its server's name.
     control_server = control.ControlServer.bind(control.socket_path(name))
+    held = contextlib.ExitStack()  # the state's lock, once taken
     try:
-        return _run_client(config, host, port, control_server)
+        return _run_client(config, host, port, control_server, held)
     finally:
+        held.close()
         control_server.discard()
 
 
-def _run_client(config: ClientConfig, host: str, port: int, control_server: control.ControlServer) -> int:
+def hold_client_state(config: ClientConfig, store: RestartStore, held: contextlib.ExitStack) -> None:
+    """Take the state directory (as root: for the account the client will
+    run as) and hold its lock in ``held``; raises StateInUse if another
+    daemon holds it (daemon.hold_state)."""
+    hand_over_state(config.account, config.state_directory, config.path.stem)
+    store.prepare()
+    hold_state(held, config.state_directory, config.path.stem)
+
+
+def _run_client(config: ClientConfig, host: str, port: int, control_server: control.ControlServer,
+                held: contextlib.ExitStack) -> int:
+    store = RestartStore(config.state_directory, config.path.stem)
     if is_name(host):
+        # Held while the name is looked up too: a second daemon with this
+        # state is refused at once, not when one of the two gets an answer.
+        hold_client_state(config, store, held)
         found = wait_for_server_or_signal(host, port, NameWait(config), control_server.sock)
     else:
         found = resolve(host, port)
@@ -439,14 +455,13 @@ def _run_client(config: ClientConfig, host: str, port: int, control_server: cont
         return 0
     family, endpoint = found
     spec = tunnel_spec(config, endpoint)
-    netconfig.check_loops(spec)  # before anything is made or written
-    hand_over_state(config.account, config.state_directory, config.path.stem)
-    store = RestartStore(config.state_directory, config.path.stem)
-    store.prepare()
-    held = contextlib.ExitStack()
-    hold_state(held, config.state_directory, config.path.stem)
+    netconfig.check_loops(spec)  # before anything is made or written (the wait above took only the lock)
+    if not is_name(host):
+        hold_client_state(config, store, held)
+    # No warning of bounds ahead of this host's clock, as the server gives:
+    # the client's are in the server's clock, which its own need not match
+    # (a time answer sets the offset), so they say nothing about this host's.
     saved = store.load()
-    store.warn_of_bounds_ahead(saved, time.time(), config.time_window, {config.client_id: "the server"})
     core = ClientCore(
         config.client_id, config.key, server_id=config.server_id, server_endpoint=endpoint,
         routes=config.allowed_sources, now=time.time(), time_window=config.time_window,
@@ -468,20 +483,17 @@ def _run_client(config: ClientConfig, host: str, port: int, control_server: cont
                                        offload=config.offload)
     name = config.path.stem
     drop = functools.partial(drop_privileges, config.account, config.state_directory, name)
-    try:
-        with tunnel_and_transport(spec, config.offload, open_transport, drop) as (tun, transport):
-            daemon = Daemon(tun, transport, core, status=lambda: client_status(core), control=control_server,
-                            restart_store=store,
-                            key_store_path=key_store.store_path(config.state_directory, config.path.stem))
-            control_server.handlers = LiveClient(config, core, daemon, name=name, interface=tun.name).handlers()
-            log.info("client %r (ID %d) to server %s, interface %s; cipher: %s, offload: %s",
-                     config.name, config.client_id, format_endpoint(endpoint), tun.name, siv.in_use(),
-                     offload_in_use(config.offload))
-            on_start = None
-            if is_name(host) and config.resolve_interval:
-                loop_route = functools.partial(netconfig.loop_route, spec, default_kept_out=marked)
-                on_start = ServerLookups(core, host, port, family, config.resolve_interval, loop_route).start
-            run_until_signalled(daemon, on_start=on_start)
-    finally:
-        held.close()
+    with tunnel_and_transport(spec, config.offload, open_transport, drop) as (tun, transport):
+        daemon = Daemon(tun, transport, core, status=lambda: client_status(core), control=control_server,
+                        restart_store=store,
+                        key_store_path=key_store.store_path(config.state_directory, config.path.stem))
+        control_server.handlers = LiveClient(config, core, daemon, name=name, interface=tun.name).handlers()
+        log.info("client %r (ID %d) to server %s, interface %s; cipher: %s, offload: %s",
+                 config.name, config.client_id, format_endpoint(endpoint), tun.name, siv.in_use(),
+                 offload_in_use(config.offload))
+        on_start = None
+        if is_name(host) and config.resolve_interval:
+            loop_route = functools.partial(netconfig.loop_route, spec, default_kept_out=marked)
+            on_start = ServerLookups(core, host, port, family, config.resolve_interval, loop_route).start
+        run_until_signalled(daemon, on_start=on_start)
     return 0
