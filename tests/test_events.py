@@ -234,3 +234,22 @@ def test_moving_on_to_new_places_is_roaming_not_flapping():
     assert not any("two machines" in line for line in said)
     peer.heard(T0 + 20, "192.0.2.3:1")  # back to a place it was at: now it alternates
     assert "two machines" in texts(events.tick(T0 + 20, [peer]))[0]
+
+
+def test_a_client_told_the_servers_time_does_not_say_its_datagrams_are_refused():
+    """The client's clock 300 s ahead: a time answer told it the server's
+    time, so the tunnel works and the line says so; before the answer, or
+    for an offset the answer does not explain, it says they are refused."""
+    told = [0.0]
+    events, peer = watch(time_window=128, told_offset=lambda: told[0]), FakePeer()
+    events.tick(T0, [peer])
+    told[0] = -300.0
+    peer.heard(T0 + 0.5 - 300)
+    assert texts(events.tick(T0 + 1, [peer]))[1] == (
+        "client 'laptop' (ID 1): its clock is about 300 s behind this host's"
+        " (it told this host its time, which this host stamps in now: check NTP)")
+    told[0] = 0.0
+    peer.heard(T0 + 100 - 200)
+    assert texts(events.tick(T0 + 100, [peer])) == [
+        "client 'laptop' (ID 1): its clock is about 199 s behind this host's"
+        " (datagrams more than 128 s off are refused; check NTP)"]

@@ -344,7 +344,8 @@ class LiveClient:
         self.started = clock()
         # The server does not answer keepalives: an idle tunnel hears nothing, so silence says nothing.
         self.watch = EventWatch(format_endpoint, self.started, time_window=config.time_window,
-                                silent_after=float("inf"), who=lambda _peer: "the server")
+                                silent_after=float("inf"), who=lambda _peer: "the server",
+                                told_offset=lambda: core.clock_offset)
         self.path_logged: tuple[str, int] | None = None  # the path MTU search's last outcome logged
         daemon.tick = self.tick
 

@@ -109,11 +109,17 @@ class EventWatch:
     public attributes (``client_id``, ``name``, ``endpoint``, ``window``,
     ``roams``, ``auth_failures``, ``time_drops``); ``who`` names one in a line
     (default: "client 'laptop' (ID 7)"); ``silent_after`` is infinite where
-    the other end need not speak (a server does not answer keepalives)."""
+    the other end need not speak (a server does not answer keepalives);
+    ``told_offset`` (a client's) gives the offset a time answer told this
+    end (seconds, the server's clock minus this host's; 0.0 before any), so
+    that a clock line says the tunnel works in the server's time rather
+    than that datagrams are refused."""
 
     def __init__(self, format_endpoint: Formatter, now: float, *, time_window: int = 128,
-                 silent_after: float = SILENT_AFTER, who: Callable[[Any], str] | None = None) -> None:
+                 silent_after: float = SILENT_AFTER, who: Callable[[Any], str] | None = None,
+                 told_offset: Callable[[], float] = lambda: 0.0) -> None:
         self.format_endpoint = format_endpoint
+        self.told_offset = told_offset
         self.who = who or (lambda peer: f"client {peer.name!r} (ID {peer.client_id})")
         self.time_window = time_window
         self.silent_after = silent_after
@@ -196,8 +202,11 @@ class EventWatch:
                 if self._allow(peer, "clock", now):
                     seen.clock_reported = offset
                     side = "ahead of" if offset > 0 else "behind"
-                    lines.append((WARNING, f"{who}: its clock is about {abs(offset)} s {side} this host's"
-                                 f" (datagrams more than {self.time_window} s off are refused; check NTP)"))
+                    if abs(offset - self.told_offset()) < CLOCK_OFF:
+                        why = "it told this host its time, which this host stamps in now: check NTP"
+                    else:
+                        why = f"datagrams more than {self.time_window} s off are refused; check NTP"
+                    lines.append((WARNING, f"{who}: its clock is about {abs(offset)} s {side} this host's ({why})"))
         elif seen.clock_reported is not None and abs(offset) < CLOCK_OFF // 2:
             if self._allow(peer, "clock", now):
                 seen.clock_reported = None
