@@ -17,8 +17,10 @@
  *     the replay window, moves the endpoint, checks the inner packet and its
  *     source, and appends (peer, packet) as the Python loop does. It also
  *     counts the drops that change nothing but a counter (bad_length,
- *     old_version, unknown_kind, unknown_client, replayed, and the inner
- *     packet's two). Any other datagram (a probe, a time-window or restart
+ *     old_version, unknown_kind, unknown_client, replayed, the inner
+ *     packet's two, and outside_time_window where no time answer can be
+ *     earned: a flood of stale garbage costs no more than other garbage).
+ *     Any other datagram (a probe, a time answer to earn, a restart
  *     question, a forgery, a jump in the window, a missing context ...) it
  *     leaves to the Python loop: it returns that datagram's index, the loop
  *     decides it and calls open_run again for the rest. So the order of
@@ -221,30 +223,34 @@ const char batch_open_run_doc[] =
     "(len(datagrams) when none is left). plan is the tuple open_datagrams\n"
     "builds: (now_seconds, time_window, direction, server_id, find_peer, hosts,\n"
     "longest_match, well_formed, checksum_location, partial_type, follow_source,\n"
-    "max_datagram, probe_kind, reasons), reasons the drop names (bad_length,\n"
-    "old_version, unknown_kind, unknown_client, replayed, inner_malformed,\n"
-    "inner_source_not_allowed). Raises only what a callback raises, or\n"
+    "max_datagram, probe_kind, reasons, answers_time), reasons the drop names\n"
+    "(bad_length, old_version, unknown_kind, unknown_client, replayed,\n"
+    "inner_malformed, inner_source_not_allowed, outside_time_window),\n"
+    "answers_time whether a datagram outside the time window may earn a time\n"
+    "answer (open_datagrams' skewed). Raises only what a callback raises, or\n"
     "MemoryError.";
 
 enum {
     PLAN_NOW, PLAN_TIME_WINDOW, PLAN_DIRECTION, PLAN_SERVER_ID, PLAN_FIND_PEER, PLAN_HOSTS, PLAN_LONGEST_MATCH,
     PLAN_WELL_FORMED, PLAN_CHECKSUM_LOCATION, PLAN_PARTIAL_TYPE, PLAN_FOLLOW_SOURCE, PLAN_MAX_DATAGRAM,
-    PLAN_PROBE_KIND, PLAN_REASONS, PLAN_SIZE
+    PLAN_PROBE_KIND, PLAN_REASONS, PLAN_ANSWERS_TIME, PLAN_SIZE
 };
 
 enum {
     DROP_BAD_LENGTH, DROP_OLD_VERSION, DROP_UNKNOWN_KIND, DROP_UNKNOWN_CLIENT, DROP_REPLAYED, DROP_INNER_MALFORMED,
-    DROP_INNER_SOURCE_NOT_ALLOWED, DROP_REASONS
+    DROP_INNER_SOURCE_NOT_ALLOWED, DROP_OUTSIDE_TIME_WINDOW, DROP_REASONS
 };
 
 /* Attribute names, interned once. */
 enum {
     NAME_WINDOW, NAME_FLOOR, NAME_NEWEST_TS, NAME_NEWEST_COUNTER, NAME_RING, NAME_FAILURE_CREDIT, NAME_SAVE_AT,
-    NAME_EPOCH_SECONDS, NAME_CONTEXTS, NAME_ENDPOINT, NAME_ROAMS, NAME_RX_PACKETS, NAME_RX_BYTES, NAMES
+    NAME_EPOCH_SECONDS, NAME_CONTEXTS, NAME_ENDPOINT, NAME_ROAMS, NAME_RX_PACKETS, NAME_RX_BYTES,
+    NAME_TIME_ANSWER_DUE, NAME_TIME_DROPS, NAMES
 };
 static const char *const name_strings[NAMES] = {
     "window", "floor", "newest_ts", "newest_counter", "ring", "failure_credit", "save_at",
     "epoch_seconds", "contexts", "endpoint", "roams", "rx_packets", "rx_bytes",
+    "time_answer_due", "time_drops",
 };
 static PyObject *names[NAMES];
 
@@ -274,7 +280,8 @@ typedef struct {
     int64_t ctx_epoch;
     PyObject *endpoint;
     int endpoint_moved;
-    long long roams, rx_packets, rx_bytes; /* to add */
+    double time_answer_due;                /* Unix seconds: no time answer is earned before */
+    long long roams, rx_packets, rx_bytes, time_drops; /* to add */
     unsigned char source[16];              /* an inner source address known to be this peer's */
     Py_ssize_t source_len;                 /* 0: none yet */
 } peer_run;
@@ -352,10 +359,11 @@ run_flush(peer_run *run)
         if (!failed)
             failed = add_to_attr(run->peer, NAME_ROAMS, run->roams) < 0
                      || add_to_attr(run->peer, NAME_RX_PACKETS, run->rx_packets) < 0
-                     || add_to_attr(run->peer, NAME_RX_BYTES, run->rx_bytes) < 0;
+                     || add_to_attr(run->peer, NAME_RX_BYTES, run->rx_bytes) < 0
+                     || add_to_attr(run->peer, NAME_TIME_DROPS, run->time_drops) < 0;
     }
     run->window_moved = run->endpoint_moved = 0;
-    run->roams = run->rx_packets = run->rx_bytes = 0;
+    run->roams = run->rx_packets = run->rx_bytes = run->time_drops = 0;
     run->source_len = 0;
     run_clear(run);
     return failed ? -1 : 0;
@@ -382,6 +390,13 @@ run_load(peer_run *run, PyObject *find_peer, long client_id)
         return 0;
     }
     run->peer = peer;
+    PyObject *due = PyObject_GetAttr(peer, names[NAME_TIME_ANSWER_DUE]);
+    if (due == NULL)
+        return -1;
+    run->time_answer_due = PyFloat_AsDouble(due);
+    Py_DECREF(due);
+    if (run->time_answer_due == -1.0 && PyErr_Occurred())
+        return -1;
     if ((run->window = PyObject_GetAttr(peer, names[NAME_WINDOW])) == NULL)
         return -1;
     /* An empty window (newest_counter -1) takes its first datagram as a jump: Python's. */
@@ -825,6 +840,8 @@ group_finish(group *g, peer_run *run, const open_env *env, Py_ssize_t *stop)
         member *m = &g->m[j];
         if (m->reason != OPEN) {
             env->counts[m->reason]++;
+            if (m->reason == DROP_OUTSIDE_TIME_WINDOW)
+                run->time_drops++;
         } else if (deliver(run, m, env) < 0) {
             failed = 1;
             if (j + 1 < cut)
@@ -864,7 +881,8 @@ batch_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     long long max_datagram = PyLong_AsLongLong(PyTuple_GET_ITEM(plan, PLAN_MAX_DATAGRAM));
     long probe_kind = PyLong_AsLong(PyTuple_GET_ITEM(plan, PLAN_PROBE_KIND));
     int follow_source = PyObject_IsTrue(PyTuple_GET_ITEM(plan, PLAN_FOLLOW_SOURCE));
-    if (PyErr_Occurred() || follow_source < 0)
+    int answers_time = PyObject_IsTrue(PyTuple_GET_ITEM(plan, PLAN_ANSWERS_TIME));
+    if (PyErr_Occurred() || follow_source < 0 || answers_time < 0)
         return NULL;
     if (server_id > 0xFFFFFFFFUL || direction < 0 || direction > 0xFF) {
         PyErr_SetString(PyExc_ValueError, "open_run: server_id or direction out of range");
@@ -957,10 +975,19 @@ batch_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             drop(g, counts, i, DROP_UNKNOWN_CLIENT);
             continue;
         }
-        if (!run.usable)
-            break;
         int64_t ts = ts_base + (int64_t)(((uint64_t)word0 - (uint64_t)ts_base) & TIMESTAMP_MASK);
-        if (ts < ts_min || ts > ts_max || ts < 0)
+        if (ts < ts_min || ts > ts_max || ts < 0) {
+            /* Counted here only where no time answer can be earned (a
+             * client; or a peer's next answer not due before the next
+             * second, as _may_answer finds for the rest of a flood). */
+            if (ts < 0 || (answers_time && (double)(now + 1) > run.time_answer_due))
+                break;
+            if (g->opens == 0)
+                run.time_drops++; /* else when the group is decided */
+            drop(g, counts, i, DROP_OUTSIDE_TIME_WINDOW);
+            continue;
+        }
+        if (!run.usable)
             break;
         uint32_t ahead;
         int verdict = window_verdict(&run, ts, counter, &ahead);

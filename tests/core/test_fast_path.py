@@ -1030,3 +1030,26 @@ def test_every_bit_flipped_inside_groups():
     drops = agreed.state()["drops"]
     assert drops["auth_failed"] > 700 and "auth_failures_limited" not in drops
     assert agreed.compiled > sum(len(step.items) for step in steps) // 2
+
+
+@pytest.mark.parametrize("direction", [TO_SERVER, TO_CLIENT], ids=["to server", "to client"])
+def test_a_flood_stamped_outside_the_time_window_costs_no_cipher_call_past_the_first(direction):
+    """Authentic datagrams stamped long ago, from a peer never heard before
+    (an empty window) and from one heard: the server authenticates the first
+    of each for a time answer and then, its next answer not due for 2 s,
+    counts the rest as the cheap checks do; the compiled open_run decides
+    those itself (bench/scale_bench.py's garbage figures), on every path alike."""
+    traffic = Traffic(direction, [100, 200, 7, 0])
+    t0 = int(NOW) + 200
+    world = World(direction, start=t0 - 1000.0)
+    good = ("own", 4, "plain", "udp", 100, 0, 0, [], ())
+    slots = (0, 1) if direction == TO_SERVER else (0,)
+    heard = [(traffic.datagram(slots[-1], traffic.next_counter(slots[-1]), ("data", 0), good, t0),
+              traffic.endpoint(slots[-1], (0, 99)))]
+    stale = [(traffic.datagram(slot, traffic.next_counter(slot), ("data", 0), good, t0 - 300),
+              traffic.endpoint(slot, (0, 99))) for _ in range(20) for slot in slots]
+    agreed = same_on_every_path(world, [Step("datagrams", t0 + 0.5, heard), Step("datagrams", t0 + 0.6, stale)])
+    assert agreed.state()["drops"]["outside_time_window"] == len(stale)
+    answers = len(slots) if direction == TO_SERVER else 0
+    assert len(agreed.trace[-1]["out"]["to_network"]) == answers  # one time answer a client
+    assert agreed.compiled == len(stale) - answers  # (a first datagram into an empty window is Python's)

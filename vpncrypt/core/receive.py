@@ -33,7 +33,7 @@ _open_run = siv.compiled_open_run
 # The drops it counts itself, in the order of its plan's reasons tuple.
 _RUN_REASONS = (
     reasons.BAD_LENGTH, reasons.OLD_VERSION, reasons.UNKNOWN_KIND, reasons.UNKNOWN_CLIENT, reasons.REPLAYED,
-    reasons.INNER_MALFORMED, reasons.INNER_SOURCE_NOT_ALLOWED,
+    reasons.INNER_MALFORMED, reasons.INNER_SOURCE_NOT_ALLOWED, reasons.OUTSIDE_TIME_WINDOW,
 )
 
 _WINDOW_DROPS = {REPLAYED: reasons.REPLAYED, TOO_OLD: reasons.COUNTER_TOO_OLD, SUPERSEDED: reasons.SUPERSEDED}
@@ -145,7 +145,8 @@ def open_datagrams(
     probe_kind, probe_min = (KIND_PROBE, PROBE_MIN) if direction == TO_SERVER else (KIND_PROBE_ACK, PROBE_ACK_MIN)
     if _open_run is not None and siv.AESSIV is siv.CompiledAESSIV:
         plan = (now_s, time_window, direction, server_id, find_peer, sources.hosts, longest_match, well_formed,
-                checksum_location, PartialChecksumPacket, follow_source, max_datagram, probe_kind, _RUN_REASONS)
+                checksum_location, PartialChecksumPacket, follow_source, max_datagram, probe_kind, _RUN_REASONS,
+                skewed is not None)
         datagrams = _left_by(_open_run, list(datagrams), opened, drops, plan)
     for datagram, address in datagrams:
         size = len(datagram)
