@@ -5,8 +5,9 @@ Run: .venv/bin/python bench/scale_bench.py [--json FILE]   (no root needed)
 For 1, 256, 4,096 and 65,536 clients (IDs from 0, tunnel addresses
 2001:db8:7::/64 host routes): the memory the server's table holds (traced by
 tracemalloc: the AES-SIV contexts, which live outside Python's allocator, are
-made only for clients in use, at most 4,096 of them at about 3.9 KB each, see
-CipherBudget), the cost of the table lookups alone
+made only for clients in use, at most 4,096 of them, see CipherBudget; their
+size is measured apart, compiled and cryptography's, as the growth of the
+process's resident memory when 4,096 are made), the cost of the table lookups alone
 (client ID and route), and, with every
 client having sent once, the cost per packet of opening datagrams from
 clients picked at random and of routing TUN packets to them. Garbage (stale
@@ -41,6 +42,7 @@ import os
 import random
 import shutil
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vpncrypt import key_store  # noqa: E402
 from vpncrypt.cli import keygen  # noqa: E402
 from vpncrypt.config import load_server_config  # noqa: E402
+from vpncrypt.core import siv  # noqa: E402
 from vpncrypt.core.epochs import DEFAULT_EPOCH_SECONDS  # noqa: E402
 from vpncrypt.core.peer import Peer  # noqa: E402
 from vpncrypt.core.server import ClientEntry, ServerCore  # noqa: E402
@@ -159,6 +162,35 @@ def garbage(server: ServerCore, keys: list[bytes]) -> dict:
     figures = {}
     for name, datagram in cases.items():
         figures[f"reject_{name}_us"] = reject_cost(server, [(datagram, ("192.0.2.9", 1))] * BATCH)
+    return figures
+
+
+# Run in a process of its own for each kind, so that no memory freed before is reused.
+CONTEXT_PROBE = """
+import os, sys
+from vpncrypt.core import siv
+make = getattr(siv, sys.argv[1])
+keys = [os.urandom(64) for _ in range(4096)]
+def resident():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1])
+before = resident()
+contexts = [make(key) for key in keys]
+print((resident() - before) * os.sysconf("SC_PAGE_SIZE") / len(contexts))
+"""
+
+
+def context_bytes() -> dict:
+    """Bytes of one ready AES-SIV context, compiled and cryptography's: the
+    growth of resident memory (/proc/self/statm) when 4,096 are made, each
+    kind in a fresh process."""
+    figures = {}
+    for name, kind in (("compiled", "CompiledAESSIV"), ("cryptography", "CryptographyAESSIV")):
+        if getattr(siv, kind) is None:
+            continue
+        done = subprocess.run([sys.executable, "-c", CONTEXT_PROBE, kind], cwd=Path(__file__).resolve().parent.parent,
+                              capture_output=True, text=True, check=True)
+        figures[name] = float(done.stdout)
     return figures
 
 
@@ -283,8 +315,13 @@ def main() -> int:
     args = parser.parse_args()
     keys = [os.urandom(64) for _ in range(65536)]
     rows: list[dict] = []
+    contexts: dict = {}
     if not args.config_only:
         rows = core_figures(keys)
+        contexts = context_bytes()
+        print()
+        print("A ready AES-SIV context (resident memory grown by 4,096 of them): "
+              + ", ".join(f"{name} {size:.0f} bytes" for name, size in contexts.items()))
     timers: list[dict] = []
     if not args.config_only:
         timers = [timer_cost(clients, keys) for clients in (4096, 65536)]
@@ -302,7 +339,7 @@ def main() -> int:
     for name, value in files.items():
         print(f"- {name}: {value:.2f} s{'' if value < GOAL_SECONDS else '  (over the goal)'}")
     if args.json:
-        args.json.write_text(json.dumps({"core": rows, "timers": timers, "files": files}, indent=2))
+        args.json.write_text(json.dumps({"core": rows, "contexts": contexts, "timers": timers, "files": files}, indent=2))
     return 0
 
 

@@ -31,9 +31,9 @@ FAILURE_RATE = 16.0
 class CipherBudget:
     """At most ``limit`` peers hold a ready AES-SIV context at once.
 
-    A context (the key schedules) takes about 1.5 KB compiled, 2.5 KB with
-    cryptography's: 100 to 160 MiB for 65,536 clients, which a server's table
-    should not. A peer gets its contexts (one per epoch in
+    A context (the key schedules) takes about 2.2 KB compiled, 4.1 KB with
+    cryptography's (bench/scale_bench.py): 140 to 270 MiB for 65,536
+    clients, which a server's table should not. A peer gets its contexts (one per epoch in
     use, two around an epoch's end) when first used; over the limit, the half
     least recently heard from or sent to give theirs up, found by one sort, so
     nothing is tracked per packet. Making a context again costs about 6 us.
