@@ -398,7 +398,7 @@ def _load_server_config(path: Path, keys: key_store.KeyTable | None, keyless: st
     key_table = keys if keys is not None else read_keys(path, state_directory, account)
     clients: list[ClientEntry] = []
     seen_ids: dict[int, str] = {}
-    seen_names: set[str] = set()
+    seen_names: dict[str, int] = {}  # name -> client ID
     owners: list[tuple[Network, str]] = [(ipaddress.ip_network(i.ip), "the server") for i in tunnel]
     # A missing key is reported after overlaps: an overlapping entry is often
     # a hand-copied one, which has no key yet either, and the overlap is the mistake.
@@ -411,9 +411,9 @@ def _load_server_config(path: Path, keys: key_store.KeyTable | None, keyless: st
         if client_id in seen_ids:
             raise section.fail("client_id", f"{client_id} is already used by client {seen_ids[client_id]!r}")
         if name in seen_names:
-            raise section.fail("name", "is used by another client too")
+            raise section.fail("name", f"is also the name of the client with ID {seen_names[name]}")
         seen_ids[client_id] = name
-        seen_names.add(name)
+        seen_names[name] = client_id
         addresses = section.networks("addresses")
         if not addresses:
             raise section.fail("addresses", "needs at least one address")
@@ -423,10 +423,10 @@ def _load_server_config(path: Path, keys: key_store.KeyTable | None, keyless: st
             clients.append(ClientEntry(client_id, b"", 0, addresses, name))
             continue
         if client_id not in key_table.keys:
-            missing = missing or section.fail("client_id", f"has no key in the key store of {path.name} (in"
-                                                          f" {state_directory}): give it one with: vpncrypt-keygen"
-                                                          f" rotate --server-config {path} --name {name} --out"
-                                                          f" {name}.toml")
+            missing = missing or ConfigError(f"{path}: {section.where} (ID {client_id}) has no key in the key store"
+                                             f" of {path.name} (in {state_directory}): give it one with:"
+                                             f" vpncrypt-keygen rotate --server-config {path} --name {name} --out"
+                                             f" {name}.toml")
             continue
         key_epoch, key = key_table.keys[client_id]
         clients.append(ClientEntry(client_id, key, key_epoch, addresses, name))

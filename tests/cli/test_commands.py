@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -114,7 +115,7 @@ def test_an_overlap_is_the_first_and_only_error_even_when_the_entry_has_no_key(c
     # Once the overlap is mended, the missing key is what is left to say.
     edit(configs / "server.toml", '"203.0.113.2/32"]\n', '"203.0.113.9/32"]\n')
     done = run(*command, cwd=configs)
-    assert done.returncode == 2 and "[[client]] 'carol' client_id: has no key in the key store" in done.stderr
+    assert done.returncode == 2 and "[[client]] 'carol' (ID 3) has no key in the key store" in done.stderr
 
 
 @pytest.mark.parametrize("fix", ["rotate", "remove"])
@@ -129,11 +130,23 @@ def test_a_client_added_by_hand_without_a_key_is_given_one_or_removed_as_the_err
                                               "--name", "carol"]
     done = run(*command, cwd=configs)
     assert done.returncode == 0, done.stderr
+    if fix == "rotate":
+        assert "it had none: the server takes it when it reloads" in done.stdout + done.stderr
     install_client_keys(configs)
     server = load_server_config(configs / "server.toml")
     assert [c.name for c in server.clients] == (["alice", "bob", "carol"] if fix == "rotate" else ["alice", "bob"])
     if fix == "rotate":
         assert load_client_config(configs / "carol.toml").key == server.clients[2].key != b""
+
+
+def test_a_name_given_twice_names_the_other_clients_id(configs):
+    with (configs / "server.toml").open("a") as file:
+        file.write(HAND_COPIED.replace('"carol"', '"bob"').replace("203.0.113.2/32", "203.0.113.9/32"))
+    done = run("vpncrypt-server", "--config", "server.toml", "--dry-run", cwd=configs)
+    [bob] = [c["client_id"] for c in tomllib.loads((configs / "server.toml").read_text())["client"]
+             if c["name"] == "bob" and c["addresses"] != ["203.0.113.9/32"]]
+    assert done.returncode == 2
+    assert done.stderr.rstrip().endswith(f"[[client]] 'bob' name: is also the name of the client with ID {bob}")
 
 
 def test_dry_run_prints_the_network_commands(configs):

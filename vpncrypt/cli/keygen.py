@@ -272,6 +272,7 @@ def rotate_client(args: argparse.Namespace) -> int:
             wrote_config = True
         with locked_store(server) as (store, table):
             epoch, key = fresh_key(table.epoch_seconds)
+            had_key = entry.client_id in table.keys
             table.keys[entry.client_id] = (epoch, key)
             try:
                 key_store.write(store, table)
@@ -283,7 +284,8 @@ def rotate_client(args: argparse.Namespace) -> int:
             # be this client's) is worthless now and is replaced.
             write_client_keys(keys_out, table.epoch_seconds, entry.client_id, epoch, key)
     return finish(args, f"new key for client {entry.name!r} (ID {entry.client_id}) in {server_store(server)} and"
-                        f" {keys_out}; its old key stops working when the server reloads"
+                        f" {keys_out}; " + ("its old key stops working when the server reloads" if had_key
+                                            else "it had none: the server takes it when it reloads")
                         + copy_instructions(out, keys_out, client_state_directory))
 
 
