@@ -6,6 +6,8 @@ Run: tools/bench-vpn [--runs 3] [--seconds 5]
 
 vpncrypt-pure is vpncrypt with VPNCRYPT_PURE_PYTHON=1: cryptography's AES-SIV
 and the Python loops, without the compiled path (vpncrypt/_siv.c, _batch.c).
+With --only rtt, the peer python-relay (never measured by default) is a
+reference, not a VPN: bench/python_relay.py, an unencrypted copy in Python.
 
 Two namespaces joined by a veth (underlay 192.0.2.1 and 192.0.2.2); each VPN
 in turn connects them (tunnel 203.0.113.1 and .2, inner MTU 1420 for all) and
