@@ -201,6 +201,9 @@ def test_render_text_and_prometheus_of_a_client_daemon():
     assert "path MTU: 1327 (search complete)" in text
     assert "data path: cipher compiled AES-SIV (OpenSSL 3.0.19, CMAC on aes-ni); offload compiled" in text
     assert "data path: (not reported)" in render_text({**status, "data_path": None})
+    assert "clock" not in text and "clock" not in render_text({**status, "clock_offset": 0.3})
+    assert render_text({**status, "clock_offset": -300.4}).endswith(
+        "\n  server's clock: about 300 s behind this host's (from a time answer: this client stamps in it)")
     metrics = render_prometheus([status])
     assert 'vpncrypt_server_last_datagram_timestamp_seconds{daemon="laptop"} 1063' in metrics
     assert 'vpncrypt_drops_total{daemon="laptop",reason="replayed"} 4' in metrics
@@ -248,3 +251,20 @@ def test_prometheus_label_values_are_escaped_and_families_grouped():
     assert 'vpncrypt_client_last_datagram_timestamp_seconds{daemon="s2",name="b",client_id="1"} 0' in metrics
     assert 'vpncrypt_icmp_sent_total{daemon="s1"} 2' in metrics
     assert 'vpncrypt_client_path_mtu_bytes{daemon="s2",name="b",client_id="1"} 1327' in metrics
+
+
+def test_render_text_of_a_server_says_how_far_off_a_clients_clock_is():
+    client = {"name": "skewed", "client_id": 4, "addresses": ["203.0.113.4/32"], "endpoint": "192.0.2.9:4000",
+              "last_datagram": 990.0, "path_mtu": 1420, "rx_bytes": 0, "rx_packets": 0, "tx_bytes": 0,
+              "tx_packets": 0, "roams": 0, "auth_failures": 0, "time_drops": 2, "clock_offset": 300.6}
+    status = {"format": 1, "role": "server", "name": "vpn", "server_id": 7, "port": 51820,
+              "listen_address": "0.0.0.0", "interface": "vpncrypt0", "data_path": None, "started": 900.0,
+              "now": 1000.0, "pid": 5, "config": "/etc/vpncrypt/vpn.toml", "reloaded": None,
+              "totals": {"rx_bytes": 0, "rx_packets": 0, "tx_bytes": 0, "tx_packets": 0},
+              "drops": {}, "tun_write_refused": 0, "udp_send_errors": 0, "kernel_filter": None,
+              "clients": [client, {**client, "name": "fine", "client_id": 5, "clock_offset": None}]}
+    lines = render_text(status).splitlines()
+    assert lines[lines.index("client: skewed") + 7:lines.index("client: fine")] == [
+        "  counts: outside the time window 2",
+        "  clock: about 301 s ahead of this host's (measured by a time answer)", ""]
+    assert not [line for line in lines[lines.index("client: fine"):] if "clock" in line]

@@ -146,6 +146,7 @@ def render_text(status: dict[str, Any]) -> str:
                 ("time_drops", "outside the time window")) if client[key]]
             if troubles:
                 lines.append(f"  counts: {', '.join(troubles)}")
+            lines += _clock("clock", client.get("clock_offset"), "measured by a time answer")
     else:
         server = status["server"]
         lines += [
@@ -160,7 +161,17 @@ def render_text(status: dict[str, Any]) -> str:
             f"  transfer: {_transfer(server)}",
             f"  drops: {_drops(status)}",
         ]
+        lines += _clock("server's clock", status.get("clock_offset"), "from a time answer: this client stamps in it")
     return "\n".join(lines)
+
+
+def _clock(label: str, offset: float | None, how: str) -> list[str]:
+    """A line for a clock a time answer found a second or more off (``offset``:
+    the other end's clock minus this host's, seconds), else none."""
+    if offset is None or abs(round(offset)) < 1:
+        return []
+    side = "ahead of" if offset > 0 else "behind"
+    return [f"  {label}: about {abs(round(offset))} s {side} this host's ({how})"]
 
 
 # --- Prometheus ----------------------------------------------------------------------------
