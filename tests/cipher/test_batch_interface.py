@@ -77,11 +77,12 @@ def test_seal_batch_refuses_what_it_cannot_take(args, error):
 def plan(**changes):
     """A valid plan tuple for open_run, with ``changes`` by position name."""
     names = ("now", "time_window", "direction", "server_id", "find_peer", "hosts", "longest_match", "well_formed",
-             "checksum_location", "partial_type", "follow_source", "max_datagram", "probe_kind", "reasons")
+             "checksum_location", "partial_type", "follow_source", "max_datagram", "probe_kind", "reasons",
+             "answers_time")
     values = dict(now=1_700_000_000, time_window=128, direction=1, server_id=1, find_peer={}.get, hosts={},
                   longest_match=lambda address: None, well_formed=bytes, checksum_location=lambda packet: None,
                   partial_type=PartialChecksumPacket, follow_source=True, max_datagram=1524, probe_kind=0x25,
-                  reasons=tuple("abcdefg"))
+                  reasons=tuple("abcdefgh"), answers_time=True)
     values.update(changes)
     return tuple(values[name] for name in names)
 
