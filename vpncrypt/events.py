@@ -276,7 +276,7 @@ class EventWatch:
         if failed >= AUTH_FAILURES_REPORTED and self._allow(peer, "auth", now):
             lines.append((WARNING, f"{who}: {failed} datagrams failed authentication in the last"
                          f" {duration(now - seen.auth_since)} (a wrong key or server ID in its config is"
-                         " the usual cause, forged datagrams another)"))
+                         " the usual cause, a clock more than 511 s off another, as are forged datagrams)"))
             seen.auth_base, seen.auth_since = peer.auth_failures, now
         elif failed < AUTH_FAILURES_REPORTED and now - seen.auth_since >= RATE_INTERVAL:
             seen.auth_base, seen.auth_since = peer.auth_failures, now  # a trickle: forget it
