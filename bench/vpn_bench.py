@@ -474,6 +474,8 @@ def main() -> int:
         if name in REFERENCES and args.only != "rtt":
             parser.error(f"{name} is a reference for the round-trip time, not a VPN: use it with --only rtt")
     workdir = Path(tempfile.mkdtemp(prefix="vpncrypt-bench-"))
+    print(f"this run's configs, throw-away keys and daemon logs: {workdir} (left to read; remove it when done)",
+          file=sys.stderr, flush=True)
     # Round after round, each VPN measured once a round: a load that comes and
     # goes on this shared machine hits every VPN alike, not the one whose turn it is.
     rounds = []
