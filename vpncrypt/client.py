@@ -433,22 +433,16 @@ def run_client(config: ClientConfig) -> int:
         control_server.discard()
 
 
-def hold_client_state(config: ClientConfig, store: RestartStore, held: contextlib.ExitStack) -> None:
-    """Take the state directory (as root: for the account the client will
-    run as) and hold its lock in ``held``; raises StateInUse if another
-    daemon holds it (daemon.hold_state)."""
-    hand_over_state(config.account, config.state_directory, config.path.stem)
-    store.prepare()
-    hold_state(held, config.state_directory, config.path.stem)
-
-
 def _run_client(config: ClientConfig, host: str, port: int, control_server: control.ControlServer,
                 held: contextlib.ExitStack) -> int:
+    # The state first, as the server takes it: held while the server's name is
+    # looked up too, so a second daemon with it is refused at once, not when
+    # one of the two gets an answer.
+    hand_over_state(config.account, config.state_directory, config.path.stem)
     store = RestartStore(config.state_directory, config.path.stem)
+    store.prepare()
+    hold_state(held, config.state_directory, config.path.stem)
     if is_name(host):
-        # Held while the name is looked up too: a second daemon with this
-        # state is refused at once, not when one of the two gets an answer.
-        hold_client_state(config, store, held)
         found = wait_for_server_or_signal(host, port, NameWait(config), control_server.sock)
     else:
         found = resolve(host, port)
@@ -456,9 +450,7 @@ def _run_client(config: ClientConfig, host: str, port: int, control_server: cont
         return 0
     family, endpoint = found
     spec = tunnel_spec(config, endpoint)
-    netconfig.check_loops(spec)  # before anything is made or written (the wait above took only the lock)
-    if not is_name(host):
-        hold_client_state(config, store, held)
+    netconfig.check_loops(spec)  # before any device, address or route is made
     # No warning of bounds ahead of this host's clock, as the server gives:
     # the client's are in the server's clock, which its own need not match
     # (a time answer sets the offset), so they say nothing about this host's.
