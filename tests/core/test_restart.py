@@ -453,3 +453,16 @@ def test_a_clock_step_in_the_middle_of_a_round_moves_the_next_round_with_it(monk
     server.clock_stepped(100.0)
     server.handle_timer(start + 100.01)
     assert server.next_timer() == start + 101
+
+
+def test_keep_ahead_before_it_is_due_does_nothing():
+    """The cores call it on every timer (keys, keepalives ...): only a call at
+    or after keep_ahead_due raises bounds and moves the deadline."""
+    server, _ = server_after_a_burst()
+    due = server.restart.keep_ahead_due
+    wanted = server.peers[1].wanted_bound
+    server.restart.keep_ahead(server.peers, due - 0.5)
+    assert server.restart.keep_ahead_due == due and not server.restart.unsaved
+    assert server.peers[1].wanted_bound == wanted
+    server.restart.keep_ahead(server.peers, due)
+    assert server.restart.keep_ahead_due == due + 1 and server.restart.unsaved == {server.peers[1]}

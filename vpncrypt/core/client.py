@@ -265,9 +265,7 @@ class ClientCore:
         so far, so the server learns it too. Data sent BLACK_HOLE_SILENCE
         seconds ago with nothing heard since has the size confirmed now."""
         self.key_timer.advance([self.server], now + self.clock_offset)
-        keep_ahead_due = self.restart.keep_ahead_due
-        if keep_ahead_due is not None and now + self.clock_offset >= keep_ahead_due:
-            self.restart.keep_ahead({self.server.client_id: self.server}, now + self.clock_offset)
+        self.restart.keep_ahead({self.server.client_id: self.server}, now + self.clock_offset)
         out = []
         if self._last_sent is None or (self.keepalive_interval > 0 and
                                        now >= self._last_sent + self.keepalive_interval):

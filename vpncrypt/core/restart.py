@@ -142,16 +142,17 @@ class RestartBounds:
         use: any other is forgotten. Sets ``keep_ahead_due``: a round over
         more than KEEP_AHEAD_SLICE peers takes several calls, each due at once
         (the event loop serves datagrams between them), and the next round is
-        due KEEP_AHEAD_INTERVAL after the first call of this one."""
+        due KEEP_AHEAD_INTERVAL after the first call of this one. Does nothing
+        before ``keep_ahead_due``, or when it is None."""
+        if self.keep_ahead_due is None or now < self.keep_ahead_due:
+            return
         if not self._round:
             self._round = list(self.active)
             self._round_started = now
         looked_at = self._round[-KEEP_AHEAD_SLICE:]
         del self._round[-KEEP_AHEAD_SLICE:]
-        for peer in looked_at:
-            seen = self.active.get(peer)
-            if seen is None:
-                continue
+        for peer in looked_at:  # each still in active: only this loop takes peers out
+            seen = self.active[peer]
             if peers.get(peer.client_id) is not peer:
                 del self.active[peer]
                 continue

@@ -340,8 +340,7 @@ class ServerCore:
         by itself."""
         self.key_timer.advance(self.peers.values(), now)  # nothing before it is due
         self.filtered.expire(now)
-        if self.restart.keep_ahead_due is not None and now >= self.restart.keep_ahead_due:
-            self.restart.keep_ahead(self.peers, now)
+        self.restart.keep_ahead(self.peers, now)
         return []
 
     def clock_stepped(self, delta: float) -> None:
