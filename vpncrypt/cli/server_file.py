@@ -172,27 +172,25 @@ def free_address(network, taken: list) -> ipaddress.IPv4Address | ipaddress.IPv6
     return (ipaddress.IPv4Address if network.version == 4 else ipaddress.IPv6Address)(candidate)
 
 
+def owned_networks(server: ServerConfig) -> Iterator[tuple[Network, str]]:
+    """Each network someone has, with whom, as config errors name them
+    (``"the server"`` for its own tunnel addresses, ``"client 'laptop'"``)."""
+    for interface in server.tunnel:
+        yield ipaddress.ip_network(interface.ip), "the server"
+    for client in server.clients:
+        for network in client.addresses:
+            yield network, f"client {client.name!r}"
+
+
 def taken_networks(server: ServerConfig) -> list:
     """Every address a new client may not have: the server's, the clients', the retired ones."""
-    taken = [ipaddress.ip_network(i.ip) for i in server.tunnel]
-    for client in server.clients:
-        taken.extend(client.addresses)
-    taken.extend(server.retired_addresses)
-    return taken
+    return [network for network, _ in owned_networks(server)] + list(server.retired_addresses)
 
 
 def address_owner(server: ServerConfig, address) -> tuple[Network, str] | None:
-    """The network holding ``address`` and whom it belongs to, as config errors
-    name them (``"the server"``, ``"client 'laptop'"``): the server's own tunnel
-    address or one of a client's addresses; None if no one has it."""
-    for interface in server.tunnel:
-        if address == interface.ip:
-            return ipaddress.ip_network(interface.ip), "the server"
-    for client in server.clients:
-        network = next((n for n in client.addresses if address in n), None)
-        if network is not None:
-            return network, f"client {client.name!r}"
-    return None
+    """The network holding ``address`` and whom it belongs to (owned_networks),
+    or None if no one has it."""
+    return next(((network, owner) for network, owner in owned_networks(server) if address in network), None)
 
 
 def choose_client_id(server: ServerConfig, path: Path, wanted: int | None) -> int:
