@@ -195,8 +195,9 @@ def context_bytes() -> dict:
 
 
 def timer_cost(clients: int, keys: list[bytes]) -> dict:
-    """Milliseconds for one keep_ahead over ``clients`` clients that all sent
-    data within KEEP_AHEAD seconds, and for the table of bounds to save."""
+    """Milliseconds for a round of keep_ahead over ``clients`` clients that
+    all sent data within KEEP_AHEAD seconds (in all, and its longest call,
+    with the calls it took), and for the table of bounds to save."""
     entries = [ClientEntry(i, keys[i], KEY_EPOCH, (ipaddress.ip_network(f"{address(i)}/128"),)) for i in range(clients)]
     server = ServerCore(1, entries, NOW, restart_bounds={})
     del entries
@@ -316,14 +317,13 @@ def main() -> int:
     keys = [os.urandom(64) for _ in range(65536)]
     rows: list[dict] = []
     contexts: dict = {}
+    timers: list[dict] = []
     if not args.config_only:
         rows = core_figures(keys)
         contexts = context_bytes()
         print()
         print("A ready AES-SIV context (resident memory grown by 4,096 of them): "
               + ", ".join(f"{name} {size:.0f} bytes" for name, size in contexts.items()))
-    timers: list[dict] = []
-    if not args.config_only:
         timers = [timer_cost(clients, keys) for clients in (4096, 65536)]
         print()
         print("The server's once-a-second work for clients that all sent data in the last 30 s"
