@@ -13,6 +13,10 @@ runs (tests/netlab/clockstep.py).
    version 1 never heard it, and said nothing.
 3. A client clock stepped an hour ahead and back works again within 2 s of being
    right; version 1 went on stamping an hour ahead.
+4. A client started 14 hours ahead (booted before NTP, hardware clock in local
+   time) works within 2 s of its clock being put right; before keys were erased
+   only as far as a peer vouches for the clock, it erased the current epoch's key
+   at start and was refused for hours.
 """
 
 from __future__ import annotations
@@ -304,6 +308,33 @@ def test_a_client_clock_stepped_ahead_and_back_works_within_2s(vpn, tmp_path, st
     time.sleep(0.05)
     assert abs(client_clock_offset(vpn) - step) < 1
     assert pings(vpn, a, SERVER, 15, interval=0.2) == 0  # the step took: nothing gets through
+    write_offset(clock, 0)
+    time.sleep(0.02)
+    heard_again(vpn, 2.0)
+    assert pings(vpn, a, SERVER, 5) == 5
+
+
+def test_a_client_started_hours_ahead_keeps_its_key_and_works_once_its_clock_is_right(vpn, tmp_path):
+    """Booted before NTP set its clock, with the hardware clock kept in local time
+    (here 14 hours east of UTC, the most there is): client a starts hours ahead and
+    runs so, timers and all, hearing nothing. It must not erase the key of the epoch
+    that is really current (it did: then, with its clock right, it stamped at the
+    start of the oldest epoch it had a key for, hours ahead, and was not heard until
+    real time got there). Works again within 2 s of its clock being put right."""
+    a = vpn.client_ns["a"]
+    config = vpn.configs / "a.toml"
+    config.write_text(config.read_text().replace("keepalive = 25\n", "keepalive = 1\n"))
+    # A client that has run before: its restart state exists (on a first start a
+    # client refuses what the server stamps before that start, in its own clock).
+    store = RestartStore(vpn.lab.workdir / "state", "a")
+    store.prepare()
+    store.save({})
+    clock = tmp_path / "clock-a"
+    write_offset(clock, 14 * 3600)
+    vpn.start_with_stepped_clock("a", clock)
+    time.sleep(0.5)
+    assert abs(client_clock_offset(vpn) - 14 * 3600) < 1
+    assert pings(vpn, a, SERVER, 15, interval=0.2) == 0  # nothing gets through while it is ahead
     write_offset(clock, 0)
     time.sleep(0.02)
     heard_again(vpn, 2.0)

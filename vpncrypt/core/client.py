@@ -76,7 +76,7 @@ class ClientCore:
             now=now, name="server", endpoint=server_endpoint, time_window=time_window, epoch_seconds=epoch_seconds,
         )
         self.key_timer = KeyTimer(now, epoch_seconds)
-        self.key_timer.unsaved = True  # the key as loaded may have moved on already
+        self.key_timer.advance([self.server], now)
         self.clock_offset = 0.0  # the server's time minus ours, from its last time answer (seconds)
         # (first counter, count, timestamp, local time) of recent sends, for time answers.
         self._sends: deque[tuple[int, int, int, float]] = deque(maxlen=SENDS_REMEMBERED)
@@ -260,7 +260,8 @@ class ClientCore:
 
     def handle_timer(self, now: float) -> Datagrams:
         """A keepalive and a path MTU probe, each if due at ``now``; keys that
-        ``now`` no longer needs are erased, and the server's restart bound is
+        ``now`` no longer needs are erased (as far as the server vouches for
+        ``now``: epochs.KeyTimer), and the server's restart bound is
         kept ahead after a pause (restart.keep_ahead). A probe carries the size confirmed
         so far, so the server learns it too. Data sent BLACK_HOLE_SILENCE
         seconds ago with nothing heard since has the size confirmed now."""

@@ -12,14 +12,18 @@ of one key agree on every later key without talking to each other.
 An end keeps only the oldest key it still needs, for the epoch of
 ``now - KEEP_SECONDS`` (it must open datagrams stamped that far back, and
 answer clocks that far off), and derives the later ones from it; older keys
-are erased from memory here and from disk by the shell.
+are erased from memory here and from disk by the shell, once a peer has
+vouched for ``now`` (KeyTimer).
 """
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .replay import NO_TIMESTAMP
 from .wire import KEY_LEN, TIMESTAMP_MOD
 
 EPOCH_INFO = b"vpncrypt v2 epoch"
@@ -29,7 +33,11 @@ MAX_EPOCH_SECONDS = 86400
 # How far back a key is kept: the oldest timestamp a receiver can rebuild
 # (wire.rebuild_timestamp gives [now - 512, now + 511]).
 KEEP_SECONDS = TIMESTAMP_MOD // 2
-STEP_HOLD = 60.0  # seconds no key is erased after the clock jumped forward
+# Seconds behind its clock an end erases keys when no peer has vouched for
+# that clock since its start (KeyTimer): a day covers a hardware clock kept in
+# local time (at most 14 hours off UTC) until NTP sets the clock right.
+MAX_HOLD = 86400.0
+HOLD_RETRY = 60.0  # seconds between looks for a peer's word while erasing is held back
 
 
 def next_epoch_key(key: bytes, epoch: int) -> bytes:
@@ -69,41 +77,50 @@ def next_advance(now: float, epoch_seconds: int) -> float:
 class KeyTimer:
     """When a core's peers must next erase keys, and whether what moved is saved.
 
-    Erasing is the one thing a wrong clock cannot take back: a clock stepped
-    an hour ahead for a few seconds would erase the key of the hour that is
-    really current. So after a forward step nothing is erased for STEP_HOLD
-    seconds (of real time: the hold moves with later steps); a step that
-    was a correction is acted on then, one that is undone by then never is.
+    Erasing is the one thing a wrong clock cannot take back. A clock hours
+    ahead (a machine that booted before NTP set it, its hardware clock kept in
+    local time; a step that is undone) would erase the key of the epoch that
+    is really current, and the other end would be refused until real time
+    caught up with the epoch of the oldest key left. So this end's clock is
+    trusted to erase only as far as a peer vouches for it: no key is erased
+    that the newest timestamp accepted from any peer (whose clock agreed with
+    ours within the time window then) still needs, and without a word from
+    any peer since the start, the clock alone erases keys only MAX_HOLD
+    seconds behind it.
     """
 
     def __init__(self, now: float, epoch_seconds: int) -> None:
         self.epoch_seconds = epoch_seconds
-        self._due = next_advance(now, epoch_seconds)
+        self.due = now  # when ``advance`` next has work (Unix seconds): the core calls it at its start
         self.unsaved = False
-        self._hold_until = float("-inf")  # Unix seconds
-        self._hold_wanted = False
-
-    @property
-    def due(self) -> float:
-        """When ``advance`` next has work (Unix seconds)."""
-        return max(self._due, self._hold_until)
+        self.kept_epoch: int | None = None  # the oldest epoch the last advance kept
 
     def stepped(self, delta: float) -> None:
-        """The wall clock jumped by ``delta`` seconds."""
-        self._hold_until += delta
-        if delta > 0:
-            self._hold_wanted = True
+        """The wall clock jumped by ``delta`` seconds: the next look stays as far off in real time."""
+        self.due += delta
 
-    def advance(self, peers, now: float) -> None:
-        """Erase in every peer what ``now`` no longer needs, if it is time."""
-        if self._hold_wanted:
-            self._hold_wanted = False
-            self._hold_until = max(self._hold_until, now + STEP_HOLD)
+    def advance(self, peers: Iterable, now: float) -> None:
+        """If it is time, erase in every peer of ``peers`` (re-iterable) the keys
+        that neither ``now`` (Unix seconds) nor the newest timestamp accepted
+        from any of them needs (see the class)."""
         if now < self.due:
             return
+        heard = max((peer.window.newest_ts for peer in peers if peer.window.newest_ts != NO_TIMESTAMP), default=None)
+        vouched = now if heard is not None and heard >= now else max(now - MAX_HOLD, heard or float("-inf"))
+        self.kept_epoch = oldest_needed_epoch(vouched, self.epoch_seconds)
+        needed = oldest_needed_epoch(now, self.epoch_seconds)
+        held = False  # a key kept that the clock alone would erase
         for peer in peers:
-            self.unsaved |= peer.advance_keys(now)
-        self._due = next_advance(now, self.epoch_seconds)
+            self.unsaved |= peer.advance_keys(self.kept_epoch)
+            held = held or peer.keys.key_epoch < needed
+        # Held back: look again soon for a peer's word.
+        self.due = now + HOLD_RETRY if held else next_advance(now, self.epoch_seconds)
+
+    def adopt(self, peer) -> None:
+        """A peer made after the last ``advance`` (a client added or re-keyed by
+        a reload) erases what the others erased then."""
+        if self.kept_epoch is not None:
+            self.unsaved |= peer.advance_keys(self.kept_epoch)
 
     def to_save(self, peers) -> dict[int, tuple[int, bytes]] | None:
         """Client ID -> (epoch, key) of every peer's oldest kept key, or None if

@@ -12,7 +12,7 @@ import secrets
 from typing import Any
 
 from . import siv
-from .epochs import DEFAULT_EPOCH_SECONDS, EpochKeys, oldest_needed_epoch
+from .epochs import DEFAULT_EPOCH_SECONDS, EpochKeys
 from .inner import PartialChecksumPacket
 from .replay import NO_TIMESTAMP, ReplayWindow
 from .restart import UNTRACKED
@@ -134,7 +134,6 @@ class Peer:
         # offset of its clock from ours when it last did (seconds, + is ahead).
         self.time_answer_due = 0.0
         self.clock_offset: float | None = None
-        self.advance_keys(now)
 
     def seal(self, kind: int, payloads: list[bytes], now: float) -> list[bytes]:
         """Seal a batch of payloads into datagrams, consuming one counter each.
@@ -213,10 +212,9 @@ class Peer:
         else:
             self.budget.adopt(self, epoch, context)  # type: ignore[arg-type]
 
-    def advance_keys(self, now: float) -> bool:
-        """Erase the keys and contexts that ``now`` (Unix seconds) no longer
-        needs; True if the oldest key kept moved, so it must be saved."""
-        oldest = oldest_needed_epoch(now, self.epoch_seconds)
+    def advance_keys(self, oldest: int) -> bool:
+        """Erase the keys and contexts of epochs before ``oldest`` (the
+        KeyTimer's to say); True if the oldest key kept moved, so it must be saved."""
         if not self.keys.advance(oldest):
             return False
         for epoch in [e for e in self.contexts if e < oldest]:

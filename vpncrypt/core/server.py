@@ -114,6 +114,7 @@ class ServerCore:
         self.path_mtu: dict[Peer, int] = {}
         self.too_big = TooBigAnswers(now)
         self.update_clients(clients, now)
+        self.key_timer.advance(self.peers.values(), now)
 
     def update_clients(self, entries: Iterable[ClientEntry], now: float) -> None:
         """Make ``entries`` the client table, as a live reload needs.
@@ -142,6 +143,7 @@ class ServerCore:
                     time_window=self.time_window, epoch_seconds=self.epoch_seconds,
                 )
                 self.key_timer.unsaved = True
+                self.key_timer.adopt(peer)
                 self.restart.start_peer(peer, now)
         routes: PrefixTable[Peer] = PrefixTable()
         for entry in entries:
@@ -334,7 +336,8 @@ class ServerCore:
         return due
 
     def handle_timer(self, now: float) -> Datagrams:
-        """Erase the keys ``now`` no longer needs, let go of filtered client
+        """Erase the keys ``now`` no longer needs (as far as a client vouches
+        for ``now``: epochs.KeyTimer), let go of filtered client
         IDs whose hold ended and keep the restart bounds of clients that paused
         ahead of their clocks (restart.keep_ahead); the server sends nothing
         by itself."""
@@ -344,8 +347,9 @@ class ServerCore:
         return []
 
     def clock_stepped(self, delta: float) -> None:
-        """Hold key erasure a while after a forward step (epochs.KeyTimer);
-        filtered client IDs keep the length of their hold."""
+        """Timers keep their pace in real time; filtered client IDs keep the
+        length of their hold. (Keys are erased only as far as a client vouches
+        for the clock: epochs.KeyTimer.)"""
         self.key_timer.stepped(delta)
         self.filtered.stepped(delta)
         self.restart.stepped(delta)
