@@ -79,3 +79,43 @@ def test_the_time_answer_vector_of_the_spec_is_opened_by_the_client():
     assert HEADER.unpack_from(keepalive)[2] == counter
     client.datagrams_received([(bytes.fromhex(vector["datagram"]), SERVER_EP)], ts)
     assert client.clock_offset == pytest.approx(300.25, abs=1e-6)
+
+
+def test_answers_keep_their_pace_through_a_step_of_the_server_clock():
+    """The server's clock was 300 s ahead, answered a client, then NTP stepped it
+    back: the client, stamping in the old server time, is answered again at once
+    (the limit of one answer per TIME_ANSWER_INTERVAL is real time), not after 300 s."""
+    server, client = make_server(now=NOW - 400), make_client(now=NOW - 300)  # a server up before, never heard from a
+    first = keepalives(client.handle_timer(NOW - 299))
+    [(answer, _)] = answers_in(server.datagrams_received([(d, A_EP) for d, _ in first], NOW + 1).to_network)
+    client.datagrams_received([(answer, SERVER_EP)], NOW - 298.99)
+    assert client.clock_offset == pytest.approx(300, abs=0.05)
+    server.clock_stepped(-300)
+    up = [(d, A_EP) for d, _ in client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR)], NOW - 297).to_network]
+    [(answer, _)] = answers_in(server.datagrams_received(up, NOW - 297).to_network)
+    client.datagrams_received([(answer, SERVER_EP)], NOW - 296.99)
+    assert client.clock_offset == pytest.approx(0, abs=0.05)
+    up = client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR, b"heard")], NOW - 296).to_network
+    assert server.datagrams_received([(d, A_EP) for d, _ in up], NOW - 296).to_tun
+
+
+def test_a_server_clock_stepped_back_past_stamps_it_accepted_refuses_them_until_it_passes_them():
+    """docs/PROTOCOL.md 7.1: what a server accepted in the time it had before a
+    step back stays accepted, so the client's stamps below it are refused (never
+    a stamp twice, section 6) until the clock passes them: up to the step."""
+    server, client = make_server(now=NOW - 400), make_client(now=NOW - 300)
+    first = keepalives(client.handle_timer(NOW - 299))
+    [(answer, _)] = answers_in(server.datagrams_received([(d, A_EP) for d, _ in first], NOW + 1).to_network)
+    client.datagrams_received([(answer, SERVER_EP)], NOW - 298.99)
+    up = client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR)], NOW - 298).to_network
+    assert server.datagrams_received([(d, A_EP) for d, _ in up], NOW + 2).to_tun  # accepted at NOW + 2
+    server.clock_stepped(-300)
+    up = [(d, A_EP) for d, _ in client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR)], NOW - 296).to_network]
+    [(answer, _)] = answers_in(server.datagrams_received(up, NOW - 296).to_network)
+    client.datagrams_received([(answer, SERVER_EP)], NOW - 295.99)
+    for now in (NOW - 290, NOW - 5):  # the stamp accepted was NOW + 2
+        up = client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR)], now).to_network
+        assert not server.datagrams_received([(d, A_EP) for d, _ in up], now).to_tun, now
+        assert server.drops["superseded"] > 0
+    up = client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR, b"heard")], NOW + 3).to_network
+    assert server.datagrams_received([(d, A_EP) for d, _ in up], NOW + 3).to_tun

@@ -347,9 +347,12 @@ class ServerCore:
         return []
 
     def clock_stepped(self, delta: float) -> None:
-        """Timers keep their pace in real time; filtered client IDs keep the
-        length of their hold. (Keys are erased only as far as a client vouches
-        for the clock: epochs.KeyTimer.)"""
+        """Timers keep their pace in real time: filtered client IDs keep the
+        length of their hold, and a client may earn its next time answer
+        TIME_ANSWER_INTERVAL after its last, not a step later. (Keys are
+        erased only as far as a client vouches for the clock: epochs.KeyTimer.)"""
+        for peer in self.peers.values():
+            peer.time_answer_due += delta
         self.key_timer.stepped(delta)
         self.filtered.stepped(delta)
         self.restart.stepped(delta)
