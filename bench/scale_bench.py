@@ -21,6 +21,10 @@ the last 30 s: keeping their restart bounds ahead of their clocks
 building the table the save thread writes, at 4,096 and 65,536 clients,
 milliseconds per second (a round of keep_ahead takes a call per 4,096
 clients: the longest call is how long it holds the event loop), best of 5.
+And the work of an epoch's end (core/epochs.py, ``KeyTimer.advance``) with
+every client idle since the last, so that each derives its next key, one
+client heard to vouch for the clock: the whole round, its calls and the
+longest, best of 5.
 
 Then the files at that scale (``--config-only`` for these alone): a
 server.toml of 65,536 clients (two IPv6 /128s each, inside 2001:db8::/32: the IPv4 documentation ranges hold too few) with its
@@ -55,10 +59,10 @@ from vpncrypt import key_store  # noqa: E402
 from vpncrypt.cli import keygen  # noqa: E402
 from vpncrypt.config import load_server_config  # noqa: E402
 from vpncrypt.core import siv  # noqa: E402
-from vpncrypt.core.epochs import DEFAULT_EPOCH_SECONDS  # noqa: E402
+from vpncrypt.core.epochs import DEFAULT_EPOCH_SECONDS, next_advance  # noqa: E402
 from vpncrypt.core.peer import Peer  # noqa: E402
 from vpncrypt.core.server import ClientEntry, ServerCore  # noqa: E402
-from vpncrypt.core.wire import KIND_DATA, TO_SERVER, encode_header  # noqa: E402
+from vpncrypt.core.wire import KIND_DATA, KIND_KEEPALIVE, TO_SERVER, encode_header  # noqa: E402
 
 NOW = 1_800_000_000.0
 KEY_EPOCH = int(NOW) // DEFAULT_EPOCH_SECONDS - 1  # the keys are the previous epoch's: one step to derive
@@ -231,11 +235,37 @@ def timer_cost(clients: int, keys: list[bytes]) -> dict:
         server.bounds_to_save()
         return (time.perf_counter() - start) * 1e3
 
+    def key_round() -> tuple[float, float, int]:
+        """The same three figures for erasing keys at an epoch's end, every
+        client idle since the last (each derives its key for the new epoch),
+        one client heard at the new time to vouch for the clock (epochs.KeyTimer)."""
+        nonlocal now
+        now = next_advance(now, DEFAULT_EPOCH_SECONDS)
+        [vouching] = senders[0].seal(KIND_KEEPALIVE, [b""], now)
+        server.datagrams_received([(vouching, ("192.0.2.9", 4000))], now)
+        if server.held_datagrams():
+            server.bounds_saved(server.bounds_to_save(), now)
+        calls = []
+        while True:
+            start = time.perf_counter()
+            server.key_timer.advance(server.peers.values(), now)
+            calls.append((time.perf_counter() - start) * 1e3)
+            if server.key_timer.due != now:  # the round is over
+                return sum(calls), max(calls), len(calls)
+
     rounds = [keep_ahead_round() for _ in range(5)]
     figures = {"clients": clients, "keep_ahead_ms": min(r[0] for r in rounds),
                "keep_ahead_longest_call_ms": min(r[1] for r in rounds), "keep_ahead_calls": rounds[0][2],
                "bounds_table_ms": min(table() for _ in range(5))}
     assert server.restart.unsaved, "keep_ahead asked for no bound: nothing was measured"
+    while server.key_timer.due <= now:  # the round begun at the start, ended as the timer would
+        server.key_timer.advance(server.peers.values(), now)
+    key_round()  # the epoch of the data above, whose keys the clients derived already
+    epoch_before = server.peers[clients - 1].keys.key_epoch
+    key_rounds = [key_round() for _ in range(5)]
+    assert server.peers[clients - 1].keys.key_epoch == epoch_before + 5, "an idle client's keys did not move"
+    figures |= {"keys_ms": min(r[0] for r in key_rounds), "keys_longest_call_ms": min(r[1] for r in key_rounds),
+                "keys_calls": key_rounds[0][2]}
     return figures
 
 
@@ -333,6 +363,12 @@ def main() -> int:
         for row in timers:
             print(f"| {row['clients']} | {row['keep_ahead_ms']:.1f} | {row['keep_ahead_calls']} |"
                   f" {row['keep_ahead_longest_call_ms']:.1f} | {row['bounds_table_ms']:.1f} |")
+        print()
+        print("Erasing keys at an epoch's end, every client idle (each derives a key; milliseconds, best of 5):")
+        print("| clients | whole round ms | calls | longest call ms |")
+        print("|---:|---:|---:|---:|")
+        for row in timers:
+            print(f"| {row['clients']} | {row['keys_ms']:.1f} | {row['keys_calls']} | {row['keys_longest_call_ms']:.1f} |")
     files = config_figures(keys)
     print()
     print("At 65,536 clients, the files (seconds, best of 3; goal: under 2 s each):")

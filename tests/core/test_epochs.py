@@ -8,6 +8,7 @@ import pytest
 
 from ipaddress import ip_network as net
 
+from vpncrypt.core import epochs
 from vpncrypt.core.epochs import (
     HOLD_RETRY, KEEP_SECONDS, MAX_HOLD, EpochKeys, epoch_key, next_advance, next_epoch_key, oldest_needed_epoch,
 )
@@ -15,7 +16,8 @@ from vpncrypt.core.server import ClientEntry, ServerCore
 from vpncrypt.core.wire import KIND_DATA, KIND_KEEPALIVE, TO_CLIENT
 
 from tests.builders import (
-    A_ADDR, A_EP, KEY_A, KEY_B, KEY_EPOCH, NOW, SERVER_ADDR, SERVER_EP, ipv4_packet, make_client, make_server, sender,
+    A_ADDR, A_EP, KEY_A, KEY_B, KEY_EPOCH, NOW, SERVER_ADDR, SERVER_EP, SERVER_ID, ipv4_packet, make_client, make_server,
+    sender,
     without_path_search,
 )
 
@@ -186,9 +188,9 @@ def test_one_client_heard_vouches_for_the_server_clock_for_every_client():
     """An idle client's keys are erased on time: the server's clock is vouched
     for by whichever client was heard, not by each."""
     server, client_sender, _, _ = pair()
-    heard(server, NOW + 5, sender(2, KEY_B))  # and idle since
+    heard(server, NOW + 5, client_sender)  # and idle since
     later = NOW + 3 * 3600 + 600
-    heard(server, later, client_sender)
+    heard(server, later, sender(2, KEY_B))
     server.handle_timer(later)
     assert server.peers[2].keys.key_epoch == server.peers[1].keys.key_epoch == oldest_needed_epoch(later, 3600)
 
@@ -204,3 +206,28 @@ def test_a_client_added_by_a_reload_erases_what_the_others_erased():
                            ClientEntry(3, KEY_B, KEY_EPOCH, (net("203.0.113.9/32"),), "c")], later + 1)
     assert server.peers[3].keys.key_epoch == oldest_needed_epoch(later, 3600) > KEY_EPOCH
     assert server.keys_to_save()[3][0] == server.peers[3].keys.key_epoch
+
+
+def test_a_round_over_many_peers_takes_a_call_a_slice_each_due_at_once(monkeypatch):
+    """65,536 clients idle at an epoch's end each derive a key: the round is cut
+    into calls of HEARD_SLICE peers looked at, then KEY_SLICE erased, so that
+    the event loop serves datagrams between them (bench/scale_bench.py)."""
+    monkeypatch.setattr(epochs, "HEARD_SLICE", 4)
+    monkeypatch.setattr(epochs, "KEY_SLICE", 3)
+    keys = {i: os.urandom(64) for i in range(1, 11)}
+    server = ServerCore(SERVER_ID, [ClientEntry(i, key, KEY_EPOCH, (net(f"203.0.113.{i + 10}/32"),), f"c{i}")
+                                    for i, key in keys.items()], NOW)
+    while server.next_timer() <= NOW:  # the round begun at the start
+        server.handle_timer(NOW)
+    later = NOW + 3 * 3600 + 600
+    heard(server, later, sender(10, keys[10]))  # in the last slice looked at: any one peer vouches
+    calls = 0
+    while True:
+        server.handle_timer(later)
+        calls += 1
+        if server.next_timer() != later:
+            break
+        moved = sum(peer.keys.key_epoch > KEY_EPOCH for peer in server.peers.values())
+        assert moved <= 3 * max(0, calls - 2), (calls, moved)  # 3 calls look, then 3 peers a call
+    assert calls == 3 + 4 - 1  # the last look and the first erasing share a call
+    assert all(peer.keys.key_epoch == oldest_needed_epoch(later, 3600) for peer in server.peers.values())

@@ -38,6 +38,11 @@ KEEP_SECONDS = TIMESTAMP_MOD // 2
 # local time (at most 14 hours off UTC) until NTP sets the clock right.
 MAX_HOLD = 86400.0
 HOLD_RETRY = 60.0  # seconds between looks for a peer's word while erasing is held back
+# Peers ``KeyTimer.advance`` looks at in one call, for the newest timestamp
+# accepted and then to erase: a few milliseconds of the event loop at most,
+# even where each derives a key (65,536 idle clients at an epoch's end).
+HEARD_SLICE = 16384
+KEY_SLICE = 512
 
 
 def next_epoch_key(key: bytes, epoch: int) -> bytes:
@@ -93,7 +98,14 @@ class KeyTimer:
         self.epoch_seconds = epoch_seconds
         self.due = now  # when ``advance`` next has work (Unix seconds): the core calls it at its start
         self.unsaved = False
-        self.kept_epoch: int | None = None  # the oldest epoch the last advance kept
+        self.kept_epoch: int | None = None  # the oldest epoch the last round kept
+        # The round under way: its peers, how many of them were looked at for
+        # the newest timestamp accepted (``heard``), then those left to erase.
+        self._round: list = []
+        self._scanned = 0
+        self._heard = NO_TIMESTAMP
+        self._erasing = False
+        self._held = False  # the round kept a key that the clock alone would erase
 
     def stepped(self, delta: float) -> None:
         """The wall clock jumped by ``delta`` seconds: the next look stays as far off in real time."""
@@ -102,19 +114,39 @@ class KeyTimer:
     def advance(self, peers: Iterable, now: float) -> None:
         """If it is time, erase in every peer of ``peers`` (re-iterable) the keys
         that neither ``now`` (Unix seconds) nor the newest timestamp accepted
-        from any of them needs (see the class)."""
+        from any of them needs (see the class). A round over more peers than
+        one call takes (HEARD_SLICE to find that timestamp, then KEY_SLICE to
+        erase) takes several, each due at once, so that the event loop serves
+        datagrams between them (bench/scale_bench.py)."""
         if now < self.due:
             return
-        heard = max((peer.window.newest_ts for peer in peers if peer.window.newest_ts != NO_TIMESTAMP), default=None)
-        vouched = now if heard is not None and heard >= now else max(now - MAX_HOLD, heard or float("-inf"))
-        self.kept_epoch = oldest_needed_epoch(vouched, self.epoch_seconds)
+        if not self._round:
+            self._round, self._scanned, self._heard, self._erasing = list(peers), 0, NO_TIMESTAMP, False
+        if not self._erasing:
+            for peer in self._round[self._scanned:self._scanned + HEARD_SLICE]:
+                heard = peer.window.newest_ts
+                if heard != NO_TIMESTAMP and (self._heard == NO_TIMESTAMP or heard > self._heard):
+                    self._heard = heard
+            self._scanned += HEARD_SLICE
+            if self._scanned < len(self._round):
+                self.due = now
+                return
+            heard = self._heard
+            vouched = now if heard != NO_TIMESTAMP and heard >= now else max(
+                now - MAX_HOLD, float("-inf") if heard == NO_TIMESTAMP else heard)
+            self.kept_epoch = oldest_needed_epoch(vouched, self.epoch_seconds)
+            self._erasing, self._held = True, False
         needed = oldest_needed_epoch(now, self.epoch_seconds)
-        held = False  # a key kept that the clock alone would erase
-        for peer in peers:
-            self.unsaved |= peer.advance_keys(self.kept_epoch)
-            held = held or peer.keys.key_epoch < needed
-        # Held back: look again soon for a peer's word.
-        self.due = now + HOLD_RETRY if held else next_advance(now, self.epoch_seconds)
+        looked_at = self._round[-KEY_SLICE:]
+        del self._round[-KEY_SLICE:]
+        for peer in looked_at:
+            self.unsaved |= peer.advance_keys(self.kept_epoch)  # type: ignore[arg-type]
+            self._held = self._held or peer.keys.key_epoch < needed
+        if self._round:
+            self.due = now
+        else:
+            # Held back: look again soon for a peer's word.
+            self.due = now + HOLD_RETRY if self._held else next_advance(now, self.epoch_seconds)
 
     def adopt(self, peer) -> None:
         """A peer made after the last ``advance`` (a client added or re-keyed by
