@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import os
 import re
 import socket
@@ -64,6 +65,45 @@ def test_the_daemon_moves_its_own_chains_forward_and_leaves_keygens_changes_alon
                              3: (12, epoch_key(removed, 10, 12))})
     table = key_store.load(path)
     assert table.keys == {1: (12, epoch_key(mine, 10, 12)), 2: (10, rekeyed)}
+
+
+def test_names_round_trip_and_a_store_without_them_still_loads(tmp_path):
+    path = tmp_path / "s.keys.json"
+    table = key_store.KeyTable(HOUR, {1: (10, os.urandom(64)), 2: (10, os.urandom(64))}, {1: "alice"})
+    key_store.write(path, table)
+    assert key_store.load(path) == table
+    # A store written before names were kept: the same JSON without them.
+    data = json.loads(path.read_text())
+    assert data["keys"]["1"]["name"] == "alice" and "name" not in data["keys"]["2"]
+    del data["keys"]["1"]["name"]
+    path.write_text(json.dumps(data))
+    assert key_store.load(path) == key_store.KeyTable(HOUR, table.keys, {})
+    data["keys"]["1"]["name"] = 7
+    path.write_text(json.dumps(data))
+    with pytest.raises(key_store.KeyStoreError, match="a field is missing or of the wrong type"):
+        key_store.load(path)
+
+
+def test_recording_names_fills_in_only_the_missing_ones_and_writes_only_then(tmp_path):
+    path = tmp_path / "s.keys.json"
+    keys = {1: (10, os.urandom(64)), 2: (10, os.urandom(64)), 3: (10, os.urandom(64))}
+    key_store.write(path, key_store.KeyTable(HOUR, keys, {1: "alice"}))
+    # 1 is recorded as alice's: a config calling it "bob" does not change that;
+    # 4 has no key: nothing to name.
+    table = key_store.record_names(path, {1: "bob", 2: "carol", 4: "dave"})
+    assert table.names == {1: "alice", 2: "carol"} and key_store.load(path).names == table.names
+    written = path.stat().st_mtime_ns
+    path.chmod(0o400)  # a write now would replace the file, and its mode with it
+    assert key_store.record_names(path, {1: "alice", 2: "carol"}).names == {1: "alice", 2: "carol"}
+    assert path.stat().st_mtime_ns == written and oct(path.stat().st_mode & 0o777) == "0o400"
+
+
+def test_the_daemons_writes_keep_the_names(tmp_path):
+    path = tmp_path / "s.keys.json"
+    mine = os.urandom(64)
+    key_store.write(path, key_store.KeyTable(HOUR, {1: (10, mine)}, {1: "alice"}))
+    key_store.advance(path, {1: (12, epoch_key(mine, 10, 12))})
+    assert key_store.load(path).names == {1: "alice"} and key_store.load(path).keys[1][0] == 12
 
 
 def server_and_client(tmp_path: Path) -> tuple[Path, Path]:

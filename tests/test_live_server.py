@@ -284,6 +284,26 @@ def test_a_removed_client_is_gone_at_once(configs, run_dir):
     assert message == "1 client; removed 'b'" and peers == [1]
 
 
+def test_a_client_added_by_hand_with_a_removed_clients_id_is_refused_at_reload(configs, run_dir):
+    """b's [[client]] deleted by hand and d added by hand with b's ID: b's key,
+    still in the key store, never becomes d's. The reload is refused and b runs on."""
+    path = configs / "server.toml"
+
+    async def body(live, client):
+        b = live.core.peers[2]
+        edit(path, 'name = "b"', 'name = "d"')
+        edit(path, '"203.0.113.3/32"', '"203.0.113.9/32"')
+        with pytest.raises(control.RequestError) as refused:
+            await live.reload()
+        return refused.value, b, live.core.peers[2], live.config
+
+    refused, b_before, b_after, config = asyncio.run(with_server(configs, body))
+    assert refused.status == 2
+    assert str(refused).startswith(f"{path}: [[client]] 'd' (ID 2): the key store of server.toml holds the key of"
+                                   " client 'b' for this ID")
+    assert b_after is b_before and b_after.name == "b" and [c.name for c in config.clients] == ["a", "b"]
+
+
 def test_routes_to_networks_behind_clients_follow_reloads(configs, run_dir):
     path = configs / "server.toml"
     runs = Runs()

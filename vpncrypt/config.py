@@ -2,8 +2,9 @@
 
 Every mistake an operator can make in a file (unknown key, wrong type, bad
 address, duplicate ID or address, loose permissions, a client without a key
-in the key store) raises ConfigError with a message naming the file and the
-field, never the key. The keys themselves are not in the config files but in
+in the key store or with an ID whose key the store records as another
+client's) raises ConfigError with a message naming the file and the field,
+never the key. The keys themselves are not in the config files but in
 the key store (key_store.py), which the loaders read beside them.
 """
 
@@ -419,7 +420,10 @@ def _load_server_config(path: Path, keys: key_store.KeyTable | None, keyless: st
             raise section.fail("addresses", "needs at least one address")
         owners.extend((network, f"client {name!r}") for network in addresses)
         section.refuse_key()
-        if client_id not in key_table.keys and name == keyless:
+        # A key recorded as another client's (whose [[client]] was deleted by
+        # hand) is never this one's: as if it had none.
+        owner = key_table.names.get(client_id, name)
+        if (client_id not in key_table.keys or owner != name) and name == keyless:
             clients.append(ClientEntry(client_id, b"", 0, addresses, name))
             continue
         if client_id not in key_table.keys:
@@ -427,6 +431,14 @@ def _load_server_config(path: Path, keys: key_store.KeyTable | None, keyless: st
                                              f" of {path.name} (in {state_directory}): give it one with:"
                                              f" vpncrypt-keygen rotate --server-config {path} --name {name} --out"
                                              f" {name}.toml")
+            continue
+        if owner != name:
+            missing = missing or ConfigError(
+                f"{path}: {section.where} (ID {client_id}): the key store of {path.name} holds the key of client"
+                f" {owner!r} for this ID (its [[client]] deleted by hand?), which is never given to another client;"
+                f" give {name!r} its own key with: vpncrypt-keygen rotate --server-config {path} --name {name} --out"
+                f" {name}.toml, or take it out with: vpncrypt-keygen remove --server-config {path} --name {name}"
+                f" (if it is {owner!r} renamed, give it back that name)")
             continue
         key_epoch, key = key_table.keys[client_id]
         clients.append(ClientEntry(client_id, key, key_epoch, addresses, name))

@@ -5,9 +5,14 @@ config file that nobody rewrites: each daemon keeps its keys in one JSON file
 in its state directory, ``STATE_DIRECTORY/NAME.keys.json``, mode 0600:
 
     {"version": 1, "epoch_seconds": 3600,
-     "keys": {"CLIENT_ID": {"epoch": 500000, "key": "BASE64"}}}
+     "keys": {"CLIENT_ID": {"epoch": 500000, "key": "BASE64", "name": "laptop"}}}
 
-A server's store holds every client's key, a client's store its own. Each
+A server's store holds every client's key, a client's store its own. In a
+server's store each key also names whose it is (the ``name`` of its
+``[[client]]``), so that a key left behind when a client's table was deleted
+by hand never goes to the next client given that ID (config.py refuses such
+a client); ``name`` is optional, for stores written before it was kept, and
+is filled in from the config by the next keygen run or server start. Each
 key is the oldest one that end still needs; the daemon replaces it by the
 next one as epochs pass (atomically, with fsync), so the file never holds
 anything from which an erased epoch's key can be derived. vpncrypt-keygen
@@ -47,10 +52,23 @@ class KeyStoreError(Exception):
 
 @dataclass
 class KeyTable:
-    """``keys``: client ID -> (epoch, 64-byte key of that epoch)."""
+    """``keys``: client ID -> (epoch, 64-byte key of that epoch); ``names``:
+    client ID -> the name of the client whose key it is, for the keys that
+    have one recorded (a server's store; none in a client's); a name whose
+    key is gone is not written."""
 
     epoch_seconds: int
     keys: dict[int, tuple[int, bytes]] = field(default_factory=dict, repr=False)
+    names: dict[int, str] = field(default_factory=dict)
+
+    def fill_names(self, names: dict[int, str]) -> bool:
+        """Record ``names`` (client ID -> the config's name) for the keys that
+        have no name yet; a recorded name is never changed here. True if one
+        was recorded."""
+        missing = {client_id: name for client_id, name in names.items()
+                   if client_id in self.keys and client_id not in self.names}
+        self.names.update(missing)
+        return bool(missing)
 
 
 class UntrustedFile(Exception):
@@ -153,22 +171,34 @@ def load(path: Path, owners: Iterable[int] = ()) -> KeyTable:
         epoch_seconds = data["epoch_seconds"]
         if not (isinstance(epoch_seconds, int) and MIN_EPOCH_SECONDS <= epoch_seconds <= MAX_EPOCH_SECONDS):
             raise KeyStoreError(f"{path}: epoch_seconds must be from {MIN_EPOCH_SECONDS} to {MAX_EPOCH_SECONDS}")
-        keys = {}
+        keys, names = {}, {}
         for client_id, entry in data["keys"].items():
             if not isinstance(entry["epoch"], int):
                 raise ValueError
             keys[int(client_id)] = (entry["epoch"], decode_key(entry["key"]))
+            if "name" in entry:
+                if not isinstance(entry["name"], str):
+                    raise ValueError
+                names[int(client_id)] = entry["name"]
     except KeyStoreError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError):
         raise KeyStoreError(f"{path}: not a valid key store (a field is missing or of the wrong type)") from None
-    return KeyTable(epoch_seconds, keys)
+    return KeyTable(epoch_seconds, keys, names)
+
+
+def _entry(table: KeyTable, client_id: int) -> dict[str, object]:
+    epoch, key = table.keys[client_id]
+    entry: dict[str, object] = {"epoch": epoch, "key": encode_key(key)}
+    if client_id in table.names:
+        entry["name"] = table.names[client_id]
+    return entry
 
 
 def _text(table: KeyTable) -> str:
     return json.dumps({
         "version": FORMAT_VERSION, "epoch_seconds": table.epoch_seconds,
-        "keys": {str(cid): {"epoch": epoch, "key": encode_key(key)} for cid, (epoch, key) in sorted(table.keys.items())},
+        "keys": {str(client_id): _entry(table, client_id) for client_id in sorted(table.keys)},
     }, indent=1) + "\n"
 
 
@@ -199,3 +229,16 @@ def advance(path: Path, moved: dict[int, tuple[int, bytes]]) -> None:
             if stored is not None and stored[0] <= epoch and epoch_key(stored[1], stored[0], epoch) == key:
                 table.keys[client_id] = (epoch, key)
         write(path, table)
+
+
+def record_names(path: Path, names: dict[int, str], owners: Iterable[int] = ()) -> KeyTable:
+    """Record, under the store's lock, ``names`` (client ID -> the name its
+    ``[[client]]`` has) for the keys that have no name yet (a store written
+    before names were kept); never changes a recorded name. Writes only if a
+    name was missing. Returns the store as it is now. Raises KeyStoreError or
+    OSError."""
+    with locked(path):
+        table = load(path, owners)
+        if table.fill_names(names):
+            write(path, table)
+        return table

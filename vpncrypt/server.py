@@ -339,6 +339,48 @@ class LiveServer:
         return lines
 
 
+def unclaimed_key_lines(config: ServerConfig, table: key_store.KeyTable) -> list[str]:
+    """A line for each key in the server's key store ``table`` whose client ID
+    no ``[[client]]`` of ``config`` has (its table deleted by hand, not with
+    keygen remove): the ID and the name recorded for it, never the key."""
+    configured = {client.client_id for client in config.clients}
+    store = key_store.store_path(config.state_directory, config.path.stem)
+    lines = []
+    for client_id in sorted(set(table.keys) - configured):
+        name = table.names.get(client_id)
+        if name is not None:
+            lines.append(f"{store}: holds a key for client ID {client_id} ({name!r}), which no [[client]] in"
+                         f" {config.path} has (deleted by hand?): it is used for no one, and a [[client]] with that"
+                         f" ID is refused unless it is named {name!r}; erase it with: vpncrypt-keygen remove"
+                         f" --server-config {config.path} --name {name}")
+        else:
+            lines.append(f"{store}: holds a key for client ID {client_id}, which no [[client]] in {config.path}"
+                         f" has (deleted by hand?), with no name recorded (the store is older than names): a"
+                         f" [[client]] given ID {client_id} by hand would take this key; add clients with"
+                         f" vpncrypt-keygen client, or give one added by hand a new key with vpncrypt-keygen rotate")
+    return lines
+
+
+def check_key_owners(config: ServerConfig) -> None:
+    """At start: record in the key store whose key each is, where a store
+    from before names were kept has none (key_store.record_names), and log a
+    warning for each key no configured client has (unclaimed_key_lines).
+    A store that cannot be written is logged, not fatal: the keys are the
+    ones just loaded, and the next keygen run records the names."""
+    store = key_store.store_path(config.state_directory, config.path.stem)
+    owners = () if config.account is None else (config.account.uid,)
+    try:
+        table = key_store.record_names(store, {client.client_id: client.name for client in config.clients}, owners)
+    except key_store.KeyStoreError as error:
+        log.warning("could not record the clients' names in the key store: %s", error)
+        return
+    except OSError as error:
+        log.warning("could not record the clients' names in the key store: %s: %s", store, error.strerror)
+        return
+    for line in unclaimed_key_lines(config, table):
+        log.warning("%s", line)
+
+
 def control_name(config: ServerConfig) -> str:
     """The daemon's name for the control socket and ``vpncrypt show NAME``: the config's stem."""
     return config.path.stem
@@ -361,6 +403,7 @@ def run_server(config: ServerConfig) -> int:
         store = RestartStore(config.state_directory, config.path.stem)
         store.prepare()
         hold_state(held, config.state_directory, config.path.stem)
+        check_key_owners(config)
         saved = store.load()
         store.warn_of_bounds_ahead(saved, time.time(), config.time_window,
                                    {client.client_id: f"client {client.name!r}" for client in config.clients})

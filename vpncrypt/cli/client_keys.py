@@ -60,11 +60,16 @@ def write_client_keys(path: Path, epoch_seconds: int, client_id: int, epoch: int
 
 @contextlib.contextmanager
 def locked_store(server: ServerConfig) -> Iterator[tuple[Path, key_store.KeyTable]]:
-    """The server's key store, read under its lock (a running server writes it too)."""
+    """The server's key store, read under its lock (a running server writes it
+    too), with the name of each configured client recorded for its key where
+    none is yet (a store from before names were kept), so that whatever keygen
+    writes names them all."""
     path = server_store(server)
     try:
         with key_store.locked(path):
-            yield path, key_store.load(path, () if server.account is None else (server.account.uid,))
+            table = key_store.load(path, () if server.account is None else (server.account.uid,))
+            table.fill_names({client.client_id: client.name for client in server.clients})
+            yield path, table
     except key_store.KeyStoreError as error:
         raise ConfigError(str(error)) from None
 

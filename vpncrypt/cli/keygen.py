@@ -12,7 +12,7 @@ operator deletes them there.
 
 Keys are not in the config files (protocol version 2): a new or re-keyed
 client's key goes into the server's key store (key_store.py, under its own
-lock) and into a key file for the client, ``NAME.keys.json`` beside its
+lock), recorded as that client's by name, and into a key file for the client, ``NAME.keys.json`` beside its
 config, which the operator copies into the client's state directory.
 
 This module holds the commands; editing the server's files is server_file.py,
@@ -30,8 +30,8 @@ import tomlkit
 
 from .. import control, key_store
 from ..config import (
-    DEFAULT_INTERFACE, DEFAULT_MTU, DEFAULT_STATE_DIRECTORY, ConfigError, default_state_directory, load_server_config,
-    parse_endpoint,
+    DEFAULT_INTERFACE, DEFAULT_MTU, DEFAULT_STATE_DIRECTORY, ConfigError, ServerConfig, default_state_directory,
+    load_server_config, parse_endpoint,
 )
 from ..core.epochs import DEFAULT_EPOCH_SECONDS, MAX_EPOCH_SECONDS, MIN_EPOCH_SECONDS
 from ..core.server import ClientEntry
@@ -203,6 +203,7 @@ def make_client(args: argparse.Namespace) -> int:
         with locked_store(server) as (store, table):
             epoch, key = fresh_key(table.epoch_seconds)
             table.keys[client_id] = (epoch, key)
+            table.names[client_id] = name
             entry = ClientEntry(client_id, key, epoch, tuple(ipaddress.ip_network(h) for h in hosts), name)
             # The client's files first: if they cannot be written, the server's are untouched.
             write_private(out, client_file_text(server, name, client_id, chosen, args.client_state_directory))
@@ -226,6 +227,8 @@ def remove_client(args: argparse.Namespace) -> int:
     server_path = Path(args.server_config)
     with locked(server_path):
         server = load_server_config(server_path, keyless=args.name)  # one added by hand may have none
+        if not any(client.name == args.name for client in server.clients):
+            return erase_left_key(args, server)
         index = client_index(server, args.name, server_path)
         removed = server.clients[index]
         text = read_text(server_path)
@@ -234,11 +237,36 @@ def remove_client(args: argparse.Namespace) -> int:
         if not args.reuse:
             new_text = with_retired(new_text, removed)
         with locked_store(server) as (store, table):
-            table.keys.pop(removed.client_id, None)
+            table.keys.pop(removed.client_id, None)  # its name goes with it (key_store.write)
             rewrite_server_file(server_path, new_text, server, [c for c in server.clients if c is not removed], table)
             key_store.write(store, table)
     kept = "" if args.reuse else f"; its ID and addresses are retired (see [retired] in {server_path})"
     return finish(args, f"removed client {removed.name!r} (ID {removed.client_id}) from {server_path}{kept}")
+
+
+def erase_left_key(args: argparse.Namespace, server: ServerConfig) -> int:
+    """``remove`` of a client whose [[client]] was deleted by hand: erase the
+    key the server's key store still holds for it by name (the server's start
+    names such keys) and retire its ID unless ``--reuse``. Raises ConfigError
+    (no client of that name) if the store has no such key either."""
+    server_path = Path(args.server_config)
+    configured = {client.client_id for client in server.clients}
+    with locked_store(server) as (store, table):
+        left = sorted(i for i, name in table.names.items() if name == args.name and i not in configured)
+        if not left:
+            client_index(server, args.name, server_path)  # raises: no client named so
+        if not args.reuse:
+            text = read_text(server_path)
+            for client_id in left:
+                text = with_retired(text, ClientEntry(client_id, b"", 0, (), args.name))
+            rewrite_server_file(server_path, text, server, list(server.clients), table)
+        for client_id in left:
+            del table.keys[client_id]
+        key_store.write(store, table)
+    ids = ", ".join(map(str, left))
+    kept = "" if args.reuse else f"; its ID is retired (see [retired] in {server_path})"
+    return finish(args, f"erased the key of client {args.name!r} (ID {ids}) from {store}: {server_path} has no"
+                        f" [[client]] of that name{kept}")
 
 
 def rotate_client(args: argparse.Namespace) -> int:
@@ -272,8 +300,9 @@ def rotate_client(args: argparse.Namespace) -> int:
             wrote_config = True
         with locked_store(server) as (store, table):
             epoch, key = fresh_key(table.epoch_seconds)
-            had_key = entry.client_id in table.keys
+            had_key = bool(entry.key)  # not a key the store holds for another client (config.py)
             table.keys[entry.client_id] = (epoch, key)
+            table.names[entry.client_id] = entry.name
             try:
                 key_store.write(store, table)
             except BaseException:
@@ -337,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     client.add_argument("--key-out", metavar="FILE", help="the client's key file (default: NAME.keys.json beside --out)")
     client.add_argument("--client-state-directory", metavar="DIR",
                         help=f"write state_directory = DIR into the client's config (default: {DEFAULT_STATE_DIRECTORY})")
-    remove = commands.add_parser("remove", help="remove a client from a server config")
+    remove = commands.add_parser("remove", help="remove a client from a server config (or erase the key that one"
+                                                " deleted by hand left in the key store)")
     changes_server(remove)
     remove.add_argument("--reuse", action="store_true",
                         help="do not retire its ID and addresses: let new clients have them")
