@@ -23,6 +23,7 @@ from vpncrypt.cli import keygen, server_file
 from vpncrypt.config import load_client_config, load_server_config
 from vpncrypt.core.server import ClientEntry
 from vpncrypt.core.keys import encode_key
+from vpncrypt.server import client_routes
 
 from tests.builders import install_client_keys
 
@@ -148,6 +149,65 @@ def test_rotate_changes_the_key_only_and_keeps_every_file_line(server):
     assert fresh.client_id == client_id and fresh.key != rotated.key
     assert [str(a) for a in fresh.addresses] == [str(a) for a in rotated.addresses] == [
         "203.0.113.2/24", "2001:db8::2/64"]
+
+
+def test_networks_behind_a_client_go_into_its_addresses_and_the_servers_routes(server, capsys):
+    directory = server.parent
+    client_id = add(directory, "site", "--allowed-ips", "192.0.2.0/26", "--allowed-ips", "2001:db8:100::/56",
+                    "--allowed-ips", "203.0.113.2/31")  # a block of tunnel addresses: its own address skips it
+    assert "addresses 203.0.113.4/24, 2001:db8::2/64, behind it 192.0.2.0/26, 2001:db8:100::/56, 203.0.113.2/31;" \
+        in capsys.readouterr().out
+    entry = next(c for c in load_server_config(server).clients if c.name == "site")
+    assert [str(n) for n in entry.addresses] == ["203.0.113.4/32", "2001:db8::2/128", "192.0.2.0/26",
+                                                 "2001:db8:100::/56", "203.0.113.2/31"]
+    assert [str(n) for n in client_routes(load_server_config(server))] == ["192.0.2.0/26", "2001:db8:100::/56"]
+    # On the client its own addresses only: routes are what it reaches through the tunnel.
+    site = load_client_config(directory / "site.toml")
+    assert site.client_id == client_id and site.routes == ()
+    assert [str(a) for a in site.addresses] == ["203.0.113.4/24", "2001:db8::2/64"]
+    comment = ("# The server routes 192.0.2.0/26, 2001:db8:100::/56, 203.0.113.2/31 to this client: let this machine"
+               " forward them\n")
+    assert comment in (directory / "site.toml").read_text()
+    # A config rotate writes afresh says so too.
+    assert keygen.main(["rotate", "--server-config", str(server), "--name", "site",
+                        "--out", str(directory / "site-new.toml")]) == 0
+    assert comment in (directory / "site-new.toml").read_text()
+
+
+@pytest.mark.parametrize("extra, problem", [
+    (["--allowed-ips", "192.0.2.128/25"],
+     "--allowed-ips: 192.0.2.128/25 of client 'new' overlaps 192.0.2.0/24 of client 'site'"),
+    (["--allowed-ips", "192.0.2.0/23"],
+     "--allowed-ips: 192.0.2.0/23 of client 'new' overlaps 192.0.2.0/24 of client 'site'"),
+    (["--allowed-ips", "203.0.113.0/31"],
+     "--allowed-ips: 203.0.113.0/31 of client 'new' overlaps 203.0.113.1/32 of the server"),
+    (["--allowed-ips", "203.0.113.2/32"],
+     "--allowed-ips: 203.0.113.2/32 of client 'new' overlaps 203.0.113.2/32 of client 'site'"),
+    (["--allowed-ips", "2001:db8::/127"],
+     "--allowed-ips: 2001:db8::/127 of client 'new' overlaps 2001:db8::1/128 of the server"),
+    (["--allowed-ips", "198.51.100.0/24", "--allowed-ips", "198.51.100.64/26"],
+     "--allowed-ips: 198.51.100.64/26 of client 'new' overlaps 198.51.100.0/24 of client 'new'"),
+    (["--allowed-ips", "203.0.113.3/32"], "--allowed-ips: 203.0.113.3/32 overlaps 203.0.113.3/32, which is retired"),
+    (["--allowed-ips", "198.51.100.1/24"],
+     "--allowed-ips: 198.51.100.1/24 has host bits set; the network is 198.51.100.0/24"),
+    (["--allowed-ips", "0.0.0.0/0"], "--allowed-ips: 0.0.0.0/0: a default route is only for a client's routes"),
+    (["--allowed-ips", "office"], "--allowed-ips: 'office' is not a network (like 192.0.2.0/24)"),
+    (["--allowed-ips", "203.0.113.64/26", "--address", "203.0.113.70"],
+     "--address: 203.0.113.70 of client 'new' overlaps 203.0.113.64/26 of client 'new'"),
+])
+def test_a_network_behind_a_client_that_overlaps_is_refused_and_changes_nothing(server, state_directory, capsys,
+                                                                               extra, problem):
+    directory = server.parent
+    add(directory, "site", "--allowed-ips", "192.0.2.0/24")
+    add(directory, "gone")
+    assert keygen.main(["remove", "--server-config", str(server), "--name", "gone"]) == 0  # retires .3
+    store = key_store.store_path(state_directory, "server")
+    before = (server.read_bytes(), store.read_bytes())
+    capsys.readouterr()
+    assert keygen.main(["client", "--server-config", str(server), "--name", "new", "--out", str(directory / "new.toml"),
+                        *extra]) == 2
+    assert capsys.readouterr().err.startswith(f"vpncrypt-keygen: error: {problem}")
+    assert (server.read_bytes(), store.read_bytes()) == before and not (directory / "new.toml").exists()
 
 
 def test_rotate_says_the_state_directory_of_the_config_the_client_has(server):

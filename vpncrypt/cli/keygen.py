@@ -41,8 +41,8 @@ from .client_keys import (
 from .common import RUNTIME_ERROR, add_version, error_exit, print_all
 from .server_file import (
     address_owner, check_name, choose_client_id, client_addresses, client_file_text, client_index, client_spans,
-    free_address, locked, network_text, read_text, rewrite_server_file, taken_networks, toml_value, with_retired,
-    write_private,
+    free_address, locked, network_text, networks_behind, read_text, rewrite_server_file, taken_networks, toml_value,
+    with_retired, write_private,
 )
 
 PROGRAM = "vpncrypt-keygen"
@@ -160,7 +160,8 @@ def make_client(args: argparse.Namespace) -> int:
         if any(c.name == name for c in server.clients):
             raise ConfigError(f"{server_path}: a client named {name!r} exists already")
         client_id = choose_client_id(server, server_path, args.client_id)
-        taken = taken_networks(server)
+        behind = networks_behind(server, server_path, name, args.allowed_ips or [])
+        taken = taken_networks(server) + behind
         requested = {}
         for text in args.address or []:
             try:
@@ -176,18 +177,19 @@ def make_client(args: argparse.Namespace) -> int:
             if any(address in network for network in server.retired_addresses):
                 raise ConfigError(f"--address: {address} is retired (a removed client had it);"
                                   f" delete it from [retired] in {server_path} to use it again")
-            used = address_owner(server, address)
+            used = address_owner(server, address) or next(
+                ((network, f"client {name!r}") for network in behind if address in network), None)
             if used is not None:
                 raise ConfigError(f"--address: {address} of client {name!r} overlaps {used[0]} of {used[1]}")
             chosen.append(ipaddress.ip_interface(f"{address}/{interface.network.prefixlen}"))
         if requested:
             raise ConfigError(f"--address: the server has no IPv{next(iter(requested))} tunnel network")
-        hosts = [str(ipaddress.ip_network(i.ip)) for i in chosen]
+        networks = [ipaddress.ip_network(i.ip) for i in chosen] + behind
         block = (
             "[[client]]\n"
             f"name = {toml_value(name)}\n"
             f"client_id = {client_id}\n"
-            f"addresses = {toml_value(hosts)}\n"
+            f"addresses = {toml_value([str(n) for n in networks])}\n"
         )
         text = read_text(server_path)
         spans = client_spans(text)
@@ -204,9 +206,10 @@ def make_client(args: argparse.Namespace) -> int:
             epoch, key = fresh_key(table.epoch_seconds)
             table.keys[client_id] = (epoch, key)
             table.names[client_id] = name
-            entry = ClientEntry(client_id, key, epoch, tuple(ipaddress.ip_network(h) for h in hosts), name)
+            entry = ClientEntry(client_id, key, epoch, tuple(networks), name)
             # The client's files first: if they cannot be written, the server's are untouched.
-            write_private(out, client_file_text(server, name, client_id, chosen, args.client_state_directory))
+            write_private(out, client_file_text(server, name, client_id, chosen, args.client_state_directory,
+                                                behind))
             wrote_keys = False
             try:
                 write_client_keys(keys_out, table.epoch_seconds, client_id, epoch, key)
@@ -218,8 +221,9 @@ def make_client(args: argparse.Namespace) -> int:
                 if wrote_keys:
                     keys_out.unlink(missing_ok=True)
                 raise
+    routed = f", behind it {', '.join(map(str, behind))}" if behind else ""
     return finish(args, f"wrote {out} and {keys_out}: client {name!r}, ID {client_id}, addresses"
-                        f" {', '.join(map(str, chosen))}; added it to {server_path}"
+                        f" {', '.join(map(str, chosen))}{routed}; added it to {server_path}"
                         + copy_instructions(out, keys_out, args.client_state_directory))
 
 
@@ -295,8 +299,10 @@ def rotate_client(args: argparse.Namespace) -> int:
             client_state_directory = args.client_state_directory
             if not server.endpoint:
                 raise ConfigError(f"{server_path}: [server] endpoint is not set; clients need it")
-            write_private(out, client_file_text(server, entry.name, entry.client_id,
-                                                client_addresses(server, entry.addresses), args.client_state_directory))
+            own = client_addresses(server, entry.addresses)
+            hosts = {ipaddress.ip_network(interface.ip) for interface in own}
+            write_private(out, client_file_text(server, entry.name, entry.client_id, own, args.client_state_directory,
+                                                [network for network in entry.addresses if network not in hosts]))
             wrote_config = True
         with locked_store(server) as (store, table):
             epoch, key = fresh_key(table.epoch_seconds)
@@ -362,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     client.add_argument("--out", required=True, metavar="FILE")
     client.add_argument("--address", action="append", metavar="IP",
                         help="tunnel address to give the client (default: the next free one)")
+    client.add_argument("--allowed-ips", action="append", metavar="NETWORK",
+                        help="a network behind the client (site to site, as WireGuard's AllowedIPs): the server"
+                             " routes it to the client and takes it from it; repeat for more")
     client.add_argument("--client-id", type=int, metavar="N", help="default: a free one at random")
     client.add_argument("--key-out", metavar="FILE", help="the client's key file (default: NAME.keys.json beside --out)")
     client.add_argument("--client-state-directory", metavar="DIR",

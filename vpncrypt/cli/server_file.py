@@ -193,6 +193,43 @@ def address_owner(server: ServerConfig, address) -> tuple[Network, str] | None:
     return next(((network, owner) for network, owner in owned_networks(server) if address in network), None)
 
 
+def network_owner(server: ServerConfig, network: Network) -> tuple[Network, str] | None:
+    """The first network someone has (owned_networks) that shares an address
+    with ``network``, and whom it belongs to, or None."""
+    return next(((owned, owner) for owned, owner in owned_networks(server) if owned.overlaps(network)), None)
+
+
+def networks_behind(server: ServerConfig, path: Path, name: str, texts: list[str]) -> list[Network]:
+    """The networks behind a new client ``name`` (``--allowed-ips``, a site
+    behind it), checked as its addresses are: each in standard form (no host
+    bits set), not a default route (the server takes none from a client),
+    sharing no address with anyone's (network_owner), a retired one or
+    another given. Raises ConfigError naming the network and its owner."""
+    result: list[Network] = []
+    for text in texts:
+        try:
+            network = ipaddress.ip_network(text)
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise ConfigError(f"--allowed-ips: {text!r} is not a network (like 192.0.2.0/24)") from None
+            raise ConfigError(f"--allowed-ips: {text} has host bits set; the network is {loose}") from None
+        if network.prefixlen == 0:
+            raise ConfigError(f"--allowed-ips: {network}: a default route is only for a client's routes, not a"
+                              " network behind a client")
+        retired = next((r for r in server.retired_addresses if r.overlaps(network)), None)
+        if retired is not None:
+            raise ConfigError(f"--allowed-ips: {network} overlaps {retired}, which is retired (a removed client had"
+                              f" it); delete it from [retired] in {path} to use it again")
+        used = network_owner(server, network) or next(
+            ((given, f"client {name!r}") for given in result if given.overlaps(network)), None)
+        if used is not None:
+            raise ConfigError(f"--allowed-ips: {network} of client {name!r} overlaps {used[0]} of {used[1]}")
+        result.append(network)
+    return result
+
+
 def choose_client_id(server: ServerConfig, path: Path, wanted: int | None) -> int:
     """``wanted`` if it is free, else one at random among the free ones, so that
     IDs say nothing about when or in which order clients came."""
@@ -212,7 +249,11 @@ def choose_client_id(server: ServerConfig, path: Path, wanted: int | None) -> in
     return secrets.choice(free)
 
 
-def client_file_text(server: ServerConfig, name: str, client_id: int, addresses, state_directory: str | None) -> str:
+def client_file_text(server: ServerConfig, name: str, client_id: int, addresses, state_directory: str | None,
+                     behind=()) -> str:
+    """The client's config; ``behind`` the networks behind it (its server
+    entry's networks other than its own addresses), named in a comment: they
+    are not routes (those go into the tunnel), but the client must forward them."""
     lines = [
         "# vpncrypt client configuration. Its key is not here but in its key store,",
         f"# {state_directory or DEFAULT_STATE_DIRECTORY}/NAME.keys.json (NAME: this file's name without .toml).",
@@ -223,6 +264,8 @@ def client_file_text(server: ServerConfig, name: str, client_id: int, addresses,
         f"server = {toml_value(server.endpoint)}",
         f"server_id = {server.server_id}",
         f"addresses = {toml_value([str(a) for a in addresses])}",
+        *([f"# The server routes {', '.join(map(str, behind))} to this client: let this machine forward them",
+           "# (sysctl net.ipv4.ip_forward=1, net.ipv6.conf.all.forwarding=1)."] if behind else []),
         "routes = []  # more networks to reach through the tunnel",
         f"interface = {toml_value(DEFAULT_INTERFACE)}",
         f"mtu = {server.mtu}",
