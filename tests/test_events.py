@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 from vpncrypt.events import (
-    AUTH_FAILURES_REPORTED, RATE_INTERVAL, SILENT_AFTER, EventWatch, RateLimiter, duration,
+    AUTH_FAILURES_REPORTED, RATE_INTERVAL, SILENT_AFTER, UNHEARD_AFTER, EventWatch, RateLimiter, UnheardServer,
+    duration,
 )
 
 T0 = 1_700_000_000.0
@@ -253,3 +254,38 @@ def test_a_client_told_the_servers_time_does_not_say_its_datagrams_are_refused()
     assert texts(events.tick(T0 + 100, [peer])) == [
         "client 'laptop' (ID 1): its clock is about 199 s behind this host's"
         " (datagrams more than 128 s off are refused; check NTP)"]
+
+
+def test_a_client_says_once_why_its_server_may_not_hear_it_and_when_it_does_again():
+    unheard, server = UnheardServer(lambda endpoint: endpoint, T0), FakePeer(name="server")
+    server.endpoint = "192.0.2.1:51820"
+    assert unheard.tick(T0 + 1, server, False) == []  # not probing (yet): nothing to say
+    assert all(unheard.tick(T0 + t, server, True) == [] for t in range(2, 2 + int(UNHEARD_AFTER)))
+    [(level, line)] = unheard.tick(T0 + 2 + UNHEARD_AFTER, server, True)
+    assert level == logging.WARNING
+    assert line.startswith("the server 192.0.2.1:51820 is not heard: no authentic datagram from it since this"
+                           " client started, its path MTU probes unanswered for 10 s. The likely causes: it is down")
+    assert line.endswith("more than 511 s from the server's, too far for the server to tell it the time: check NTP")
+    assert all(unheard.tick(T0 + t, server, True) == [] for t in range(13, 300))  # once, however long it lasts
+    server.heard(T0 + 300, "192.0.2.1:51820")
+    assert texts(unheard.tick(T0 + 300, server, False)) == [
+        "the server 192.0.2.1:51820 is heard again, after 5 min without an authentic datagram"]
+    # Heard, then not: the line says for how long; a short spell of probing says nothing.
+    assert unheard.tick(T0 + 301, server, True) == [] and unheard.tick(T0 + 305, server, False) == []
+    assert unheard.tick(T0 + 306, server, True) == []
+    assert unheard.tick(T0 + 306 + UNHEARD_AFTER - 1, server, True) == []
+    assert texts(unheard.tick(T0 + 306 + UNHEARD_AFTER, server, True))[0].startswith(
+        "the server 192.0.2.1:51820 is not heard: no authentic datagram from it for 16 s, its path MTU probes"
+        " unanswered for 10 s.")
+    # Heard and lost again at once: at most one warning a RATE_INTERVAL.
+    server.heard(T0 + 320, "192.0.2.1:51820")
+    assert len(unheard.tick(T0 + 320, server, False)) == 1
+    assert all(unheard.tick(T0 + t, server, True) == [] for t in range(321, 316 + int(RATE_INTERVAL)))
+    assert len(unheard.tick(T0 + 316 + RATE_INTERVAL, server, True)) == 1
+
+
+def test_a_server_heard_without_a_warning_first_is_no_news():
+    unheard, server = UnheardServer(lambda endpoint: endpoint, T0), FakePeer(name="server")
+    assert unheard.tick(T0 + 1, server, True) == []
+    server.heard(T0 + 2, "192.0.2.1:51820")
+    assert unheard.tick(T0 + 2, server, False) == [] and unheard.tick(T0 + 2 + UNHEARD_AFTER, server, True) == []

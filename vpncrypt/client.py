@@ -24,7 +24,7 @@ from .core.wire import OVERHEAD
 from .daemon import (
     Daemon, drop_privileges, hand_over_state, hold_state, run_until_signalled, tunnel_and_transport,
 )
-from .events import EventWatch
+from .events import EventWatch, UnheardServer
 from .netconfig import dns, resolv_conf
 from .restart_state import RestartStore
 from .transport import format_endpoint, socket_options
@@ -347,6 +347,7 @@ class LiveClient:
                                 silent_after=float("inf"), who=lambda _peer: "the server",
                                 told_offset=lambda: core.clock_offset)
         self.path_logged: tuple[str, int] | None = None  # the path MTU search's last outcome logged
+        self.unheard = UnheardServer(format_endpoint, self.started)
         daemon.tick = self.tick
 
     def handlers(self) -> dict[str, control.Handler]:
@@ -396,6 +397,7 @@ class LiveClient:
     def tick(self, now: float) -> None:
         lines = self.watch.tick(now, [self.core.server], send_errors=self.daemon.transport.send_errors,
                                 tun_refused=self.daemon.tun_refused)
+        lines += self.unheard.tick(now, self.core.server, self.core.path.state == ERROR)
         for level, line in lines:
             log.log(level, "%s", line)
         path = self.core.path

@@ -22,6 +22,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from .core.wire import MAX_TIME_WINDOW
+
 RATE_INTERVAL = 60.0  # at most one line per client and kind in this many seconds
 # Silent: no datagram for three keepalive intervals (25 s by default). A
 # client with keepalives off goes silent whenever it is idle.
@@ -32,6 +34,10 @@ AUTH_FAILURES_REPORTED = 5  # failed authentications for one client ID within RA
 TIME_DROPS_REPORTED = 3  # datagrams outside the time window for one client ID within RATE_INTERVAL
 CLOCK_OFF = 10  # seconds of clock offset worth a line
 SEND_ERRORS_REPORTED = 1
+# A client's path MTU search probes its server every second while it hears
+# nothing (core/pmtu.py ERROR): this long of that and it says why that may be.
+# Longer than the second or two a restarted server refuses answers (docs/PROTOCOL.md 6.1).
+UNHEARD_AFTER = 10.0
 
 Formatter = Callable[[Any], "str | None"]
 Line = tuple[int, str]  # (logging level, message)
@@ -306,3 +312,58 @@ class EventWatch:
                           " (its queue was full, or it is down)"))
             self._tun_refused, self._tun_refused_since = tun_refused, now
         return lines
+
+
+class UnheardServer:
+    """A client's one line when its server does not answer it at all.
+
+    A server cannot open the datagrams of a client whose key or server ID is
+    not its own, or whose clock is more than MAX_TIME_WINDOW (511) s from its
+    own (no time answer can be earned then: docs/PROTOCOL.md 7.1), so such a
+    client hears nothing, as it does from a server that is down. ``tick``
+    reads, once a second, whether an authentic datagram came (the server
+    peer's replay window moved) and whether the path MTU search is in ERROR
+    (its base probe, sent every second with no traffic needed, goes
+    unanswered: the client is sending); after UNHEARD_AFTER seconds of
+    that with nothing heard it returns one warning naming the likely causes,
+    and once the server is heard again, one line saying so. Warnings come at
+    most once a RATE_INTERVAL, whatever the server does."""
+
+    def __init__(self, format_endpoint: Formatter, now: float) -> None:
+        self.format_endpoint = format_endpoint
+        self.limiter = RateLimiter()
+        self._heard: tuple[int, int] | None = None
+        self._heard_at: float | None = None  # the tick that last saw a new datagram; None before any
+        self._started = now
+        self._probing_since: float | None = None  # when the unanswered probing was first seen
+        self._reported = False
+
+    def tick(self, now: float, server: Any, probing_unanswered: bool) -> list[Line]:
+        """``server`` the client's peer for its server (``window``,
+        ``endpoint``); ``probing_unanswered`` whether the path MTU search is
+        in ERROR. ``now`` in Unix seconds, as the daemon's tick gives it."""
+        heard = _heard(server)
+        if heard is not None and heard != self._heard:
+            lines = []
+            if self._reported:
+                lines.append((INFO, f"the server {self.format_endpoint(server.endpoint)} is heard again, after"
+                              f" {duration(now - (self._heard_at or self._started))} without an authentic datagram"))
+            self._heard, self._heard_at = heard, now
+            self._probing_since, self._reported = None, False
+            return lines
+        if not probing_unanswered:
+            self._probing_since = None
+            return []
+        if self._probing_since is None:
+            self._probing_since = now
+        if self._reported or now - self._probing_since < UNHEARD_AFTER or not self.limiter.allow("unheard", now):
+            return []
+        self._reported = True
+        since = ("since this client started" if self._heard_at is None
+                 else f"for {duration(now - self._heard_at)}")
+        return [(WARNING, f"the server {self.format_endpoint(server.endpoint)} is not heard: no authentic datagram"
+                 f" from it {since}, its path MTU probes unanswered for {duration(now - self._probing_since)}."
+                 " The likely causes: it is down or out of reach (stopped, a firewall, a wrong address or port);"
+                 " this client's key or server_id is not the one the server has (the server's log then says"
+                 " datagrams failed authentication); this machine's clock is more than"
+                 f" {MAX_TIME_WINDOW} s from the server's, too far for the server to tell it the time: check NTP")]
