@@ -6,8 +6,9 @@ Run: tools/bench-vpn [--runs 3] [--seconds 5]
 
 vpncrypt-pure is vpncrypt with VPNCRYPT_PURE_PYTHON=1: cryptography's AES-SIV
 and the Python loops, without the compiled path (vpncrypt/_siv.c, _batch.c).
-With --only rtt, the peer python-relay (never measured by default) is a
-reference, not a VPN: bench/python_relay.py, an unencrypted copy in Python.
+With --only rtt, the peers python-relay and python-relay-siv (never measured
+by default) are references, not VPNs: bench/python_relay.py, a copy in
+Python, unencrypted or with one compiled AES-SIV call a packet.
 
 Two namespaces joined by a veth (underlay 192.0.2.1 and 192.0.2.2); each VPN
 in turn connects them (tunnel 203.0.113.1 and .2, inner MTU 1420 for all) and
@@ -297,17 +298,19 @@ VPNS = {
 }
 
 
-def start_python_relay(pair: Pair, workdir: Path) -> None:
-    """bench/python_relay.py at both ends: unencrypted, a reference for the
-    added round-trip time only."""
+def start_python_relay(pair: Pair, workdir: Path, seal: bool = False) -> None:
+    """bench/python_relay.py at both ends: unencrypted, or (``seal``) with one
+    compiled AES-SIV call a packet; a reference for the added round-trip time only."""
     for side, peer in (("left", RIGHT_UNDERLAY), ("right", LEFT_UNDERLAY)):
         address, address6 = TUNNEL[side]
         pair.spawn(side, [sys.executable, str(Path(__file__).resolve().parent / "python_relay.py"), f"relay{side}",
-                          f"{address}/24", f"{address6}/64", peer, str(PORT)], f"python-relay-{side}.log")
+                          f"{address}/24", f"{address6}/64", peer, str(PORT), *(["--seal"] if seal else [])],
+                   f"python-relay-{side}.log")
 
 
 # Not VPNs: measured only with --only rtt, and never by default.
-REFERENCES = {"python-relay": start_python_relay}
+REFERENCES = {"python-relay": start_python_relay,
+              "python-relay-siv": functools.partial(start_python_relay, seal=True)}
 
 
 def versions(peers: list[str]) -> dict[str, str]:
