@@ -360,3 +360,18 @@ def install_client_keys(directory) -> None:
     target = Path(os.environ["STATE_DIRECTORY"])
     for key_file in Path(directory).glob("*.keys.json"):
         key_file.replace(target / key_file.name)
+
+
+def keygen_server(path: Path, endpoint: str, server_id: int, clients: dict[int, str]) -> Path:
+    """A server config at ``path`` made by vpncrypt-keygen, with ``clients``
+    (client ID -> name) added, each client's config beside it and its key file
+    installed (install_client_keys)."""
+    from vpncrypt.cli import keygen
+
+    assert keygen.main(["server", "--endpoint", endpoint, "--tunnel", "203.0.113.1/24",
+                        "--out", str(path), "--server-id", str(server_id)]) == 0
+    for client_id, name in clients.items():
+        assert keygen.main(["client", "--server-config", str(path), "--name", name,
+                            "--out", str(path.parent / f"{name}.toml"), "--client-id", str(client_id)]) == 0
+    install_client_keys(path.parent)
+    return path

@@ -37,7 +37,7 @@ from vpncrypt.transport.udp import open_client_transport, open_server_transport
 from vpncrypt.tun import offload_in_use
 from vpncrypt.tun.memory import MemoryTun
 
-from tests.builders import install_client_keys, ipv4_packet
+from tests.builders import install_client_keys, ipv4_packet, keygen_server
 
 BIN = Path(sys.executable).parent
 HOLD = 8  # seconds a flooded ID is held in the flood test
@@ -54,13 +54,7 @@ def run_dir(tmp_path, monkeypatch) -> Path:
 def configs(tmp_path) -> Path:
     directory = tmp_path / "etc"
     directory.mkdir()
-    server = directory / "server.toml"
-    assert keygen.main(["server", "--endpoint", "127.0.0.1:51820", "--tunnel", "203.0.113.1/24",
-                        "--out", str(server), "--server-id", "7"]) == 0
-    for client_id, name in ((1, "a"), (2, "b")):
-        assert keygen.main(["client", "--server-config", str(server), "--name", name,
-                            "--out", str(directory / f"{name}.toml"), "--client-id", str(client_id)]) == 0
-    install_client_keys(directory)
+    keygen_server(directory / "server.toml", "127.0.0.1:51820", 7, {1: "a", 2: "b"})
     return directory
 
 

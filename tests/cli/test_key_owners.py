@@ -18,19 +18,12 @@ from vpncrypt.cli.daemons import server_main
 from vpncrypt.config import ConfigError, load_server_config
 from vpncrypt.server import check_key_owners, run_server
 
-from tests.builders import install_client_keys
+from tests.builders import keygen_server
 
 
 @pytest.fixture
 def server(tmp_path) -> Path:
-    path = tmp_path / "server.toml"
-    assert keygen.main(["server", "--endpoint", "192.0.2.1:51820", "--tunnel", "203.0.113.1/24",
-                        "--out", str(path), "--server-id", "9"]) == 0
-    for client_id, name in ((5, "alice"), (6, "carol")):
-        assert keygen.main(["client", "--server-config", str(path), "--name", name,
-                            "--out", str(tmp_path / f"{name}.toml"), "--client-id", str(client_id)]) == 0
-    install_client_keys(tmp_path)
-    return path
+    return keygen_server(tmp_path / "server.toml", "192.0.2.1:51820", 9, {5: "alice", 6: "carol"})
 
 
 def store(state_directory: Path) -> Path:
