@@ -18,7 +18,6 @@ import pytest
 from vpncrypt import key_store
 from vpncrypt.cli import keygen
 from vpncrypt.config import load_client_config, load_server_config
-from vpncrypt.core import epochs
 from vpncrypt.core.epochs import epoch_key, oldest_needed_epoch
 from vpncrypt.daemon import Daemon
 from vpncrypt.restart_state import RestartStore
@@ -135,10 +134,9 @@ def stored_keys(root: Path) -> list[tuple[Path, int | None, bytes]]:
     return found
 
 
-def test_after_the_epochs_pass_no_file_holds_anything_that_derives_an_erased_key(tmp_path, state_directory, monkeypatch):
-    # Keys are erased once the other end vouches for the clock, at the next
-    # look for its word (epochs.KeyTimer): looks 50 ms apart here, not a minute.
-    monkeypatch.setattr(epochs, "HOLD_RETRY", 0.05)
+def test_after_the_epochs_pass_no_file_holds_anything_that_derives_an_erased_key(tmp_path, state_directory):
+    # Keys are erased once the other end vouches for the clock (epochs.KeyTimer):
+    # its first path MTU probe or acknowledgement.
     server_path, client_path = server_and_client(tmp_path)
     server_config, client_config = load_server_config(server_path), load_client_config(client_path)
     first = client_config.key_epoch

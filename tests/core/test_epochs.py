@@ -231,3 +231,21 @@ def test_a_round_over_many_peers_takes_a_call_a_slice_each_due_at_once(monkeypat
         assert moved <= 3 * max(0, calls - 2), (calls, moved)  # 3 calls look, then 3 peers a call
     assert calls == 3 + 4 - 1  # the last look and the first erasing share a call
     assert all(peer.keys.key_epoch == oldest_needed_epoch(later, 3600) for peer in server.peers.values())
+
+
+def test_an_end_held_back_looks_again_as_soon_as_it_accepts_data():
+    """A server started on a key store hours old erases as soon as a client's
+    data vouches for its clock, not a HOLD_RETRY later (and a client likewise)."""
+    server, client_sender, client, server_sender = pair()
+    without_path_search(client)
+    later = NOW + 3 * 3600 + 600
+    for core in (server, client):
+        core.handle_timer(later)
+        assert core.key_timer.due == later + core.key_timer.retry  # held back: no word yet
+    [datagram] = client_sender.seal(KIND_DATA, [ipv4_packet(A_ADDR, SERVER_ADDR)], later + 1)
+    assert server.datagrams_received([(datagram, A_EP)], later + 1).to_tun
+    heard(client, later + 1, server_sender)
+    for core in (server, client):
+        assert core.key_timer.due == later + 1 and core.next_timer() <= later + 1
+        core.handle_timer(later + 1)
+    assert server.peers[1].keys.key_epoch == client.server.keys.key_epoch == oldest_needed_epoch(later, 3600)

@@ -117,6 +117,7 @@ class ClientCore:
             unsaved=self.restart.unsaved, held=self.restart.held, max_datagram=self.max_datagram, probes=probes,
         )
         if opened or probes:
+            self.key_timer.heard(now + self.clock_offset)
             self._unanswered_since = None
             path = self.path
             # Acknowledgements first: one of ERROR's base probe moves the

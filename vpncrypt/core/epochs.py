@@ -37,7 +37,14 @@ KEEP_SECONDS = TIMESTAMP_MOD // 2
 # that clock since its start (KeyTimer): a day covers a hardware clock kept in
 # local time (at most 14 hours off UTC) until NTP sets the clock right.
 MAX_HOLD = 86400.0
-HOLD_RETRY = 60.0  # seconds between looks for a peer's word while erasing is held back
+# Seconds between looks for a peer's word while erasing is held back, besides
+# the look a core asks for when it accepts data or a probe (KeyTimer.heard): a
+# client hears its server in nothing else. A server's idle clients vouch with
+# keepalives, which it does not see one by one: it looks every second (a look
+# that finds no newer word reads the peers' newest timestamps and erases
+# nothing: milliseconds at 65,536 clients).
+HOLD_RETRY = 60.0
+SERVER_HOLD_RETRY = 1.0
 # Peers ``KeyTimer.advance`` looks at in one call, for the newest timestamp
 # accepted and then to erase: a few milliseconds of the event loop at most,
 # even where each derives a key (65,536 idle clients at an epoch's end).
@@ -94,8 +101,9 @@ class KeyTimer:
     seconds behind it.
     """
 
-    def __init__(self, now: float, epoch_seconds: int) -> None:
+    def __init__(self, now: float, epoch_seconds: int, retry: float = HOLD_RETRY) -> None:
         self.epoch_seconds = epoch_seconds
+        self.retry = retry  # seconds between looks while held back
         self.due = now  # when ``advance`` next has work (Unix seconds): the core calls it at its start
         self.unsaved = False
         self.kept_epoch: int | None = None  # the oldest epoch the last round kept
@@ -134,7 +142,13 @@ class KeyTimer:
             heard = self._heard
             vouched = now if heard != NO_TIMESTAMP and heard >= now else max(
                 now - MAX_HOLD, float("-inf") if heard == NO_TIMESTAMP else heard)
-            self.kept_epoch = oldest_needed_epoch(vouched, self.epoch_seconds)
+            kept_epoch = oldest_needed_epoch(vouched, self.epoch_seconds)
+            if self._held and kept_epoch == self.kept_epoch:
+                # Held back still, and no newer word: the last round erased all this one would.
+                self._round = []
+                self.due = now + self.retry
+                return
+            self.kept_epoch = kept_epoch
             self._erasing, self._held = True, False
         needed = oldest_needed_epoch(now, self.epoch_seconds)
         looked_at = self._round[-KEY_SLICE:]
@@ -146,7 +160,14 @@ class KeyTimer:
             self.due = now
         else:
             # Held back: look again soon for a peer's word.
-            self.due = now + HOLD_RETRY if self._held else next_advance(now, self.epoch_seconds)
+            self.due = now + self.retry if self._held else next_advance(now, self.epoch_seconds)
+
+    def heard(self, now: float) -> None:
+        """The core accepted data or a path MTU probe (or its acknowledgement)
+        at ``now``: if erasing is held back for want of a peer's word, look
+        again at once rather than ``retry`` seconds after the last look."""
+        if self._held and not self._round and self.due > now:
+            self.due = now
 
     def adopt(self, peer) -> None:
         """A peer made after the last ``advance`` (a client added or re-keyed by

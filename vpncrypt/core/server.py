@@ -22,7 +22,7 @@ from . import Datagrams, Delivery
 from . import drops as reasons
 from .icmp import Unreachable
 from .inner import Network, PrefixTable, clamp_mss, well_formed
-from .epochs import DEFAULT_EPOCH_SECONDS, KeyTimer
+from .epochs import DEFAULT_EPOCH_SECONDS, SERVER_HOLD_RETRY, KeyTimer
 from .filtered import FilteredIds
 from .peer import CipherBudget, Peer
 from .pmtu import TooBigAnswers, base_size, needs_answer
@@ -86,7 +86,7 @@ class ServerCore:
     ) -> None:
         self.server_id = server_id
         self.epoch_seconds = epoch_seconds
-        self.key_timer = KeyTimer(now, epoch_seconds)
+        self.key_timer = KeyTimer(now, epoch_seconds, retry=SERVER_HOLD_RETRY)
         self.time_window = time_window
         self.max_datagram = mtu + OVERHEAD  # longer ones are refused before any cipher work
         self.mtu = mtu  # TCP SYNs both ways have their MSS clamped to it (every flow passes the server)
@@ -208,6 +208,8 @@ class ServerCore:
             to_network += self._time_answers(skewed, now)
         if probes:
             to_network += self._probe_acks(probes, now)
+        if opened or probes:
+            self.key_timer.heard(now)
         return Delivery(to_tun, to_network)
 
     def _probe_acks(self, probes: list, now: float) -> Datagrams:
