@@ -318,6 +318,22 @@ def test_the_server_keeps_to_what_each_client_reported():
     assert len(server.tun_packets_received([ipv4_df(SERVER_ADDR, "203.0.113.3", 1420)], NOW + 1).to_network) == 1
 
 
+def test_what_the_server_sends_a_client_beyond_its_confirmed_size():
+    """docs/PROTOCOL.md 8: with 1232 bytes confirmed, an IPv4 packet without DF
+    and an IPv6 packet of 1280 bytes go whole, in datagrams above it, and an
+    acknowledgement is as large as its probe; none above the MTU plus 24."""
+    server = make_server(mtu=1420)
+    [probe] = sender().seal(KIND_PROBE, [probe_payload(1444, 1232)], NOW + 1)
+    [(ack, _)] = server.datagrams_received([(probe, A_EP)], NOW + 1).to_network
+    assert len(ack) == 1444 and server.path_mtu[server.peers[1]] == 1232 - OVERHEAD
+    whole = [ipv4_packet(SERVER_ADDR, A_ADDR, bytes(1420 - 20)),  # no DF
+             ipv6_packet("2001:db8::1", "2001:db8::2", bytes(1280 - 40))]
+    too_big = [ipv4_df(SERVER_ADDR, A_ADDR, 1300), ipv6_packet("2001:db8::1", "2001:db8::2", bytes(1281 - 40))]
+    to_tun, to_network = server.tun_packets_received(whole + too_big, NOW + 1)
+    assert [len(datagram) for datagram, _ in to_network] == [1420 + OVERHEAD, 1280 + OVERHEAD]
+    assert len(to_tun) == 2 and server.drops["packet_too_big"] == 2  # answered instead
+
+
 def test_tcp_mss_follows_the_effective_mtu():
     """A SYN's MSS option (at byte 40, right after the IPv4 and TCP headers) is
     clamped to the effective MTU less 40, by the client and by the server."""

@@ -403,6 +403,29 @@ def test_a_clean_stop_writes_the_bounds_down_to_what_was_accepted(offset):
     assert len(delivered) == 1
 
 
+def test_a_restart_within_the_second_of_the_last_datagram_refuses_the_rest_of_that_second():
+    """docs/PROTOCOL.md 6: a server stopped cleanly and started again within the
+    second of a client's last datagram refuses the client (superseded) until its
+    clock passes that second; the time answer that earns changes nothing, as the
+    clocks agree."""
+    server = make_server(restart_bounds={})
+    client = make_client()
+    delivered, _ = saved_after(server, [([(d, A_EP) for d in pings(client, 1, NOW + 1.2)], NOW + 1.2)])
+    assert len(delivered) == 1
+    table = server.bounds_at_stop()
+    assert table[1] == int(NOW) + 1  # the second of its last datagram
+    restarted = make_server(now=NOW + 1.5, restart_bounds=table)
+    out = restarted.datagrams_received([(d, A_EP) for d in pings(client, 1, NOW + 1.7)], NOW + 1.7)
+    assert out.to_tun == [] and restarted.drops["superseded"] == 1
+    [(answer, _)] = out.to_network
+    client.datagrams_received([(answer, SERVER_EP)], NOW + 1.7)
+    assert client.drops["unexpected_time_answer"] == 0 and abs(client.clock_offset) < 0.002
+    out = restarted.datagrams_received([(d, A_EP) for d in pings(client, 1, NOW + 1.9)], NOW + 1.9)
+    assert out.to_tun == [] and restarted.drops["superseded"] == 2
+    delivered, _ = saved_after(restarted, [([(d, A_EP) for d in pings(client, 1, NOW + 2.1)], NOW + 2.1)])
+    assert len(delivered) == 1
+
+
 def test_a_receiver_without_restart_state_writes_none_at_stop():
     assert make_server().bounds_at_stop() is None and make_client().bounds_at_stop() is None
 

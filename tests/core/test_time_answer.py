@@ -119,3 +119,34 @@ def test_a_server_clock_stepped_back_past_stamps_it_accepted_refuses_them_until_
         assert server.drops["superseded"] > 0
     up = client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR, b"heard")], NOW + 3).to_network
     assert server.datagrams_received([(d, A_EP) for d, _ in up], NOW + 3).to_tun
+
+
+def test_what_a_client_counts_of_an_answer_and_what_an_authentic_one_changes():
+    """docs/PROTOCOL.md 7.1: the length is checked first (bad_length), then the
+    client ID and the echoed send (unexpected_time_answer, never unknown_client).
+    An authentic answer sets the offset from the client's own clock, replacing
+    the last one, moves a floor the client's start gave to its start in the
+    server's time, and is not heard: the replay window does not see it."""
+    server, client = make_server(), make_client(now=NOW + 300)
+    first = keepalives(client.handle_timer(NOW + 301))
+    [(answer, _)] = answers_in(server.datagrams_received([(d, A_EP) for d, _ in first], NOW + 1).to_network)
+    other_id = answer[:2] + (2).to_bytes(2, "big") + answer[4:]  # client 2 is the server's too
+    for wrong in (answer[:-1], answer + b"\0", other_id):
+        client.datagrams_received([(wrong, SERVER_EP)], NOW + 301)
+    assert (client.drops["bad_length"], client.drops["unexpected_time_answer"], client.drops["unknown_client"]) == (
+        2, 1, 0)
+    window = client.server.window
+    heard = (window.newest_ts, window.newest_counter)
+    client.datagrams_received([(answer, SERVER_EP)], NOW + 301.25)
+    assert client.clock_offset == pytest.approx(-300.25, abs=0.01)
+    assert (window.newest_ts, window.newest_counter) == heard
+    assert window.floor == int(NOW) + 0  # started at NOW + 300, which was NOW - 0.25 in the server's time
+    # The server's clock now reads 200 s later than before (more than the time
+    # window): the new answer replaces the offset (measured from this host's
+    # clock), it does not add to it.
+    up = client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR)], NOW + 302).to_network
+    [(answer, _)] = answers_in(server.datagrams_received([(d, A_EP) for d, _ in up], NOW + 202).to_network)
+    client.datagrams_received([(answer, SERVER_EP)], NOW + 302)
+    assert client.clock_offset == pytest.approx(-100, abs=0.01)
+    assert (window.newest_ts, window.newest_counter) == heard
+    assert window.floor == int(NOW) + 201  # NOW + 300 - 100, plus one
