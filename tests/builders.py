@@ -13,6 +13,7 @@ import os
 import re
 import struct
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from hypothesis import strategies as st
@@ -230,9 +231,66 @@ def changed(datagram: bytes, changes: list) -> bytes:
 SPEC = Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md"
 
 
+def spec_blocks(kind: str) -> list[str]:
+    """The text of every ```kind fenced block of section 9, in order."""
+    return re.findall(rf"```{kind}\n(.*?)```", SPEC.read_text(), re.S)
+
+
 def spec_vectors() -> list[dict[str, str]]:
-    blocks = re.findall(r"```vector\n(.*?)```", SPEC.read_text(), re.S)
-    return [dict(line.split(": ", 1) for line in block.strip().splitlines()) for block in blocks]
+    """The datagram vectors (section 9.1), each field name -> its text."""
+    return [dict(line.split(": ", 1) for line in block.strip().splitlines()) for block in spec_blocks("vector")]
+
+
+class RebuildRow(NamedTuple):
+    """A row of section 9.2: the receiver's clock (Unix seconds) and time window, a
+    header's low 10 timestamp bits, the rebuilt timestamp, the time check's result."""
+
+    now: float
+    window: int
+    low: int
+    ts: int
+    result: str
+
+
+def spec_rebuild() -> list[RebuildRow]:
+    [block] = spec_blocks("rebuild")
+    header, *rows = block.strip().splitlines()
+    assert header.split() == ["now", "W", "low", "ts", "result"]
+    return [RebuildRow(float(now), int(window), int(low), int(ts), result)
+            for now, window, low, ts, result in map(str.split, rows)]
+
+
+class ReplayRow(NamedTuple):
+    """A row of section 9.3: a datagram's timestamp and counter, the window's
+    result, and its floor, newest_ts and newest_counter after it (None while empty)."""
+
+    ts: int
+    counter: int
+    result: str
+    floor: int
+    newest_ts: int | None
+    newest_counter: int | None
+
+
+def spec_replay() -> tuple[int, list[ReplayRow]]:
+    """Section 9.3: the receiver's floor at start, and the rows."""
+    [block] = spec_blocks("replay")
+    first, header, *rows = block.strip().splitlines()
+    assert first.startswith("floor: ")
+    assert header.split() == ["ts", "counter", "result", "floor", "newest_ts", "newest_counter"]
+
+    def number(text: str) -> int | None:
+        return None if text == "-" else int(text)
+
+    return int(first.split(": ")[1]), [
+        ReplayRow(int(ts), int(counter), result, int(floor), number(newest_ts), number(newest_counter))
+        for ts, counter, result, floor, newest_ts, newest_counter in map(str.split, rows)]
+
+
+def spec_key_store() -> str:
+    """Section 9.4: the example key store, as the file's text."""
+    [block] = spec_blocks("keystore")
+    return block
 
 
 # --- TCP and UDP packets with valid checksums, and what the kernel makes of a TUN write ---

@@ -26,9 +26,25 @@ from vpncrypt.core.client import ClientCore
 from vpncrypt.transport.udp import open_client_transport, open_server_transport
 from vpncrypt.tun.memory import MemoryTun
 
-from tests.builders import install_client_keys
+from tests.builders import install_client_keys, spec_key_store, spec_vectors
 
 HOUR = 3600
+
+
+def test_the_spec_key_store_is_read_as_it_says_and_written_alike(tmp_path):
+    """docs/PROTOCOL.md 9.4: vpncrypt reads the example key store to the root keys
+    of its clients' vectors, and writes that table back to the same text."""
+    text = spec_key_store()
+    path = tmp_path / "server.keys.json"
+    path.write_text(text)
+    path.chmod(0o600)
+    table = key_store.load(path)
+    vectors = {int(v["client_id"]): v for v in spec_vectors() if v["root_key_seed"] in
+               ("vpncrypt vector 1", "vpncrypt vector 7") and v["direction"] == "0x01"}
+    assert table == key_store.KeyTable(3600, {client_id: (int(v["root_epoch"]), bytes.fromhex(v["root_key"]))
+                                              for client_id, v in vectors.items()}, {1: "laptop", 3: "office"})
+    key_store.write(path, table)
+    assert path.read_text() == text
 
 
 def test_a_store_round_trips_and_refuses_loose_permissions(tmp_path):

@@ -72,8 +72,8 @@ from vpncrypt.core.wire import (
 
 from tests.builders import (
     A_ADDR, B_ADDR, CHANGE, KEY_A, KEY_B, KEY_EPOCH, LATE_ARRIVALS, MASK, NOW, SERVER_ADDR, SERVER_EP, SERVER_ID,
-    changed, epoch_cipher, ipv4_packet, ipv6_packet, long_run_with_late_arrivals, net, seal, sender, spec_vectors, tcp,
-    udp,
+    changed, epoch_cipher, ipv4_packet, ipv6_packet, long_run_with_late_arrivals, net, seal, sender, spec_rebuild,
+    spec_replay, spec_vectors, tcp, udp,
 )
 
 START = NOW - 1000  # receivers start long before: their floor refuses nothing the time window lets in
@@ -510,6 +510,42 @@ def test_every_vector_of_the_spec(vector):
         DROPPED, reasons.UNKNOWN_KIND if kind in (KIND_PROBE, KIND_PROBE_ACK) else reasons.AUTH_FAILED)
     other_id = (client_id + 1) & 0xFFFF
     assert receivers(client_id=other_id).same_verdict(datagram, now) == (DROPPED, reasons.UNKNOWN_CLIENT)
+
+
+@DIRECTIONS
+def test_the_rebuild_rows_of_the_spec(direction):
+    """docs/PROTOCOL.md 9.2: a keepalive with each row's timestamp, offered at its
+    ``now`` to a receiver with its time window, passes the time check or not as
+    the row says (a server authenticates the ones outside, to answer them)."""
+    for row in spec_rebuild():
+        receivers = Receivers(direction, start=row.now - 1000, time_window=row.window)
+        verdict = receivers.same_verdict(seal(KIND_KEEPALIVE, ts=row.ts, direction=direction), row.now)
+        assert verdict == ((ACCEPTED, b"", False) if row.result == "accepted" else (DROPPED, row.result)), row
+
+
+@DIRECTIONS
+def test_the_replay_rows_of_the_spec(direction):
+    """docs/PROTOCOL.md 9.3: the rows' datagrams, as keepalives each from an address
+    of its own, to a receiver started in the second before the rows' floor: each is
+    accepted or dropped as its row says, leaves the window as the row says, and
+    moves a server's endpoint only as the newest."""
+    floor, rows = spec_replay()
+    receivers = Receivers(direction, start=floor - 0.5)
+    peer = receivers.core.peers[1] if direction == TO_SERVER else receivers.core.server
+    now = max(row.ts for row in rows) + 1.0
+    for index, row in enumerate(rows):
+        source = (f"192.0.2.{index + 1}", 40000)
+        before = receivers.endpoints()
+        datagram = seal(KIND_KEEPALIVE, ts=row.ts, counter=row.counter, direction=direction)
+        verdict = receivers.same_verdict(datagram, now, source)
+        accepted = row.result in ("newest", "restart", "reordered")
+        assert verdict == ((ACCEPTED, b"", False) if accepted else (DROPPED, row.result)), row
+        window = peer.window
+        empty = window.newest_counter < 0
+        assert (window.floor, None if empty else window.newest_ts, None if empty else window.newest_counter) == (
+            row.floor, row.newest_ts, row.newest_counter), row
+        moved = direction == TO_SERVER and row.result in ("newest", "restart")
+        assert receivers.endpoints() == ({**before, 1: source} if moved else before), row
 
 
 # --- what the network brings --------------------------------------------------------------
