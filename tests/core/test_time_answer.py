@@ -150,3 +150,16 @@ def test_what_a_client_counts_of_an_answer_and_what_an_authentic_one_changes():
     assert client.clock_offset == pytest.approx(-100, abs=0.01)
     assert (window.newest_ts, window.newest_counter) == heard
     assert window.floor == int(NOW) + 201  # NOW + 300 - 100, plus one
+
+
+def test_the_floor_a_start_gave_moves_to_the_start_itself_in_the_server_time_not_its_second():
+    """docs/PROTOCOL.md 7.1: floor(start + offset) + 1. A client that started
+    half a second into a second, told it is 300.3 s ahead, started 0.2 s into
+    the server's second: it must refuse that whole second, as its own start's
+    floor did (rounding the start down first gave one second less)."""
+    server, client = make_server(), make_client(now=NOW + 300.5)
+    first = keepalives(client.handle_timer(NOW + 300.5))
+    [(answer, _)] = answers_in(server.datagrams_received([(d, A_EP) for d, _ in first], NOW + 0.2).to_network)
+    client.datagrams_received([(answer, SERVER_EP)], NOW + 300.5)
+    assert client.clock_offset == pytest.approx(-300.3, abs=0.01)
+    assert client.server.window.floor == int(NOW) + 1

@@ -84,8 +84,8 @@ class ClientCore:
         self.restart.start_peer(self.server, now)
         # A floor set from this end's own start is in its own clock: it moves
         # with the offset a time answer brings (restart.py; a saved bound does not).
-        self._started = int(now)
-        self._start_floor = self.server.window.floor if self.server.window.floor == self._started + 1 else None
+        self._started = now  # Unix seconds, not rounded: the floor is floor(start + offset) + 1
+        self._start_floor = self.server.window.floor if self.server.window.floor == int(now) + 1 else None
         self.time_window = time_window
         self.max_datagram = mtu + OVERHEAD
         self.keepalive_interval = keepalive_interval
