@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from vpncrypt.core.client import ANSWER_WAIT
 from vpncrypt.core.receive import TIME_ANSWER_INTERVAL
 from vpncrypt.core.wire import HEADER, KIND_TIME_ANSWER, TIMESTAMP_BITS
 
@@ -163,3 +164,14 @@ def test_the_floor_a_start_gave_moves_to_the_start_itself_in_the_server_time_not
     client.datagrams_received([(answer, SERVER_EP)], NOW + 300.5)
     assert client.clock_offset == pytest.approx(-300.3, abs=0.01)
     assert client.server.window.floor == int(NOW) + 1
+
+
+def test_a_recorded_answer_is_refused_after_a_step_back_as_before_it():
+    """A client remembers its sends ANSWER_WAIT seconds of real time: a step
+    of its clock back must not make a recorded answer good for that much longer."""
+    server, client = make_server(), make_client(now=NOW + 300)
+    first = keepalives(client.handle_timer(NOW + 301))
+    [(answer, _)] = answers_in(server.datagrams_received([(d, A_EP) for d, _ in first], NOW + 1).to_network)
+    client.clock_stepped(-200)
+    client.datagrams_received([(answer, SERVER_EP)], NOW + 101 + ANSWER_WAIT + 1)  # replayed 6 s later
+    assert client.drops["unexpected_time_answer"] == 1 and client.clock_offset == 0

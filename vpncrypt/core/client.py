@@ -250,7 +250,12 @@ class ClientCore:
 
     def clock_stepped(self, delta: float) -> None:
         """Move the last send with the clock, so the next keepalive stays due
-        ``keepalive_interval`` of real time after it."""
+        ``keepalive_interval`` of real time after it, and the recent sends a
+        time answer may echo, so they are remembered ANSWER_WAIT seconds of
+        real time (after a step back, a recorded answer to a send from before
+        it would be taken for as long as the step)."""
+        self._sends = deque(((first, count, ts, sent_at + delta) for first, count, ts, sent_at in self._sends),
+                            maxlen=SENDS_REMEMBERED)
         if self._last_sent is not None:
             self._last_sent += delta
         if self._unanswered_since is not None:
