@@ -211,6 +211,54 @@ def test_keepalives_keep_their_pace_when_the_wall_clock_is_stepped_back():
     assert asyncio.run(scenario()) >= 3  # about 5 in the second after the step; none without the fix
 
 
+def test_keepalives_keep_their_pace_when_data_goes_out_right_after_a_forward_step():
+    """Found by a fresh user: a clock stepped forward, then a packet sent before
+    the next timer fired. The step was noticed only when the timer fired, and
+    moved the last send, already in the new time, by the step again: no
+    keepalive for as long as the step (here 120 s). The shell now tells the
+    core of a step at every reading of the clock it passes it."""
+    step = [0.0]
+
+    def clock() -> float:
+        return time.time() + step[0]
+
+    async def scenario() -> int:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.setblocking(False)
+        core = ClientCore(1, KEY, key_epoch=KEY_EPOCH, server_id=3, server_endpoint=listener.getsockname(),
+                          routes=[ipaddress.ip_network("203.0.113.0/24")], now=clock(), keepalive_interval=0.2,
+                          underlay_version=4)
+        transport = open_client_transport(socket.AF_INET)
+        tun = MemoryTun("k")
+        daemon = Daemon(tun, transport, core, clock=clock)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await asyncio.sleep(0.5)
+            step[0] = 120.0
+            tun.peer.send(ipv4_packet("203.0.113.2", "203.0.113.1", b"right after the step"))
+            await asyncio.sleep(0.05)
+            while True:
+                try:
+                    listener.recv(2000)
+                except BlockingIOError:
+                    break
+            await asyncio.sleep(1.0)
+            received = 0
+            while True:
+                try:
+                    received += len(listener.recv(2000)) == 24  # keepalives only
+                except BlockingIOError:
+                    return received
+        finally:
+            daemon.stop()
+            await task
+            for closable in (transport, tun, listener):
+                closable.close()
+
+    assert asyncio.run(scenario()) >= 3  # about 5 in the second after the step; none without the fix
+
+
 def test_one_daemon_at_a_time_holds_a_configs_state(tmp_path):
     """Found by a fresh user: the same server.toml started in a second network
     namespace (or with another control-socket directory) ran, and both

@@ -243,7 +243,7 @@ class Daemon:
             datagrams = self.transport.receive(BATCH)
             if not datagrams:
                 break
-            to_tun, to_network = self.core.datagrams_received(datagrams, self.clock())
+            to_tun, to_network = self.core.datagrams_received(datagrams, self._now())
             if self.core.filter_version != self._filter_version:
                 self._apply_filter()
             if to_tun:
@@ -337,7 +337,7 @@ class Daemon:
                 self._save_due = asyncio.get_running_loop().call_later(SAVE_RETRY, self._save_state)
             return
         if bounds is not None:
-            to_tun, to_network = self.core.bounds_saved(bounds, self.clock())
+            to_tun, to_network = self.core.bounds_saved(bounds, self._now())
             if to_tun:
                 self.tun_refused += self.tun.write_batch(to_tun)
             if to_network:
@@ -393,7 +393,7 @@ class Daemon:
             packets = self.tun.read_batch(BATCH)
             if not packets:
                 break
-            to_tun, to_network = self.core.tun_packets_received(packets, self.clock())
+            to_tun, to_network = self.core.tun_packets_received(packets, self._now())
             if to_tun:
                 self.tun_refused += self.tun.write_batch(to_tun)
             if to_network:
@@ -419,16 +419,23 @@ class Daemon:
             delay = max(deadline - self.clock(), 0.0)
             self._timer = asyncio.get_running_loop().call_later(delay, self._timer_fired)
 
-    def _timer_fired(self) -> None:
-        self._timer = None
+    def _now(self) -> float:
+        """The wall clock for the core (Unix seconds), the core told first if it
+        was stepped since the last reading (against the monotonic clock, by
+        more than CLOCK_STEP). Checked at every reading the core gets, not only
+        when its timer fires: a time it records after a step (the last send,
+        say) must not be moved by that step again when the timer fires, nor
+        keepalives wait that much longer."""
         now = self.clock()
-        # The loop's timers run on the monotonic clock, the core's deadlines on
-        # the wall clock: tell the core when the wall clock was stepped.
         offset = now - time.monotonic()
         if self._clock_offset is not None and abs(offset - self._clock_offset) > CLOCK_STEP:
             self.core.clock_stepped(offset - self._clock_offset)
         self._clock_offset = offset
-        to_network = self.core.handle_timer(now)
+        return now
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        to_network = self.core.handle_timer(self._now())
         if self.core.filter_version != self._filter_version:
             self._apply_filter()
         if to_network:
