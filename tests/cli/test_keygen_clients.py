@@ -32,7 +32,7 @@ HAND_EDITED = """# vpncrypt server configuration, kept by hand as well.
 [server]
 server_id = 9   # do not change: every client names it
 port = 51820
-endpoint = "192.0.2.1:51820"
+endpoint = "[2001:db8:ffff::1]:51820"
 tunnel = [
     "203.0.113.1/24",  # IPv4
     "2001:db8::1/64",
@@ -191,6 +191,8 @@ def test_networks_behind_a_client_go_into_its_addresses_and_the_servers_routes(s
     (["--allowed-ips", "198.51.100.1/24"],
      "--allowed-ips: 198.51.100.1/24 has host bits set; the network is 198.51.100.0/24"),
     (["--allowed-ips", "0.0.0.0/0"], "--allowed-ips: 0.0.0.0/0: a default route is only for a client's routes"),
+    (["--allowed-ips", "2001:db8:ff00::/40"],  # found by a fresh user: the server's own network
+     "--allowed-ips: 2001:db8:ff00::/40 holds the server's own endpoint 2001:db8:ffff::1"),
     (["--allowed-ips", "office"], "--allowed-ips: 'office' is not a network (like 192.0.2.0/24)"),
     (["--allowed-ips", "203.0.113.64/26", "--address", "203.0.113.70"],
      "--address: 203.0.113.70 of client 'new' overlaps 203.0.113.64/26 of client 'new'"),

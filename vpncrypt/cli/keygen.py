@@ -67,7 +67,8 @@ def reload_server(server_path: Path) -> str:
     except control.ControlError as error:
         raise ReloadError(f"cannot reload: {error}; the change takes effect when it starts", RUNTIME_ERROR) from None
     if not answer.get("ok"):
-        raise ReloadError(f"the running server refused the reload: {answer.get('error')}",
+        raise ReloadError(f"the running server refused the reload: {answer.get('error')}; {server_path} keeps the"
+                          " change (the server runs on without it): undo or fix it before the server next starts",
                           answer.get("status", RUNTIME_ERROR))
     return f"server {name!r} reloaded: {answer.get('message')}"
 

@@ -22,6 +22,7 @@ from .. import files, key_store
 from ..config_toml import plain_table_headers
 from ..config import (
     DEFAULT_INTERFACE, DEFAULT_KEEPALIVE, DEFAULT_STATE_DIRECTORY, ConfigError, ServerConfig, load_server_config,
+    parse_endpoint,
 )
 from ..core.inner import Network
 from ..core.server import ClientEntry
@@ -199,6 +200,15 @@ def network_owner(server: ServerConfig, network: Network) -> tuple[Network, str]
     return next(((owned, owner) for owned, owner in owned_networks(server) if owned.overlaps(network)), None)
 
 
+def endpoint_address(server: ServerConfig) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address of the server's ``endpoint``, if it is an address, not a name."""
+    try:
+        host, _ = parse_endpoint(server.endpoint or "")
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
 def networks_behind(server: ServerConfig, path: Path, name: str, texts: list[str]) -> list[Network]:
     """The networks behind a new client ``name`` (``--allowed-ips``, a site
     behind it), checked as its addresses are: each in standard form (no host
@@ -218,6 +228,11 @@ def networks_behind(server: ServerConfig, path: Path, name: str, texts: list[str
         if network.prefixlen == 0:
             raise ConfigError(f"--allowed-ips: {network}: a default route is only for a client's routes, not a"
                               " network behind a client")
+        endpoint = endpoint_address(server)
+        if endpoint is not None and endpoint in network:
+            raise ConfigError(f"--allowed-ips: {network} holds the server's own endpoint {endpoint}: routed into"
+                              " the tunnel, it would take the server's network (and the answers to clients on it)"
+                              " with it")
         retired = next((r for r in server.retired_addresses if r.overlaps(network)), None)
         if retired is not None:
             raise ConfigError(f"--allowed-ips: {network} overlaps {retired}, which is retired (a removed client had"
