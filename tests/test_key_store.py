@@ -105,11 +105,11 @@ def test_recording_names_fills_in_only_the_missing_ones_and_writes_only_then(tmp
     key_store.write(path, key_store.KeyTable(HOUR, keys, {1: "alice"}))
     # 1 is recorded as alice's: a config calling it "bob" does not change that;
     # 4 has no key: nothing to name.
-    table = key_store.record_names(path, {1: "bob", 2: "carol", 4: "dave"})
-    assert table.names == {1: "alice", 2: "carol"} and key_store.load(path).names == table.names
+    table, named = key_store.record_names(path, {1: "bob", 2: "carol", 4: "dave"})
+    assert table.names == {1: "alice", 2: "carol"} and key_store.load(path).names == table.names and named == [2]
     written = path.stat().st_mtime_ns
     path.chmod(0o400)  # a write now would replace the file, and its mode with it
-    assert key_store.record_names(path, {1: "alice", 2: "carol"}).names == {1: "alice", 2: "carol"}
+    assert key_store.record_names(path, {1: "alice", 2: "carol"})[0].names == {1: "alice", 2: "carol"}
     assert path.stat().st_mtime_ns == written and oct(path.stat().st_mode & 0o777) == "0o400"
 
 

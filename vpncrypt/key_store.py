@@ -61,14 +61,14 @@ class KeyTable:
     keys: dict[int, tuple[int, bytes]] = field(default_factory=dict, repr=False)
     names: dict[int, str] = field(default_factory=dict)
 
-    def fill_names(self, names: dict[int, str]) -> bool:
+    def fill_names(self, names: dict[int, str]) -> list[int]:
         """Record ``names`` (client ID -> the config's name) for the keys that
-        have no name yet; a recorded name is never changed here. True if one
-        was recorded."""
+        have no name yet; a recorded name is never changed here. Returns the
+        client IDs named now, sorted."""
         missing = {client_id: name for client_id, name in names.items()
                    if client_id in self.keys and client_id not in self.names}
         self.names.update(missing)
-        return bool(missing)
+        return sorted(missing)
 
 
 class UntrustedFile(Exception):
@@ -231,14 +231,15 @@ def advance(path: Path, moved: dict[int, tuple[int, bytes]]) -> None:
         write(path, table)
 
 
-def record_names(path: Path, names: dict[int, str], owners: Iterable[int] = ()) -> KeyTable:
+def record_names(path: Path, names: dict[int, str], owners: Iterable[int] = ()) -> tuple[KeyTable, list[int]]:
     """Record, under the store's lock, ``names`` (client ID -> the name its
     ``[[client]]`` has) for the keys that have no name yet (a store written
     before names were kept); never changes a recorded name. Writes only if a
-    name was missing. Returns the store as it is now. Raises KeyStoreError or
-    OSError."""
+    name was missing. Returns the store as it is now and the client IDs named
+    now. Raises KeyStoreError or OSError."""
     with locked(path):
         table = load(path, owners)
-        if table.fill_names(names):
+        named = table.fill_names(names)
+        if named:
             write(path, table)
-        return table
+        return table, named

@@ -363,20 +363,27 @@ def unclaimed_key_lines(config: ServerConfig, table: key_store.KeyTable) -> list
 
 def check_key_owners(config: ServerConfig) -> None:
     """At start: record in the key store whose key each is, where a store
-    from before names were kept has none (key_store.record_names), and log a
-    warning for each key no configured client has (unclaimed_key_lines).
+    from before names were kept has none (key_store.record_names), saying so
+    once (nothing can tell whether a hand edit gave one client another's ID
+    before), and log a warning for each key no configured client has
+    (unclaimed_key_lines).
     A store that cannot be written is logged, not fatal: the keys are the
     ones just loaded, and the next keygen run records the names."""
     store = key_store.store_path(config.state_directory, config.path.stem)
     owners = () if config.account is None else (config.account.uid,)
     try:
-        table = key_store.record_names(store, {client.client_id: client.name for client in config.clients}, owners)
+        table, named = key_store.record_names(store, {client.client_id: client.name for client in config.clients},
+                                              owners)
     except key_store.KeyStoreError as error:
         log.warning("could not record the clients' names in the key store: %s", error)
         return
     except OSError as error:
         log.warning("could not record the clients' names in the key store: %s: %s", store, error.strerror)
         return
+    if named:
+        log.warning("%s: recorded whose key each of %d client IDs holds (the store is older than names): as %s names"
+                    " them now. If a [[client]] was put in place of another by hand with its ID, it holds the other's"
+                    " key: give it its own with vpncrypt-keygen rotate", store, len(named), config.path)
     for line in unclaimed_key_lines(config, table):
         log.warning("%s", line)
 

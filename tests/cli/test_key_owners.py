@@ -118,7 +118,12 @@ def test_the_start_names_the_keys_of_an_old_store_and_reports_keys_no_client_has
     with caplog.at_level(logging.WARNING):
         check_key_owners(load_server_config(server))
     assert key_store.load(path).names == {5: "alice", 6: "carol"}
-    [line] = [r.getMessage() for r in caplog.records]
+    # Found by a fresh user: whether a [[client]] took another's ID by hand
+    # before names were kept, nothing can tell; the start says so, once.
+    upgraded, line = [r.getMessage() for r in caplog.records]
+    assert upgraded == (f"{path}: recorded whose key each of 2 client IDs holds (the store is older than names): as"
+                        f" {server} names them now. If a [[client]] was put in place of another by hand with its ID,"
+                        " it holds the other's key: give it its own with vpncrypt-keygen rotate")
     assert line == (f"{path}: holds a key for client ID 8, which no [[client]] in {server} has (deleted by hand?),"
                     " with no name recorded (the store is older than names): a [[client]] given ID 8 by hand would"
                     " take this key; add clients with vpncrypt-keygen client, or give one added by hand a new key"
