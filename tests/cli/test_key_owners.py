@@ -70,7 +70,8 @@ def test_a_client_added_by_hand_with_a_removed_clients_id_never_gets_its_key(ser
     assert keygen.main(["list", "--server-config", str(server)]) == 2
     assert keygen.main(["rotate", "--server-config", str(server), "--name", "bob",
                         "--out", str(server.parent / "bob.toml")]) == 0
-    assert "it had none: the server takes it when it reloads" in capsys.readouterr().out
+    assert ("it had none (the key of 'alice' that the store held for its ID is erased): the server takes it when"
+            " it reloads") in capsys.readouterr().out
     table = key_store.load(store(state_directory))
     assert table.names[5] == "bob" and table.keys[5] != alices_key
     [bob] = [c for c in load_server_config(server).clients if c.client_id == 5]

@@ -308,6 +308,7 @@ def rotate_client(args: argparse.Namespace) -> int:
         with locked_store(server) as (store, table):
             epoch, key = fresh_key(table.epoch_seconds)
             had_key = bool(entry.key)  # not a key the store holds for another client (config.py)
+            others = table.names.get(entry.client_id) if entry.client_id in table.keys and not had_key else None
             table.keys[entry.client_id] = (epoch, key)
             table.names[entry.client_id] = entry.name
             try:
@@ -321,6 +322,8 @@ def rotate_client(args: argparse.Namespace) -> int:
             write_client_keys(keys_out, table.epoch_seconds, entry.client_id, epoch, key)
     return finish(args, f"new key for client {entry.name!r} (ID {entry.client_id}) in {server_store(server)} and"
                         f" {keys_out}; " + ("its old key stops working when the server reloads" if had_key
+                                            else f"it had none (the key of {others!r} that the store held for its"
+                                                 " ID is erased): the server takes it when it reloads" if others
                                             else "it had none: the server takes it when it reloads")
                         + copy_instructions(out, keys_out, client_state_directory))
 
