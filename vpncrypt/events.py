@@ -366,4 +366,7 @@ class UnheardServer:
                  " The likely causes: it is down or out of reach (stopped, a firewall, a wrong address or port);"
                  " this client's key or server_id is not the one the server has (the server's log then says"
                  " datagrams failed authentication); this machine's clock is more than"
-                 f" {MAX_TIME_WINDOW} s from the server's, too far for the server to tell it the time: check NTP")]
+                 f" {MAX_TIME_WINDOW} s from the server's, too far for the server to tell it the time: check NTP;"
+                 " or this client ran ahead of the server's clock before it was restarted, and the server refuses"
+                 " its stamps until its clock passes those of that run (the server counts them as superseded:"
+                 " README, Clocks)")]
