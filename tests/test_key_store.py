@@ -8,6 +8,7 @@ import base64
 import binascii
 import json
 import os
+import random
 import re
 import socket
 import time
@@ -55,6 +56,29 @@ def test_a_store_round_trips_and_refuses_loose_permissions(tmp_path):
     path.chmod(0o640)
     with pytest.raises(key_store.KeyStoreError, match="readable by group or others.*chmod 600"):
         key_store.load(path)
+
+
+def reference_text(table: key_store.KeyTable) -> str:
+    """What the store's text was before it was put together by hand: json's own."""
+    def entry(client_id):
+        epoch, key = table.keys[client_id]
+        names = {"name": table.names[client_id]} if client_id in table.names else {}
+        return {"epoch": epoch, "key": base64.b64encode(key).decode(), **names}
+    return json.dumps({"version": 1, "epoch_seconds": table.epoch_seconds,
+                       "keys": {str(i): entry(i) for i in sorted(table.keys)}}, indent=1) + "\n"
+
+
+def test_the_store_is_written_as_jsons_indenting_encoder_writes_it():
+    rng = random.Random(5)
+    names = ["laptop", "", 'a "quoted" \\ name', "caf\u00e9 \U0001f600", "tab\there", "\u2028", "x" * 64]
+    tables = [key_store.KeyTable(60), key_store.KeyTable(3600, {0: (True, bytes(64))}, {0: "bool epoch"})]
+    for _ in range(200):
+        ids = rng.sample([0, 1, 7, 9, 10, 65535, 2**32 - 1, *range(100, 140)], rng.randint(1, 8))
+        keys = {i: (rng.choice([0, 5, 500_000, 2**40]), rng.randbytes(64)) for i in ids}
+        tables.append(key_store.KeyTable(rng.choice([60, 3600, 86400]), keys,
+                                         {i: rng.choice(names) for i in ids if rng.random() < 0.7}))
+    for table in tables:
+        assert key_store._text(table) == reference_text(table)
 
 
 @pytest.mark.parametrize("text, problem", [
