@@ -349,10 +349,11 @@ def read_keys(path: Path, state_directory: Path, account: Account | None = None)
 
 
 @contextlib.contextmanager
-def _collector_paused():
+def collector_paused():
     """Reading 65,536 clients makes a million objects and no cycle: the cyclic
     garbage collector would run hundreds of times over them for nothing (half
-    the time of a load). Reference counting still frees everything."""
+    the time of a load), and again over them while they are held (a keygen
+    run). Reference counting still frees everything."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -368,7 +369,7 @@ def load_server_config(path: str | os.PathLike, keys: key_store.KeyTable | None 
     store in its state directory if None. Raises ConfigError. ``keyless`` names
     a client that may have no key yet, for ``vpncrypt-keygen rotate`` to give
     it one: it is loaded with an empty key (never a config to run)."""
-    with _collector_paused():
+    with collector_paused():
         return _load_server_config(Path(path), keys, keyless)
 
 

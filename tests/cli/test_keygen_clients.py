@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import fcntl
+import gc
 import ipaddress
 import os
 import random
@@ -440,3 +441,12 @@ def test_network_text_is_what_ipaddress_writes():
         address = ipaddress.IPv6Address(":".join(f"{h:x}" for h in hextets))
         networks.append(ipaddress.ip_network(f"{address}/128"))
     assert [server_file.network_text(n) for n in networks] == [str(n) for n in networks]
+
+
+def test_a_keygen_run_gives_the_cyclic_collector_back_even_when_it_fails(server, tmp_path):
+    """keygen pauses the collector while it holds a loaded config (config.collector_paused)."""
+    assert gc.isenabled()
+    add(tmp_path, "a")
+    assert gc.isenabled()
+    assert keygen.main(["remove", "--server-config", str(server), "--name", "nobody-of-that-name"]) != 0
+    assert gc.isenabled()
