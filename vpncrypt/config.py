@@ -18,11 +18,11 @@ import re
 import socket
 import stat
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .config_toml import parse_toml
+from .config_toml import parse_toml, parse_toml_tables
 from .core.inner import Network
 from .core.server import ClientEntry
 from . import key_store, privileges
@@ -116,6 +116,12 @@ def read_toml(path: Path) -> tuple[dict[str, Any], os.stat_result]:
     have written it (key_store.open_trusted: owner, directory, no symbolic
     link, checked on the open file); returns it with the open file's ``stat``
     for ``check_readers``, which needs the file's ``user``/``group``."""
+    text, info = _read_trusted(path)
+    return _parsed(path, text, parse_toml), info
+
+
+def _read_trusted(path: Path) -> tuple[str, os.stat_result]:
+    """The text of a config file that only root or this user could have written, and its ``stat``."""
     try:
         file, info = key_store.open_trusted(path)
     except FileNotFoundError:
@@ -126,13 +132,18 @@ def read_toml(path: Path) -> tuple[dict[str, Any], os.stat_result]:
         raise ConfigError(f"{path}: {error.strerror}") from None
     with file:
         try:
-            return parse_toml(file.read().decode()), info
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{path}: not valid TOML: {error}") from None
+            return file.read().decode(), info
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not UTF-8 text") from None
         except OSError as error:
             raise ConfigError(f"{path}: {error.strerror}") from None
+
+
+def _parsed(path: Path, text: str, parse: Any) -> Any:
+    try:
+        return parse(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
 
 
 def check_readers(path: Path, info: os.stat_result, account: Account | None) -> None:
@@ -176,9 +187,9 @@ class _Section:
     def __init__(self, path: Path, where: str, table: Any, allowed: set[str]) -> None:
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: {where} must be a table")
-        unknown = sorted(set(table) - allowed)
+        unknown = set(table) - allowed
         if unknown:
-            raise ConfigError(f"{path}: unknown key {unknown[0]!r} in {where}")
+            raise ConfigError(f"{path}: unknown key {min(unknown)!r} in {where}")
         self.path, self.where, self.table = path, where, table
 
     def directory(self, key: str) -> Path:
@@ -325,10 +336,12 @@ def _check_overlaps(path: Path, owners: list[tuple[Network, str]]) -> None:
     clients load in well under a second. Prefixes either nest or are apart, so
     in order of first address a network overlaps an earlier one exactly when
     it starts at or before the furthest end reached so far."""
-    for version in (4, 6):
-        spans = sorted((start := int(network.network_address), start + (1 << (bits - network.prefixlen)) - 1, index)
-                       for index, (network, _) in enumerate(owners)
-                       if (bits := network.max_prefixlen) == (32 if version == 4 else 128))
+    by_bits: dict[int, list[tuple[int, int, int]]] = {32: [], 128: []}  # IPv4, then IPv6
+    for index, (network, _) in enumerate(owners):
+        start, bits = int(network.network_address), network.max_prefixlen
+        by_bits[bits].append((start, start + (1 << (bits - network.prefixlen)) - 1, index))
+    for spans in by_bits.values():
+        spans.sort()
         furthest_end, furthest = -1, -1
         for start, end, index in spans:
             if start <= furthest_end:
@@ -369,12 +382,27 @@ def load_server_config(path: str | os.PathLike, keys: key_store.KeyTable | None 
     store in its state directory if None. Raises ConfigError. ``keyless`` names
     a client that may have no key yet, for ``vpncrypt-keygen rotate`` to give
     it one: it is loaded with an empty key (never a config to run)."""
+    path = Path(path)
     with collector_paused():
-        return _load_server_config(Path(path), keys, keyless)
+        data, info = read_toml(path)
+        return _server_config(path, data, info, keys, keyless)
 
 
-def _load_server_config(path: Path, keys: key_store.KeyTable | None, keyless: str | None) -> ServerConfig:
-    data, info = read_toml(path)
+def load_server_file(path: str | os.PathLike, *, keyless: str | None = None
+                     ) -> tuple[ServerConfig, str, list[tuple[int, str]] | None]:
+    """``load_server_config(path, keyless=keyless)``, with the text it was read
+    from and, for a file of keygen's form, where its tables begin
+    (config_toml.plain_table_headers; None for any other): what keygen
+    edits, from the same single read and parse."""
+    path = Path(path)
+    with collector_paused():
+        text, info = _read_trusted(path)
+        data, headers = _parsed(path, text, parse_toml_tables)
+        return _server_config(path, data, info, None, keyless), text, headers
+
+
+def _server_config(path: Path, data: dict[str, Any], info: os.stat_result, keys: key_store.KeyTable | None,
+                   keyless: str | None) -> ServerConfig:
     if "server" not in data and isinstance(data.get("client"), dict):
         raise ConfigError(f"{path}: is a client config ([client]); run it with vpncrypt-client")
     top = _Section(path, "file", data, {"server", "client", "retired"})
@@ -398,54 +426,10 @@ def _load_server_config(path: Path, keys: key_store.KeyTable | None, keyless: st
     tunnel = server.interfaces("tunnel")
     state_directory = server.directory("state_directory")
     key_table = keys if keys is not None else read_keys(path, state_directory, account)
-    clients: list[ClientEntry] = []
-    seen_ids: dict[int, str] = {}
-    seen_names: dict[str, int] = {}  # name -> client ID
-    owners: list[tuple[Network, str]] = [(ipaddress.ip_network(i.ip), "the server") for i in tunnel]
-    # A missing key is reported after overlaps: an overlapping entry is often
-    # a hand-copied one, which has no key yet either, and the overlap is the mistake.
-    missing: ConfigError | None = None
+    checks = _ClientChecks(path, tunnel)
     for index, table in enumerate(top.get("client", list, [])):
-        section = _Section(path, f"[[client]] #{index + 1}", table, {"name", "client_id", "key", "addresses"})
-        name = section.get("name", str)
-        section.where = f"[[client]] {name!r}"
-        client_id = section.integer("client_id", 0, MAX_CLIENT_ID)
-        if client_id in seen_ids:
-            raise section.fail("client_id", f"{client_id} is already used by client {seen_ids[client_id]!r}")
-        if name in seen_names:
-            raise section.fail("name", f"is also the name of the client with ID {seen_names[name]}")
-        seen_ids[client_id] = name
-        seen_names[name] = client_id
-        addresses = section.networks("addresses")
-        if not addresses:
-            raise section.fail("addresses", "needs at least one address")
-        owners.extend((network, f"client {name!r}") for network in addresses)
-        section.refuse_key()
-        # A key recorded as another client's (whose [[client]] was deleted by
-        # hand) is never this one's: as if it had none.
-        owner = key_table.names.get(client_id, name)
-        if (client_id not in key_table.keys or owner != name) and name == keyless:
-            clients.append(ClientEntry(client_id, b"", 0, addresses, name))
-            continue
-        if client_id not in key_table.keys:
-            missing = missing or ConfigError(f"{path}: {section.where} (ID {client_id}) has no key in the key store"
-                                             f" of {path.name} (in {state_directory}): give it one with:"
-                                             f" vpncrypt-keygen rotate --server-config {path} --name {name} --out"
-                                             f" {name}.toml")
-            continue
-        if owner != name:
-            missing = missing or ConfigError(
-                f"{path}: {section.where} (ID {client_id}): the key store of {path.name} holds the key of client"
-                f" {owner!r} for this ID (its [[client]] deleted by hand?), which is never given to another client;"
-                f" give {name!r} its own key with: vpncrypt-keygen rotate --server-config {path} --name {name} --out"
-                f" {name}.toml, or take it out with: vpncrypt-keygen remove --server-config {path} --name {name}"
-                f" (if it is {owner!r} renamed, give it back that name)")
-            continue
-        key_epoch, key = key_table.keys[client_id]
-        clients.append(ClientEntry(client_id, key, key_epoch, addresses, name))
-    _check_overlaps(path, owners)
-    if missing is not None:
-        raise missing
+        checks.table(index, table)
+    clients = checks.entries(key_table, keyless, state_directory)
     return ServerConfig(
         path=path,
         server_id=server.integer("server_id", 0, 2**32 - 1),
@@ -464,6 +448,115 @@ def _load_server_config(path: Path, keys: key_store.KeyTable | None, keyless: st
         epoch_seconds=key_table.epoch_seconds,
         account=account,
     )
+
+
+class _ClientChecks:
+    """What load_server_config checks of the [[client]] tables, fed one table
+    at a time in file order: each table's own fields (``table``), IDs and names
+    unique, then (``entries``) no two networks sharing an address and a key
+    for each client recorded as its own."""
+
+    def __init__(self, path: Path, tunnel: tuple) -> None:
+        self.path = path
+        self.seen_ids: dict[int, str] = {}
+        self.seen_names: dict[str, int] = {}  # name -> client ID
+        self.owners: list[tuple[Network, str]] = [(ipaddress.ip_network(i.ip), "the server") for i in tunnel]
+        self.found: list[tuple[int, str, tuple[Network, ...]]] = []
+
+    def table(self, index: int, table: Any) -> None:
+        """Check the ``index``-th [[client]] table, as parsed."""
+        section = _Section(self.path, f"[[client]] #{index + 1}", table, {"name", "client_id", "key", "addresses"})
+        name = section.get("name", str)
+        section.where = f"[[client]] {name!r}"
+        client_id = section.integer("client_id", 0, MAX_CLIENT_ID)
+        self._unique(name, client_id)
+        addresses = section.networks("addresses")
+        if not addresses:
+            raise section.fail("addresses", "needs at least one address")
+        section.refuse_key()
+        self._add(name, client_id, addresses)
+
+    def checked(self, clients: list[ClientEntry]) -> None:
+        """Tables whose own fields were checked already, giving these clients:
+        only what depends on the other tables is checked again."""
+        if self.found or len({c.client_id for c in clients}) != len(clients) or \
+                len({c.name for c in clients}) != len(clients):
+            for client in clients:  # one at a time, for the error of the first repeated
+                self._unique(client.name, client.client_id)
+                self._add(client.name, client.client_id, client.addresses)
+            return
+        self.seen_ids = {c.client_id: c.name for c in clients}
+        self.seen_names = {c.name: c.client_id for c in clients}
+        self.owners.extend((network, f"client {c.name!r}") for c in clients for network in c.addresses)
+        self.found = [(c.client_id, c.name, c.addresses) for c in clients]
+
+    def _unique(self, name: str, client_id: int) -> None:
+        where = f"{self.path}: [[client]] {name!r}"
+        if client_id in self.seen_ids:
+            raise ConfigError(f"{where} client_id: {client_id} is already used by client {self.seen_ids[client_id]!r}")
+        if name in self.seen_names:
+            raise ConfigError(f"{where} name: is also the name of the client with ID {self.seen_names[name]}")
+
+    def _add(self, name: str, client_id: int, addresses: tuple[Network, ...]) -> None:
+        self.seen_ids[client_id] = name
+        self.seen_names[name] = client_id
+        owner = f"client {name!r}"
+        self.owners.extend((network, owner) for network in addresses)
+        self.found.append((client_id, name, addresses))
+
+    def entries(self, key_table: key_store.KeyTable, keyless: str | None, state_directory: Path) -> list[ClientEntry]:
+        """The clients with their keys from ``key_table``. An overlap is
+        reported before a missing key: an overlapping entry is often a
+        hand-copied one, which has no key yet either, and the overlap is the mistake."""
+        _check_overlaps(self.path, self.owners)
+        path, clients = self.path, []
+        for client_id, name, addresses in self.found:
+            # A key recorded as another client's (whose [[client]] was deleted by
+            # hand) is never this one's: as if it had none.
+            owner = key_table.names.get(client_id, name)
+            if (client_id not in key_table.keys or owner != name) and name == keyless:
+                clients.append(ClientEntry(client_id, b"", 0, addresses, name))
+                continue
+            where = f"[[client]] {name!r}"
+            if client_id not in key_table.keys:
+                raise ConfigError(f"{path}: {where} (ID {client_id}) has no key in the key store of {path.name} (in"
+                                  f" {state_directory}): give it one with: vpncrypt-keygen rotate --server-config"
+                                  f" {path} --name {name} --out {name}.toml")
+            if owner != name:
+                raise ConfigError(
+                    f"{path}: {where} (ID {client_id}): the key store of {path.name} holds the key of client"
+                    f" {owner!r} for this ID (its [[client]] deleted by hand?), which is never given to another"
+                    f" client; give {name!r} its own key with: vpncrypt-keygen rotate --server-config {path} --name"
+                    f" {name} --out {name}.toml, or take it out with: vpncrypt-keygen remove --server-config {path}"
+                    f" --name {name} (if it is {owner!r} renamed, give it back that name)")
+            key_epoch, key = key_table.keys[client_id]
+            clients.append(ClientEntry(client_id, key, key_epoch, addresses, name))
+        return clients
+
+
+def changed_server_config(before: ServerConfig, keys: key_store.KeyTable, *, removed: int | None = None,
+                          added: dict[str, Any] | None = None, retired: dict[str, Any] | None = None
+                          ) -> ServerConfig:
+    """What load_server_config(path, keys) gives for ``before``'s file (loaded
+    from it, and so checked) changed in whole tables only: the ``removed``-th
+    [[client]] cut out, ``added`` (a [[client]] table as TOML reads it) put
+    after the last, [retired] replaced by ``retired`` (as read) if given. Every
+    other table is byte for byte the one ``before`` was loaded from (the caller
+    vouches for that, server_file.ServerText), and a table's own checks depend
+    on its bytes alone: those are made for ``added`` only. Everything that
+    depends on more than one table (IDs and names unique, no two networks
+    sharing an address, a key in ``keys`` recorded as each client's own, every
+    client's key from ``keys``) is checked again over all of them, with the
+    same code as a load. Raises ConfigError as load_server_config would."""
+    checks = _ClientChecks(before.path, before.tunnel)
+    checks.checked([client for index, client in enumerate(before.clients) if index != removed])
+    if added is not None:
+        checks.table(len(checks.found), added)
+    clients = checks.entries(keys, None, before.state_directory)
+    changed: dict[str, Any] = {"clients": tuple(clients), "epoch_seconds": keys.epoch_seconds}
+    if retired is not None:
+        changed |= _retired(before.path, _Section(before.path, "file", {"retired": retired}, {"retired"}))
+    return replace(before, **changed)
 
 
 def _retired(path: Path, top: _Section) -> dict[str, Any]:

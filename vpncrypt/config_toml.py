@@ -43,14 +43,20 @@ def parse_toml(text: str) -> dict[str, Any]:
         return tomllib.loads(text)  # and its error, worded for the whole file
 
 
-def _parse_clients_fast(text: str) -> dict[str, Any]:
+def _parse_clients_fast(text: str, headers: list[tuple[int, str]] | None = None) -> dict[str, Any]:
+    """The fast reading; raises _NotPlain for a file it does not take. Each
+    line that looks like a table header is added to ``headers`` if given:
+    (its index, the header without spaces or comment)."""
     lines = text.split("\n")
     rest: list[str] = []  # every line outside the [[client]] tables (theirs blank, so line numbers stay)
     clients: list[dict[str, Any]] = []
     current: dict[str, Any] | None = None
-    for line in lines:
+    for index, line in enumerate(lines):
         if _HEADER.fullmatch(line):
-            if line.split("#", 1)[0].strip().replace(" ", "").replace("\t", "") == "[[client]]":
+            header = line.split("#", 1)[0].strip().replace(" ", "").replace("\t", "")
+            if headers is not None:
+                headers.append((index, header))
+            if header == "[[client]]":
                 current = {}
                 clients.append(current)
                 rest.append("")
@@ -91,25 +97,44 @@ def plain_table_headers(text: str) -> list[tuple[int, str]] | None:
     plain top-level ``[name]``, and the headers found line by line are exactly
     the tables the parse found, so no line inside a multi-line value was
     mistaken for a header."""
+    read = _read_plain(text)
+    return None if read is None else read[1]
+
+
+def parse_toml_tables(text: str) -> tuple[dict[str, Any], list[tuple[int, str]] | None]:
+    """``(parse_toml(text), plain_table_headers(text))`` from one parse.
+    Raises tomllib.TOMLDecodeError as parse_toml."""
+    read = _read_plain(text)
+    return (tomllib.loads(text), None) if read is None else read
+
+
+def _read_plain(text: str) -> tuple[dict[str, Any], list[tuple[int, str]] | None] | None:
+    """What the fast reading gives for ``text`` with plain_table_headers, or
+    None if it does not take the file."""
     if "[[client]]" not in text or "\r" in text or '"""' in text or "\'\'\'" in text:
         return None
+    found: list[tuple[int, str]] = []
     try:
-        data = _parse_clients_fast(text)
+        data = _parse_clients_fast(text, found)
     except (_NotPlain, tomllib.TOMLDecodeError):
         return None
+    return data, _plain_headers(found, data)
+
+
+def _plain_headers(found: list[tuple[int, str]], data: dict[str, Any]) -> list[tuple[int, str]] | None:
+    """plain_table_headers from what _parse_clients_fast read: ``data``, and
+    the lines that look like headers, ``found``."""
     headers: list[tuple[int, str]] = []
-    for index, line in enumerate(text.split("\n")):
-        if _HEADER.fullmatch(line):
-            name = line.split("#", 1)[0].strip().replace(" ", "").replace("\t", "")
-            if name == "[[client]]":
-                headers.append((index, "client"))
-            elif name.startswith("[[") or "." in name:
-                return None
-            else:
-                headers.append((index, name[1:-1]))
+    for index, name in found:
+        if name == "[[client]]":
+            headers.append((index, "client"))
+        elif name.startswith("[[") or "." in name:
+            return None
+        else:
+            headers.append((index, name[1:-1]))
     tables = [name for _, name in headers if name != "client"]
-    found = {key for key, value in data.items() if isinstance(value, dict)}
-    if len(tables) != len(set(tables)) or set(tables) != found or \
+    found_tables = {key for key, value in data.items() if isinstance(value, dict)}
+    if len(tables) != len(set(tables)) or set(tables) != found_tables or \
             len(headers) - len(tables) != len(data["client"]):
         return None
     return headers

@@ -31,7 +31,7 @@ import tomlkit
 from .. import control, key_store
 from ..config import (
     DEFAULT_INTERFACE, DEFAULT_MTU, DEFAULT_STATE_DIRECTORY, ConfigError, ServerConfig, collector_paused,
-    default_state_directory, load_server_config, parse_endpoint,
+    default_state_directory, load_server_config, load_server_file, parse_endpoint,
 )
 from ..core.epochs import DEFAULT_EPOCH_SECONDS, MAX_EPOCH_SECONDS, MIN_EPOCH_SECONDS
 from ..core.server import ClientEntry
@@ -40,9 +40,9 @@ from .client_keys import (
 )
 from .common import RUNTIME_ERROR, add_version, error_exit, print_all
 from .server_file import (
-    address_owner, check_name, choose_client_id, client_addresses, client_file_text, client_index, client_spans,
+    ServerText, address_owner, check_name, choose_client_id, client_addresses, client_file_text, client_index,
     free_address, locked, network_text, networks_behind, read_text, rewrite_server_file, taken_networks, toml_value,
-    with_retired, write_private,
+    write_private,
 )
 
 PROGRAM = "vpncrypt-keygen"
@@ -150,7 +150,7 @@ def make_client(args: argparse.Namespace) -> int:
     out = Path(args.out)
     keys_out = client_key_file(out, args.key_out)
     with locked(server_path):
-        server = load_server_config(server_path)
+        server, server_text, headers = load_server_file(server_path)
         if not server.endpoint:
             raise ConfigError(f"{server_path}: [server] endpoint is not set; clients need it")
         check_client_key_file(keys_out, server)
@@ -192,17 +192,7 @@ def make_client(args: argparse.Namespace) -> int:
             f"client_id = {client_id}\n"
             f"addresses = {toml_value([str(n) for n in networks])}\n"
         )
-        text = read_text(server_path)
-        spans = client_spans(text)
-        # After the last client (keeping [retired] and anything else below), else at the end.
-        at = spans[-1][2] if spans else len(text)
-        before = text[:at]
-        if before and not before.endswith("\n"):
-            before += "\n"
-        if before and not before.endswith("\n\n"):
-            before += "\n"
-        after = text[at:]
-        new_text = before + block + ("\n" + after if after.strip() and not after.startswith("\n") else after)
+        edited = ServerText.read(server_text, headers).add_client(block)
         with locked_store(server) as (store, table):
             epoch, key = fresh_key(table.epoch_seconds)
             table.keys[client_id] = (epoch, key)
@@ -216,7 +206,7 @@ def make_client(args: argparse.Namespace) -> int:
                 write_client_keys(keys_out, table.epoch_seconds, client_id, epoch, key)
                 wrote_keys = True
                 key_store.write(store, table)  # an unused key, should the next step fail
-                rewrite_server_file(server_path, new_text, server, [*server.clients, entry], table)
+                rewrite_server_file(server_path, edited, server, [*server.clients, entry], table)
             except BaseException:
                 out.unlink(missing_ok=True)  # both were checked not to exist: ours to take back
                 if wrote_keys:
@@ -231,29 +221,28 @@ def make_client(args: argparse.Namespace) -> int:
 def remove_client(args: argparse.Namespace) -> int:
     server_path = Path(args.server_config)
     with locked(server_path):
-        server = load_server_config(server_path, keyless=args.name)  # one added by hand may have none
+        server, text, headers = load_server_file(server_path, keyless=args.name)  # one added by hand may have none
         if not any(client.name == args.name for client in server.clients):
-            return erase_left_key(args, server)
+            return erase_left_key(args, server, ServerText.read(text, headers))
         index = client_index(server, args.name, server_path)
         removed = server.clients[index]
-        text = read_text(server_path)
-        start, _, end = client_spans(text)[index]
-        new_text = text[:start] + text[end:]
+        edited = ServerText.read(text, headers).remove_client(index)
         if not args.reuse:
-            new_text = with_retired(new_text, removed)
+            edited = edited.retire([removed])
         with locked_store(server) as (store, table):
             table.keys.pop(removed.client_id, None)  # its name goes with it (key_store.write)
-            rewrite_server_file(server_path, new_text, server, [c for c in server.clients if c is not removed], table)
+            rewrite_server_file(server_path, edited, server, [c for c in server.clients if c is not removed], table)
             key_store.write(store, table)
     kept = "" if args.reuse else f"; its ID and addresses are retired (see [retired] in {server_path})"
     return finish(args, f"removed client {removed.name!r} (ID {removed.client_id}) from {server_path}{kept}")
 
 
-def erase_left_key(args: argparse.Namespace, server: ServerConfig) -> int:
+def erase_left_key(args: argparse.Namespace, server: ServerConfig, read: ServerText) -> int:
     """``remove`` of a client whose [[client]] was deleted by hand: erase the
     key the server's key store still holds for it by name (the server's start
     names such keys) and retire its ID unless ``--reuse``. Raises ConfigError
-    (no client of that name) if the store has no such key either."""
+    (no client of that name) if the store has no such key either. ``read``:
+    the text ``server`` was loaded from."""
     server_path = Path(args.server_config)
     configured = {client.client_id for client in server.clients}
     with locked_store(server) as (store, table):
@@ -261,10 +250,8 @@ def erase_left_key(args: argparse.Namespace, server: ServerConfig) -> int:
         if not left:
             client_index(server, args.name, server_path)  # raises: no client named so
         if not args.reuse:
-            text = read_text(server_path)
-            for client_id in left:
-                text = with_retired(text, ClientEntry(client_id, b"", 0, (), args.name))
-            rewrite_server_file(server_path, text, server, list(server.clients), table)
+            edited = read.retire([ClientEntry(client_id, b"", 0, (), args.name) for client_id in left])
+            rewrite_server_file(server_path, edited, server, list(server.clients), table)
         for client_id in left:
             del table.keys[client_id]
         key_store.write(store, table)
