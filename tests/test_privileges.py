@@ -197,6 +197,24 @@ def test_a_config_the_daemons_group_may_read(shared):
 
 
 @needs_root
+def test_keygen_changes_a_config_the_daemons_group_may_read(shared):
+    """keygen checks its result as the server would load it: from a copy with
+    the file's mode and owner, which its user must be able to read."""
+    server = shared / "server.toml"
+    add_keys(server, "server", 'user = "nobody"\ngroup = "nogroup"')
+    os.chown(server, 0, NOBODY.gid)
+    os.chmod(server, 0o640)
+    assert keygen(["remove", "--server-config", str(server), "--name", "alice", "--reuse"]) == 0
+    # No [[client]] left: not keygen's form, so the whole file is checked, from a copy.
+    assert keygen(["client", "--server-config", str(server), "--name", "bob", "--out", str(shared / "bob.toml")]) == 0
+    assert keygen(["client", "--server-config", str(server), "--name", "carol", "--out",
+                   str(shared / "carol.toml")]) == 0
+    info = server.stat()
+    assert (info.st_mode & 0o777, info.st_uid, info.st_gid) == (0o640, 0, NOBODY.gid)
+    assert [c.name for c in load_server_config(server, keyless="bob").clients] == ["bob", "carol"]
+
+
+@needs_root
 def test_the_user_and_group_keys_are_checked(shared):
     client = shared / "alice.toml"
     add_keys(client, "client", 'group = "nogroup"')

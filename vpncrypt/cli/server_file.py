@@ -235,7 +235,7 @@ def rewrite_server_file(path: Path, edited: ServerText, before: ServerConfig, cl
         with contextlib.suppress(ConfigError):
             config = changed_server_config(before, keys, **vars(edited.changes))
     if config is None:
-        config = _load_text(path, text, keys)
+        config = _load_text(path, info, text, keys)
     unchanged = ("server_id", "port", "listen_address", "endpoint", "tunnel", "interface", "mtu", "time_window",
                  "client_to_client", "offload")
     if list(config.clients) != clients or any(getattr(config, k) != getattr(before, k) for k in unchanged):
@@ -245,13 +245,19 @@ def rewrite_server_file(path: Path, edited: ServerText, before: ServerConfig, cl
     return config
 
 
-def _load_text(path: Path, text: str, keys: key_store.KeyTable) -> ServerConfig:
-    """``text`` loaded as the server would load it from ``path`` with ``keys``
-    as its key store (from a file beside it). Raises ConfigError."""
+def _load_text(path: Path, info: os.stat_result, text: str, keys: key_store.KeyTable) -> ServerConfig:
+    """``text`` loaded as the server would load it from ``path`` (whose
+    ``stat`` is ``info``) with ``keys`` as its key store: from a copy beside
+    it with its mode and owner, which the server's checks of who may read it
+    look at (a 0600 copy of root's would fail a config with ``user``). Raises
+    ConfigError."""
     directory = path.parent if str(path.parent) else Path(".")
     fd, probe = tempfile.mkstemp(prefix=f".{path.name}.check.", suffix=".toml", dir=directory)
     try:
-        os.fchmod(fd, 0o600)
+        os.fchmod(fd, info.st_mode & 0o777)
+        if (info.st_uid, info.st_gid) != (os.geteuid(), os.getegid()):
+            with contextlib.suppress(PermissionError):  # only root may give a file away
+                os.fchown(fd, info.st_uid, info.st_gid)
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(text)
         try:
