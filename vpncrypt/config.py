@@ -491,17 +491,19 @@ class _ClientChecks:
         self.found = [(c.client_id, c.name, c.addresses) for c in clients]
 
     def _unique(self, name: str, client_id: int) -> None:
-        where = f"{self.path}: [[client]] {name!r}"
         if client_id in self.seen_ids:
-            raise ConfigError(f"{where} client_id: {client_id} is already used by client {self.seen_ids[client_id]!r}")
+            raise ConfigError(f"{self.path}: [[client]] {name!r} client_id: {client_id} is already used by client"
+                              f" {self.seen_ids[client_id]!r}")
         if name in self.seen_names:
-            raise ConfigError(f"{where} name: is also the name of the client with ID {self.seen_names[name]}")
+            raise ConfigError(f"{self.path}: [[client]] {name!r} name: is also the name of the client with ID"
+                              f" {self.seen_names[name]}")
 
     def _add(self, name: str, client_id: int, addresses: tuple[Network, ...]) -> None:
         self.seen_ids[client_id] = name
         self.seen_names[name] = client_id
         owner = f"client {name!r}"
-        self.owners.extend((network, owner) for network in addresses)
+        for network in addresses:
+            self.owners.append((network, owner))
         self.found.append((client_id, name, addresses))
 
     def entries(self, key_table: key_store.KeyTable, keyless: str | None, state_directory: Path) -> list[ClientEntry]:

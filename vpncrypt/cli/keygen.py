@@ -172,7 +172,14 @@ def make_client(args: argparse.Namespace) -> int:
             requested[address.version] = address
         chosen = []
         for interface in server.tunnel:
-            address = requested.pop(interface.version, None) or free_address(interface.network, taken)
+            address = requested.pop(interface.version, None)
+            if address is None:
+                # Inside the network and in none of ``taken`` (the server's, every
+                # client's, the retired, those behind this client): what the
+                # checks of a given address below would look at again.
+                address = free_address(interface.network, taken)
+                chosen.append(ipaddress.ip_interface(f"{address}/{interface.network.prefixlen}"))
+                continue
             if address not in interface.network:
                 raise ConfigError(f"--address: {address} is not inside the tunnel network {interface.network}")
             if any(address in network for network in server.retired_addresses):
