@@ -506,11 +506,14 @@ class _ClientChecks:
             self.owners.append((network, owner))
         self.found.append((client_id, name, addresses))
 
-    def entries(self, key_table: key_store.KeyTable, keyless: str | None, state_directory: Path) -> list[ClientEntry]:
-        """The clients with their keys from ``key_table``. An overlap is
-        reported before a missing key: an overlapping entry is often a
-        hand-copied one, which has no key yet either, and the overlap is the mistake."""
-        _check_overlaps(self.path, self.owners)
+    def entries(self, key_table: key_store.KeyTable, keyless: str | None, state_directory: Path, *,
+                overlaps: bool = True) -> list[ClientEntry]:
+        """The clients with their keys from ``key_table``, after the check that
+        no two networks share an address unless ``overlaps`` is False. An
+        overlap is reported before a missing key: an overlapping entry is often
+        a hand-copied one, which has no key yet either, and the overlap is the mistake."""
+        if overlaps:
+            _check_overlaps(self.path, self.owners)
         path, clients = self.path, []
         for client_id, name, addresses in self.found:
             # A key recorded as another client's (whose [[client]] was deleted by
@@ -549,12 +552,21 @@ def changed_server_config(before: ServerConfig, keys: key_store.KeyTable, *, rem
     depends on more than one table (IDs and names unique, no two networks
     sharing an address, a key in ``keys`` recorded as each client's own, every
     client's key from ``keys``) is checked again over all of them, with the
-    same code as a load. Raises ConfigError as load_server_config would."""
+    same code as a load; without ``added`` only the keys, as a subset of unique
+    IDs, names and disjoint networks is one. Raises ConfigError as
+    load_server_config would."""
     checks = _ClientChecks(before.path, before.tunnel)
-    checks.checked([client for index, client in enumerate(before.clients) if index != removed])
-    if added is not None:
+    kept = [client for index, client in enumerate(before.clients) if index != removed]
+    if added is None:
+        # Only a client cut out, or none: those left are some of the ones
+        # ``before`` was loaded with, whose IDs and names were unique and whose
+        # networks (the very objects) shared no address with each other or the
+        # server's; some of them keep both. Their keys are checked again.
+        checks.found = [(client.client_id, client.name, client.addresses) for client in kept]
+    else:
+        checks.checked(kept)
         checks.table(len(checks.found), added)
-    clients = checks.entries(keys, None, before.state_directory)
+    clients = checks.entries(keys, None, before.state_directory, overlaps=added is not None)
     changed: dict[str, Any] = {"clients": tuple(clients), "epoch_seconds": keys.epoch_seconds}
     if retired is not None:
         changed |= _retired(before.path, _Section(before.path, "file", {"retired": retired}, {"retired"}))

@@ -144,15 +144,16 @@ class ServerText:
 
     def remove_client(self, index: int) -> "ServerText":
         """Without the ``index``-th [[client]] and the comment lines just above it."""
-        text = self.text
-        start, _, end = client_spans(text, self.headers)[index]
-        # Whole lines, all of them that client's table's or comments: the
-        # tables after it only move up by as many lines.
-        headers = None
-        if self.headers is not None:
-            gone = [line for line, name in self.headers if name == "client"][index]
-            cut = text.count("\n", start, end)
-            headers = [(line if line < gone else line - cut, name) for line, name in self.headers if line != gone]
+        text, headers = self.text, self.headers
+        if headers is None:
+            start, _, end = client_spans(text, None)[index]
+        else:  # only its span is needed: from its header to the next
+            at = [position for position, (_, name) in enumerate(headers) if name == "client"][index]
+            start, _, end = client_spans(text, headers[at:at + 2])[0]
+            # Whole lines, all of them that client's table's or comments: the
+            # tables after it only move up by as many lines.
+            gone, cut = headers[at][0], text.count("\n", start, end)
+            headers = [(line if line < gone else line - cut, name) for line, name in headers if line != gone]
         new_text = text[:start] + text[end:]
         if "[[client]]" not in new_text:
             headers = None  # as plain_table_headers says of a file without clients
