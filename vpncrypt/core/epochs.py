@@ -111,7 +111,7 @@ class KeyTimer:
         # the newest timestamp accepted (``heard``), then those left to erase.
         self._round: list = []
         self._scanned = 0
-        self._heard = NO_TIMESTAMP
+        self._heard = 0  # the newest accepted timestamp seen so far; 0: none, older than any bound
         self._erasing = False
         self._held = False  # the round kept a key that the clock alone would erase
 
@@ -129,19 +129,17 @@ class KeyTimer:
         if now < self.due:
             return
         if not self._round:
-            self._round, self._scanned, self._heard, self._erasing = list(peers), 0, NO_TIMESTAMP, False
+            self._round, self._scanned, self._heard, self._erasing = list(peers), 0, 0, False
         if not self._erasing:
             for peer in self._round[self._scanned:self._scanned + HEARD_SLICE]:
                 heard = peer.window.newest_ts
-                if heard != NO_TIMESTAMP and (self._heard == NO_TIMESTAMP or heard > self._heard):
+                if heard != NO_TIMESTAMP and heard > self._heard:
                     self._heard = heard
             self._scanned += HEARD_SLICE
             if self._scanned < len(self._round):
                 self.due = now
                 return
-            heard = self._heard
-            vouched = now if heard != NO_TIMESTAMP and heard >= now else max(
-                now - MAX_HOLD, float("-inf") if heard == NO_TIMESTAMP else heard)
+            vouched = max(now - MAX_HOLD, min(now, self._heard))
             kept_epoch = oldest_needed_epoch(vouched, self.epoch_seconds)
             if self._held and kept_epoch == self.kept_epoch:
                 # Held back still, and no newer word: the last round erased all this one would.
