@@ -40,9 +40,9 @@ from .client_keys import (
 )
 from .common import RUNTIME_ERROR, add_version, error_exit, print_all
 from .server_file import (
-    ServerText, address_owner, check_name, choose_client_id, client_addresses, client_file_text, client_index,
-    free_address, locked, network_text, networks_behind, read_text, rewrite_server_file, taken_networks, toml_value,
-    write_private,
+    ServerText, check_name, choose_client_id, client_addresses, client_file_text, client_index, free_address,
+    locked, network_owner, network_text, networks_behind, read_text, rewrite_server_file, taken_networks,
+    toml_value, write_private,
 )
 
 PROGRAM = "vpncrypt-keygen"
@@ -185,8 +185,7 @@ def make_client(args: argparse.Namespace) -> int:
             if any(address in network for network in server.retired_addresses):
                 raise ConfigError(f"--address: {address} is retired (a removed client had it);"
                                   f" delete it from [retired] in {server_path} to use it again")
-            used = address_owner(server, address) or next(
-                ((network, f"client {name!r}") for network in behind if address in network), None)
+            used = network_owner(server, ipaddress.ip_network(address), ((n, f"client {name!r}") for n in behind))
             if used is not None:
                 raise ConfigError(f"--address: {address} of client {name!r} overlaps {used[0]} of {used[1]}")
             chosen.append(ipaddress.ip_interface(f"{address}/{interface.network.prefixlen}"))

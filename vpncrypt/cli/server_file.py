@@ -23,7 +23,7 @@ import tomllib
 import unicodedata
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import tomlkit
 
@@ -357,16 +357,13 @@ def taken_networks(server: ServerConfig) -> list:
     return [network for network, _ in owned_networks(server)] + list(server.retired_addresses)
 
 
-def address_owner(server: ServerConfig, address) -> tuple[Network, str] | None:
-    """The network holding ``address`` and whom it belongs to (owned_networks),
-    or None if no one has it."""
-    return next(((network, owner) for network, owner in owned_networks(server) if address in network), None)
-
-
-def network_owner(server: ServerConfig, network: Network) -> tuple[Network, str] | None:
-    """The first network someone has (owned_networks) that shares an address
-    with ``network``, and whom it belongs to, or None."""
-    return next(((owned, owner) for owned, owner in owned_networks(server) if owned.overlaps(network)), None)
+def network_owner(server: ServerConfig, network: Network,
+                  more: Iterable[tuple[Network, str]] = ()) -> tuple[Network, str] | None:
+    """The first network someone has (owned_networks, then ``more``: the new
+    client's own, as (network, whose)) that shares an address with
+    ``network`` (a host network for an address), and whom it belongs to, or None."""
+    return next(((owned, owner) for owned, owner in itertools.chain(owned_networks(server), more)
+                 if owned.overlaps(network)), None)
 
 
 def endpoint_address(server: ServerConfig) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -406,8 +403,7 @@ def networks_behind(server: ServerConfig, path: Path, name: str, texts: list[str
         if retired is not None:
             raise ConfigError(f"--allowed-ips: {network} overlaps {retired}, which is retired (a removed client had"
                               f" it); delete it from [retired] in {path} to use it again")
-        used = network_owner(server, network) or next(
-            ((given, f"client {name!r}") for given in result if given.overlaps(network)), None)
+        used = network_owner(server, network, ((given, f"client {name!r}") for given in result))
         if used is not None:
             raise ConfigError(f"--allowed-ips: {network} of client {name!r} overlaps {used[0]} of {used[1]}")
         result.append(network)
