@@ -74,6 +74,7 @@
 /* Inner protocols (IANA): vpncrypt/core/inner.py. */
 #define TCP 6
 #define UDP 17
+#define ICMPV6 58
 
 /* ---- seal ----------------------------------------------------------------- */
 
@@ -222,7 +223,7 @@ const char batch_open_run_doc[] =
     "first datagram it leaves to the Python loop; returns that datagram's index\n"
     "(len(datagrams) when none is left). plan is the tuple open_datagrams\n"
     "builds: (now_seconds, time_window, direction, server_id, find_peer, hosts,\n"
-    "longest_match, well_formed, checksum_location, partial_type, follow_source,\n"
+    "remembered, longest_match, well_formed, checksum_location, partial_type, follow_source,\n"
     "max_datagram, probe_kind, reasons, answers_time), reasons the drop names\n"
     "(bad_length, old_version, unknown_kind, unknown_client, replayed,\n"
     "inner_malformed, inner_source_not_allowed, outside_time_window),\n"
@@ -231,8 +232,8 @@ const char batch_open_run_doc[] =
     "MemoryError.";
 
 enum {
-    PLAN_NOW, PLAN_TIME_WINDOW, PLAN_DIRECTION, PLAN_SERVER_ID, PLAN_FIND_PEER, PLAN_HOSTS, PLAN_LONGEST_MATCH,
-    PLAN_WELL_FORMED, PLAN_CHECKSUM_LOCATION, PLAN_PARTIAL_TYPE, PLAN_FOLLOW_SOURCE, PLAN_MAX_DATAGRAM,
+    PLAN_NOW, PLAN_TIME_WINDOW, PLAN_DIRECTION, PLAN_SERVER_ID, PLAN_FIND_PEER, PLAN_HOSTS, PLAN_REMEMBERED,
+    PLAN_LONGEST_MATCH,    PLAN_WELL_FORMED, PLAN_CHECKSUM_LOCATION, PLAN_PARTIAL_TYPE, PLAN_FOLLOW_SOURCE, PLAN_MAX_DATAGRAM,
     PLAN_PROBE_KIND, PLAN_REASONS, PLAN_ANSWERS_TIME, PLAN_SIZE
 };
 
@@ -445,9 +446,13 @@ run_load(peer_run *run, PyObject *find_peer, long client_id)
 }
 
 /* well_formed's fast way through (vpncrypt/core/inner.py), for IPv4 without
- * options or fragments and IPv6 without extension headers, carrying TCP or
- * UDP, with no padding: 1 well formed, 0 malformed, -1 for well_formed itself
+ * options carrying TCP or UDP unfragmented, or anything else, and IPv6
+ * without extension headers carrying TCP, UDP or ICMPv6, with no padding:
+ * WELL_FORMED_TRANSPORT for TCP or UDP (whose checksum's place is then
+ * known), WELL_FORMED for the rest, 0 malformed, -1 for well_formed itself
  * to decide. */
+#define WELL_FORMED 1
+#define WELL_FORMED_TRANSPORT 2
 static int
 inner_fast(const unsigned char *p, Py_ssize_t size)
 {
@@ -455,37 +460,49 @@ inner_fast(const unsigned char *p, Py_ssize_t size)
         Py_ssize_t end = p[2] << 8 | p[3];
         unsigned fragment = (unsigned)(p[6] << 8 | p[7]);
         unsigned protocol = p[9];
-        if (p[0] == 0x45 && end == size && !(fragment & 0x3FFF)) {
-            if (protocol == UDP) {
-                Py_ssize_t length = p[24] << 8 | p[25];
-                return 8 <= length && length <= size - 20;
-            }
-            if (protocol == TCP) {
+        if (p[0] == 0x45 && end == size) {
+            if (protocol != TCP && protocol != UDP)
+                return WELL_FORMED; /* ICMP and the rest: no transport header is checked */
+            if (!(fragment & 0x3FFF)) {
+                if (protocol == UDP) {
+                    Py_ssize_t length = p[24] << 8 | p[25];
+                    return 8 <= length && length <= size - 20 ? WELL_FORMED_TRANSPORT : 0;
+                }
                 Py_ssize_t offset = (p[32] >> 4) * 4;
-                return size >= 40 && 20 <= offset && offset <= size - 20;
+                return size >= 40 && 20 <= offset && offset <= size - 20 ? WELL_FORMED_TRANSPORT : 0;
             }
         } else if (p[0] >> 4 == 6 && size >= 48 && (p[4] << 8 | p[5]) == size - 40) {
             protocol = p[6];
             if (protocol == UDP) {
                 Py_ssize_t length = p[44] << 8 | p[45];
-                return 8 <= length && length <= size - 40;
+                return 8 <= length && length <= size - 40 ? WELL_FORMED_TRANSPORT : 0;
             }
             if (protocol == TCP) {
                 Py_ssize_t offset = (p[52] >> 4) * 4;
-                return size >= 60 && 20 <= offset && offset <= size - 40;
+                return size >= 60 && 20 <= offset && offset <= size - 40 ? WELL_FORMED_TRANSPORT : 0;
             }
+            if (protocol == ICMPV6)
+                return WELL_FORMED;
         }
         return -1;
     }
     return size < 20 ? 0 : -1;
 }
 
+typedef struct {
+    int follow_source;
+    PyObject *hosts, *remembered, *longest_match, *well_formed, *checksum_location, *partial_type, *opened;
+    long long *counts;
+} open_env;
+
 /* Whether the inner packet's source (an IPv4 or IPv6 address) routes to the
- * run's peer: hosts.get(source), else longest_match(source), must be it.
- * 1 yes, 0 no, -1 error. */
+ * run's peer: hosts.get(source), else longest_match(source), must be it;
+ * longest_match's answer is looked up in its table's ``remembered`` first
+ * (PrefixTable in vpncrypt/core/inner.py). 1 yes, 0 no, -1 error. */
 static int
-source_allowed(peer_run *run, PyObject *packet, PyObject *hosts, PyObject *longest_match)
+source_allowed(peer_run *run, PyObject *packet, const open_env *env)
 {
+    PyObject *hosts = env->hosts;
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(packet);
     const unsigned char *source = p[0] >> 4 == 4 ? p + 12 : p + 8;
     Py_ssize_t len = p[0] >> 4 == 4 ? 4 : 16;
@@ -501,7 +518,17 @@ source_allowed(peer_run *run, PyObject *packet, PyObject *hosts, PyObject *longe
     }
     int allowed;
     if (owner == NULL || owner == Py_None) {
-        owner = PyObject_CallOneArg(longest_match, key);
+        owner = PyDict_GetItemWithError(env->remembered, key); /* borrowed */
+        if (owner != NULL) {
+            Py_DECREF(key);
+            allowed = owner == run->peer;
+            goto decided;
+        }
+        if (PyErr_Occurred()) {
+            Py_DECREF(key);
+            return -1;
+        }
+        owner = PyObject_CallOneArg(env->longest_match, key);
         Py_DECREF(key);
         if (owner == NULL)
             return -1;
@@ -511,6 +538,7 @@ source_allowed(peer_run *run, PyObject *packet, PyObject *hosts, PyObject *longe
         Py_DECREF(key);
         allowed = owner == run->peer;
     }
+decided:
     if (allowed) {
         memcpy(run->source, source, (size_t)len);
         run->source_len = len;
@@ -585,11 +613,6 @@ run_context(peer_run *run, int64_t epoch, PyTypeObject *aes_siv)
 }
 
 /* What the inner-packet checks and the delivery need, fixed for a call. */
-typedef struct {
-    int follow_source;
-    PyObject *hosts, *longest_match, *well_formed, *checksum_location, *partial_type, *opened;
-    long long *counts;
-} open_env;
 
 /* Datagrams decided together (at most SIV_LANES to open): consecutive
  * datagrams of one peer, with one epoch's context, each of which the common
@@ -764,7 +787,7 @@ deliver(peer_run *run, member *m, const open_env *env)
         env->counts[DROP_INNER_MALFORMED]++;
         return 0;
     }
-    int allowed = source_allowed(run, packet, env->hosts, env->longest_match);
+    int allowed = source_allowed(run, packet, env);
     if (allowed <= 0) {
         Py_DECREF(packet);
         if (allowed < 0)
@@ -774,8 +797,8 @@ deliver(peer_run *run, member *m, const open_env *env)
     }
     Py_ssize_t inner_size = PyBytes_GET_SIZE(packet);
     if (m->kind == KIND_DATA_PARTIAL) {
-        /* Past the fast way through, a checksum's place is always found. */
-        if (fast < 0) {
+        /* Past the fast way through with TCP or UDP, a checksum's place is always found. */
+        if (fast != WELL_FORMED_TRANSPORT) {
             PyObject *location = PyObject_CallOneArg(env->checksum_location, packet);
             if (location == NULL) {
                 Py_DECREF(packet);
@@ -867,7 +890,7 @@ batch_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!PyList_Check(datagrams) || !PyList_Check(opened) || !PyDict_Check(drops) || !PyTuple_Check(plan)
         || PyTuple_GET_SIZE(plan) != PLAN_SIZE || !PyTuple_Check(PyTuple_GET_ITEM(plan, PLAN_REASONS))
         || PyTuple_GET_SIZE(PyTuple_GET_ITEM(plan, PLAN_REASONS)) != DROP_REASONS
-        || !PyDict_Check(PyTuple_GET_ITEM(plan, PLAN_HOSTS))) {
+        || !PyDict_Check(PyTuple_GET_ITEM(plan, PLAN_HOSTS)) || !PyDict_Check(PyTuple_GET_ITEM(plan, PLAN_REMEMBERED))) {
         PyErr_SetString(PyExc_TypeError, "open_run(list, int, list, dict, plan tuple)");
         return NULL;
     }
@@ -892,6 +915,7 @@ batch_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     open_env env = {
         .follow_source = follow_source,
         .hosts = PyTuple_GET_ITEM(plan, PLAN_HOSTS),
+        .remembered = PyTuple_GET_ITEM(plan, PLAN_REMEMBERED),
         .longest_match = PyTuple_GET_ITEM(plan, PLAN_LONGEST_MATCH),
         .well_formed = PyTuple_GET_ITEM(plan, PLAN_WELL_FORMED),
         .checksum_location = PyTuple_GET_ITEM(plan, PLAN_CHECKSUM_LOCATION),

@@ -76,12 +76,12 @@ def test_seal_batch_refuses_what_it_cannot_take(args, error):
 
 def plan(**changes):
     """A valid plan tuple for open_run, with ``changes`` by position name."""
-    names = ("now", "time_window", "direction", "server_id", "find_peer", "hosts", "longest_match", "well_formed",
-             "checksum_location", "partial_type", "follow_source", "max_datagram", "probe_kind", "reasons",
-             "answers_time")
+    names = ("now", "time_window", "direction", "server_id", "find_peer", "hosts", "remembered", "longest_match",
+             "well_formed", "checksum_location", "partial_type", "follow_source", "max_datagram", "probe_kind",
+             "reasons", "answers_time")
     values = dict(now=1_700_000_000, time_window=128, direction=1, server_id=1, find_peer={}.get, hosts={},
-                  longest_match=lambda address: None, well_formed=bytes, checksum_location=lambda packet: None,
-                  partial_type=PartialChecksumPacket, follow_source=True, max_datagram=1524, probe_kind=0x25,
+                  remembered={}, longest_match=lambda address: None, well_formed=bytes,
+                  checksum_location=lambda packet: None, partial_type=PartialChecksumPacket, follow_source=True, max_datagram=1524, probe_kind=0x25,
                   reasons=tuple("abcdefgh"), answers_time=True)
     values.update(changes)
     return tuple(values[name] for name in names)
@@ -107,8 +107,9 @@ def test_open_run_counts_what_it_drops_alone_and_leaves_the_rest():
     ([], 0, [], {}, plan()[:-1]),  # a plan too short
     ([], 0, [], {}, plan(reasons=("a",))),
     ([], 0, [], {}, plan(hosts=[])),
+    ([], 0, [], {}, plan(remembered=[])),
     ([], "0", [], {}, plan()),
-], ids=range(7))
+], ids=range(8))
 def test_open_run_refuses_arguments_of_the_wrong_shape(args):
     compiled()
     with pytest.raises(TypeError):

@@ -19,7 +19,7 @@ def test_prefix_table_answers_stay_right_when_remembered():
         address = ipaddress.ip_address(int(ipaddress.ip_address("203.0.113.0")) + host % 256).packed
         assert table.lookup(address) == ("narrower" if 64 <= host % 256 < 128 else "tunnel")
         assert table.lookup((host).to_bytes(16, "big")) is None
-    assert len(table._remembered) <= REMEMBERED_ADDRESSES  # bounded, whatever is looked up
+    assert len(table.remembered) <= REMEMBERED_ADDRESSES  # bounded, whatever is looked up
 
 
 # --- partial checksums: what counts as a whole TCP/UDP segment -----------------------

@@ -74,6 +74,10 @@ WHOLE = {
     "a non-first ipv6 fragment": fragment6(ipv6_packet(A6, SERVER6, b"xy", 6), 10, False),
     "a first ipv6 fragment of udp": fragment6(changed(UDP6, 44, b"\x05\xdc"), 0, True),
     "an opaque protocol": ipv4_packet(A_ADDR, SERVER_ADDR),
+    # Past 28 bytes (the fast way through): a ping each way, and a fragment of one.
+    "an icmp echo": ipv4_packet(A_ADDR, SERVER_ADDR, b"\x08\x00" + bytes(62), 1),
+    "an icmpv6 echo": ipv6_packet(A6, SERVER6, b"\x80\x00" + bytes(62), 58),
+    "a non-first ipv4 fragment of icmp": fragment4(ipv4_packet(A_ADDR, SERVER_ADDR, bytes(64), 1), 10, False),
 }
 
 MALFORMED = {

@@ -23,11 +23,10 @@ import struct
 from collections import Counter
 
 from . import drops as reasons
-from .inner import ipv6_upper_layer
+from .inner import ICMPV6, ipv6_upper_layer
 
 # RFC 792 / RFC 4443 type and code of "destination unreachable, host / address".
 ICMPV4 = 1
-ICMPV6 = 58
 ICMPV4_UNREACHABLE, ICMPV4_HOST_UNREACHABLE = 3, 1
 ICMPV6_UNREACHABLE, ICMPV6_ADDRESS_UNREACHABLE = 1, 3
 ICMPV6_REDIRECT = 137  # informational by number, but never answered (RFC 4443 2.4(e.2))

@@ -35,13 +35,16 @@ def well_formed(packet: bytes) -> bytes | None:
     and all (a PartialChecksumPacket stays one)."""
     size = len(packet)
     if size >= 28:
-        # The fast way through, for nearly every packet: TCP or UDP, IPv4 without
-        # options or fragments, or IPv6 without extension headers, no padding.
+        # The fast way through, for nearly every packet: IPv4 without options,
+        # carrying TCP or UDP unfragmented or anything else; IPv6 without
+        # extension headers, carrying TCP, UDP or ICMPv6; no padding.
         first, end, fragment, protocol = _IPV4_FIXED.unpack_from(packet)
-        if first == 0x45 and end == size and not fragment & 0x3FFF:
-            if protocol == UDP:
-                return packet if 8 <= (packet[24] << 8 | packet[25]) <= size - 20 else None
-            if protocol == TCP:
+        if first == 0x45 and end == size:
+            if protocol != TCP and protocol != UDP:
+                return packet  # ICMP and the rest: no transport header is checked
+            if not fragment & 0x3FFF:
+                if protocol == UDP:
+                    return packet if 8 <= (packet[24] << 8 | packet[25]) <= size - 20 else None
                 return packet if size >= 40 and 20 <= (packet[32] >> 4) * 4 <= size - 20 else None
         elif first >> 4 == 6 and size >= 48 and (packet[4] << 8 | packet[5]) == size - 40:
             protocol = packet[6]
@@ -49,6 +52,8 @@ def well_formed(packet: bytes) -> bytes | None:
                 return packet if 8 <= (packet[44] << 8 | packet[45]) <= size - 40 else None
             if protocol == TCP:
                 return packet if size >= 60 and 20 <= (packet[52] >> 4) * 4 <= size - 40 else None
+            if protocol == ICMPV6:
+                return packet
     elif size < 20:
         return None
     first = packet[0]
@@ -161,8 +166,10 @@ def complete_checksum(packet: bytes, location: tuple[int, int] | None = None) ->
     return packet[:field] + checksum.to_bytes(2, "big") + packet[field + 2:]
 
 
+# IANA protocol numbers.
 TCP = 6
 UDP = 17
+ICMPV6 = 58
 TCP_CHECKSUM_OFFSET = 16  # in the TCP header (RFC 9293); UDP's is 6
 TCP_SYN = 0x02
 TCP_OPTION_END, TCP_OPTION_NOP, TCP_OPTION_MSS = 0, 1, 2
@@ -317,8 +324,10 @@ class PrefixTable(Generic[Owner]):
         # longest prefix first.
         self._prefixes: list[tuple[int, int, int, int, Owner]] = []
         # Answers of the prefix search, by address: a client's one prefix route
-        # (the whole tunnel) is searched for every packet otherwise.
-        self._remembered: dict[bytes, Owner | None] = {}
+        # (the whole tunnel) is searched for every packet otherwise. The
+        # compiled path (vpncrypt/_batch.c) looks here before it calls
+        # longest_match: the dict is cleared, never replaced.
+        self.remembered: dict[bytes, Owner | None] = {}
 
     def add(self, network: Network, owner: Owner) -> None:
         """Route ``network`` to ``owner``; a later equal prefix does not replace an earlier one."""
@@ -334,7 +343,7 @@ class PrefixTable(Generic[Owner]):
         )
         self._prefixes.append(entry)
         self._prefixes.sort(key=lambda e: e[1], reverse=True)
-        self._remembered.clear()
+        self.remembered.clear()
 
     def add_all(self, networks: Iterable[Network], owner: Owner) -> None:
         """``add`` each of ``networks``."""
@@ -354,7 +363,7 @@ class PrefixTable(Generic[Owner]):
         if not self._prefixes:
             return None
         try:
-            return self._remembered[address]
+            return self.remembered[address]
         except KeyError:
             pass
         size = len(address)
@@ -364,7 +373,7 @@ class PrefixTable(Generic[Owner]):
             if length == size and value & mask == network:
                 owner = candidate
                 break
-        if len(self._remembered) >= REMEMBERED_ADDRESSES:
-            self._remembered.clear()  # bounded, whatever the addresses seen
-        self._remembered[address] = owner
+        if len(self.remembered) >= REMEMBERED_ADDRESSES:
+            self.remembered.clear()  # bounded, whatever the addresses seen
+        self.remembered[address] = owner
         return owner

@@ -144,9 +144,9 @@ def open_datagrams(
     opened: list[tuple[Peer, bytes]] = []
     probe_kind, probe_min = (KIND_PROBE, PROBE_MIN) if direction == TO_SERVER else (KIND_PROBE_ACK, PROBE_ACK_MIN)
     if _open_run is not None and siv.AESSIV is siv.CompiledAESSIV:
-        plan = (now_s, time_window, direction, server_id, find_peer, sources.hosts, longest_match, well_formed,
-                checksum_location, PartialChecksumPacket, follow_source, max_datagram, probe_kind, _RUN_REASONS,
-                skewed is not None)
+        plan = (now_s, time_window, direction, server_id, find_peer, sources.hosts, sources.remembered,
+                longest_match, well_formed, checksum_location, PartialChecksumPacket, follow_source, max_datagram,
+                probe_kind, _RUN_REASONS, skewed is not None)
         datagrams = _left_by(_open_run, list(datagrams), opened, drops, plan)
     for datagram, address in datagrams:
         size = len(datagram)
