@@ -218,16 +218,23 @@ def locked(path: Path) -> Iterator[None]:
         raise KeyStoreError(str(error)) from None
 
 
+def moved_on(older: tuple[int, bytes], newer: tuple[int, bytes]) -> bool:
+    """Whether ``newer`` (epoch, key) is ``older``'s key or a later epoch's of
+    its chain (one HKDF step an epoch, core/epochs.py): what a daemon's
+    ``advance`` makes of a key, as opposed to a new key (keygen rotate)."""
+    return older[0] <= newer[0] and epoch_key(older[1], older[0], newer[0]) == newer[1]
+
+
 def advance(path: Path, moved: dict[int, tuple[int, bytes]]) -> None:
     """The daemon's keys moved forward: replace each stored key by the newer
     one of the same chain. A key keygen has replaced (a new chain) or removed
     meanwhile stays as keygen left it. Raises KeyStoreError or OSError."""
     with locked(path):
         table = load(path)
-        for client_id, (epoch, key) in moved.items():
+        for client_id, newer in moved.items():
             stored = table.keys.get(client_id)
-            if stored is not None and stored[0] <= epoch and epoch_key(stored[1], stored[0], epoch) == key:
-                table.keys[client_id] = (epoch, key)
+            if stored is not None and moved_on(stored, newer):
+                table.keys[client_id] = newer
         write(path, table)
 
 

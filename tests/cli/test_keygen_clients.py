@@ -21,8 +21,9 @@ import tomlkit
 
 from vpncrypt import control, key_store
 from vpncrypt.cli import keygen, server_file
-from vpncrypt.config import load_client_config, load_server_config
+from vpncrypt.config import load_client_config, load_server_config, load_server_file
 from vpncrypt.core.server import ClientEntry
+from vpncrypt.core.epochs import epoch_key
 from vpncrypt.core.keys import encode_key
 from vpncrypt.server import client_routes
 
@@ -454,3 +455,65 @@ def test_a_keygen_run_gives_the_cyclic_collector_back_even_when_it_fails(server,
     assert gc.isenabled()
     assert keygen.main(["remove", "--server-config", str(server), "--name", "nobody-of-that-name"]) != 0
     assert gc.isenabled()
+
+
+def the_server_moves_a_key_on_after_keygen_read(monkeypatch, name: str, key=None) -> list[tuple[int, int]]:
+    """Between keygen's first read of the key store (with server.toml, unlocked)
+    and its second (under the store's lock), the running server moves client
+    ``name``'s key to the next epoch (key_store.advance, as the daemon does),
+    or, with ``key``, something else puts ``key`` in its place. Returns the
+    (old, new) epochs once keygen has read."""
+    moved = []
+
+    def load_then_move(path, **options):
+        loaded = load_server_file(path, **options)
+        server = loaded[0]
+        store = key_store.store_path(server.state_directory, Path(path).stem)
+        entry = next(client for client in server.clients if client.name == name)
+        epoch = entry.key_epoch + 1
+        if key is None:
+            key_store.advance(store, {entry.client_id: (epoch, epoch_key(entry.key, entry.key_epoch, epoch))})
+        else:
+            table = key_store.load(store)
+            table.keys[entry.client_id] = (epoch, key)
+            key_store.write(store, table)
+        moved.append((entry.key_epoch, epoch))
+        return loaded
+
+    monkeypatch.setattr(keygen, "load_server_file", load_then_move)
+    return moved
+
+
+@pytest.mark.parametrize("command", ["client", "remove"])
+def test_a_key_the_server_moves_on_while_keygen_runs_does_not_make_it_refuse(server, tmp_path, monkeypatch, command):
+    """keygen compares the clients it read first with what the locked read of
+    the key store gives; a key that moved forward on its chain meanwhile is
+    the same client's key, not a change to another line."""
+    add(tmp_path, "laptop")
+    add(tmp_path, "phone")
+    store = key_store.store_path(load_server_config(server).state_directory, "server")
+    laptop = next(client for client in load_server_config(server).clients if client.name == "laptop")
+    moved = the_server_moves_a_key_on_after_keygen_read(monkeypatch, "laptop")
+    if command == "client":
+        argv = ["client", "--server-config", str(server), "--name", "tablet", "--out", str(tmp_path / "tablet.toml")]
+    else:
+        argv = ["remove", "--server-config", str(server), "--name", "phone"]
+    assert keygen.main(argv) == 0
+    assert moved == [(laptop.key_epoch, laptop.key_epoch + 1)]
+    # The key the server moved on stays moved on: keygen wrote what it read under the lock.
+    assert key_store.load(store).keys[laptop.client_id] == (
+        laptop.key_epoch + 1, epoch_key(laptop.key, laptop.key_epoch, laptop.key_epoch + 1))
+    names = [client.name for client in load_server_config(server).clients]
+    assert names == (["laptop", "phone", "tablet"] if command == "client" else ["laptop"])
+
+
+def test_a_key_replaced_by_another_chain_while_keygen_runs_still_stops_it(server, tmp_path, monkeypatch, capsys):
+    """Only a key moved forward on its own chain is taken as the same: any other
+    change under keygen's feet leaves the file as it was."""
+    add(tmp_path, "laptop")
+    before = server.read_text()
+    the_server_moves_a_key_on_after_keygen_read(monkeypatch, "laptop", key=os.urandom(64))
+    assert keygen.main(["client", "--server-config", str(server), "--name", "tablet",
+                        "--out", str(tmp_path / "tablet.toml")]) != 0
+    assert "without touching other lines" in capsys.readouterr().err
+    assert server.read_text() == before

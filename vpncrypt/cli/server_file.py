@@ -223,7 +223,10 @@ def rewrite_server_file(path: Path, edited: ServerText, before: ServerConfig, cl
     it holds.
 
     ``before`` must be the config loaded from the text ``edited`` was made
-    from. When the edits are known in whole tables (``edited.changes``), only
+    from, and ``clients`` have their keys from that load's (unlocked) read of
+    the key store; a key that ``keys``, read under the store's lock, has moved
+    on along its chain since (a running server's epoch step in between) is
+    the same client's. When the edits are known in whole tables (``edited.changes``), only
     what they change is checked again (config.changed_server_config); should
     that refuse it, the whole text is loaded as the server would, whose error
     is the one reported."""
@@ -239,11 +242,22 @@ def rewrite_server_file(path: Path, edited: ServerText, before: ServerConfig, cl
         config = _load_text(path, info, text, keys)
     unchanged = ("server_id", "port", "listen_address", "endpoint", "tunnel", "interface", "mtu", "time_window",
                  "client_to_client", "offload")
+    if list(config.clients) != clients:
+        clients = [_key_as_stored(client, keys) for client in clients]
     if list(config.clients) != clients or any(getattr(config, k) != getattr(before, k) for k in unchanged):
         raise ConfigError(f"{path}: keygen could not make this change without touching other lines;"
                           " left the file as it was (edit it by hand)")
     write_private(path, text, mode=info.st_mode & 0o777, replace=True, owner=(info.st_uid, info.st_gid))
     return config
+
+
+def _key_as_stored(client: ClientEntry, keys: key_store.KeyTable) -> ClientEntry:
+    """``client`` with the key ``keys`` holds for it if that is its key moved
+    on to a later epoch (key_store.moved_on), else as it is."""
+    stored = keys.keys.get(client.client_id)
+    if stored is None or not key_store.moved_on((client.key_epoch, client.key), stored):
+        return client
+    return replace(client, key_epoch=stored[0], key=stored[1])
 
 
 def _load_text(path: Path, info: os.stat_result, text: str, keys: key_store.KeyTable) -> ServerConfig:
