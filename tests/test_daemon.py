@@ -247,3 +247,58 @@ def test_one_daemon_at_a_time_holds_a_configs_state(tmp_path):
     first.close()
     with contextlib.ExitStack() as again:
         hold_state(again, tmp_path, "server")
+
+
+class HeldLoop(asyncio.SelectorEventLoop):
+    """An event loop whose monotonic clock (``time()``, which its timers run
+    on) the test moves ahead: as if the loop had been held that long (a
+    stopped process, a busy machine) with no test waiting for it."""
+
+    held = 0.0
+
+    def time(self) -> float:
+        return super().time() + self.held
+
+
+def test_the_drop_summary_names_the_period_it_counted(caplog):
+    """Found by an operator: every summary said "dropped in the last 60s",
+    also one that came later than DROP_SUMMARY_INTERVAL after the start or
+    after the summary before it. It names the period on the loop's
+    monotonic clock, in whole seconds."""
+    from vpncrypt import daemon as daemon_module
+
+    async def scenario(loop: HeldLoop) -> None:
+        transport = open_server_transport("127.0.0.1", 0)
+        tun = MemoryTun("t")
+        core = ScheduledCore(None)
+        daemon = Daemon(tun, transport, core)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await asyncio.sleep(0.01)  # running: the first summary is armed
+            core.drops["replayed"] += 3
+            loop.held += 77.4  # held for 77 s from the start: the first summary comes then
+            await asyncio.sleep(0.01)
+            core.drops["replayed"] += 2
+            loop.held += daemon_module.DROP_SUMMARY_INTERVAL  # the next one, a minute after
+            await asyncio.sleep(0.01)
+            core.drops["auth_failed"] += 1
+            loop.held += 3 * daemon_module.DROP_SUMMARY_INTERVAL + 5  # the one due a minute on comes 185 s on
+            await asyncio.sleep(0.01)
+        finally:
+            daemon.stop()
+            await task
+            transport.close()
+            tun.close()
+
+    loop = HeldLoop()
+    with caplog.at_level("INFO", logger="vpncrypt"):
+        try:
+            loop.run_until_complete(scenario(loop))
+        finally:
+            loop.close()
+    summaries = [record.getMessage() for record in caplog.records if record.getMessage().startswith("dropped")]
+    assert summaries == [
+        'dropped in the last 77s: {"replayed": 3}',
+        'dropped in the last 60s: {"replayed": 2}',
+        'dropped in the last 185s: {"auth_failed": 1}',
+    ]

@@ -231,6 +231,7 @@ class Daemon:
         self._last_save = float("-inf")  # monotonic seconds
         self._tick_handle: asyncio.TimerHandle | None = None
         self._drop_summary: asyncio.TimerHandle | None = None
+        self._drops_since = 0.0  # the loop's monotonic time the next drop summary counts from
         self._reloads: set[asyncio.Task] = set()  # held: the loop keeps tasks only weakly
         # systemd (Type=notify): READY once serving, RELOADING and READY around a
         # SIGHUP reload, STOPPING, and WATCHDOG=1 if WatchdogSec= is set.
@@ -455,11 +456,17 @@ class Daemon:
         log.info("status %s", json.dumps(self.status(), sort_keys=True))
 
     def _summarize_drops(self, loop: asyncio.AbstractEventLoop) -> None:
-        """One line a minute at most, whatever the rate of drops."""
+        """One line a minute at most, whatever the rate of drops: what was
+        dropped since the last summary (or the start), and over how long, in
+        whole seconds of the loop's monotonic clock. That is the interval
+        only if this runs on time: a loop held up (a stopped process, a busy
+        machine) runs it late."""
+        now = loop.time()
+        period, self._drops_since = now - self._drops_since, now
         drops = {k: v for k, v in self.core.drops.items() if v}
         if drops != self._last_drops:
             new = {k: v - self._last_drops.get(k, 0) for k, v in drops.items() if v != self._last_drops.get(k, 0)}
-            log.info("dropped in the last %ds: %s", DROP_SUMMARY_INTERVAL, json.dumps(new, sort_keys=True))
+            log.info("dropped in the last %ds: %s", max(round(period), 1), json.dumps(new, sort_keys=True))
             self._last_drops = drops
         self._drop_summary = loop.call_later(DROP_SUMMARY_INTERVAL, self._summarize_drops, loop)
 
@@ -516,6 +523,7 @@ class Daemon:
             loop.add_signal_handler(number, self.stop)
         loop.add_signal_handler(signal.SIGUSR1, self.log_status)
         loop.add_signal_handler(signal.SIGHUP, self._hangup)
+        self._drops_since = loop.time()  # the first summary counts from the start
         self._drop_summary = loop.call_later(DROP_SUMMARY_INTERVAL, self._summarize_drops, loop)
         self._tick_handle = loop.call_later(TICK_INTERVAL, self._ticked)
         self._arm_timer(self.core.next_timer())
