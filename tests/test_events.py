@@ -9,6 +9,8 @@ from vpncrypt.events import (
     duration,
 )
 
+from tests.builders import A_ADDR, A_EP, NOW, SERVER_ADDR, SERVER_EP, ipv4_packet, make_client, make_server
+
 T0 = 1_700_000_000.0
 
 
@@ -123,16 +125,86 @@ def test_time_window_drops_and_a_clock_ahead_are_named():
     assert line.startswith("client 'skewed' (ID 3): 12 datagrams in the last 1 s were stamped more than 128 s")
     peer.heard(T0 + 1.5 + 42)  # in the window, 42 s ahead
     lines = texts(events.tick(T0 + 2, [peer]))
-    assert lines[0].startswith("client 'skewed' (ID 3) heard for the first time")
-    assert lines[1].startswith("client 'skewed' (ID 3): its clock is about 42 s ahead of this host's")
-    peer.heard(T0 + 3 + 43)
-    assert events.tick(T0 + 3, [peer]) == []  # the same offset: said once
+    assert lines == ["client 'skewed' (ID 3) heard for the first time since start, from 198.51.100.7:4000"]
+    peer.heard(T0 + 2.5 + 42)  # its stamps move on with this host's clock: they are its clock
+    assert texts(events.tick(T0 + 3, [peer])) == [
+        "client 'skewed' (ID 3): its clock is about 42 s ahead of this host's"
+        " (datagrams more than 128 s off are refused; check NTP)"]
+    peer.heard(T0 + 3.5 + 43)
+    assert events.tick(T0 + 4, [peer]) == []  # the same offset: said once
     peer.heard(T0 + 120 - 30)
     assert texts(events.tick(T0 + 120, [peer])) == [
         "client 'skewed' (ID 3): its clock is about 29 s behind this host's"
         " (datagrams more than 128 s off are refused; check NTP)"]
     peer.heard(T0 + 200)
     assert texts(events.tick(T0 + 200, [peer])) == ["client 'skewed' (ID 3): its clock is in step again"]
+
+
+def test_stamps_that_stay_on_one_second_are_named_as_stamps_not_as_its_clock():
+    """Found by an operator: a client whose clock was right was said to be
+    60 s ahead. It stamped at the newest second it had heard (docs/PROTOCOL.md
+    4), which stays put while the clocks move on; only stamps that move with
+    a clock tell of one."""
+    events, peer = watch(), FakePeer()
+    events.tick(T0, [peer])
+    said = []
+    for second in range(1, 70):
+        peer.heard(T0 + 60 if second < 61 else T0 + second)  # a datagram a second, at one stamp until the clock gets there
+        said += texts(events.tick(T0 + second, [peer]))
+    assert not any("its clock is" in line for line in said)
+    assert said[1:] == [
+        "client 'laptop' (ID 1): its stamps are about 55 s ahead of this host's clock but stay on one second (for"
+        " 5 s): it stamps at the newest second it sent or heard, not by its clock, which may be right, as it does once"
+        " a clock that ran ahead was put back (README, Clocks); they rejoin this host's clock when it gets there",
+        "client 'laptop' (ID 1): its stamps are in step again"]
+
+
+def test_a_clock_behind_is_named_at_once_and_one_ahead_once_its_stamps_move_with_it():
+    """A stamp is never below its sender's clock: one behind is that clock.
+    One ahead may be a floor: the line waits for the next to move on."""
+    events, behind, ahead = watch(), FakePeer(1, "slow"), FakePeer(2, "fast")
+    behind.heard(T0 - 30)
+    ahead.heard(T0 + 30)
+    lines = texts(events.tick(T0 + 0.5, [behind, ahead]))
+    assert [line for line in lines if "clock" in line] == [
+        "client 'slow' (ID 1): its clock is about 29 s behind this host's (datagrams more than 128 s off are refused;"
+        " check NTP)"]
+    ahead.heard(T0 + 30)  # the same second, within a second: nothing known yet
+    assert events.tick(T0 + 1, [behind, ahead]) == []
+    ahead.heard(T0 + 40)  # ten seconds on, ten seconds later
+    assert texts(events.tick(T0 + 10.5, [behind, ahead])) == [
+        "client 'fast' (ID 2): its clock is about 30 s ahead of this host's (datagrams more than 128 s off are"
+        " refused; check NTP)"]
+    jumpy = FakePeer(3, "jumpy")
+    jumpy.heard(T0 + 30)
+    events.tick(T0 + 11, [jumpy])
+    jumpy.heard(T0 + 100)  # a jump no clock makes in 2 s (a floor moved): nothing said of it
+    assert events.tick(T0 + 13, [jumpy]) == []
+
+
+def test_a_client_put_right_after_its_clock_ran_ahead_is_not_said_to_be_ahead():
+    """The real cores: a client's clock 100 s ahead for 10 s, then put right.
+    The server and the client stamp at the newest second each heard until the
+    server's clock gets there, and the line says that of its stamps."""
+    server, client = make_server(), make_client()
+    events = EventWatch(str, NOW, time_window=128)
+    said = []
+    for second in range(1, 130):
+        client_clock = NOW + second + (100 if second <= 10 else 0)
+        up = client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR, b"up")], client_clock).to_network
+        assert server.datagrams_received([(d, A_EP) for d, _ in up], NOW + second).to_tun  # never refused
+        down = server.tun_packets_received([ipv4_packet(SERVER_ADDR, A_ADDR, b"down")], NOW + second).to_network
+        client.datagrams_received([(d, SERVER_EP) for d, _ in down], client_clock)
+        said += [(second, line) for line in texts(events.tick(NOW + second + 0.5, server.peers.values()))
+                 if "clock" in line or "stamps" in line]
+    assert not any("its clock is" in line for second, line in said if second > 10)
+    assert [second for second, _ in said] == [2, 62, 122]  # a minute apart at least
+    assert said[0][1] == ("client 'a' (ID 1): its clock is about 100 s ahead of this host's (datagrams more than 128 s"
+                          " off are refused; check NTP)")
+    # Held by the minute between two clock lines, then said of its stamps, which never moved after the step.
+    assert said[1][1].startswith("client 'a' (ID 1): its stamps are about 48 s ahead of this host's clock but stay"
+                                 " on one second (for 52 s)")
+    assert said[2][1] == "client 'a' (ID 1): its stamps are in step again"
 
 
 def test_a_clock_measured_by_a_time_answer_is_named_once_and_again_when_it_moves():

@@ -33,6 +33,12 @@ FLAP_MOVES = 3  # ... and this many, with a return to a place, mean a client alt
 AUTH_FAILURES_REPORTED = 5  # failed authentications for one client ID within RATE_INTERVAL
 TIME_DROPS_REPORTED = 3  # datagrams outside the time window for one client ID within RATE_INTERVAL
 CLOCK_OFF = 10  # seconds of clock offset worth a line
+# A peer stamps by its clock, or at a floor above it (docs/PROTOCOL.md 4): stamps
+# ahead of this host's clock that stay on one second for this long while new
+# datagrams come are the floor's. A clock leaves a second within one, give or
+# take the path's delay.
+PINNED_AFTER = 5.0
+STAMP_SLACK = 2  # seconds: stamps that rise by the time elapsed here, give or take this, follow a clock
 SEND_ERRORS_REPORTED = 1
 # A client's path MTU search probes its server every second while it hears
 # nothing (core/pmtu.py ERROR): this long of that and it says why that may be.
@@ -96,8 +102,10 @@ class _Seen:
     time_base: int = 0
     heard: tuple[int, int] | None = None  # (newest timestamp, newest counter) accepted, None before any
     heard_at: float | None = None  # the server's time at the tick that first saw ``heard``
+    stamp_since: float | None = None  # this host's time at the tick that first saw heard[0], the newest stamp
     silent: bool = False
     clock_reported: int | None = None  # the offset last logged, None while in step
+    clock_named: bool = True  # whether that line named its clock (else its stamps, at a floor)
     answered_reported: int | None = None  # the time-answered offset last logged, None before any
     moves: collections.deque = field(default_factory=collections.deque)  # (time, count, from, to)
 
@@ -187,9 +195,12 @@ class EventWatch:
                 lines.append((INFO, f"{who} heard again after {duration(now - (seen.heard_at or now))} of silence,"
                              f" from {show(peer.endpoint)}"))
             seen.silent = False
+            before, since = (seen.heard[0], seen.stamp_since) if seen.heard is not None else (None, None)
+            if heard[0] != before:
+                seen.stamp_since = now
             seen.heard = heard
             seen.heard_at = now
-            self._check_clock(peer, who, seen, heard[0], now, lines)
+            self._check_clock(peer, who, seen, heard[0], before, since, now, lines)
         elif seen.heard_at is not None and not seen.silent and now - seen.heard_at >= self.silent_after:
             seen.silent = True
             if self._allow(peer, "silent", now):
@@ -199,24 +210,58 @@ class EventWatch:
         self._check_moves(peer, who, seen, now, lines)
         self._check_failures(peer, who, seen, now, lines)
 
-    def _check_clock(self, peer: Any, who: str, seen: _Seen, newest_ts: int, now: float, lines: list[Line]) -> None:
-        """The newest timestamp against the server's clock: it was stamped at most
-        a second before this tick saw it, and rounded down, so +1 centres it."""
+    def _check_clock(self, peer: Any, who: str, seen: _Seen, newest_ts: int, before: int | None,
+                     since: float | None, now: float, lines: list[Line]) -> None:
+        """The newest timestamp against this host's clock: it was stamped at
+        most a second before this tick saw it, and rounded down, so +1 centres
+        it. ``before`` is the newest timestamp the tick before this one saw
+        (None before any), first seen at ``since`` (this host's Unix seconds).
+
+        A stamp is the sender's clock or a floor above it, never below
+        (docs/PROTOCOL.md 4: never older than its last, nor than the newest it
+        heard, within its time window). So stamps behind say its clock is
+        behind; stamps ahead say its clock is ahead only once they rise with
+        this host's clock. Stamps ahead that stay on one second for
+        PINNED_AFTER seconds while new datagrams come are a floor: its clock
+        may be right (it stamps at what it sent or heard before a clock was put
+        back), and the line says so. Until one or the other shows (a single
+        datagram ahead), nothing is said. A clock a time answer told this end
+        (``told_offset``, a client's) is that clock's word."""
         offset = int(newest_ts - now + 1)
         if abs(offset) >= CLOCK_OFF:
-            if seen.clock_reported is None or abs(offset - seen.clock_reported) >= CLOCK_OFF:
-                if self._allow(peer, "clock", now):
-                    seen.clock_reported = offset
-                    side = "ahead of" if offset > 0 else "behind"
-                    if abs(offset - self.told_offset()) < CLOCK_OFF:
-                        why = "it told this host its time, which this host stamps in now: check NTP"
-                    else:
-                        why = f"datagrams more than {self.time_window} s off are refused; check NTP"
-                    lines.append((WARNING, f"{who}: its clock is about {abs(offset)} s {side} this host's ({why})"))
+            told = abs(offset - self.told_offset()) < CLOCK_OFF
+            if told or offset < 0:
+                named = True
+            elif before is None or since is None:
+                return
+            elif newest_ts > before and abs(newest_ts - before - (now - since)) <= STAMP_SLACK:
+                named = True
+            elif newest_ts == before and now - since >= PINNED_AFTER:
+                named = False
+            else:
+                return
+            reported = seen.clock_reported
+            if (reported is None or named != seen.clock_named or named and abs(offset - reported) >= CLOCK_OFF) \
+                    and self._allow(peer, "clock", now):
+                seen.clock_reported, seen.clock_named = offset, named
+                if not named:
+                    lines.append((WARNING, f"{who}: its stamps are about {offset} s ahead of this host's clock but"
+                                  f" stay on one second (for {duration(now - since)}): it stamps at the newest second"
+                                  " it sent or heard, not by its clock, which may be right, as it does once a clock"
+                                  " that ran ahead was put back (README, Clocks); they rejoin this host's clock when"
+                                  " it gets there"))
+                    return
+                if told:
+                    why = "it told this host its time, which this host stamps in now: check NTP"
+                else:
+                    why = f"datagrams more than {self.time_window} s off are refused; check NTP"
+                side = "ahead of" if offset > 0 else "behind"
+                lines.append((WARNING, f"{who}: its clock is about {abs(offset)} s {side} this host's ({why})"))
         elif seen.clock_reported is not None and abs(offset) < CLOCK_OFF // 2:
             if self._allow(peer, "clock", now):
                 seen.clock_reported = None
-                lines.append((INFO, f"{who}: its clock is in step again"))
+                what = "its clock is" if seen.clock_named else "its stamps are"
+                lines.append((INFO, f"{who}: {what} in step again"))
 
     def _check_answered_clock(self, peer: Any, who: str, seen: _Seen, now: float, lines: list[Line]) -> None:
         """The offset a time answer measured (``peer.clock_offset``: its stamp
@@ -225,7 +270,16 @@ class EventWatch:
         stamps in this host's time afterwards, so ``_check_clock`` cannot see
         its clock: this says it when an offset of CLOCK_OFF or more is first
         measured or moves by CLOCK_OFF, and when a later answer finds it in
-        step, within the clock lines' rate limit."""
+        step, within the clock lines' rate limit.
+
+        The answered datagram was refused for its stamp, which tells of its
+        clock: one behind what was accepted before (superseded, counter too
+        old) left the floor it stamped at, which never goes back, so it was
+        stamped by its clock (docs/PROTOCOL.md 4); one outside the time window
+        behind puts its clock at least that far behind; one outside it ahead
+        is its clock, or a floor no more than the client's own time window
+        above it (so its clock is ahead too, if by less, where both ends keep
+        the same ``time_window``)."""
         offset = getattr(peer, "clock_offset", None)
         if offset is None:
             return

@@ -195,7 +195,12 @@ def test_events_name_the_client_once(vpn, tmp_path):
     vpn.add_client("skew", "--reload")
     skew = load_client_config(vpn.configs / "skew.toml")
     hostile = tmp_path / "skew.hex"
-    hostile.write_text("\n".join(d.hex() for d in forged(skew.key, skew.key_epoch, skew.client_id, 40, 3)
+    hostile.write_text("\n".join(d.hex() for d in forged(skew.key, skew.key_epoch, skew.client_id, 40, 2)))
+    assert job(vpn, outsider, "hostile", SERVER_UNDERLAY, str(PORT), str(hostile)).result()["replies"] == 0
+    # A clock is named ahead once its stamps have moved on with the server's (events.py, _check_clock).
+    assert wait_for(lambda: f"client 'skew' (ID {skew.client_id}) heard for the first time" in log(vpn), 5)
+    time.sleep(2)
+    hostile.write_text("\n".join(d.hex() for d in forged(skew.key, skew.key_epoch, skew.client_id, 40, 1)
                                  + forged(skew.key, skew.key_epoch, skew.client_id, 300, 5)))
     # Authentic but 300 s ahead: one time answer (at most one every 2 s), nothing else.
     assert job(vpn, outsider, "hostile", SERVER_UNDERLAY, str(PORT), str(hostile)).result()["replies"] <= 1
