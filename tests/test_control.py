@@ -244,19 +244,24 @@ def test_prometheus_label_values_are_escaped_and_families_grouped():
                     "tx_packets": 1, "last_datagram": None, "roams": 0, "auth_failures": 0, "time_drops": 0,
                     "path_mtu": 1327}]}
 
-    metrics = render_prometheus([server("s1", 'we"ird\\name\n'), server("s2", "b")]).splitlines()
+    newer = server("s1", 'we"ird\\name\n')
+    newer["clients"][0]["stale_drops"] = 37
+    metrics = render_prometheus([newer, server("s2", "b")]).splitlines()  # s2 from a daemon without stale_drops
     assert 'vpncrypt_client_roams_total{daemon="s1",name="we\\"ird\\\\name\\n",client_id="1"} 0' in metrics
     family = [i for i, line in enumerate(metrics) if line.startswith("vpncrypt_client_roams_total")]
     assert len(family) == 2 and family[1] == family[0] + 1  # one family, its samples together
     assert 'vpncrypt_client_last_datagram_timestamp_seconds{daemon="s2",name="b",client_id="1"} 0' in metrics
     assert 'vpncrypt_icmp_sent_total{daemon="s1"} 2' in metrics
     assert 'vpncrypt_client_path_mtu_bytes{daemon="s2",name="b",client_id="1"} 1327' in metrics
+    assert [line for line in metrics if line.startswith("vpncrypt_client_stale_drops_total")] == [
+        'vpncrypt_client_stale_drops_total{daemon="s1",name="we\\"ird\\\\name\\n",client_id="1"} 37']
 
 
 def test_render_text_of_a_server_says_how_far_off_a_clients_clock_is():
     client = {"name": "skewed", "client_id": 4, "addresses": ["203.0.113.4/32"], "endpoint": "192.0.2.9:4000",
               "last_datagram": 990.0, "path_mtu": 1420, "rx_bytes": 0, "rx_packets": 0, "tx_bytes": 0,
-              "tx_packets": 0, "roams": 0, "auth_failures": 0, "time_drops": 2, "clock_offset": 300.6}
+              "tx_packets": 0, "roams": 0, "auth_failures": 0, "time_drops": 2, "stale_drops": 37,
+              "clock_offset": 300.6}
     status = {"format": 1, "role": "server", "name": "vpn", "server_id": 7, "port": 51820,
               "listen_address": "0.0.0.0", "interface": "vpncrypt0", "data_path": None, "started": 900.0,
               "now": 1000.0, "pid": 5, "config": "/etc/vpncrypt/vpn.toml", "reloaded": None,
@@ -265,6 +270,6 @@ def test_render_text_of_a_server_says_how_far_off_a_clients_clock_is():
               "clients": [client, {**client, "name": "fine", "client_id": 5, "clock_offset": None}]}
     lines = render_text(status).splitlines()
     assert lines[lines.index("client: skewed") + 7:lines.index("client: fine")] == [
-        "  counts: outside the time window 2",
+        "  counts: outside the time window 2, superseded or counter too old 37",
         "  clock: about 301 s ahead of this host's (measured by a time answer)", ""]
     assert not [line for line in lines[lines.index("client: fine"):] if "clock" in line]

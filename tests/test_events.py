@@ -9,7 +9,9 @@ from vpncrypt.events import (
     duration,
 )
 
-from tests.builders import A_ADDR, A_EP, NOW, SERVER_ADDR, SERVER_EP, ipv4_packet, make_client, make_server
+from vpncrypt.core.wire import KIND_KEEPALIVE
+
+from tests.builders import A_ADDR, A_EP, NOW, SERVER_ADDR, SERVER_EP, ipv4_packet, make_client, make_server, sender
 
 T0 = 1_700_000_000.0
 
@@ -26,7 +28,7 @@ class FakePeer:
         self.client_id, self.name = client_id, name
         self.window = Window()
         self.endpoint = None
-        self.roams = self.auth_failures = self.time_drops = 0
+        self.roams = self.auth_failures = self.time_drops = self.stale_drops = 0
 
     def heard(self, ts: float, endpoint="198.51.100.7:4000") -> None:
         """An authentic datagram stamped ``ts`` (the sender's clock) from ``endpoint``."""
@@ -64,6 +66,67 @@ def test_first_datagram_roam_and_silence():
     peer.heard(T0 + 300, "192.0.2.254:40001")
     assert texts(events.tick(T0 + 300, [peer])) == [
         "client 'laptop' (ID 1) heard again after 4 min 57 s of silence, from 192.0.2.254:40001"]
+
+
+STALE_WHY = ("stamped at or before what this host accepted from it before it or this host restarted, which its"
+             " clock has not reached yet (README, Clocks), or old datagrams replayed")
+
+
+def test_a_silent_client_whose_datagrams_are_refused_for_their_stamps_is_said_to_be():
+    """Found by an operator: "silent" sent them to the network when the client
+    was sending all along, refused as superseded (its stamps behind what the
+    server had accepted). Refusals before it was last heard are not news."""
+    events, peer = watch(), FakePeer()
+    peer.stale_drops = 4  # before it was heard: a restart's second or two
+    peer.heard(T0)
+    events.tick(T0, [peer])
+    for second in range(1, int(SILENT_AFTER)):
+        peer.stale_drops += 1 if second % 2 else 0
+        assert events.tick(T0 + second, [peer]) == []
+    [(level, line)] = events.tick(T0 + SILENT_AFTER, [peer])
+    assert level == logging.WARNING
+    assert line == ("client 'laptop' (ID 1) silent: no datagram accepted for 1 min 15 s (last from 198.51.100.7:4000);"
+                    f" 37 refused meanwhile as superseded or counter too old: {STALE_WHY}")
+    quiet = FakePeer(2, "quiet")  # heard, then nothing at all: the line as it was
+    quiet.stale_drops = 4
+    quiet.heard(T0 + 100)
+    events.tick(T0 + 100, [quiet])
+    [(_, line)] = events.tick(T0 + 100 + SILENT_AFTER, [quiet])
+    assert line == "client 'quiet' (ID 2) silent: no datagram for 1 min 15 s (last from 198.51.100.7:4000)"
+
+
+def test_a_client_restarted_behind_its_stamps_is_said_to_be_refused_not_silent():
+    """The real server core: a client heard, then restarted with its clock 100 s
+    behind its last run's stamps (after it ran ahead) and sending every second."""
+    server = make_server()
+    events = EventWatch(str, NOW, time_window=128)
+    [first] = sender(now=NOW).seal(KIND_KEEPALIVE, [b""], NOW + 101)
+    server.datagrams_received([(first, A_EP)], NOW + 1)
+    events.tick(NOW + 1.5, server.peers.values())
+    restarted = sender(now=NOW + 1.6)
+    said = []
+    for second in range(2, 80):
+        [keepalive] = restarted.seal(KIND_KEEPALIVE, [b""], NOW + second)
+        server.datagrams_received([(keepalive, A_EP)], NOW + second)
+        said += texts(events.tick(NOW + second + 0.5, server.peers.values()))
+    assert said == [f"client 'a' (ID 1) silent: no datagram accepted for 1 min 15 s (last from {A_EP}); 75 refused"
+                    f" meanwhile as superseded or counter too old: {STALE_WHY}"]
+
+
+def test_a_client_refused_for_its_stamps_since_the_start_is_named_once():
+    """After a restart of the server a client is refused until its stamps pass
+    its restart bound (core/restart.py): one line if that lasts, and nothing
+    for a configured client that sends nothing."""
+    events, refused, away = watch(), FakePeer(1, "refused"), FakePeer(2, "away")
+    said = []
+    for second in range(0, 200):
+        said += texts(events.tick(T0 + second, [refused, away]))
+        refused.stale_drops += 1
+    assert said == [f"client 'refused' (ID 1) not heard since start: no datagram accepted for 1 min 15 s; 75 refused"
+                    f" meanwhile as superseded or counter too old: {STALE_WHY}"]
+    refused.heard(T0 + 200)
+    assert texts(events.tick(T0 + 200, [refused, away])) == [
+        "client 'refused' (ID 1) heard for the first time since start, from 198.51.100.7:4000"]
 
 
 def test_roams_are_rate_limited_and_the_held_ones_counted():

@@ -98,8 +98,10 @@ class _Seen:
     roams: int
     auth_since: float  # when auth_failures was last reported (or a trickle forgotten)
     time_since: float  # the same for time_drops
+    made_at: float  # the tick that first saw the peer: its silence before it is heard counts from there
     auth_base: int = 0  # a new peer's counters start at 0
     time_base: int = 0
+    stale_base: int = 0  # stale_drops when it was last heard (0: since the peer was made)
     heard: tuple[int, int] | None = None  # (newest timestamp, newest counter) accepted, None before any
     heard_at: float | None = None  # the server's time at the tick that first saw ``heard``
     stamp_since: float | None = None  # this host's time at the tick that first saw heard[0], the newest stamp
@@ -121,8 +123,8 @@ class EventWatch:
     ``format_endpoint`` turns an endpoint into text; ``time_window`` is the
     daemon's, for the wording of clock lines. Peers are read through their
     public attributes (``client_id``, ``name``, ``endpoint``, ``window``,
-    ``roams``, ``auth_failures``, ``time_drops``); ``who`` names one in a line
-    (default: "client 'laptop' (ID 7)"); ``silent_after`` is infinite where
+    ``roams``, ``auth_failures``, ``time_drops``, ``stale_drops``); ``who``
+    names one in a line (default: "client 'laptop' (ID 7)"); ``silent_after`` is infinite where
     the other end need not speak (a server does not answer keepalives);
     ``told_offset`` (a client's) gives the offset a time answer told this
     end (seconds, the server's clock minus this host's; 0.0 before any), so
@@ -171,7 +173,7 @@ class EventWatch:
                     since = "since its key or addresses changed"
                 else:
                     since = "since it was added"
-                seen = _Seen(peer.client_id, since, peer.endpoint, peer.roams, now, now)
+                seen = _Seen(peer.client_id, since, peer.endpoint, peer.roams, now, now, now)
             current[peer] = seen
             self._check(peer, seen, now, lines)
         self._seen = current
@@ -200,15 +202,41 @@ class EventWatch:
                 seen.stamp_since = now
             seen.heard = heard
             seen.heard_at = now
+            seen.stale_base = peer.stale_drops
             self._check_clock(peer, who, seen, heard[0], before, since, now, lines)
-        elif seen.heard_at is not None and not seen.silent and now - seen.heard_at >= self.silent_after:
-            seen.silent = True
-            if self._allow(peer, "silent", now):
-                lines.append((WARNING, f"{who} silent: no datagram for {duration(now - seen.heard_at)}"
-                             f" (last from {show(peer.endpoint)})"))
+        elif not seen.silent:
+            self._check_silence(peer, who, seen, now, lines)
         self._check_answered_clock(peer, who, seen, now, lines)
         self._check_moves(peer, who, seen, now, lines)
         self._check_failures(peer, who, seen, now, lines)
+
+    def _check_silence(self, peer: Any, who: str, seen: _Seen, now: float, lines: list[Line]) -> None:
+        """Nothing accepted for ``silent_after`` seconds, once: since it was
+        last heard, or, for a peer never heard, since the tick that first saw
+        it if its datagrams were refused meanwhile for their stamps
+        (``stale_drops``: superseded, counter_too_old); a configured client
+        that sends nothing is no news. The refusals since it was last heard are
+        named: it sends, and its stamps, not the network, are why it is not
+        heard (a restart of either end: docs/PROTOCOL.md 6 and 6.1)."""
+        refused = peer.stale_drops - seen.stale_base
+        last = seen.heard_at if seen.heard_at is not None else seen.made_at
+        if now - last < self.silent_after or seen.heard_at is None and not refused:
+            return
+        seen.silent = True
+        if not self._allow(peer, "silent", now):
+            return
+        if seen.heard_at is None:
+            what = f"{who} not heard {seen.since}: no datagram accepted for {duration(now - last)}"
+        elif refused:
+            what = (f"{who} silent: no datagram accepted for {duration(now - last)}"
+                    f" (last from {self.format_endpoint(peer.endpoint)})")
+        else:
+            lines.append((WARNING, f"{who} silent: no datagram for {duration(now - last)}"
+                          f" (last from {self.format_endpoint(peer.endpoint)})"))
+            return
+        lines.append((WARNING, f"{what}; {refused} refused meanwhile as superseded or counter too old: stamped at or"
+                      " before what this host accepted from it before it or this host restarted, which its clock"
+                      " has not reached yet (README, Clocks), or old datagrams replayed"))
 
     def _check_clock(self, peer: Any, who: str, seen: _Seen, newest_ts: int, before: int | None,
                      since: float | None, now: float, lines: list[Line]) -> None:

@@ -194,6 +194,7 @@ class LiveServer:
                 "roams": peer.roams,
                 "auth_failures": peer.auth_failures,
                 "time_drops": peer.time_drops,
+                "stale_drops": peer.stale_drops,
                 "clock_offset": peer.clock_offset,
                 "path_mtu": self.core.path_mtu.get(peer, self.core.mtu),
             }

@@ -199,8 +199,9 @@ def peer_state(peer: Peer) -> dict:
         "ring": None if window.ring is None else bytes(window.ring), "endpoint": peer.endpoint, "roams": peer.roams,
         "rx_packets": peer.rx_packets, "rx_bytes": peer.rx_bytes, "tx_packets": peer.tx_packets,
         "tx_bytes": peer.tx_bytes, "failure_credit": peer.failure_credit, "credit_time": peer.credit_time,
-        "auth_failures": peer.auth_failures, "time_drops": peer.time_drops, "wanted_bound": peer.wanted_bound,
-        "durable_bound": peer.durable_bound, "save_at": peer.save_at, "time_answer_due": peer.time_answer_due,
+        "auth_failures": peer.auth_failures, "time_drops": peer.time_drops, "stale_drops": peer.stale_drops,
+        "wanted_bound": peer.wanted_bound, "durable_bound": peer.durable_bound, "save_at": peer.save_at,
+        "time_answer_due": peer.time_answer_due,
         "clock_offset": peer.clock_offset, "counter": peer.counter, "last_ts": peer.last_ts,
         "context_epochs": sorted(peer.contexts), "key_epoch": peer.keys.key_epoch,
     }

@@ -157,6 +157,31 @@ def test_client_restart_is_accepted_and_its_old_datagrams_are_not():
     assert server.peers[1].endpoint == A_EP2
 
 
+@pytest.mark.usefixtures("each_cipher")  # a replay is the compiled path's; with cryptography's, the Python loop's
+@pytest.mark.parametrize("counter, reason", [(5000, "superseded"), (10, "counter_too_old")])
+def test_a_client_stamping_behind_what_was_accepted_is_charged_with_it(counter, reason):
+    """A client restarted with its clock behind its last run's stamps: its
+    datagrams are refused as superseded or counter_too_old (its new random
+    counter ahead of the newest or far behind it), and counted by name
+    (stale_drops), so that the server's log can say why it is not heard. One
+    authenticated for a time answer (every 2 s at most) that fails is a
+    forgery, charged as such and not as stale."""
+    server = make_server()
+    first = sender(now=NOW, counter=3000)
+    sealed = [(d, A_EP) for d in first.seal(KIND_DATA, [ipv4_packet(A_ADDR, SERVER_ADDR)], NOW + 30)]
+    server.datagrams_received(sealed, NOW + 30)
+    server.datagrams_received(sealed, NOW + 31)  # replayed: not stale
+    restarted = sender(now=NOW + 9, counter=counter)  # its clock put right: 20 s behind its last stamps
+    for second in range(10, 13):
+        [datagram] = restarted.seal(KIND_KEEPALIVE, [b""], NOW + second)
+        assert server.datagrams_received([(datagram, A_EP)], NOW + second + 0.5).to_tun == []
+    [forged] = sender(key=os.urandom(64), now=NOW + 14, counter=counter).seal(KIND_KEEPALIVE, [b""], NOW + 14)
+    server.datagrams_received([(forged, A_EP)], NOW + 14.5)  # answered with the time if authentic: it is not
+    assert server.drops[reason] == 3 and server.drops["auth_failed"] == 1 and server.drops["replayed"] == 1
+    assert server.peers[1].status()["stale_drops"] == 3 and server.peers[2].status()["stale_drops"] == 0
+    assert server.peers[1].auth_failures == 1
+
+
 def test_server_fast_path_clears_the_ring_as_it_slides():
     from tests.builders import long_run_with_late_arrivals
 

@@ -143,7 +143,8 @@ def render_text(status: dict[str, Any]) -> str:
             ]
             troubles = [f"{label} {client[key]}" for key, label in (
                 ("roams", "roamed"), ("auth_failures", "failed authentication"),
-                ("time_drops", "outside the time window")) if client[key]]
+                ("time_drops", "outside the time window"),
+                ("stale_drops", "superseded or counter too old")) if client.get(key)]
             if troubles:
                 lines.append(f"  counts: {', '.join(troubles)}")
             lines += _clock("clock", client.get("clock_offset"), "measured by a time answer")
@@ -189,6 +190,9 @@ CLIENT_METRICS = [
      "Datagrams naming the client that failed authentication.", "auth_failures"),
     ("vpncrypt_client_time_window_drops_total", "counter",
      "Datagrams naming the client stamped outside the time window.", "time_drops"),
+    ("vpncrypt_client_stale_drops_total", "counter",
+     "Datagrams naming the client refused as superseded or counter_too_old (stamped behind what was accepted).",
+     "stale_drops"),
     ("vpncrypt_client_path_mtu_bytes", "gauge", "The tunnel's effective MTU to the client (path MTU probes).",
      "path_mtu"),
 ]
@@ -241,7 +245,8 @@ def render_prometheus(statuses: list[dict[str, Any]]) -> str:
             for client in status["clients"]:
                 labels = {**daemon, "name": client["name"], "client_id": client["client_id"]}
                 for name, kind, help_text, key in CLIENT_METRICS:
-                    sample(name, kind, help_text, labels, client[key])
+                    if key in client:  # not from a daemon older than the field
+                        sample(name, kind, help_text, labels, client[key])
         else:
             for name, kind, help_text, key in SERVER_PEER_METRICS:
                 sample(name, kind, help_text, daemon, status["server"][key])

@@ -73,7 +73,7 @@ class Peer:
     __slots__ = (
         "client_id", "name", "server_id", "send_direction", "keys", "epoch_seconds", "budget",
         "contexts", "window", "endpoint", "counter", "last_ts",
-        "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "roams", "auth_failures", "time_drops",
+        "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "roams", "auth_failures", "time_drops", "stale_drops",
         "durable_bound", "save_at", "wanted_bound", "clock_sample", "time_window",
         "failure_credit", "credit_time", "_context", "time_answer_due", "clock_offset",
     )
@@ -113,9 +113,11 @@ class Peer:
         self.last_ts = start
         self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = self.roams = 0
         # Datagrams naming this peer that failed authentication, or whose
-        # timestamp was outside the window: a wrong key or server ID, or a
-        # skewed clock, shows here by name (they are also in the drop totals).
-        self.auth_failures = self.time_drops = 0
+        # timestamp was outside the window, or that the replay window refused
+        # as stamped behind what it accepted (superseded, counter_too_old): a
+        # wrong key or server ID, a skewed clock, or a peer restarted behind
+        # its last stamps shows here by name (they are also in the drop totals).
+        self.auth_failures = self.time_drops = self.stale_drops = 0
         # Restart bounds (restart.py): the saved one, the timestamp from which
         # a higher one is wanted, and the highest wanted.
         self.durable_bound = self.save_at = UNTRACKED
@@ -250,5 +252,6 @@ class Peer:
             "roams": self.roams,
             "auth_failures": self.auth_failures,
             "time_drops": self.time_drops,
+            "stale_drops": self.stale_drops,
             "clock_offset": self.clock_offset,
         }

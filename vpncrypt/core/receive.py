@@ -199,6 +199,8 @@ def open_datagrams(
                         continue
                     skewed.append((peer, ts, counter, address))
                 drops[_WINDOW_DROPS[verdict]] += 1
+                if verdict in _STALE:
+                    peer.stale_drops += 1
                 continue
         suffix = suffixes.get(ts)
         if suffix is None:
