@@ -49,7 +49,7 @@ def test_a_client_whose_clock_is_too_far_off_says_why_it_hears_nothing_once(capl
         " datagrams failed authentication); this machine's clock is more than 511 s from the server's, too far for"
         " the server to tell it the time: check NTP; or this client ran ahead of the server's clock before it was"
         " restarted, and the server refuses its stamps until its clock passes those of that run (the server counts"
-        " them as superseded: README, Clocks)")
+        " them as superseded or counter_too_old: README, Clocks)")
     # Before it, the path MTU search's own line, which says nothing of why.
     assert [r.getMessage().split(";")[0] for r in records[:1]] == [
         "path MTU: no probe of even 1232 bytes was answered by the server"]

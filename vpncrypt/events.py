@@ -450,5 +450,5 @@ class UnheardServer:
                  " datagrams failed authentication); this machine's clock is more than"
                  f" {MAX_TIME_WINDOW} s from the server's, too far for the server to tell it the time: check NTP;"
                  " or this client ran ahead of the server's clock before it was restarted, and the server refuses"
-                 " its stamps until its clock passes those of that run (the server counts them as superseded:"
-                 " README, Clocks)")]
+                 " its stamps until its clock passes those of that run (the server counts them as superseded or"
+                 " counter_too_old: README, Clocks)")]
