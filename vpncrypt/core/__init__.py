@@ -14,7 +14,11 @@ the transport hands in with a datagram, stored and handed back to send.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable, Mapping, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    from .epochs import KeyTimer
+    from .restart import RestartBounds
 
 Datagrams = list[tuple[bytes, Any]]  # (datagram, endpoint) pairs
 
@@ -90,3 +94,47 @@ class Core(Protocol):
 
     def status(self) -> dict[str, Any]:
         """Counters and peers for an operator; never key material."""
+
+
+class SavedState:
+    """The calls of ``Core`` about the state files, which both cores answer
+    alike: from their ``restart`` (restart.RestartBounds) and ``key_timer``
+    (epochs.KeyTimer), over the peers ``saved_peers`` gives (a server's
+    clients, a client's server), each table keyed by client ID."""
+
+    restart: RestartBounds
+    key_timer: KeyTimer
+
+    def saved_peers(self) -> Iterable[Any]:
+        """The peers whose bounds and keys are saved."""
+        raise NotImplementedError
+
+    def bounds_to_save(self) -> dict[int, int] | None:
+        """Restart bounds to write before relying on them (client ID -> Unix
+        seconds in that client's clock), or None if none needs raising."""
+        return self.restart.to_save(self.saved_peers())
+
+    def bounds_at_stop(self) -> dict[int, int] | None:
+        """The restart bounds to write at a clean stop (restart.at_stop), or None."""
+        return self.restart.at_stop(self.saved_peers())
+
+    def held_datagrams(self) -> int:
+        """How many authentic datagrams wait for the restart bounds to be
+        saved (at most restart.HELD_MAX; core/restart.py)."""
+        return len(self.restart.held)
+
+    def save_wanted(self, *, bounds: bool, keys: bool) -> bool:
+        """Whether bounds_to_save (if ``bounds``) or keys_to_save (if ``keys``)
+        would return a table now, without building it."""
+        return (bounds and bool(self.restart.unsaved)) or (keys and self.key_timer.unsaved)
+
+    def keys_to_save(self) -> dict[int, tuple[int, bytes]] | None:
+        """Each peer's oldest kept key, client ID -> (epoch, key), to replace
+        the key store (or a client's key file) with, erasing older keys from
+        disk; None if unchanged."""
+        return self.key_timer.to_save(self.saved_peers())
+
+    def keys_saved(self, table: dict[int, tuple[int, bytes]]) -> None:
+        """``table`` from ``keys_to_save`` is durably written; keys that moved
+        on since it was taken stay to be saved."""
+        self.key_timer.saved(table, self.saved_peers())

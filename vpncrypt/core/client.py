@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping
 
 from cryptography.exceptions import InvalidTag
 
-from . import Datagrams, Delivery
+from . import Datagrams, Delivery, SavedState
 from . import drops as reasons
 from .epochs import DEFAULT_EPOCH_SECONDS, KeyTimer
 from .inner import Network, PrefixTable, clamp_mss
@@ -40,7 +40,7 @@ ANSWER_WAIT = 5.0  # seconds a time answer may take to echo one of our datagrams
 SENDS_REMEMBERED = 64  # batches of datagrams a time answer may echo
 
 
-class ClientCore:
+class ClientCore(SavedState):
     """One client's state for its server.
 
     ``server_endpoint`` is the socket address to send to (from the config or
@@ -190,40 +190,16 @@ class ClientCore:
             self._unanswered_since = now
         return Delivery(to_tun, self._send(KIND_DATA, sending, now))
 
-    def save_wanted(self, *, bounds: bool, keys: bool) -> bool:
-        """Whether bounds_to_save (if ``bounds``) or keys_to_save (if ``keys``)
-        would return a table now, without building it."""
-        return (bounds and bool(self.restart.unsaved)) or (keys and self.key_timer.unsaved)
-
-    def keys_to_save(self) -> dict[int, tuple[int, bytes]] | None:
-        """This client's oldest kept key, {client ID: (epoch, key)}, to replace
-        its key file with; None if unchanged."""
-        return self.key_timer.to_save([self.server])
-
-    def keys_saved(self, table: dict[int, tuple[int, bytes]]) -> None:
-        """``table`` from ``keys_to_save`` is durably written; keys that moved
-        on since it was taken stay to be saved."""
-        self.key_timer.saved(table, [self.server])
-
-    def bounds_to_save(self) -> dict[int, int] | None:
-        """The server's restart bound to write (keyed by this client's ID), or None."""
-        return self.restart.to_save([self.server])
-
-    def bounds_at_stop(self) -> dict[int, int] | None:
-        """The restart bounds to write at a clean stop (restart.at_stop), or None."""
-        return self.restart.at_stop([self.server])
-
-    def held_datagrams(self) -> int:
-        """How many authentic datagrams wait for the restart bounds to be
-        saved (at most restart.HELD_MAX; core/restart.py)."""
-        return len(self.restart.held)
-
     def bounds_saved(self, table: Mapping[int, int], now: float) -> Delivery:
         """``table`` from ``bounds_to_save`` is durably written: the datagrams
         that waited for it are opened again."""
         self.restart.saved(table, {self.server.client_id: self.server})
         held, self.restart.held = self.restart.held, []
         return self.datagrams_received(held, now) if held else Delivery([], [])
+
+    def saved_peers(self) -> Iterable[Peer]:
+        """The server's peer: the state files keep its bound and this client's key."""
+        return [self.server]
 
     filter_version = 0  # a client has no flood filter: it hears from its server only
 

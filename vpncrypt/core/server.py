@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from . import Datagrams, Delivery
+from . import Datagrams, Delivery, SavedState
 from . import drops as reasons
 from .icmp import Unreachable
 from .inner import Network, PrefixTable, clamp_mss, well_formed
@@ -52,7 +52,7 @@ class ClientEntry:
     name: str = ""
 
 
-class ServerCore:
+class ServerCore(SavedState):
     """Client table and routing for one server ID.
 
     ``now`` is Unix seconds (see ``vpncrypt.core``); ``time_window`` seconds a
@@ -282,20 +282,6 @@ class ServerCore:
             out.extend((datagram, endpoint) for datagram in peer.seal(KIND_DATA, batch, now))
         return Delivery(to_tun, out)
 
-    def bounds_to_save(self) -> dict[int, int] | None:
-        """Restart bounds to write before relying on them (client ID -> Unix
-        seconds in that client's clock), or None if none needs raising."""
-        return self.restart.to_save(self.peers.values())
-
-    def bounds_at_stop(self) -> dict[int, int] | None:
-        """The restart bounds to write at a clean stop (restart.at_stop), or None."""
-        return self.restart.at_stop(self.peers.values())
-
-    def held_datagrams(self) -> int:
-        """How many authentic datagrams wait for the restart bounds to be
-        saved (at most restart.HELD_MAX; core/restart.py)."""
-        return len(self.restart.held)
-
     def bounds_saved(self, table: Mapping[int, int], now: float) -> Delivery:
         """``table`` from ``bounds_to_save`` is durably written: the datagrams
         that waited for it are opened again."""
@@ -303,25 +289,14 @@ class ServerCore:
         held, self.restart.held = self.restart.held, []
         return self.datagrams_received(held, now) if held else Delivery([], [])
 
-    def save_wanted(self, *, bounds: bool, keys: bool) -> bool:
-        """Whether bounds_to_save (if ``bounds``) or keys_to_save (if ``keys``)
-        would return a table now, without building it."""
-        return (bounds and bool(self.restart.unsaved)) or (keys and self.key_timer.unsaved)
-
-    def keys_to_save(self) -> dict[int, tuple[int, bytes]] | None:
-        """Each client's oldest kept key, client ID -> (epoch, key), to replace
-        the key store with (erasing older keys from disk); None if unchanged."""
-        return self.key_timer.to_save(self.peers.values())
-
-    def keys_saved(self, table: dict[int, tuple[int, bytes]]) -> None:
-        """``table`` from ``keys_to_save`` is durably written; keys that moved
-        on since it was taken stay to be saved."""
-        self.key_timer.saved(table, self.peers.values())
-
     @property
     def filter_version(self) -> int:
         """Changes whenever ``filtered_client_ids`` does."""
         return self.filtered.version
+
+    def saved_peers(self) -> Iterable[Peer]:
+        """Every client's peer: the state files keep a bound and a key for each."""
+        return self.peers.values()
 
     def filtered_client_ids(self) -> list[int]:
         """Client IDs whose datagrams the transport should have the kernel drop
