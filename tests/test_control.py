@@ -270,6 +270,6 @@ def test_render_text_of_a_server_says_how_far_off_a_clients_clock_is():
               "clients": [client, {**client, "name": "fine", "client_id": 5, "clock_offset": None}]}
     lines = render_text(status).splitlines()
     assert lines[lines.index("client: skewed") + 7:lines.index("client: fine")] == [
-        "  counts: outside the time window 2, superseded or counter too old 37",
+        "  counts: outside the time window 2, authentic but superseded or counter too old 37",
         "  clock: about 301 s ahead of this host's (measured by a time answer)", ""]
     assert not [line for line in lines[lines.index("client: fine"):] if "clock" in line]

@@ -385,7 +385,6 @@ class LiveClient:
                 "tx_packets": peer.tx_packets,
                 "auth_failures": peer.auth_failures,
                 "time_drops": peer.time_drops,
-                "stale_drops": peer.stale_drops,
                 "path_mtu": self.core.path.confirmed - OVERHEAD,
                 "path_mtu_state": self.core.path.state,
             },

@@ -22,6 +22,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from .core.receive import TIME_ANSWER_INTERVAL
 from .core.wire import MAX_TIME_WINDOW
 
 RATE_INTERVAL = 60.0  # at most one line per client and kind in this many seconds
@@ -214,10 +215,12 @@ class EventWatch:
         """Nothing accepted for ``silent_after`` seconds, once: since it was
         last heard, or, for a peer never heard, since the tick that first saw
         it if its datagrams were refused meanwhile for their stamps
-        (``stale_drops``: superseded, counter_too_old); a configured client
-        that sends nothing is no news. The refusals since it was last heard are
-        named: it sends, and its stamps, not the network, are why it is not
-        heard (a restart of either end: docs/PROTOCOL.md 6 and 6.1)."""
+        (``stale_drops``: authentic ones refused as superseded or
+        counter_too_old, one authenticated every TIME_ANSWER_INTERVAL at most;
+        forgeries do not count); a configured client that sends nothing is no
+        news. The refusals since it was last heard are named: it sends, and
+        its stamps, not the network, are why it is not heard (a restart of
+        either end: docs/PROTOCOL.md 6 and 6.1)."""
         refused = peer.stale_drops - seen.stale_base
         last = seen.heard_at if seen.heard_at is not None else seen.made_at
         if now - last < self.silent_after or seen.heard_at is None and not refused:
@@ -234,8 +237,9 @@ class EventWatch:
             lines.append((WARNING, f"{who} silent: no datagram for {duration(now - last)}"
                           f" (last from {self.format_endpoint(peer.endpoint)})"))
             return
-        lines.append((WARNING, f"{what}; {refused} refused meanwhile as superseded or counter too old: stamped at or"
-                      " before what this host accepted from it before it or this host restarted, which its clock"
+        lines.append((WARNING, f"{what}; it sends, but its datagrams are refused as superseded or counter too old"
+                      f" ({refused} authenticated meanwhile, one every {TIME_ANSWER_INTERVAL:g} s at most): stamped at"
+                      " or before what this host accepted from it before it or this host restarted, which its clock"
                       " has not reached yet (README, Clocks), or old datagrams replayed"))
 
     def _check_clock(self, peer: Any, who: str, seen: _Seen, newest_ts: int, before: int | None,

@@ -144,7 +144,7 @@ def render_text(status: dict[str, Any]) -> str:
             troubles = [f"{label} {client[key]}" for key, label in (
                 ("roams", "roamed"), ("auth_failures", "failed authentication"),
                 ("time_drops", "outside the time window"),
-                ("stale_drops", "superseded or counter too old")) if client.get(key)]
+                ("stale_drops", "authentic but superseded or counter too old")) if client.get(key)]
             if troubles:
                 lines.append(f"  counts: {', '.join(troubles)}")
             lines += _clock("clock", client.get("clock_offset"), "measured by a time answer")
@@ -191,7 +191,8 @@ CLIENT_METRICS = [
     ("vpncrypt_client_time_window_drops_total", "counter",
      "Datagrams naming the client stamped outside the time window.", "time_drops"),
     ("vpncrypt_client_stale_drops_total", "counter",
-     "Datagrams naming the client refused as superseded or counter_too_old (stamped behind what was accepted).",
+     "Authentic datagrams of the client refused as superseded or counter_too_old (stamped behind what was"
+     " accepted; one authenticated every 2 s at most).",
      "stale_drops"),
     ("vpncrypt_client_path_mtu_bytes", "gauge", "The tunnel's effective MTU to the client (path MTU probes).",
      "path_mtu"),

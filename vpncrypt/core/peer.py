@@ -113,10 +113,12 @@ class Peer:
         self.last_ts = start
         self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = self.roams = 0
         # Datagrams naming this peer that failed authentication, or whose
-        # timestamp was outside the window, or that the replay window refused
-        # as stamped behind what it accepted (superseded, counter_too_old): a
-        # wrong key or server ID, a skewed clock, or a peer restarted behind
-        # its last stamps shows here by name (they are also in the drop totals).
+        # timestamp was outside the window: a wrong key or server ID, or a
+        # skewed clock, shows here by name (they are also in the drop totals).
+        # And (a server's) authentic ones the replay window refused as stamped
+        # behind what it accepted (superseded, counter_too_old), of which one
+        # is authenticated every receive.TIME_ANSWER_INTERVAL at most, to be
+        # answered with the time: a peer restarted behind its last stamps.
         self.auth_failures = self.time_drops = self.stale_drops = 0
         # Restart bounds (restart.py): the saved one, the timestamp from which
         # a higher one is wanted, and the highest wanted.

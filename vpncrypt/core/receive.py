@@ -198,9 +198,10 @@ def open_datagrams(
                     if not _authentic(peer, datagram, ts, direction, server_id, now, drops):
                         continue
                     skewed.append((peer, ts, counter, address))
-                drops[_WINDOW_DROPS[verdict]] += 1
-                if verdict in _STALE:
+                    # Counted by name only once authentic: the ID and stamp
+                    # travel in clear, and anyone may send stale ones.
                     peer.stale_drops += 1
+                drops[_WINDOW_DROPS[verdict]] += 1
                 continue
         suffix = suffixes.get(ts)
         if suffix is None:
