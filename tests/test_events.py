@@ -199,11 +199,13 @@ def test_time_window_drops_and_a_clock_ahead_are_named():
     peer.heard(T0 + 3.5 + 43)
     assert events.tick(T0 + 4, [peer]) == []  # the same offset: said once
     peer.heard(T0 + 120 - 30)
-    assert texts(events.tick(T0 + 120, [peer])) == [
+    assert events.tick(T0 + 120, [peer]) == []  # one stamp behind: a floor, or a queue, as well as a clock
+    peer.heard(T0 + 130 - 30)
+    assert texts(events.tick(T0 + 130, [peer])) == [
         "client 'skewed' (ID 3): its clock is about 29 s behind this host's"
         " (datagrams more than 128 s off are refused; check NTP)"]
-    peer.heard(T0 + 200)
-    assert texts(events.tick(T0 + 200, [peer])) == ["client 'skewed' (ID 3): its clock is in step again"]
+    peer.heard(T0 + 200)  # put right: a jump, so it is the stamps that are seen in step
+    assert texts(events.tick(T0 + 200, [peer])) == ["client 'skewed' (ID 3): its stamps are in step again"]
 
 
 def test_stamps_that_stay_on_one_second_are_named_as_stamps_not_as_its_clock():
@@ -225,20 +227,23 @@ def test_stamps_that_stay_on_one_second_are_named_as_stamps_not_as_its_clock():
         "client 'laptop' (ID 1): its stamps are in step again"]
 
 
-def test_a_clock_behind_is_named_at_once_and_one_ahead_once_its_stamps_move_with_it():
-    """A stamp is never below its sender's clock: one behind is that clock.
-    One ahead may be a floor: the line waits for the next to move on."""
+def test_a_clock_ahead_or_behind_is_named_once_its_stamps_move_with_it():
+    """A stamp may be a floor above its sender's clock (one ahead), the last
+    second it heard while it idles (one behind, falling further), or have
+    waited in a queue: the line waits for the next stamp to move on with this
+    host's clock."""
     events, behind, ahead = watch(), FakePeer(1, "slow"), FakePeer(2, "fast")
     behind.heard(T0 - 30)
     ahead.heard(T0 + 30)
     lines = texts(events.tick(T0 + 0.5, [behind, ahead]))
-    assert [line for line in lines if "clock" in line] == [
-        "client 'slow' (ID 1): its clock is about 29 s behind this host's (datagrams more than 128 s off are refused;"
-        " check NTP)"]
+    assert not [line for line in lines if "clock" in line]
     ahead.heard(T0 + 30)  # the same second, within a second: nothing known yet
     assert events.tick(T0 + 1, [behind, ahead]) == []
+    behind.heard(T0 - 20)
     ahead.heard(T0 + 40)  # ten seconds on, ten seconds later
     assert texts(events.tick(T0 + 10.5, [behind, ahead])) == [
+        "client 'slow' (ID 1): its clock is about 29 s behind this host's (datagrams more than 128 s off are refused;"
+        " check NTP)",
         "client 'fast' (ID 2): its clock is about 30 s ahead of this host's (datagrams more than 128 s off are"
         " refused; check NTP)"]
     jumpy = FakePeer(3, "jumpy")
@@ -246,6 +251,29 @@ def test_a_clock_behind_is_named_at_once_and_one_ahead_once_its_stamps_move_with
     events.tick(T0 + 11, [jumpy])
     jumpy.heard(T0 + 100)  # a jump no clock makes in 2 s (a floor moved): nothing said of it
     assert events.tick(T0 + 13, [jumpy]) == []
+
+
+def test_an_idle_client_behind_is_named_by_its_clock_not_by_the_second_it_last_heard():
+    """Found by a new user: a client 60 s behind stamps at the last second it
+    heard from the server while it idles (its keepalives 25 s apart), which
+    falls behind by as long as it idles: "about 25 s behind" was logged of a
+    clock 60 s behind. Then a server held up 50 s reads a queued keepalive:
+    a stamp behind again, and no clock of it. Only stamps that move on with
+    the server's clock name one."""
+    events, peer = watch(), FakePeer()
+    said = []
+    for at, stamp in ((0, 0), (25, 0), (50, 0), (75, 15), (100, 40), (125, 65)):  # its clock reaches the floor at 60
+        peer.heard(T0 + stamp)
+        said += texts(events.tick(T0 + at + 0.5, [peer]))
+    assert [line for line in said if "clock" in line] == [
+        "client 'laptop' (ID 1): its clock is about 59 s behind this host's (datagrams more than 128 s off are"
+        " refused; check NTP)"]
+    held, late = watch(), FakePeer(2, "queued")
+    held.tick(T0, [late])
+    late.heard(T0)
+    held.tick(T0 + 0.5, [late])
+    late.heard(T0 + 31)  # sent at T0 + 31, read when the server runs again at T0 + 50
+    assert [line for line in texts(held.tick(T0 + 50, [late])) if "clock" in line] == []
 
 
 def test_a_client_put_right_after_its_clock_ran_ahead_is_not_said_to_be_ahead():
@@ -389,7 +417,9 @@ def test_a_client_told_the_servers_time_does_not_say_its_datagrams_are_refused()
         " (it told this host its time, which this host stamps in now: check NTP)")
     told[0] = 0.0
     peer.heard(T0 + 100 - 200)
-    assert texts(events.tick(T0 + 100, [peer])) == [
+    assert events.tick(T0 + 100, [peer]) == []  # one stamp behind that no answer explains: nothing known yet
+    peer.heard(T0 + 110 - 200)
+    assert texts(events.tick(T0 + 110, [peer])) == [
         "client 'laptop' (ID 1): its clock is about 199 s behind this host's"
         " (datagrams more than 128 s off are refused; check NTP)"]
 

@@ -249,26 +249,27 @@ class EventWatch:
         it. ``before`` is the newest timestamp the tick before this one saw
         (None before any), first seen at ``since`` (this host's Unix seconds).
 
-        A stamp is the sender's clock or a floor above it, never below
-        (docs/PROTOCOL.md 4: never older than its last, nor than the newest it
-        heard, within its time window). So stamps behind say its clock is
-        behind; stamps ahead say its clock is ahead only once they rise with
-        this host's clock. Stamps ahead that stay on one second for
-        PINNED_AFTER seconds while new datagrams come are a floor: its clock
-        may be right (it stamps at what it sent or heard before a clock was put
-        back), and the line says so. Until one or the other shows (a single
-        datagram ahead), nothing is said. A clock a time answer told this end
-        (``told_offset``, a client's) is that clock's word."""
+        A stamp is the sender's clock or a floor above it (docs/PROTOCOL.md 4:
+        never older than its last, nor than the newest it heard, within its
+        time window), and it may have waited in a queue (a server held up).
+        A floor stays on one second while this host's clock moves on: a client
+        whose clock is behind stamps at the last second it heard from this
+        host, which falls behind the longer it is idle. So a stamp names the
+        sender's clock, ahead or behind, only once the stamps rise with this
+        host's clock (from one tick that saw a new one to the next). Stamps
+        ahead that stay on one second for PINNED_AFTER seconds while new
+        datagrams come are a floor: its clock may be right (it stamps at what
+        it sent or heard before a clock was put back), and the line says so.
+        Anything else (a single datagram, stamps behind on one second) says
+        nothing. A clock a time answer told this end (``told_offset``, a
+        client's) is that clock's word."""
         offset = int(newest_ts - now + 1)
+        rising = (before is not None and since is not None and newest_ts > before
+                  and abs(newest_ts - before - (now - since)) <= STAMP_SLACK)
         if abs(offset) >= CLOCK_OFF:
-            told = abs(offset - self.told_offset()) < CLOCK_OFF
-            if told or offset < 0:
+            if abs(offset - self.told_offset()) < CLOCK_OFF or rising:
                 named = True
-            elif before is None or since is None:
-                return
-            elif newest_ts > before and abs(newest_ts - before - (now - since)) <= STAMP_SLACK:
-                named = True
-            elif newest_ts == before and now - since >= PINNED_AFTER:
+            elif offset > 0 and newest_ts == before and since is not None and now - since >= PINNED_AFTER:
                 named = False
             else:
                 return
@@ -283,7 +284,7 @@ class EventWatch:
                                   " that ran ahead was put back (README, Clocks); they rejoin this host's clock when"
                                   " it gets there"))
                     return
-                if told:
+                if abs(offset - self.told_offset()) < CLOCK_OFF:
                     why = "it told this host its time, which this host stamps in now: check NTP"
                 else:
                     why = f"datagrams more than {self.time_window} s off are refused; check NTP"
@@ -292,7 +293,7 @@ class EventWatch:
         elif seen.clock_reported is not None and abs(offset) < CLOCK_OFF // 2:
             if self._allow(peer, "clock", now):
                 seen.clock_reported = None
-                what = "its clock is" if seen.clock_named else "its stamps are"
+                what = "its clock is" if seen.clock_named and rising else "its stamps are"
                 lines.append((INFO, f"{who}: {what} in step again"))
 
     def _check_answered_clock(self, peer: Any, who: str, seen: _Seen, now: float, lines: list[Line]) -> None:
