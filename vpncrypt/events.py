@@ -433,7 +433,8 @@ class UnheardServer:
         if heard is not None and heard != self._heard:
             lines = []
             if self._reported:
-                lines.append((INFO, f"the server {self.format_endpoint(server.endpoint)} is heard again, after"
+                again = "is heard again, after" if self._heard_at is not None else "is heard, after"
+                lines.append((INFO, f"the server {self.format_endpoint(server.endpoint)} {again}"
                               f" {duration(now - (self._heard_at or self._started))} without an authentic datagram"))
             self._heard, self._heard_at = heard, now
             self._probing_since, self._reported = None, False
