@@ -261,7 +261,7 @@ def test_render_text_of_a_server_says_how_far_off_a_clients_clock_is():
     client = {"name": "skewed", "client_id": 4, "addresses": ["203.0.113.4/32"], "endpoint": "192.0.2.9:4000",
               "last_datagram": 990.0, "path_mtu": 1420, "rx_bytes": 0, "rx_packets": 0, "tx_bytes": 0,
               "tx_packets": 0, "roams": 0, "auth_failures": 0, "time_drops": 2, "stale_drops": 37,
-              "clock_offset": 300.6}
+              "clock_offset": 300.6, "clock_offset_at": 700.0}
     status = {"format": 1, "role": "server", "name": "vpn", "server_id": 7, "port": 51820,
               "listen_address": "0.0.0.0", "interface": "vpncrypt0", "data_path": None, "started": 900.0,
               "now": 1000.0, "pid": 5, "config": "/etc/vpncrypt/vpn.toml", "reloaded": None,
@@ -271,5 +271,5 @@ def test_render_text_of_a_server_says_how_far_off_a_clients_clock_is():
     lines = render_text(status).splitlines()
     assert lines[lines.index("client: skewed") + 7:lines.index("client: fine")] == [
         "  counts: outside the time window 2, authentic but superseded or counter too old 37",
-        "  clock: about 301 s ahead of this host's (measured by a time answer)", ""]
+        "  clock: about 301 s ahead of this host's (measured by a time answer 5 min ago)", ""]
     assert not [line for line in lines[lines.index("client: fine"):] if "clock" in line]

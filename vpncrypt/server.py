@@ -196,6 +196,7 @@ class LiveServer:
                 "time_drops": peer.time_drops,
                 "stale_drops": peer.stale_drops,
                 "clock_offset": peer.clock_offset,
+                "clock_offset_at": peer.clock_offset_at,
                 "path_mtu": self.core.path_mtu.get(peer, self.core.mtu),
             }
             for key in totals:

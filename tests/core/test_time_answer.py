@@ -28,6 +28,7 @@ def test_a_client_whose_clock_is_off_is_heard_after_one_answer(offset):
     [(answer, to)] = answers_in(out.to_network)
     assert to == A_EP and len(answer) == 32 and server.peers[1].endpoint is None  # answered, not accepted
     assert server.drops["outside_time_window"] == 1 and server.peers[1].clock_offset == pytest.approx(offset, abs=1)
+    assert server.peers[1].status()["clock_offset_at"] == NOW + 1  # when, by the server's clock
     client.datagrams_received([(answer, SERVER_EP)], NOW + 1.01 + offset)
     assert client.clock_offset == pytest.approx(-offset, abs=0.05)
     # From now on both ways work.

@@ -147,7 +147,9 @@ def render_text(status: dict[str, Any]) -> str:
                 ("stale_drops", "authentic but superseded or counter too old")) if client.get(key)]
             if troubles:
                 lines.append(f"  counts: {', '.join(troubles)}")
-            lines += _clock("clock", client.get("clock_offset"), "measured by a time answer")
+            measured = client.get("clock_offset_at")
+            lines += _clock("clock", client.get("clock_offset"),
+                            "measured by a time answer" + (f" {ago(measured, now)}" if measured is not None else ""))
     else:
         server = status["server"]
         lines += [

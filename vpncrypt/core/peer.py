@@ -75,7 +75,7 @@ class Peer:
         "contexts", "window", "endpoint", "counter", "last_ts",
         "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "roams", "auth_failures", "time_drops", "stale_drops",
         "durable_bound", "save_at", "wanted_bound", "clock_sample", "time_window",
-        "failure_credit", "credit_time", "_context", "time_answer_due", "clock_offset",
+        "failure_credit", "credit_time", "_context", "time_answer_due", "clock_offset", "clock_offset_at",
     )
 
     def __init__(
@@ -135,9 +135,12 @@ class Peer:
         self.credit_time = now
         self._context: siv.AESSIV | None = None  # made for one datagram, kept only if it authenticates
         # Time answers (server): when this peer may earn the next one, and the
-        # offset of its clock from ours when it last did (seconds, + is ahead).
+        # offset of its clock from ours when it last did (seconds, + is ahead),
+        # measured at clock_offset_at (Unix seconds, ours): only a new answer
+        # measures it again, so it may be long out of date.
         self.time_answer_due = 0.0
         self.clock_offset: float | None = None
+        self.clock_offset_at: float | None = None
 
     def seal(self, kind: int, payloads: list[bytes], now: float) -> list[bytes]:
         """Seal a batch of payloads into datagrams, consuming one counter each.
@@ -256,4 +259,5 @@ class Peer:
             "time_drops": self.time_drops,
             "stale_drops": self.stale_drops,
             "clock_offset": self.clock_offset,
+            "clock_offset_at": self.clock_offset_at,
         }

@@ -228,7 +228,7 @@ class ServerCore(SavedState):
         server's time, each to the address it came from (the endpoint does not move)."""
         answers: Datagrams = []
         for peer, ts, counter, address in skewed:
-            peer.clock_offset = ts - now
+            peer.clock_offset, peer.clock_offset_at = ts - now, now
             epoch = ts // peer.epoch_seconds
             aead = peer.contexts.get(epoch) or peer.context_for(epoch)
             answers.append((seal_time_answer(aead, peer.client_id, counter, ts, self.server_id, int(now * 1000)),
