@@ -29,6 +29,7 @@ class FakePeer:
         self.window = Window()
         self.endpoint = None
         self.roams = self.auth_failures = self.time_drops = self.stale_drops = 0
+        self.last_ts = 0  # the newest second this host sent it
 
     def heard(self, ts: float, endpoint="198.51.100.7:4000") -> None:
         """An authentic datagram stamped ``ts`` (the sender's clock) from ``endpoint``."""
@@ -205,7 +206,9 @@ def test_time_window_drops_and_a_clock_ahead_are_named():
         "client 'skewed' (ID 3): its clock is about 29 s behind this host's"
         " (datagrams more than 128 s off are refused; check NTP)"]
     peer.heard(T0 + 200)  # put right: a jump, so it is the stamps that are seen in step
-    assert texts(events.tick(T0 + 200, [peer])) == ["client 'skewed' (ID 3): its stamps are in step again"]
+    assert texts(events.tick(T0 + 200, [peer])) == [
+        "client 'skewed' (ID 3): its stamps are in step again (its clock was put right, or it stamps at the newest"
+        " second it heard)"]
 
 
 def test_stamps_that_stay_on_one_second_are_named_as_stamps_not_as_its_clock():
@@ -274,6 +277,27 @@ def test_an_idle_client_behind_is_named_by_its_clock_not_by_the_second_it_last_h
     held.tick(T0 + 0.5, [late])
     late.heard(T0 + 31)  # sent at T0 + 31, read when the server runs again at T0 + 50
     assert [line for line in texts(held.tick(T0 + 50, [late])) if "clock" in line] == []
+
+
+def test_a_client_behind_pinging_now_and_then_is_not_named_by_the_answers_it_stamps_at():
+    """Found by a new user: a client 60 s behind, pinging every 19 s, stamps
+    each ping at the second of the answer to the last one (the newest it
+    heard), which rises with the server's clock, 19 s behind it: 'about 18 s
+    behind' was logged. A stamp behind at or below the newest second the
+    server sent it may be that floor; above it, it is the clock."""
+    events, peer = watch(), FakePeer()
+    said = []
+    for at in range(0, 200, 19):
+        peer.heard(T0 + at - 19 if at else T0 - 60)  # stamped at the last answer
+        peer.last_ts = int(T0 + at)  # the server answers at once
+        said += texts(events.tick(T0 + at + 0.5, [peer]))
+    assert [line for line in said if "clock" in line] == []
+    for at in range(200, 300, 10):  # no answers: it stamps by its clock once that passes the last one
+        peer.heard(max(T0 + at - 60, peer.last_ts))
+        said += texts(events.tick(T0 + at + 0.5, [peer]))
+    assert [line for line in said if "clock" in line] == [
+        "client 'laptop' (ID 1): its clock is about 59 s behind this host's (datagrams more than 128 s off are"
+        " refused; check NTP)"]
 
 
 def test_a_client_put_right_after_its_clock_ran_ahead_is_not_said_to_be_ahead():

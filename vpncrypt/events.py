@@ -124,7 +124,8 @@ class EventWatch:
     ``format_endpoint`` turns an endpoint into text; ``time_window`` is the
     daemon's, for the wording of clock lines. Peers are read through their
     public attributes (``client_id``, ``name``, ``endpoint``, ``window``,
-    ``roams``, ``auth_failures``, ``time_drops``, ``stale_drops``); ``who``
+    ``roams``, ``auth_failures``, ``time_drops``, ``stale_drops``,
+    ``last_ts``); ``who``
     names one in a line (default: "client 'laptop' (ID 7)"); ``silent_after`` is infinite where
     the other end need not speak (a server does not answer keepalives);
     ``told_offset`` (a client's) gives the offset a time answer told this
@@ -254,9 +255,12 @@ class EventWatch:
         time window), and it may have waited in a queue (a server held up).
         A floor stays on one second while this host's clock moves on: a client
         whose clock is behind stamps at the last second it heard from this
-        host, which falls behind the longer it is idle. So a stamp names the
-        sender's clock, ahead or behind, only once the stamps rise with this
-        host's clock (from one tick that saw a new one to the next). Stamps
+        host, which falls behind the longer it is idle, and rises with this
+        host's clock as its answers come (``peer.last_ts``, the newest second
+        this host sent it). So a stamp names the sender's clock only once the
+        stamps rise with this host's clock (from one tick that saw a new one to
+        the next), and, behind, only above the newest second this host sent
+        it. Stamps
         ahead that stay on one second for PINNED_AFTER seconds while new
         datagrams come are a floor: its clock may be right (it stamps at what
         it sent or heard before a clock was put back), and the line says so.
@@ -265,7 +269,8 @@ class EventWatch:
         client's) is that clock's word."""
         offset = int(newest_ts - now + 1)
         rising = (before is not None and since is not None and newest_ts > before
-                  and abs(newest_ts - before - (now - since)) <= STAMP_SLACK)
+                  and abs(newest_ts - before - (now - since)) <= STAMP_SLACK
+                  and (offset > 0 or newest_ts > peer.last_ts))
         if abs(offset) >= CLOCK_OFF:
             if abs(offset - self.told_offset()) < CLOCK_OFF or rising:
                 named = True
@@ -293,8 +298,12 @@ class EventWatch:
         elif seen.clock_reported is not None and abs(offset) < CLOCK_OFF // 2:
             if self._allow(peer, "clock", now):
                 seen.clock_reported = None
-                what = "its clock is" if seen.clock_named and rising else "its stamps are"
-                lines.append((INFO, f"{who}: {what} in step again"))
+                if seen.clock_named and not rising:  # it answers a line that named the clock
+                    lines.append((INFO, f"{who}: its stamps are in step again (its clock was put right, or it stamps"
+                                  " at the newest second it heard)"))
+                else:
+                    what = "its clock is" if seen.clock_named else "its stamps are"
+                    lines.append((INFO, f"{who}: {what} in step again"))
 
     def _check_answered_clock(self, peer: Any, who: str, seen: _Seen, now: float, lines: list[Line]) -> None:
         """The offset a time answer measured (``peer.clock_offset``: its stamp

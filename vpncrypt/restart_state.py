@@ -41,8 +41,8 @@ class RestartStore:
                 raise ValueError(f"version {data.get('version')!r}")
             return {int(client_id): int(bound) for client_id, bound in data["bounds"].items()}
         except FileNotFoundError:
-            log.warning("no restart state at %s (first start, or lost): until each peer is heard (each client,"
-                        " or a client's server), only datagrams stamped after this start are accepted", self.path)
+            log.warning("no restart state at %s (first start, or lost): until the other end is heard (on a server,"
+                        " each client), only datagrams stamped after this start are accepted", self.path)
         except (OSError, ValueError, KeyError, AttributeError, TypeError) as error:
             log.warning("restart state %s is unreadable (%s): treated as lost", self.path, error)
         return None

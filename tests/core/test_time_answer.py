@@ -31,6 +31,9 @@ def test_a_client_whose_clock_is_off_is_heard_after_one_answer(offset):
     assert server.peers[1].status()["clock_offset_at"] == NOW + 1  # when, by the server's clock
     client.datagrams_received([(answer, SERVER_EP)], NOW + 1.01 + offset)
     assert client.clock_offset == pytest.approx(-offset, abs=0.05)
+    status = client.status()  # its offset, alone: not a server's per-peer fields beside it
+    assert status["clock_offset"] == client.clock_offset
+    assert not {"clock_offset", "clock_offset_at", "stale_drops"} & set(status["server"])
     # From now on both ways work.
     up = client.tun_packets_received([ipv4_packet(A_ADDR, SERVER_ADDR, b"up")], NOW + 2 + offset).to_network
     assert server.datagrams_received([(d, A_EP) for d, _ in up], NOW + 2).to_tun

@@ -38,6 +38,7 @@ from .wire import (
 
 ANSWER_WAIT = 5.0  # seconds a time answer may take to echo one of our datagrams
 SENDS_REMEMBERED = 64  # batches of datagrams a time answer may echo
+SERVER_ONLY = ("clock_offset", "clock_offset_at", "stale_drops")  # Peer.status() keys only a server fills in
 
 
 class ClientCore(SavedState):
@@ -273,6 +274,11 @@ class ClientCore(SavedState):
         return [(datagram, endpoint) for datagram in datagrams]
 
     def status(self) -> dict[str, Any]:
-        """The server peer's counters and endpoint (raw), and the drops."""
-        return {"server": self.server.status(), "drops": dict(self.drops), "clock_offset": self.clock_offset,
+        """The server peer's counters and endpoint (raw), and the drops. A
+        Peer's time-answer and stale counts are a server's (it measures and
+        authenticates them), so the client's own ``clock_offset`` stands alone."""
+        server = self.server.status()
+        for key in SERVER_ONLY:
+            del server[key]
+        return {"server": server, "drops": dict(self.drops), "clock_offset": self.clock_offset,
                 "path_mtu": self.path.confirmed - OVERHEAD}
