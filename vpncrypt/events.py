@@ -260,11 +260,10 @@ class EventWatch:
         this host sent it). So a stamp names the sender's clock only once the
         stamps rise with this host's clock (from one tick that saw a new one to
         the next), and, behind, only above the newest second this host sent
-        it. Stamps
-        ahead that stay on one second for PINNED_AFTER seconds while new
-        datagrams come are a floor: its clock may be right (it stamps at what
-        it sent or heard before a clock was put back), and the line says so.
-        Anything else (a single datagram, stamps behind on one second) says
+        it. Stamps ahead that stay on one second for PINNED_AFTER seconds
+        while new datagrams come are a floor: its clock may be right (it
+        stamps at what it sent or heard before a clock was put back), and the
+        line says so. Anything else (a single datagram, stamps behind on one second) says
         nothing. A clock a time answer told this end (``told_offset``, a
         client's) is that clock's word."""
         offset = int(newest_ts - now + 1)
@@ -272,7 +271,8 @@ class EventWatch:
                   and abs(newest_ts - before - (now - since)) <= STAMP_SLACK
                   and (offset > 0 or newest_ts > peer.last_ts))
         if abs(offset) >= CLOCK_OFF:
-            if abs(offset - self.told_offset()) < CLOCK_OFF or rising:
+            told = abs(offset - self.told_offset()) < CLOCK_OFF
+            if told or rising:
                 named = True
             elif offset > 0 and newest_ts == before and since is not None and now - since >= PINNED_AFTER:
                 named = False
@@ -289,7 +289,7 @@ class EventWatch:
                                   " that ran ahead was put back (README, Clocks); they rejoin this host's clock when"
                                   " it gets there"))
                     return
-                if abs(offset - self.told_offset()) < CLOCK_OFF:
+                if told:
                     why = "it told this host its time, which this host stamps in now: check NTP"
                 else:
                     why = f"datagrams more than {self.time_window} s off are refused; check NTP"
