@@ -187,16 +187,7 @@ class LiveServer:
                 "addresses": [str(network) for network in addresses.get(peer.client_id, ())],
                 "endpoint": format_endpoint(peer.endpoint),
                 "last_datagram": self.watch.heard_at(peer, now),
-                "rx_bytes": peer.rx_bytes,
-                "rx_packets": peer.rx_packets,
-                "tx_bytes": peer.tx_bytes,
-                "tx_packets": peer.tx_packets,
-                "roams": peer.roams,
-                "auth_failures": peer.auth_failures,
-                "time_drops": peer.time_drops,
-                "stale_drops": peer.stale_drops,
-                "clock_offset": peer.clock_offset,
-                "clock_offset_at": peer.clock_offset_at,
+                **peer.counters(),
                 "path_mtu": self.core.path_mtu.get(peer, self.core.mtu),
             }
             for key in totals:

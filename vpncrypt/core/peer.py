@@ -250,10 +250,19 @@ class Peer:
             "endpoint": self.endpoint,
             # The newest accepted datagram's timestamp, in the sender's clock.
             "last_seen": self.window.newest_ts if self.window.newest_counter >= 0 else None,
-            "rx_packets": self.rx_packets,
+            **self.counters(),
+        }
+
+    def counters(self) -> dict[str, Any]:
+        """The transfer counts (inner bytes and packets each way), roams, the
+        datagrams refused by name, and the clock offset a time answer measured
+        (seconds) and when (Unix seconds, this host's clock; both None before
+        any): what status() and the server's ``vpncrypt show`` give of a peer."""
+        return {
             "rx_bytes": self.rx_bytes,
-            "tx_packets": self.tx_packets,
+            "rx_packets": self.rx_packets,
             "tx_bytes": self.tx_bytes,
+            "tx_packets": self.tx_packets,
             "roams": self.roams,
             "auth_failures": self.auth_failures,
             "time_drops": self.time_drops,
